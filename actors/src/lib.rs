@@ -1,0 +1,10 @@
+//! Switchyard's actors: profile health, the router, usage recording and the sled store. No web dependency.
+#![forbid(unsafe_code)]
+
+pub mod health;
+pub mod outcome;
+pub mod policy;
+pub mod profile;
+pub mod recorder;
+pub mod router;
+pub mod store;

@@ -1,0 +1,289 @@
+//! One upstream profile: `ProfileShared` (what the hot path reads lock-free) and `ProfileActor` (who changes it).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+
+use crate::health::{BreakerView, HealthView, ProfileHealth, StateName};
+use crate::outcome::AttemptOutcome;
+use crate::policy::HealthPolicy;
+use crate::store::{ProfileCounters, Store};
+
+/// Whether a profile can take a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Healthy: take it.
+    Usable,
+    /// Its breaker's open period is over: it may take exactly one probe, if nobody holds the probe.
+    Probe,
+    /// Not usable, and why.
+    Unusable(StateName),
+}
+
+/// The read side of a profile, shared by every request. Written only by its `ProfileActor`
+/// (health) and by outcome reports (counters, which are plain atomics: no queue on the hot path).
+pub struct ProfileShared {
+    id: Arc<str>,
+    /// Swapped whole by the actor after each transition; readers never block.
+    view: ArcSwap<HealthView>,
+    /// Set by the request that holds the half-open probe; cleared by the actor once the probe's outcome is applied.
+    probe_claimed: AtomicBool,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    /// Outcome reports lost to a full mailbox.
+    dropped_reports: AtomicU64,
+    /// Times the actor was restarted by its supervisor.
+    restarts: AtomicU64,
+}
+
+impl ProfileShared {
+    /// A profile's shared state, restored from `view` and `counters`.
+    pub fn new(id: &str, view: HealthView, counters: ProfileCounters) -> ProfileShared {
+        ProfileShared {
+            id: Arc::from(id),
+            view: ArcSwap::from_pointee(view),
+            probe_claimed: AtomicBool::new(false),
+            requests: AtomicU64::new(counters.requests),
+            failures: AtomicU64::new(counters.failures),
+            dropped_reports: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+        }
+    }
+
+    /// The profile id.
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The current health snapshot.
+    pub fn view(&self) -> Arc<HealthView> {
+        self.view.load_full()
+    }
+
+    /// Whether the profile can take a request at `now`.
+    pub fn availability(&self, now: SystemTime) -> Availability {
+        let view = self.view.load();
+        match view.state_at(now) {
+            StateName::Healthy => Availability::Usable,
+            StateName::HalfOpen if !self.probe_claimed.load(Ordering::Acquire) => {
+                Availability::Probe
+            }
+            other => Availability::Unusable(other),
+        }
+    }
+
+    /// Takes the single half-open probe; false if another request holds it.
+    pub fn try_claim_probe(&self) -> bool {
+        self.probe_claimed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Attempts sent and attempts failed, since the profile was first seen.
+    pub fn counters(&self) -> ProfileCounters {
+        ProfileCounters {
+            requests: self.requests.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Outcome reports dropped because the actor's mailbox was full.
+    pub fn dropped_reports(&self) -> u64 {
+        self.dropped_reports.load(Ordering::Relaxed)
+    }
+
+    /// Supervisor restarts of this profile's actor.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self, view: HealthView) {
+        self.view.store(Arc::new(view));
+    }
+}
+
+/// Reports one attempt's outcome. A probe's report must arrive, so it bypasses the mailbox limit.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ReportOutcome {
+    pub outcome: AttemptOutcome,
+    /// This attempt held the half-open probe.
+    pub probe: bool,
+}
+
+/// Clears cooldown, billing, auth and breaker state.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ResetProfile;
+
+/// Marks the credential unusable without an attempt (e.g. its environment variable is unset).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct MarkAuthFailed {
+    pub reason: String,
+}
+
+/// Replaces the health policy (config reload), keeping the state.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct UpdatePolicy(pub HealthPolicy);
+
+/// Stops the actor so its supervisor restarts it from the shared state (used after an unrecoverable store error).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Restart;
+
+/// Owns one profile's health transitions and persists them.
+pub struct ProfileActor {
+    shared: Arc<ProfileShared>,
+    policy: HealthPolicy,
+    health: ProfileHealth,
+    store: Store,
+}
+
+/// Mailbox size: outcome reports beyond this are dropped (and counted) rather than queued without bound.
+pub const MAILBOX_CAPACITY: usize = 4096;
+
+impl ProfileActor {
+    /// An actor for `shared`, whose current view is the starting state.
+    pub fn new(shared: Arc<ProfileShared>, policy: HealthPolicy, store: Store) -> ProfileActor {
+        let health = ProfileHealth::new(policy, (*shared.view()).clone(), SystemTime::now());
+        ProfileActor {
+            shared,
+            policy,
+            health,
+            store,
+        }
+    }
+
+    fn persist(&mut self, ctx: &mut Context<Self>, durable: bool) {
+        let view = self.health.view().clone();
+        self.shared.publish(view.clone());
+        if let Err(e) = self.store.save_health(self.shared.id(), &view) {
+            tracing::error!(profile = %self.shared.id(), error = %e, "cannot save profile health; restarting actor");
+            ctx.stop();
+            return;
+        }
+        if durable {
+            let store = self.store.clone();
+            let id = self.shared.id().clone();
+            ctx.spawn(actix::fut::wrap_future(async move {
+                if let Err(e) = store.flush().await {
+                    tracing::error!(profile = %id, error = %e, "cannot flush profile health");
+                }
+            }));
+        }
+    }
+}
+
+impl Actor for ProfileActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+}
+
+impl Supervised for ProfileActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        // The shared view is the truth; rebuild the breaker and schedules from it.
+        self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        self.health = ProfileHealth::new(
+            self.policy,
+            (*self.shared.view()).clone(),
+            SystemTime::now(),
+        );
+        self.shared.probe_claimed.store(false, Ordering::Release);
+    }
+}
+
+impl Handler<ReportOutcome> for ProfileActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReportOutcome, ctx: &mut Self::Context) {
+        let before = self.health.view().state_at(SystemTime::now());
+        let t = self.health.apply(&msg.outcome, SystemTime::now());
+        if t.changed {
+            let after = self.health.view().state_at(SystemTime::now());
+            if before != after {
+                tracing::info!(
+                    profile = %self.shared.id(),
+                    from = before.as_str(),
+                    to = after.as_str(),
+                    last_error = self.health.view().last_error.as_deref().unwrap_or(""),
+                    "profile state changed"
+                );
+            }
+            self.persist(ctx, before != after);
+        }
+        if msg.probe {
+            self.shared.probe_claimed.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Handler<ResetProfile> for ProfileActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ResetProfile, ctx: &mut Self::Context) {
+        self.health.reset();
+        self.shared.probe_claimed.store(false, Ordering::Release);
+        tracing::info!(profile = %self.shared.id(), "profile reset");
+        self.persist(ctx, true);
+    }
+}
+
+impl Handler<MarkAuthFailed> for ProfileActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MarkAuthFailed, ctx: &mut Self::Context) {
+        self.health.mark_auth_failed(msg.reason);
+        self.persist(ctx, false);
+    }
+}
+
+impl Handler<UpdatePolicy> for ProfileActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpdatePolicy, _ctx: &mut Self::Context) {
+        self.policy = msg.0;
+        self.health.set_policy(msg.0, SystemTime::now());
+    }
+}
+
+impl Handler<Restart> for ProfileActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Restart, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Sends an outcome to a profile's actor and updates its counters.
+pub fn report(shared: &ProfileShared, addr: &Addr<ProfileActor>, outcome: AttemptOutcome, probe: bool) {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    if matches!(outcome, AttemptOutcome::Failed { .. }) {
+        shared.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    let is_noop = matches!(outcome, AttemptOutcome::Abandoned) && !probe;
+    if is_noop {
+        return;
+    }
+    let msg = ReportOutcome { outcome, probe };
+    if probe {
+        addr.do_send(msg);
+    } else if addr.try_send(msg).is_err() {
+        shared.dropped_reports.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a view's breaker is open (for display).
+pub fn breaker_open_until(view: &HealthView) -> Option<SystemTime> {
+    match view.breaker {
+        BreakerView::Open { until } => Some(until),
+        BreakerView::Closed => None,
+    }
+}
