@@ -1,0 +1,112 @@
+//! Operations endpoints: health probes and the admin API for profiles.
+
+use std::time::SystemTime;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+use switchyard_actors::profile::breaker_open_until;
+
+use super::{is_admin, Shared};
+use crate::error::ApiError;
+
+pub(super) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready))
+        .route("/admin/profiles", web::get().to(list_profiles))
+        .route("/admin/profiles/{id}/reset", web::post().to(reset_profile));
+}
+
+fn require_admin(shared: &Shared, req: &HttpRequest) -> Result<(), ApiError> {
+    if shared.admin_token.is_none() {
+        return Err(ApiError::Unauthenticated(format!(
+            "The admin API is disabled: set {} to enable it.",
+            shared.config.auth.admin_token_env
+        )));
+    }
+    if is_admin(shared, req) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthenticated("Admin credentials required.".into()))
+    }
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "live"}))
+}
+
+async fn ready(shared: web::Data<Shared>) -> HttpResponse {
+    let store_ok = shared.store.is_writable();
+    let usable = shared.router.any_usable();
+    let body = serde_json::json!({
+        "status": if store_ok && usable { "ready" } else { "unready" },
+        "store_writable": store_ok,
+        "usable_profiles": usable,
+    });
+    if store_ok && usable {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// One profile as the admin API shows it.
+#[derive(Serialize)]
+struct ProfileStatus {
+    id: String,
+    provider: &'static str,
+    state: &'static str,
+    cooldown_until: Option<String>,
+    billing_until: Option<String>,
+    breaker_open_until: Option<String>,
+    auth_error: Option<String>,
+    last_error: Option<String>,
+    consecutive_failures: u32,
+    requests: u64,
+    failures: u64,
+    dropped_reports: u64,
+    actor_restarts: u64,
+}
+
+fn rfc3339(t: Option<SystemTime>) -> Option<String> {
+    t.map(|t| humantime::format_rfc3339_millis(t).to_string())
+}
+
+async fn list_profiles(req: HttpRequest, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+    require_admin(&shared, &req)?;
+    let now = SystemTime::now();
+    let list: Vec<ProfileStatus> = shared
+        .router
+        .profiles()
+        .iter()
+        .map(|p| {
+            let v = p.shared.view();
+            let c = p.shared.counters();
+            ProfileStatus {
+                id: p.id().to_string(),
+                provider: "openai",
+                state: v.state_at(now).as_str(),
+                cooldown_until: rfc3339(v.state_until(now)),
+                billing_until: rfc3339(v.billing_until.filter(|t| *t > now)),
+                breaker_open_until: rfc3339(breaker_open_until(&v)),
+                auth_error: v.auth_failed.clone(),
+                last_error: v.last_error.clone(),
+                consecutive_failures: v.consecutive_failures,
+                requests: c.requests,
+                failures: c.failures,
+                dropped_reports: p.shared.dropped_reports(),
+                actor_restarts: p.shared.restarts(),
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn reset_profile(req: HttpRequest, id: web::Path<String>, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+    require_admin(&shared, &req)?;
+    let Some(p) = shared.router.profile(&id) else {
+        return Err(ApiError::NotFound(format!("No profile `{id}`.")));
+    };
+    p.reset();
+    tracing::info!(profile = %id, "admin reset profile");
+    Ok(HttpResponse::Ok().json(serde_json::json!({"id": id.into_inner(), "reset": true})))
+}

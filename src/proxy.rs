@@ -1,0 +1,460 @@
+//! The forward path: pick a profile, send, classify, fail over while nothing reached the client, relay the
+//! answer (streams chunk by chunk), and record one usage entry per attempt.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use switchyard_actors::health::StateName;
+use switchyard_actors::outcome::{AttemptOutcome, FailureClass};
+use switchyard_actors::recorder::{Ack, RecordUsage, UsageRecorder};
+use switchyard_actors::router::{Pick, PickError, ProfileEntry, Router, SkipReason};
+use switchyard_actors::store::{now_ms, UsageRecord};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::request::{response_usage, upstream_body, RoutingFields, TokenUsage};
+use crate::sse::SseRelay;
+use crate::upstream::classify::{classify, error_detail, Verdict};
+use crate::upstream::{UpstreamProfile, Upstreams};
+
+/// The OpenAI endpoints that are proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The path under the profile's base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    fn streams(self) -> bool {
+        !matches!(self, Endpoint::Embeddings)
+    }
+}
+
+/// One client request on its way upstream.
+pub struct ProxyRequest {
+    pub endpoint: Endpoint,
+    pub fields: RoutingFields,
+    pub body: Bytes,
+    pub request_id: String,
+    /// `X-Session-Id`, else the body's `user`.
+    pub session: Option<String>,
+    pub account: Option<String>,
+    pub key_id: Option<String>,
+}
+
+/// Largest non-streamed answer we hold (embeddings of big batches are the large case).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Most of an error body we read to classify it.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// Everything the forward path needs; cheap to build per request.
+pub struct Proxy<'a> {
+    pub router: &'a Router,
+    pub upstreams: &'a Upstreams,
+    pub recorder: &'a Addr<UsageRecorder>,
+    pub max_attempts: u32,
+    /// Wait for the usage record's flush before answering.
+    pub durable: bool,
+}
+
+/// How one attempt ended, when it did not produce the client's answer.
+struct AttemptFailure {
+    class: FailureClass,
+    retry_after: Option<Duration>,
+    detail: String,
+    status: Option<u16>,
+}
+
+impl AttemptFailure {
+    fn new(class: FailureClass, detail: impl Into<String>) -> AttemptFailure {
+        AttemptFailure {
+            class,
+            retry_after: None,
+            detail: detail.into(),
+            status: None,
+        }
+    }
+}
+
+impl Proxy<'_> {
+    /// Forwards `req`, failing over across the model's profiles; the answer or an OpenAI-shaped error.
+    pub async fn forward(&self, req: ProxyRequest) -> Result<HttpResponse, ApiError> {
+        let model = req.fields.model.clone();
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut failures: Vec<(Arc<str>, AttemptFailure)> = Vec::new();
+        let mut skipped: Vec<(Arc<str>, SkipReason)> = Vec::new();
+        while tried.len() < self.max_attempts as usize {
+            let pick = match self.router.pick(&model, req.session.as_deref(), &tried) {
+                Ok(p) => p,
+                Err(PickError::UnknownModel) => return Err(ApiError::UnknownModel(model)),
+                Err(PickError::Exhausted(s)) => {
+                    skipped = s;
+                    break;
+                }
+            };
+            let id = pick.entry.id().clone();
+            tried.push(id.clone());
+            let attempt = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+            let span = tracing::info_span!("attempt", profile = %id, attempt, probe = pick.probe);
+            let Some(up) = self.upstreams.get(&id) else {
+                return Err(ApiError::Internal(format!("profile {id} has no upstream")));
+            };
+            match self.attempt(up, &req, pick, attempt).instrument(span).await {
+                Ok(resp) => return Ok(resp),
+                Err(f) => {
+                    tracing::warn!(profile = %id, attempt, class = f.class.as_str(), detail = %f.detail, "attempt failed");
+                    failures.push((id, f));
+                }
+            }
+        }
+        Err(exhausted_error(&model, &failures, &skipped))
+    }
+
+    async fn attempt(&self, up: &UpstreamProfile, req: &ProxyRequest, pick: Pick, attempt: u32) -> Result<HttpResponse, AttemptFailure> {
+        let stream = req.fields.stream && req.endpoint.streams();
+        let ask_usage = stream && !req.fields.client_wants_usage;
+        let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
+        let body = upstream_body(&req.body, up.upstream_model(&req.fields.model), ask_usage)
+            .map_err(|e| guard.fail(AttemptFailure::new(FailureClass::Server, format!("cannot prepare body: {e}"))))?;
+        let sent = up.post(req.endpoint.path(), &req.request_id).body(body).send();
+        let resp = match tokio::time::timeout(up.timeouts.first_byte, sent).await {
+            Err(_) => {
+                return Err(guard.fail(AttemptFailure::new(
+                    FailureClass::Timeout,
+                    format!("no response headers within {}", humantime::format_duration(up.timeouts.first_byte)),
+                )))
+            }
+            Ok(Err(e)) => return Err(guard.fail(transport_failure(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        guard.status = Some(status.as_u16());
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        if !status.is_success() {
+            let headers = resp.headers().clone();
+            let body = read_body(resp, MAX_ERROR_BYTES, up.timeouts.idle).await.unwrap_or_default();
+            return match classify(status.as_u16(), &headers, &body) {
+                Verdict::ClientError => {
+                    // Not the profile's fault: the client gets the upstream's answer as it is.
+                    guard.finish(AttemptOutcome::Succeeded, "client_error", TokenUsage::default(), false);
+                    Ok(self.respond(status.as_u16(), &content_type, &guard).body(body))
+                }
+                Verdict::Failure { class, retry_after } => Err(guard.fail(AttemptFailure {
+                    class,
+                    retry_after,
+                    detail: error_detail(status.as_u16(), &body),
+                    status: Some(status.as_u16()),
+                })),
+            };
+        }
+        if stream && content_type.starts_with("text/event-stream") {
+            return self.relay_stream(up, req, resp, guard).await;
+        }
+        let body = match read_body(resp, MAX_RESPONSE_BYTES, up.timeouts.idle).await {
+            Ok(b) => b,
+            Err(f) => return Err(guard.fail(f)),
+        };
+        let usage = match response_usage(&body) {
+            Ok(u) => u,
+            Err(_) => {
+                return Err(guard.fail(AttemptFailure {
+                    status: Some(status.as_u16()),
+                    ..AttemptFailure::new(FailureClass::Server, format!("HTTP {}: body is not JSON", status.as_u16()))
+                }))
+            }
+        };
+        let ack = guard.finish(AttemptOutcome::Succeeded, "ok", usage, self.durable);
+        wait_ack(ack).await;
+        Ok(self.respond(status.as_u16(), &content_type, &guard).body(body))
+    }
+
+    /// Reads until the first whole event; only then is the client's response committed.
+    async fn relay_stream(
+        &self,
+        up: &UpstreamProfile,
+        req: &ProxyRequest,
+        resp: reqwest::Response,
+        mut guard: AttemptGuard,
+    ) -> Result<HttpResponse, AttemptFailure> {
+        let idle = up.timeouts.idle;
+        let mut relay = SseRelay::new(!req.fields.client_wants_usage);
+        let mut upstream = resp.bytes_stream().boxed_local();
+        let first = loop {
+            match tokio::time::timeout(idle, upstream.next()).await {
+                Err(_) => return Err(guard.fail(AttemptFailure::new(FailureClass::Timeout, "no stream chunk within the idle timeout"))),
+                Ok(None) => return Err(guard.fail(AttemptFailure::new(FailureClass::StreamCut, "stream ended before any event"))),
+                Ok(Some(Err(e))) => return Err(guard.fail(transport_failure(&e))),
+                Ok(Some(Ok(chunk))) => match relay.push(&chunk) {
+                    Err(e) => return Err(guard.fail(AttemptFailure::new(FailureClass::Server, e.to_string()))),
+                    Ok(p) if p.done => {
+                        let ack = guard.finish(AttemptOutcome::Succeeded, "ok", relay.usage().unwrap_or_default(), self.durable);
+                        wait_ack(ack).await;
+                        let mut all = BytesMut::from(&p.forward[..]);
+                        all.extend_from_slice(&SseRelay::done_event());
+                        return Ok(self.respond(200, "text/event-stream", &guard).body(all.freeze()));
+                    }
+                    Ok(p) if !p.forward.is_empty() => break p.forward,
+                    Ok(_) => continue,
+                },
+            }
+        };
+        let builder = self.respond(200, "text/event-stream", &guard);
+        let state = StreamState {
+            upstream,
+            relay,
+            first: Some(first),
+            guard,
+            idle,
+            durable: self.durable,
+            finished: false,
+        };
+        let mut builder = builder;
+        builder.insert_header(("cache-control", "no-cache"));
+        Ok(builder.streaming(futures_util::stream::unfold(state, StreamState::step)))
+    }
+
+    fn respond(&self, status: u16, content_type: &str, guard: &AttemptGuard) -> actix_web::HttpResponseBuilder {
+        let mut b = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+        b.content_type(content_type.to_owned());
+        b.insert_header(("x-switchyard-profile", guard.entry.id().to_string()));
+        b.insert_header(("x-switchyard-attempts", guard.record.attempt.to_string()));
+        b
+    }
+}
+
+/// A streamed answer in flight: everything its next step needs.
+struct StreamState {
+    upstream: futures_util::stream::LocalBoxStream<'static, reqwest::Result<Bytes>>,
+    relay: SseRelay,
+    first: Option<Bytes>,
+    guard: AttemptGuard,
+    idle: Duration,
+    durable: bool,
+    finished: bool,
+}
+
+type Step = Option<(Result<Bytes, actix_web::Error>, StreamState)>;
+
+impl StreamState {
+    async fn step(mut self) -> Step {
+        if self.finished {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some((Ok(first), self));
+        }
+        loop {
+            match tokio::time::timeout(self.idle, self.upstream.next()).await {
+                Err(_) => return self.cut(FailureClass::Timeout, "the upstream stream stalled past the idle timeout"),
+                Ok(None) => return self.cut(FailureClass::StreamCut, "the upstream stream ended without [DONE]"),
+                Ok(Some(Err(_))) => return self.cut(FailureClass::StreamCut, "the upstream connection broke mid-stream"),
+                Ok(Some(Ok(chunk))) => match self.relay.push(&chunk) {
+                    Err(e) => return self.cut(FailureClass::Server, &e.to_string()),
+                    Ok(p) if p.done => {
+                        let usage = self.relay.usage().unwrap_or_default();
+                        let ack = self.guard.finish(AttemptOutcome::Succeeded, "ok", usage, self.durable);
+                        wait_ack(ack).await;
+                        self.finished = true;
+                        let mut out = BytesMut::from(&p.forward[..]);
+                        out.extend_from_slice(&SseRelay::done_event());
+                        return Some((Ok(out.freeze()), self));
+                    }
+                    Ok(p) if !p.forward.is_empty() => return Some((Ok(p.forward), self)),
+                    Ok(_) => continue,
+                },
+            }
+        }
+    }
+
+    /// Ends a stream that broke after the client got bytes: an error event, never a fake `[DONE]`.
+    fn cut(mut self, class: FailureClass, detail: &str) -> Step {
+        self.finished = true;
+        let profile = self.guard.entry.id().clone();
+        self.guard.fail(AttemptFailure::new(class, detail));
+        let err = ApiError::Upstream(format!("profile {profile}: {detail}; the response is incomplete"));
+        tracing::warn!(profile = %profile, class = class.as_str(), "stream cut after bytes reached the client");
+        Some((Ok(SseRelay::error_event(&err.body_json())), self))
+    }
+}
+
+/// Reports and records one attempt exactly once; if dropped unfinished (the client left), it reports
+/// `Abandoned` so a held probe is released and the attempt is still counted.
+struct AttemptGuard {
+    entry: Arc<ProfileEntry>,
+    probe: bool,
+    recorder: Addr<UsageRecorder>,
+    record: UsageRecord,
+    started: Instant,
+    status: Option<u16>,
+    done: bool,
+}
+
+impl AttemptGuard {
+    fn new(proxy: &Proxy<'_>, req: &ProxyRequest, pick: Pick, attempt: u32, stream: bool) -> AttemptGuard {
+        let record = UsageRecord {
+            ts_ms: 0,
+            request_id: req.request_id.clone(),
+            profile: pick.entry.id().to_string(),
+            model: req.fields.model.clone(),
+            account: req.account.clone(),
+            key_id: req.key_id.clone(),
+            outcome: String::new(),
+            status: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            latency_ms: 0,
+            attempt,
+            stream,
+        };
+        AttemptGuard {
+            entry: pick.entry,
+            probe: pick.probe,
+            recorder: proxy.recorder.clone(),
+            record,
+            started: Instant::now(),
+            status: None,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, outcome: AttemptOutcome, label: &str, usage: TokenUsage, want_ack: bool) -> Option<oneshot::Receiver<Ack>> {
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        self.entry.report(outcome, self.probe);
+        let mut record = self.record.clone();
+        record.ts_ms = now_ms();
+        record.outcome = label.to_owned();
+        record.status = self.status;
+        record.prompt_tokens = usage.prompt_tokens;
+        record.completion_tokens = usage.completion_tokens;
+        record.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (ack, rx) = if want_ack {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        // do_send: a usage record is never dropped for a full mailbox.
+        self.recorder.do_send(RecordUsage { record, ack });
+        rx
+    }
+
+    fn fail(&mut self, f: AttemptFailure) -> AttemptFailure {
+        if f.status.is_some() {
+            self.status = f.status;
+        }
+        let outcome = AttemptOutcome::Failed {
+            class: f.class,
+            retry_after: f.retry_after,
+            detail: f.detail.clone(),
+        };
+        self.finish(outcome, f.class.as_str(), TokenUsage::default(), false);
+        f
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(AttemptOutcome::Abandoned, "cancelled", TokenUsage::default(), false);
+        }
+    }
+}
+
+async fn wait_ack(ack: Option<oneshot::Receiver<Ack>>) {
+    if let Some(rx) = ack {
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "usage record not durable"),
+            Err(_) => tracing::error!("usage recorder went away before acknowledging"),
+        }
+    }
+}
+
+fn transport_failure(e: &reqwest::Error) -> AttemptFailure {
+    if e.is_timeout() {
+        AttemptFailure::new(FailureClass::Timeout, "timed out")
+    } else if e.is_connect() {
+        AttemptFailure::new(FailureClass::Connect, "cannot connect")
+    } else {
+        AttemptFailure::new(FailureClass::Connect, "connection failed before a response")
+    }
+}
+
+/// Reads a whole body, at most `limit` bytes, with `idle` as the longest pause between chunks.
+async fn read_body(resp: reqwest::Response, limit: usize, idle: Duration) -> Result<Bytes, AttemptFailure> {
+    let mut stream = resp.bytes_stream();
+    let mut buf = BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(AttemptFailure::new(FailureClass::Timeout, "the body stalled past the idle timeout")),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(_))) => return Err(AttemptFailure::new(FailureClass::StreamCut, "the connection broke while reading the body")),
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(AttemptFailure::new(FailureClass::Server, format!("the body exceeds {limit} bytes")));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+fn describe_skip(reason: &SkipReason) -> String {
+    match reason {
+        SkipReason::AlreadyTried => "already tried".to_owned(),
+        SkipReason::ProbeInFlight => "half_open (a probe is in flight)".to_owned(),
+        SkipReason::State(state, until) => match until {
+            Some(t) if *state != StateName::AuthFailed => {
+                format!("{} until {}", state.as_str(), humantime::format_rfc3339_seconds(*t))
+            }
+            _ => state.as_str().to_owned(),
+        },
+    }
+}
+
+/// The error when no profile answered: 503 if none could be tried, else 504 when the last failure was a
+/// timeout, else 502. The message names each profile and why.
+fn exhausted_error(model: &str, failures: &[(Arc<str>, AttemptFailure)], skipped: &[(Arc<str>, SkipReason)]) -> ApiError {
+    let mut parts: Vec<String> = failures
+        .iter()
+        .map(|(id, f)| format!("{id}: {} ({})", f.class.as_str(), f.detail))
+        .collect();
+    parts.extend(
+        skipped
+            .iter()
+            .filter(|(_, r)| *r != SkipReason::AlreadyTried)
+            .map(|(id, r)| format!("{id}: skipped, {}", describe_skip(r))),
+    );
+    let list = parts.join("; ");
+    match failures.last() {
+        None => ApiError::NoAvailableProfile(format!("No profile is available for model `{model}`: {list}.")),
+        Some((_, f)) if matches!(f.class, FailureClass::Timeout) => {
+            ApiError::Timeout(format!("Every profile tried for model `{model}` failed, the last by timing out: {list}."))
+        }
+        Some(_) => ApiError::Upstream(format!("Every profile tried for model `{model}` failed: {list}.")),
+    }
+}

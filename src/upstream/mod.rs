@@ -1,0 +1,159 @@
+//! Upstream profiles as the forwarder uses them: base URL, credential header, model map, timeouts and an
+//! HTTP client. Built once per actix-web worker, because a reqwest client shared across the workers'
+//! runtimes routes every connection's I/O through the runtime that opened it.
+
+pub mod classify;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{ApiKeySource, Config, ProfileConfig, Timeouts};
+
+/// One profile's upstream side.
+pub struct UpstreamProfile {
+    pub id: Arc<str>,
+    base_url: String,
+    /// `Authorization: Bearer ...`, marked sensitive so it is never printed.
+    auth: Option<HeaderValue>,
+    headers: HeaderMap,
+    model_map: IndexMap<String, String>,
+    pub timeouts: Timeouts,
+    pub client: reqwest::Client,
+}
+
+impl UpstreamProfile {
+    /// The full URL of an API path such as `/chat/completions`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// The upstream name of a client model, when this profile renames it.
+    pub fn upstream_model(&self, client_model: &str) -> Option<&str> {
+        self.model_map
+            .get(client_model)
+            .map(String::as_str)
+            .filter(|m| *m != client_model)
+    }
+
+    /// A POST to `path` carrying this profile's credential and headers (and none of the client's).
+    pub fn post(&self, path: &str, request_id: &str) -> reqwest::RequestBuilder {
+        let mut req = self
+            .client
+            .post(self.url(path))
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", request_id);
+        if let Some(auth) = &self.auth {
+            req = req.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        req
+    }
+}
+
+/// Every profile's upstream side, by id.
+pub struct Upstreams {
+    by_id: HashMap<Arc<str>, UpstreamProfile>,
+}
+
+/// Why an upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBuildError {
+    #[error("profile {profile}: cannot build HTTP client: {source}")]
+    Client {
+        profile: String,
+        source: reqwest::Error,
+    },
+    #[error("profile {profile}: header {header}: invalid value")]
+    Header { profile: String, header: String },
+}
+
+impl Upstreams {
+    /// Builds clients and credential headers for every profile of `config`.
+    pub fn build(config: &Config) -> Result<Upstreams, UpstreamBuildError> {
+        let mut by_id = HashMap::new();
+        for p in &config.profiles {
+            let up = build_profile(p)?;
+            by_id.insert(up.id.clone(), up);
+        }
+        Ok(Upstreams { by_id })
+    }
+
+    /// The profile with this id.
+    pub fn get(&self, id: &str) -> Option<&UpstreamProfile> {
+        self.by_id.get(id)
+    }
+}
+
+fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildError> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(p.timeouts.connect)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build()
+        .map_err(|source| UpstreamBuildError::Client {
+            profile: p.id.clone(),
+            source,
+        })?;
+    let auth = match resolve_key(&p.api_key) {
+        Ok(Some(key)) => {
+            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| UpstreamBuildError::Header {
+                profile: p.id.clone(),
+                header: "authorization".into(),
+            })?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+        Ok(None) | Err(_) => None,
+    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &p.headers {
+        let bad = || UpstreamBuildError::Header {
+            profile: p.id.clone(),
+            header: name.clone(),
+        };
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+        let v = HeaderValue::from_str(value).map_err(|_| bad())?;
+        headers.insert(n, v);
+    }
+    Ok(UpstreamProfile {
+        id: Arc::from(p.id.as_str()),
+        base_url: p.base_url.clone(),
+        auth,
+        headers,
+        model_map: p.model_map.clone(),
+        timeouts: p.timeouts,
+        client,
+    })
+}
+
+/// The credential of a profile: `Ok(None)` when it has none by design, `Err(reason)` when it should have
+/// one and cannot (the reason names the variable, never a value).
+pub fn resolve_key(source: &ApiKeySource) -> Result<Option<String>, String> {
+    match source {
+        ApiKeySource::None => Ok(None),
+        ApiKeySource::Literal(k) => Ok(Some(k.clone())),
+        ApiKeySource::Env(var) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+            Ok(_) => Err(format!("environment variable {var} is empty")),
+            Err(_) => Err(format!("environment variable {var} is not set")),
+        },
+    }
+}
+
+/// A stable, non-reversible fingerprint of a profile's credential (0 when it has none).
+pub fn credential_fingerprint(source: &ApiKeySource) -> u64 {
+    match resolve_key(source) {
+        Ok(Some(k)) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            k.hash(&mut h);
+            h.finish()
+        }
+        _ => 0,
+    }
+}
