@@ -1,0 +1,129 @@
+//! The raw shape of profiles.yaml: exactly what the file says, nothing checked beyond YAML types.
+//!
+//! Every struct denies unknown keys. Every key is optional here, even the required ones, so that a
+//! missing key becomes one collected error among the others instead of stopping serde. Values that a
+//! later check may reject are `Spanned`, so that the error can point at their line and column; the
+//! list entries of `models:` and `profiles:` are spanned too, so that a missing key can point at
+//! the entry it is missing from.
+
+use indexmap::IndexMap;
+use marked_yaml::Spanned;
+use serde::Deserialize;
+
+/// A scalar written as text in the file, with its position.
+pub(crate) type Text = Spanned<String>;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawConfig {
+    pub server: RawServer,
+    pub auth: RawAuth,
+    pub routing: RawRouting,
+    pub usage: RawUsage,
+    pub models: Vec<Spanned<RawModel>>,
+    pub profiles: Vec<Spanned<RawProfile>>,
+}
+
+/// `server:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawServer {
+    pub listen: Option<Text>,
+    pub data_dir: Option<Text>,
+    /// An integer (bytes) or a size such as "512KiB"; read as text and parsed by the validator.
+    pub max_body_size: Option<Text>,
+}
+
+/// `auth:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawAuth {
+    pub required: Option<bool>,
+    pub admin_token_env: Option<Text>,
+}
+
+/// `routing:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawRouting {
+    pub strategy: Option<Text>,
+    /// Signed, so that `0` and `-1` reach the validator and get a "must be >= 1" message.
+    pub max_attempts: Option<Spanned<i64>>,
+    pub sticky: RawSticky,
+    pub cooldown: RawCooldown,
+    pub billing_cooldown: RawCooldown,
+    pub breaker: RawBreaker,
+    pub timeouts: RawTimeouts,
+}
+
+/// `routing.sticky:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawSticky {
+    pub enabled: Option<bool>,
+    pub ttl: Option<Text>,
+}
+
+/// `routing.cooldown:` and `routing.billing_cooldown:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawCooldown {
+    pub initial: Option<Text>,
+    pub max: Option<Text>,
+}
+
+/// `routing.breaker:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawBreaker {
+    pub failure_threshold: Option<Spanned<i64>>,
+    pub open_for: Option<Text>,
+}
+
+/// `routing.timeouts:` and a profile's `timeouts:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawTimeouts {
+    pub connect: Option<Text>,
+    pub first_byte: Option<Text>,
+    pub idle: Option<Text>,
+}
+
+/// `usage:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawUsage {
+    pub durable: Option<bool>,
+}
+
+/// One entry of `models:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawModel {
+    /// Required.
+    pub name: Option<Text>,
+    /// Required; the list itself is spanned so that "must not be empty" can point at it.
+    pub profiles: Option<Spanned<Vec<Text>>>,
+    pub strategy: Option<Text>,
+}
+
+/// One entry of `profiles:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawProfile {
+    /// Required.
+    pub id: Option<Text>,
+    /// Required.
+    pub provider: Option<Text>,
+    /// Required.
+    pub base_url: Option<Text>,
+    pub api_key_env: Option<Text>,
+    pub api_key: Option<Text>,
+    pub priority: Option<Spanned<i64>>,
+    pub weight: Option<Spanned<i64>>,
+    pub model_map: IndexMap<String, String>,
+    pub timeouts: RawTimeouts,
+    /// Spanned so that a bad header name or value points at itself.
+    pub headers: IndexMap<Text, Text>,
+}

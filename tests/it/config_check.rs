@@ -1,0 +1,107 @@
+//! `switchyard check` run as a real process, against the bad-config fixtures and the example
+//! profiles.yaml at the repository root.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config")
+}
+
+/// Runs `switchyard check --config CONFIG` in `dir`; returns the exit code and stdout + stderr.
+fn check(dir: &Path, config: &str) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(dir)
+        .args(["check", "--config", config])
+        // The flag must win, but do not let the caller's environment muddy the test.
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run switchyard: {e}"));
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), text)
+}
+
+/// The output line that names `position` (`FILE:LINE:COLUMN`), if any.
+fn line_at<'a>(output: &'a str, position: &str) -> Option<&'a str> {
+    output.lines().find(|line| line.contains(position))
+}
+
+#[test]
+fn unknown_keys_are_reported_with_position_and_key() {
+    let (code, output) = check(&fixtures(), "unknown_key.yaml");
+    assert_eq!(code, Some(1), "{output}");
+    let line = line_at(&output, "unknown_key.yaml:3:3").unwrap_or_else(|| panic!("{output}"));
+    assert!(line.contains("lisen"), "{line}");
+    let line = line_at(&output, "unknown_key.yaml:11:5").unwrap_or_else(|| panic!("{output}"));
+    assert!(line.contains("wieght"), "{line}");
+}
+
+#[test]
+fn a_model_naming_an_undefined_profile_is_reported() {
+    let (code, output) = check(&fixtures(), "undefined_profile.yaml");
+    assert_eq!(code, Some(1), "{output}");
+    let line =
+        line_at(&output, "undefined_profile.yaml:3:22").unwrap_or_else(|| panic!("{output}"));
+    assert!(line.contains("unknown profile \"nope\""), "{line}");
+}
+
+#[test]
+fn a_path_given_on_the_command_line_is_the_one_in_messages() {
+    let fixture = fixtures().join("undefined_profile.yaml");
+    let (code, output) = check(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        fixture.to_str().unwrap(),
+    );
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains(&format!("{}:3:22: ", fixture.display())),
+        "{output}"
+    );
+}
+
+#[test]
+fn every_fixture_fails_with_its_golden_lines() {
+    let dir = fixtures();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let expected = std::fs::read_to_string(path.with_extension("expected")).unwrap();
+        let (code, output) = check(&dir, name);
+        assert_eq!(code, Some(1), "{name}: {output}");
+        for line in expected.lines() {
+            assert!(
+                output.lines().any(|l| l == line),
+                "{name}: missing line\n{line}\nin output\n{output}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 0);
+}
+
+#[test]
+fn the_example_profiles_yaml_passes_with_a_one_line_summary() {
+    let (code, output) = check(Path::new(env!("CARGO_MANIFEST_DIR")), "profiles.yaml");
+    assert_eq!(code, Some(0), "{output}");
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{output}");
+    let summary = lines[0];
+    assert!(summary.starts_with("OK"), "{summary}");
+    assert!(summary.contains("profiles.yaml"), "{summary}");
+    assert!(
+        summary.contains(" profiles, ") && summary.contains(" models"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_missing_file_fails() {
+    let (code, output) = check(&fixtures(), "no-such-file.yaml");
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("no-such-file.yaml"), "{output}");
+}
