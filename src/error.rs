@@ -164,11 +164,23 @@ mod tests {
     #[test]
     fn status_and_type_words_follow_the_contract() {
         let cases = [
-            (ApiError::NoAvailableProfile("x".into()), 503, "no_available_profile"),
+            (
+                ApiError::NoAvailableProfile("x".into()),
+                503,
+                "no_available_profile",
+            ),
             (ApiError::Upstream("x".into()), 502, "upstream_error"),
             (ApiError::Timeout("x".into()), 504, "timeout"),
-            (ApiError::TooLarge { limit: 1 }, 413, "invalid_request_error"),
-            (ApiError::Unauthenticated("x".into()), 401, "authentication_error"),
+            (
+                ApiError::TooLarge { limit: 1 },
+                413,
+                "invalid_request_error",
+            ),
+            (
+                ApiError::Unauthenticated("x".into()),
+                401,
+                "authentication_error",
+            ),
             (ApiError::Forbidden("x".into()), 403, "permission_error"),
         ];
         for (e, status, kind) in cases {

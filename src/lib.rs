@@ -40,7 +40,10 @@ pub enum ServeError {
     #[error(transparent)]
     Upstream(#[from] UpstreamBuildError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -71,7 +74,11 @@ pub fn router_spec(config: &Config) -> RouterSpec {
     RouterSpec {
         profiles,
         models,
-        sticky_ttl: config.routing.sticky.enabled.then_some(config.routing.sticky.ttl),
+        sticky_ttl: config
+            .routing
+            .sticky
+            .enabled
+            .then_some(config.routing.sticky.ttl),
     }
 }
 
@@ -82,11 +89,16 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         dir: opts.data_dir.clone(),
         source,
     })?;
-    let router = Router::start(&router_spec(&config), &store).map_err(|source| ServeError::Store {
-        dir: opts.data_dir.clone(),
-        source,
-    })?;
-    let sweep_every = config.routing.sticky.ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let router =
+        Router::start(&router_spec(&config), &store).map_err(|source| ServeError::Store {
+            dir: opts.data_dir.clone(),
+            source,
+        })?;
+    let sweep_every = config
+        .routing
+        .sticky
+        .ttl
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
     let sweeper_router = router.clone();
     Supervisor::start(move |_| RouterActor::new(sweeper_router.clone(), sweep_every));
     let recorder_store = store.clone();

@@ -10,7 +10,11 @@ use switchyard::config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "An OpenAI-compatible LLM routing proxy")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An OpenAI-compatible LLM routing proxy"
+)]
 struct Cli {
     /// Log format (default: text on a terminal, json otherwise).
     #[arg(long, global = true, value_enum)]
@@ -58,9 +62,15 @@ fn init_tracing(format: Option<LogFormat>) {
         Some(LogFormat::Text) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).with_current_span(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
     } else {
         builder.init();
     }

@@ -126,18 +126,35 @@ impl Proxy<'_> {
         Err(exhausted_error(&model, &failures, &skipped))
     }
 
-    async fn attempt(&self, up: &UpstreamProfile, req: &ProxyRequest, pick: Pick, attempt: u32) -> Result<HttpResponse, AttemptFailure> {
+    async fn attempt(
+        &self,
+        up: &UpstreamProfile,
+        req: &ProxyRequest,
+        pick: Pick,
+        attempt: u32,
+    ) -> Result<HttpResponse, AttemptFailure> {
         let stream = req.fields.stream && req.endpoint.streams();
         let ask_usage = stream && !req.fields.client_wants_usage;
         let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
         let body = upstream_body(&req.body, up.upstream_model(&req.fields.model), ask_usage)
-            .map_err(|e| guard.fail(AttemptFailure::new(FailureClass::Server, format!("cannot prepare body: {e}"))))?;
-        let sent = up.post(req.endpoint.path(), &req.request_id).body(body).send();
+            .map_err(|e| {
+                guard.fail(AttemptFailure::new(
+                    FailureClass::Server,
+                    format!("cannot prepare body: {e}"),
+                ))
+            })?;
+        let sent = up
+            .post(req.endpoint.path(), &req.request_id)
+            .body(body)
+            .send();
         let resp = match tokio::time::timeout(up.timeouts.first_byte, sent).await {
             Err(_) => {
                 return Err(guard.fail(AttemptFailure::new(
                     FailureClass::Timeout,
-                    format!("no response headers within {}", humantime::format_duration(up.timeouts.first_byte)),
+                    format!(
+                        "no response headers within {}",
+                        humantime::format_duration(up.timeouts.first_byte)
+                    ),
                 )))
             }
             Ok(Err(e)) => return Err(guard.fail(transport_failure(&e))),
@@ -153,12 +170,21 @@ impl Proxy<'_> {
             .to_owned();
         if !status.is_success() {
             let headers = resp.headers().clone();
-            let body = read_body(resp, MAX_ERROR_BYTES, up.timeouts.idle).await.unwrap_or_default();
+            let body = read_body(resp, MAX_ERROR_BYTES, up.timeouts.idle)
+                .await
+                .unwrap_or_default();
             return match classify(status.as_u16(), &headers, &body) {
                 Verdict::ClientError => {
                     // Not the profile's fault: the client gets the upstream's answer as it is.
-                    guard.finish(AttemptOutcome::Succeeded, "client_error", TokenUsage::default(), false);
-                    Ok(self.respond(status.as_u16(), &content_type, &guard).body(body))
+                    guard.finish(
+                        AttemptOutcome::Succeeded,
+                        "client_error",
+                        TokenUsage::default(),
+                        false,
+                    );
+                    Ok(self
+                        .respond(status.as_u16(), &content_type, &guard)
+                        .body(body))
                 }
                 Verdict::Failure { class, retry_after } => Err(guard.fail(AttemptFailure {
                     class,
@@ -180,13 +206,18 @@ impl Proxy<'_> {
             Err(_) => {
                 return Err(guard.fail(AttemptFailure {
                     status: Some(status.as_u16()),
-                    ..AttemptFailure::new(FailureClass::Server, format!("HTTP {}: body is not JSON", status.as_u16()))
+                    ..AttemptFailure::new(
+                        FailureClass::Server,
+                        format!("HTTP {}: body is not JSON", status.as_u16()),
+                    )
                 }))
             }
         };
         let ack = guard.finish(AttemptOutcome::Succeeded, "ok", usage, self.durable);
         wait_ack(ack).await;
-        Ok(self.respond(status.as_u16(), &content_type, &guard).body(body))
+        Ok(self
+            .respond(status.as_u16(), &content_type, &guard)
+            .body(body))
     }
 
     /// Reads until the first whole event; only then is the client's response committed.
@@ -202,17 +233,38 @@ impl Proxy<'_> {
         let mut upstream = resp.bytes_stream().boxed_local();
         let first = loop {
             match tokio::time::timeout(idle, upstream.next()).await {
-                Err(_) => return Err(guard.fail(AttemptFailure::new(FailureClass::Timeout, "no stream chunk within the idle timeout"))),
-                Ok(None) => return Err(guard.fail(AttemptFailure::new(FailureClass::StreamCut, "stream ended before any event"))),
+                Err(_) => {
+                    return Err(guard.fail(AttemptFailure::new(
+                        FailureClass::Timeout,
+                        "no stream chunk within the idle timeout",
+                    )))
+                }
+                Ok(None) => {
+                    return Err(guard.fail(AttemptFailure::new(
+                        FailureClass::StreamCut,
+                        "stream ended before any event",
+                    )))
+                }
                 Ok(Some(Err(e))) => return Err(guard.fail(transport_failure(&e))),
                 Ok(Some(Ok(chunk))) => match relay.push(&chunk) {
-                    Err(e) => return Err(guard.fail(AttemptFailure::new(FailureClass::Server, e.to_string()))),
+                    Err(e) => {
+                        return Err(
+                            guard.fail(AttemptFailure::new(FailureClass::Server, e.to_string()))
+                        )
+                    }
                     Ok(p) if p.done => {
-                        let ack = guard.finish(AttemptOutcome::Succeeded, "ok", relay.usage().unwrap_or_default(), self.durable);
+                        let ack = guard.finish(
+                            AttemptOutcome::Succeeded,
+                            "ok",
+                            relay.usage().unwrap_or_default(),
+                            self.durable,
+                        );
                         wait_ack(ack).await;
                         let mut all = BytesMut::from(&p.forward[..]);
                         all.extend_from_slice(&SseRelay::done_event());
-                        return Ok(self.respond(200, "text/event-stream", &guard).body(all.freeze()));
+                        return Ok(self
+                            .respond(200, "text/event-stream", &guard)
+                            .body(all.freeze()));
                     }
                     Ok(p) if !p.forward.is_empty() => break p.forward,
                     Ok(_) => continue,
@@ -234,8 +286,14 @@ impl Proxy<'_> {
         Ok(builder.streaming(futures_util::stream::unfold(state, StreamState::step)))
     }
 
-    fn respond(&self, status: u16, content_type: &str, guard: &AttemptGuard) -> actix_web::HttpResponseBuilder {
-        let mut b = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+    fn respond(
+        &self,
+        status: u16,
+        content_type: &str,
+        guard: &AttemptGuard,
+    ) -> actix_web::HttpResponseBuilder {
+        let mut b =
+            HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
         b.content_type(content_type.to_owned());
         b.insert_header(("x-switchyard-profile", guard.entry.id().to_string()));
         b.insert_header(("x-switchyard-attempts", guard.record.attempt.to_string()));
@@ -266,14 +324,31 @@ impl StreamState {
         }
         loop {
             match tokio::time::timeout(self.idle, self.upstream.next()).await {
-                Err(_) => return self.cut(FailureClass::Timeout, "the upstream stream stalled past the idle timeout"),
-                Ok(None) => return self.cut(FailureClass::StreamCut, "the upstream stream ended without [DONE]"),
-                Ok(Some(Err(_))) => return self.cut(FailureClass::StreamCut, "the upstream connection broke mid-stream"),
+                Err(_) => {
+                    return self.cut(
+                        FailureClass::Timeout,
+                        "the upstream stream stalled past the idle timeout",
+                    )
+                }
+                Ok(None) => {
+                    return self.cut(
+                        FailureClass::StreamCut,
+                        "the upstream stream ended without [DONE]",
+                    )
+                }
+                Ok(Some(Err(_))) => {
+                    return self.cut(
+                        FailureClass::StreamCut,
+                        "the upstream connection broke mid-stream",
+                    )
+                }
                 Ok(Some(Ok(chunk))) => match self.relay.push(&chunk) {
                     Err(e) => return self.cut(FailureClass::Server, &e.to_string()),
                     Ok(p) if p.done => {
                         let usage = self.relay.usage().unwrap_or_default();
-                        let ack = self.guard.finish(AttemptOutcome::Succeeded, "ok", usage, self.durable);
+                        let ack =
+                            self.guard
+                                .finish(AttemptOutcome::Succeeded, "ok", usage, self.durable);
                         wait_ack(ack).await;
                         self.finished = true;
                         let mut out = BytesMut::from(&p.forward[..]);
@@ -292,7 +367,9 @@ impl StreamState {
         self.finished = true;
         let profile = self.guard.entry.id().clone();
         self.guard.fail(AttemptFailure::new(class, detail));
-        let err = ApiError::Upstream(format!("profile {profile}: {detail}; the response is incomplete"));
+        let err = ApiError::Upstream(format!(
+            "profile {profile}: {detail}; the response is incomplete"
+        ));
         tracing::warn!(profile = %profile, class = class.as_str(), "stream cut after bytes reached the client");
         Some((Ok(SseRelay::error_event(&err.body_json())), self))
     }
@@ -311,7 +388,13 @@ struct AttemptGuard {
 }
 
 impl AttemptGuard {
-    fn new(proxy: &Proxy<'_>, req: &ProxyRequest, pick: Pick, attempt: u32, stream: bool) -> AttemptGuard {
+    fn new(
+        proxy: &Proxy<'_>,
+        req: &ProxyRequest,
+        pick: Pick,
+        attempt: u32,
+        stream: bool,
+    ) -> AttemptGuard {
         let record = UsageRecord {
             ts_ms: 0,
             request_id: req.request_id.clone(),
@@ -338,7 +421,13 @@ impl AttemptGuard {
         }
     }
 
-    fn finish(&mut self, outcome: AttemptOutcome, label: &str, usage: TokenUsage, want_ack: bool) -> Option<oneshot::Receiver<Ack>> {
+    fn finish(
+        &mut self,
+        outcome: AttemptOutcome,
+        label: &str,
+        usage: TokenUsage,
+        want_ack: bool,
+    ) -> Option<oneshot::Receiver<Ack>> {
         if self.done {
             return None;
         }
@@ -379,7 +468,12 @@ impl AttemptGuard {
 impl Drop for AttemptGuard {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(AttemptOutcome::Abandoned, "cancelled", TokenUsage::default(), false);
+            self.finish(
+                AttemptOutcome::Abandoned,
+                "cancelled",
+                TokenUsage::default(),
+                false,
+            );
         }
     }
 }
@@ -405,17 +499,34 @@ fn transport_failure(e: &reqwest::Error) -> AttemptFailure {
 }
 
 /// Reads a whole body, at most `limit` bytes, with `idle` as the longest pause between chunks.
-async fn read_body(resp: reqwest::Response, limit: usize, idle: Duration) -> Result<Bytes, AttemptFailure> {
+async fn read_body(
+    resp: reqwest::Response,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, AttemptFailure> {
     let mut stream = resp.bytes_stream();
     let mut buf = BytesMut::new();
     loop {
         match tokio::time::timeout(idle, stream.next()).await {
-            Err(_) => return Err(AttemptFailure::new(FailureClass::Timeout, "the body stalled past the idle timeout")),
+            Err(_) => {
+                return Err(AttemptFailure::new(
+                    FailureClass::Timeout,
+                    "the body stalled past the idle timeout",
+                ))
+            }
             Ok(None) => return Ok(buf.freeze()),
-            Ok(Some(Err(_))) => return Err(AttemptFailure::new(FailureClass::StreamCut, "the connection broke while reading the body")),
+            Ok(Some(Err(_))) => {
+                return Err(AttemptFailure::new(
+                    FailureClass::StreamCut,
+                    "the connection broke while reading the body",
+                ))
+            }
             Ok(Some(Ok(chunk))) => {
                 if buf.len() + chunk.len() > limit {
-                    return Err(AttemptFailure::new(FailureClass::Server, format!("the body exceeds {limit} bytes")));
+                    return Err(AttemptFailure::new(
+                        FailureClass::Server,
+                        format!("the body exceeds {limit} bytes"),
+                    ));
                 }
                 buf.extend_from_slice(&chunk);
             }
@@ -429,7 +540,11 @@ fn describe_skip(reason: &SkipReason) -> String {
         SkipReason::ProbeInFlight => "half_open (a probe is in flight)".to_owned(),
         SkipReason::State(state, until) => match until {
             Some(t) if *state != StateName::AuthFailed => {
-                format!("{} until {}", state.as_str(), humantime::format_rfc3339_seconds(*t))
+                format!(
+                    "{} until {}",
+                    state.as_str(),
+                    humantime::format_rfc3339_seconds(*t)
+                )
             }
             _ => state.as_str().to_owned(),
         },
@@ -438,7 +553,11 @@ fn describe_skip(reason: &SkipReason) -> String {
 
 /// The error when no profile answered: 503 if none could be tried, else 504 when the last failure was a
 /// timeout, else 502. The message names each profile and why.
-fn exhausted_error(model: &str, failures: &[(Arc<str>, AttemptFailure)], skipped: &[(Arc<str>, SkipReason)]) -> ApiError {
+fn exhausted_error(
+    model: &str,
+    failures: &[(Arc<str>, AttemptFailure)],
+    skipped: &[(Arc<str>, SkipReason)],
+) -> ApiError {
     let mut parts: Vec<String> = failures
         .iter()
         .map(|(id, f)| format!("{id}: {} ({})", f.class.as_str(), f.detail))
@@ -451,10 +570,14 @@ fn exhausted_error(model: &str, failures: &[(Arc<str>, AttemptFailure)], skipped
     );
     let list = parts.join("; ");
     match failures.last() {
-        None => ApiError::NoAvailableProfile(format!("No profile is available for model `{model}`: {list}.")),
-        Some((_, f)) if matches!(f.class, FailureClass::Timeout) => {
-            ApiError::Timeout(format!("Every profile tried for model `{model}` failed, the last by timing out: {list}."))
-        }
-        Some(_) => ApiError::Upstream(format!("Every profile tried for model `{model}` failed: {list}.")),
+        None => ApiError::NoAvailableProfile(format!(
+            "No profile is available for model `{model}`: {list}."
+        )),
+        Some((_, f)) if matches!(f.class, FailureClass::Timeout) => ApiError::Timeout(format!(
+            "Every profile tried for model `{model}` failed, the last by timing out: {list}."
+        )),
+        Some(_) => ApiError::Upstream(format!(
+            "Every profile tried for model `{model}` failed: {list}."
+        )),
     }
 }

@@ -46,13 +46,16 @@ impl RoutingFields {
     /// Reads the routing fields; a malformed body or a missing model is a 400 that says what is wrong.
     pub fn parse(body: &[u8]) -> Result<RoutingFields, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::invalid("The request body is empty; expected a JSON object."));
+            return Err(ApiError::invalid(
+                "The request body is empty; expected a JSON object.",
+            ));
         }
-        let peek: Peek<'_> = serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest {
-            message: format!("The request body is not valid JSON: {e}"),
-            param: None,
-            code: Some("invalid_json"),
-        })?;
+        let peek: Peek<'_> =
+            serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest {
+                message: format!("The request body is not valid JSON: {e}"),
+                param: None,
+                code: Some("invalid_json"),
+            })?;
         let model = match peek.model {
             Some(m) if !m.trim().is_empty() => m.into_owned(),
             _ => {
@@ -77,17 +80,25 @@ impl RoutingFields {
 
 /// The body to send upstream: the client's bytes untouched unless the model must be renamed or the stream
 /// must report usage; then only the top-level keys are re-serialised, every value kept byte for byte.
-pub fn upstream_body(body: &Bytes, upstream_model: Option<&str>, ask_usage: bool) -> Result<Bytes, ApiError> {
+pub fn upstream_body(
+    body: &Bytes,
+    upstream_model: Option<&str>,
+    ask_usage: bool,
+) -> Result<Bytes, ApiError> {
     if upstream_model.is_none() && !ask_usage {
         return Ok(body.clone());
     }
     let mut map: IndexMap<String, Box<RawValue>> = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("The request body must be a JSON object: {e}")))?;
     let raw = |v: &serde_json::Value| {
-        serde_json::value::to_raw_value(v).map_err(|e| ApiError::Internal(format!("re-encode: {e}")))
+        serde_json::value::to_raw_value(v)
+            .map_err(|e| ApiError::Internal(format!("re-encode: {e}")))
     };
     if let Some(m) = upstream_model {
-        map.insert("model".into(), raw(&serde_json::Value::String(m.to_owned()))?);
+        map.insert(
+            "model".into(),
+            raw(&serde_json::Value::String(m.to_owned()))?,
+        );
     }
     if ask_usage {
         let mut opts = match map.get("stream_options") {
@@ -98,7 +109,10 @@ pub fn upstream_body(body: &Bytes, upstream_model: Option<&str>, ask_usage: bool
             None => serde_json::Map::new(),
         };
         opts.insert("include_usage".into(), serde_json::Value::Bool(true));
-        map.insert("stream_options".into(), raw(&serde_json::Value::Object(opts))?);
+        map.insert(
+            "stream_options".into(),
+            raw(&serde_json::Value::Object(opts))?,
+        );
     }
     serde_json::to_vec(&map)
         .map(Bytes::from)
@@ -166,21 +180,38 @@ mod tests {
 
     #[test]
     fn rewrite_keeps_order_values_and_unknown_fields() {
-        let b = Bytes::from_static(br#"{"model":"m","temperature":0.70,"custom":{"a":[1,2]},"stream":true}"#);
+        let b = Bytes::from_static(
+            br#"{"model":"m","temperature":0.70,"custom":{"a":[1,2]},"stream":true}"#,
+        );
         let out = upstream_body(&b, Some("upstream-m"), true).unwrap();
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             r#"{"model":"upstream-m","temperature":0.70,"custom":{"a":[1,2]},"stream":true,"stream_options":{"include_usage":true}}"#
         );
-        let b = Bytes::from_static(br#"{"model":"m","stream_options":{"include_usage":false,"other":1}}"#);
-        let out: serde_json::Value = serde_json::from_slice(&upstream_body(&b, None, true).unwrap()).unwrap();
-        assert_eq!(out["stream_options"], serde_json::json!({"include_usage": true, "other": 1}));
+        let b = Bytes::from_static(
+            br#"{"model":"m","stream_options":{"include_usage":false,"other":1}}"#,
+        );
+        let out: serde_json::Value =
+            serde_json::from_slice(&upstream_body(&b, None, true).unwrap()).unwrap();
+        assert_eq!(
+            out["stream_options"],
+            serde_json::json!({"include_usage": true, "other": 1})
+        );
     }
 
     #[test]
     fn usage_of_a_complete_answer() {
-        let u = response_usage(br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#).unwrap();
-        assert_eq!(u, TokenUsage { prompt_tokens: 3, completion_tokens: 5 });
+        let u = response_usage(
+            br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            u,
+            TokenUsage {
+                prompt_tokens: 3,
+                completion_tokens: 5
+            }
+        );
         assert!(response_usage(b"<html>oops</html>").is_err());
         assert_eq!(response_usage(b"{}").unwrap(), TokenUsage::default());
     }

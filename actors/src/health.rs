@@ -221,7 +221,8 @@ impl ProfileHealth {
             AttemptOutcome::Succeeded => {
                 self.breaker.on_success();
                 let v = &mut self.view;
-                if v.consecutive_failures != 0 || v.cooldown_strikes != 0 || v.billing_strikes != 0 {
+                if v.consecutive_failures != 0 || v.cooldown_strikes != 0 || v.billing_strikes != 0
+                {
                     t.changed = true;
                 }
                 v.consecutive_failures = 0;
@@ -389,10 +390,16 @@ mod tests {
         let mut h = ProfileHealth::new(policy(), HealthView::healthy(0), now);
         h.apply(&fail(FailureClass::Billing), now);
         assert_eq!(h.view().state_at(now), StateName::BillingDisabled);
-        assert_eq!(h.view().billing_until, Some(now + Duration::from_secs(3600)));
+        assert_eq!(
+            h.view().billing_until,
+            Some(now + Duration::from_secs(3600))
+        );
         h.apply(&fail(FailureClass::Billing), now);
         h.apply(&fail(FailureClass::Billing), now);
-        assert_eq!(h.view().billing_until, Some(now + Duration::from_secs(4 * 3600)));
+        assert_eq!(
+            h.view().billing_until,
+            Some(now + Duration::from_secs(4 * 3600))
+        );
         assert_eq!(h.view().cooldown_until, None);
     }
 

@@ -263,7 +263,12 @@ impl Handler<Restart> for ProfileActor {
 }
 
 /// Sends an outcome to a profile's actor and updates its counters.
-pub fn report(shared: &ProfileShared, addr: &Addr<ProfileActor>, outcome: AttemptOutcome, probe: bool) {
+pub fn report(
+    shared: &ProfileShared,
+    addr: &Addr<ProfileActor>,
+    outcome: AttemptOutcome,
+    probe: bool,
+) {
     shared.requests.fetch_add(1, Ordering::Relaxed);
     if matches!(outcome, AttemptOutcome::Failed { .. }) {
         shared.failures.fetch_add(1, Ordering::Relaxed);

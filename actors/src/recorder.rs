@@ -52,8 +52,8 @@ impl UsageRecorder {
         self.flushing = true;
         let batch = std::mem::take(&mut self.pending);
         let store = self.store.clone();
-        let fut = actix::fut::wrap_future::<_, Self>(async move { store.flush().await })
-            .map(move |res, act, ctx| {
+        let fut = actix::fut::wrap_future::<_, Self>(async move { store.flush().await }).map(
+            move |res, act, ctx| {
                 let ack: Ack = res.map_err(|e| e.to_string());
                 if let Err(e) = &ack {
                     tracing::error!(error = %e, "usage flush failed");
@@ -63,7 +63,8 @@ impl UsageRecorder {
                 }
                 act.flushing = false;
                 act.start_flush(ctx);
-            });
+            },
+        );
         ctx.spawn(fut);
     }
 
@@ -76,7 +77,9 @@ impl UsageRecorder {
                     .store
                     .load_counters(&record.profile)
                     .map_err(|e| e.to_string())?;
-                self.counters.entry(record.profile.clone()).or_insert(loaded)
+                self.counters
+                    .entry(record.profile.clone())
+                    .or_insert(loaded)
             }
         };
         c.requests += 1;
@@ -162,7 +165,13 @@ mod tests {
     async fn records_are_acked_after_flush_and_counters_follow() {
         let store = Store::temporary().unwrap();
         store
-            .save_counters("a", &ProfileCounters { requests: 10, failures: 1 })
+            .save_counters(
+                "a",
+                &ProfileCounters {
+                    requests: 10,
+                    failures: 1,
+                },
+            )
             .unwrap();
         let addr = UsageRecorder::new(store.clone()).start();
         let mut acks = Vec::new();
@@ -182,7 +191,10 @@ mod tests {
         assert_eq!(store.all_usage().unwrap().len(), 3);
         assert_eq!(
             store.load_counters("a").unwrap(),
-            ProfileCounters { requests: 13, failures: 2 }
+            ProfileCounters {
+                requests: 13,
+                failures: 2
+            }
         );
     }
 }

@@ -14,7 +14,9 @@ use rand::Rng;
 use crate::health::{restore_view, StateName};
 use crate::outcome::AttemptOutcome;
 use crate::policy::{HealthPolicy, Strategy};
-use crate::profile::{self, Availability, MarkAuthFailed, ProfileActor, ProfileShared, ResetProfile};
+use crate::profile::{
+    self, Availability, MarkAuthFailed, ProfileActor, ProfileShared, ResetProfile,
+};
 use crate::store::{Store, StoreError};
 
 /// What the router needs to know of a profile.
@@ -225,7 +227,12 @@ impl Router {
     }
 
     /// Picks a profile for `model`, skipping `tried`, honouring the session pin while its profile is usable.
-    pub fn pick(&self, model: &str, session: Option<&str>, tried: &[Arc<str>]) -> Result<Pick, PickError> {
+    pub fn pick(
+        &self,
+        model: &str,
+        session: Option<&str>,
+        tried: &[Arc<str>],
+    ) -> Result<Pick, PickError> {
         let table = self.table.load();
         let route = table.models.get(model).ok_or(PickError::UnknownModel)?;
         let now = SystemTime::now();
@@ -268,7 +275,14 @@ impl Router {
         }
     }
 
-    fn pinned(&self, route: &ModelRoute, model: &str, sid: &str, tried: &[Arc<str>], now: SystemTime) -> Option<Pick> {
+    fn pinned(
+        &self,
+        route: &ModelRoute,
+        model: &str,
+        sid: &str,
+        tried: &[Arc<str>],
+        now: SystemTime,
+    ) -> Option<Pick> {
         let key = (model.to_owned(), sid.to_owned());
         let pin = self.sessions.get(&key).map(|p| p.clone())?;
         if pin.expires <= Instant::now() || tried.contains(&pin.profile) {
@@ -317,7 +331,10 @@ impl Router {
 }
 
 /// Applies the route's strategy to the profiles `usable` admits; returns (index, needs_probe).
-fn choose(route: &ModelRoute, usable: &dyn Fn(usize, &ProfileEntry) -> Option<bool>) -> Option<(usize, bool)> {
+fn choose(
+    route: &ModelRoute,
+    usable: &dyn Fn(usize, &ProfileEntry) -> Option<bool>,
+) -> Option<(usize, bool)> {
     let n = route.profiles.len();
     if n == 0 {
         return None;
@@ -330,7 +347,9 @@ fn choose(route: &ModelRoute, usable: &dyn Fn(usize, &ProfileEntry) -> Option<bo
             .find_map(|(i, e)| usable(i, e).map(|p| (i, p))),
         Strategy::RoundRobin => {
             let start = route.next.fetch_add(1, Ordering::Relaxed) % n;
-            (0..n).map(|k| (start + k) % n).find_map(|i| usable(i, &route.profiles[i]).map(|p| (i, p)))
+            (0..n)
+                .map(|k| (start + k) % n)
+                .find_map(|i| usable(i, &route.profiles[i]).map(|p| (i, p)))
         }
         Strategy::Random | Strategy::Weighted => {
             // One pass of weighted reservoir sampling: no allocation, uniform when every weight is 1.
@@ -384,7 +403,10 @@ pub struct RouterActor {
 impl RouterActor {
     /// A supervisor for `router`, sweeping sessions every `sweep_every`.
     pub fn new(router: Arc<Router>, sweep_every: Duration) -> RouterActor {
-        RouterActor { router, sweep_every }
+        RouterActor {
+            router,
+            sweep_every,
+        }
     }
 }
 
@@ -490,7 +512,11 @@ mod tests {
 
     #[actix_rt::test]
     async fn round_robin_spreads_evenly() {
-        let r = Router::start(&spec(Strategy::RoundRobin, &[1, 1, 1], false), &Store::temporary().unwrap()).unwrap();
+        let r = Router::start(
+            &spec(Strategy::RoundRobin, &[1, 1, 1], false),
+            &Store::temporary().unwrap(),
+        )
+        .unwrap();
         let c = counts(&r, 300);
         assert_eq!(c.values().copied().collect::<Vec<_>>(), vec![100, 100, 100]);
     }
@@ -498,7 +524,11 @@ mod tests {
     #[actix_rt::test]
     async fn priority_takes_lowest_first_and_falls_through() {
         // priorities: p0=3, p1=2, p2=1
-        let r = Router::start(&spec(Strategy::Priority, &[1, 1, 1], false), &Store::temporary().unwrap()).unwrap();
+        let r = Router::start(
+            &spec(Strategy::Priority, &[1, 1, 1], false),
+            &Store::temporary().unwrap(),
+        )
+        .unwrap();
         assert_eq!(&**r.pick("m", None, &[]).unwrap().entry.id(), "p2");
         let tried: Vec<Arc<str>> = vec![Arc::from("p2")];
         assert_eq!(&**r.pick("m", None, &tried).unwrap().entry.id(), "p1");
@@ -506,11 +536,19 @@ mod tests {
 
     #[actix_rt::test]
     async fn weighted_follows_weights_and_random_covers_all() {
-        let r = Router::start(&spec(Strategy::Weighted, &[1, 3], false), &Store::temporary().unwrap()).unwrap();
+        let r = Router::start(
+            &spec(Strategy::Weighted, &[1, 3], false),
+            &Store::temporary().unwrap(),
+        )
+        .unwrap();
         let c = counts(&r, 4000);
         let share = c["p1"] as f64 / 4000.0;
         assert!((0.70..0.80).contains(&share), "p1 share {share}");
-        let r = Router::start(&spec(Strategy::Random, &[1, 1, 1, 1], false), &Store::temporary().unwrap()).unwrap();
+        let r = Router::start(
+            &spec(Strategy::Random, &[1, 1, 1, 1], false),
+            &Store::temporary().unwrap(),
+        )
+        .unwrap();
         let c = counts(&r, 4000);
         assert_eq!(c.len(), 4);
         assert!(c.values().all(|&n| (800..1200).contains(&n)), "{c:?}");
@@ -518,8 +556,15 @@ mod tests {
 
     #[actix_rt::test]
     async fn unknown_model_and_exhaustion() {
-        let r = Router::start(&spec(Strategy::RoundRobin, &[1, 1], false), &Store::temporary().unwrap()).unwrap();
-        assert_eq!(r.pick("nope", None, &[]).err(), Some(PickError::UnknownModel));
+        let r = Router::start(
+            &spec(Strategy::RoundRobin, &[1, 1], false),
+            &Store::temporary().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            r.pick("nope", None, &[]).err(),
+            Some(PickError::UnknownModel)
+        );
         let tried: Vec<Arc<str>> = vec![Arc::from("p0"), Arc::from("p1")];
         match r.pick("m", None, &tried) {
             Err(PickError::Exhausted(s)) => {
@@ -532,7 +577,11 @@ mod tests {
 
     #[actix_rt::test]
     async fn sticky_sessions_stay_and_move_only_when_unusable() {
-        let r = Router::start(&spec(Strategy::RoundRobin, &[1, 1, 1], true), &Store::temporary().unwrap()).unwrap();
+        let r = Router::start(
+            &spec(Strategy::RoundRobin, &[1, 1, 1], true),
+            &Store::temporary().unwrap(),
+        )
+        .unwrap();
         let first = r.pick("m", Some("s1"), &[]).unwrap().entry.id().clone();
         for _ in 0..20 {
             assert_eq!(r.pick("m", Some("s1"), &[]).unwrap().entry.id(), &first);
@@ -580,7 +629,9 @@ mod tests {
         let probe = r.pick("m", None, &[]).unwrap();
         assert!(probe.probe);
         match r.pick("m", None, &[]) {
-            Err(PickError::Exhausted(s)) => assert_eq!(s[0].1, SkipReason::State(StateName::HalfOpen, None)),
+            Err(PickError::Exhausted(s)) => {
+                assert_eq!(s[0].1, SkipReason::State(StateName::HalfOpen, None))
+            }
             _ => panic!("a second probe was admitted"),
         }
         probe.entry.report(AttemptOutcome::Succeeded, true);

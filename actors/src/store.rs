@@ -145,7 +145,10 @@ impl Store {
         self.save_json(&format!("v1/profile/{profile}/counters"), c)
     }
 
-    fn load_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    fn load_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         match self.profiles.get(key)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
@@ -216,7 +219,12 @@ mod tests {
         for ts in [30, 10, 20, 20] {
             s.append_usage(&rec(ts, "ok")).unwrap();
         }
-        let got: Vec<u64> = s.usage_between(10, 30).unwrap().iter().map(|r| r.ts_ms).collect();
+        let got: Vec<u64> = s
+            .usage_between(10, 30)
+            .unwrap()
+            .iter()
+            .map(|r| r.ts_ms)
+            .collect();
         assert_eq!(got, vec![10, 20, 20]);
         assert_eq!(s.all_usage().unwrap().len(), 4);
     }

@@ -26,7 +26,9 @@ fn require_admin(shared: &Shared, req: &HttpRequest) -> Result<(), ApiError> {
     if is_admin(shared, req) {
         Ok(())
     } else {
-        Err(ApiError::Unauthenticated("Admin credentials required.".into()))
+        Err(ApiError::Unauthenticated(
+            "Admin credentials required.".into(),
+        ))
     }
 }
 
@@ -71,7 +73,10 @@ fn rfc3339(t: Option<SystemTime>) -> Option<String> {
     t.map(|t| humantime::format_rfc3339_millis(t).to_string())
 }
 
-async fn list_profiles(req: HttpRequest, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+async fn list_profiles(
+    req: HttpRequest,
+    shared: web::Data<Shared>,
+) -> Result<HttpResponse, ApiError> {
     require_admin(&shared, &req)?;
     let now = SystemTime::now();
     let list: Vec<ProfileStatus> = shared
@@ -101,7 +106,11 @@ async fn list_profiles(req: HttpRequest, shared: web::Data<Shared>) -> Result<Ht
     Ok(HttpResponse::Ok().json(list))
 }
 
-async fn reset_profile(req: HttpRequest, id: web::Path<String>, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+async fn reset_profile(
+    req: HttpRequest,
+    id: web::Path<String>,
+    shared: web::Data<Shared>,
+) -> Result<HttpResponse, ApiError> {
     require_admin(&shared, &req)?;
     let Some(p) = shared.router.profile(&id) else {
         return Err(ApiError::NotFound(format!("No profile `{id}`.")));

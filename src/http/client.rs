@@ -32,7 +32,13 @@ fn authenticate(shared: &Shared, req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-async fn proxy(endpoint: Endpoint, req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>, upstreams: web::Data<Upstreams>) -> Result<HttpResponse, ApiError> {
+async fn proxy(
+    endpoint: Endpoint,
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+    upstreams: web::Data<Upstreams>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&shared, &req)?;
     let body = read_limited(&req, payload, shared.config.server.max_body_bytes).await?;
     let fields = RoutingFields::parse(&body)?;
@@ -64,15 +70,30 @@ async fn proxy(endpoint: Endpoint, req: HttpRequest, payload: web::Payload, shar
     tracing::Instrument::instrument(proxy.forward(req), span).await
 }
 
-async fn chat_completions(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>, up: web::Data<Upstreams>) -> Result<HttpResponse, ApiError> {
+async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+    up: web::Data<Upstreams>,
+) -> Result<HttpResponse, ApiError> {
     proxy(Endpoint::ChatCompletions, req, payload, shared, up).await
 }
 
-async fn completions(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>, up: web::Data<Upstreams>) -> Result<HttpResponse, ApiError> {
+async fn completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+    up: web::Data<Upstreams>,
+) -> Result<HttpResponse, ApiError> {
     proxy(Endpoint::Completions, req, payload, shared, up).await
 }
 
-async fn embeddings(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>, up: web::Data<Upstreams>) -> Result<HttpResponse, ApiError> {
+async fn embeddings(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+    up: web::Data<Upstreams>,
+) -> Result<HttpResponse, ApiError> {
     proxy(Endpoint::Embeddings, req, payload, shared, up).await
 }
 
@@ -81,13 +102,25 @@ fn model_object(name: &str) -> serde_json::Value {
 }
 
 /// The models clients may ask for: the configured names, not the upstreams' lists.
-async fn list_models(req: HttpRequest, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+async fn list_models(
+    req: HttpRequest,
+    shared: web::Data<Shared>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&shared, &req)?;
-    let data: Vec<_> = shared.config.models.iter().map(|m| model_object(&m.name)).collect();
+    let data: Vec<_> = shared
+        .config
+        .models
+        .iter()
+        .map(|m| model_object(&m.name))
+        .collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
 }
 
-async fn get_model(req: HttpRequest, id: web::Path<String>, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+async fn get_model(
+    req: HttpRequest,
+    id: web::Path<String>,
+    shared: web::Data<Shared>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&shared, &req)?;
     match shared.config.model(&id) {
         Some(m) => Ok(HttpResponse::Ok().json(model_object(&m.name))),

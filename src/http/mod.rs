@@ -45,7 +45,11 @@ fn request_id(req: &actix_web::dev::ServiceRequest) -> String {
 }
 
 /// Registers every route. `upstreams` is built per worker (see `upstream`).
-pub fn configure(cfg: &mut web::ServiceConfig, shared: web::Data<Shared>, upstreams: web::Data<Upstreams>) {
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    shared: web::Data<Shared>,
+    upstreams: web::Data<Upstreams>,
+) {
     cfg.app_data(shared)
         .app_data(upstreams)
         .configure(client::routes)
@@ -69,7 +73,11 @@ pub fn with_request_id<S>(
     srv: &S,
 ) -> impl std::future::Future<Output = Result<ServiceResponse, actix_web::Error>>
 where
-    S: Service<actix_web::dev::ServiceRequest, Response = ServiceResponse, Error = actix_web::Error>,
+    S: Service<
+        actix_web::dev::ServiceRequest,
+        Response = ServiceResponse,
+        Error = actix_web::Error,
+    >,
 {
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -85,7 +93,11 @@ where
 
 /// The fallback for unknown paths.
 pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("Unknown request URL: {} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "Unknown request URL: {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 /// The request id stored by the middleware.
@@ -97,7 +109,11 @@ pub fn current_request_id(req: &HttpRequest) -> String {
 }
 
 /// Reads the body up to `limit` bytes; larger bodies are refused with 413 before reading them whole.
-pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -108,7 +124,8 @@ pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: u
     }
     let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::invalid(format!("Could not read the request body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::invalid(format!("Could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge { limit });
         }
@@ -132,7 +149,10 @@ pub fn presented_credential(req: &HttpRequest) -> Option<&str> {
         let (scheme, token) = v.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
-    req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    req.headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// Whether the request carries the admin token.

@@ -53,7 +53,8 @@ struct ErrorBody {
 
 fn is_billing_body(body: &[u8]) -> bool {
     if let Ok(ErrorEnvelope { error: Some(e) }) = serde_json::from_slice::<ErrorEnvelope>(body) {
-        let word = |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
+        let word =
+            |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
         for w in [word(&e.code), word(&e.kind)].into_iter().flatten() {
             if BILLING_CODES.contains(&w.as_str()) {
                 return true;
@@ -148,7 +149,11 @@ mod tests {
 
     #[test]
     fn rate_limit_honours_retry_after() {
-        let v = classify(429, &h(&[("retry-after", "7")]), br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#);
+        let v = classify(
+            429,
+            &h(&[("retry-after", "7")]),
+            br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+        );
         assert_eq!(
             v,
             Verdict::Failure {
@@ -178,25 +183,55 @@ mod tests {
     #[test]
     fn billing_is_recognised_under_any_status() {
         let openai = br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
-        assert_eq!(class(classify(429, &HeaderMap::new(), openai)), FailureClass::Billing);
+        assert_eq!(
+            class(classify(429, &HeaderMap::new(), openai)),
+            FailureClass::Billing
+        );
         let exhausted = br#"{"error":{"message":"no credit","type":"invalid_request_error","code":"credit_balance_exhausted"}}"#;
-        assert_eq!(class(classify(429, &HeaderMap::new(), exhausted)), FailureClass::Billing);
+        assert_eq!(
+            class(classify(429, &HeaderMap::new(), exhausted)),
+            FailureClass::Billing
+        );
         let anthropic = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#;
-        assert_eq!(class(classify(400, &HeaderMap::new(), anthropic)), FailureClass::Billing);
+        assert_eq!(
+            class(classify(400, &HeaderMap::new(), anthropic)),
+            FailureClass::Billing
+        );
         let openrouter = br#"{"error":{"code":402,"message":"Insufficient credits"}}"#;
-        assert_eq!(class(classify(402, &HeaderMap::new(), openrouter)), FailureClass::Billing);
+        assert_eq!(
+            class(classify(402, &HeaderMap::new(), openrouter)),
+            FailureClass::Billing
+        );
     }
 
     #[test]
     fn auth_server_timeout_and_client_errors() {
-        assert_eq!(class(classify(401, &HeaderMap::new(), b"")), FailureClass::Auth);
-        assert_eq!(class(classify(403, &HeaderMap::new(), b"")), FailureClass::Auth);
-        assert_eq!(class(classify(500, &HeaderMap::new(), b"")), FailureClass::Server);
-        assert_eq!(class(classify(529, &HeaderMap::new(), b"")), FailureClass::Server);
-        assert_eq!(class(classify(504, &HeaderMap::new(), b"")), FailureClass::Timeout);
+        assert_eq!(
+            class(classify(401, &HeaderMap::new(), b"")),
+            FailureClass::Auth
+        );
+        assert_eq!(
+            class(classify(403, &HeaderMap::new(), b"")),
+            FailureClass::Auth
+        );
+        assert_eq!(
+            class(classify(500, &HeaderMap::new(), b"")),
+            FailureClass::Server
+        );
+        assert_eq!(
+            class(classify(529, &HeaderMap::new(), b"")),
+            FailureClass::Server
+        );
+        assert_eq!(
+            class(classify(504, &HeaderMap::new(), b"")),
+            FailureClass::Timeout
+        );
         let ctx = br#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
         assert_eq!(classify(400, &HeaderMap::new(), ctx), Verdict::ClientError);
-        assert_eq!(classify(404, &HeaderMap::new(), b"{}"), Verdict::ClientError);
+        assert_eq!(
+            classify(404, &HeaderMap::new(), b"{}"),
+            Verdict::ClientError
+        );
     }
 
     #[test]

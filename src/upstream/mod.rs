@@ -102,9 +102,11 @@ fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildErro
         })?;
     let auth = match resolve_key(&p.api_key) {
         Ok(Some(key)) => {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| UpstreamBuildError::Header {
-                profile: p.id.clone(),
-                header: "authorization".into(),
+            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                UpstreamBuildError::Header {
+                    profile: p.id.clone(),
+                    header: "authorization".into(),
+                }
             })?;
             v.set_sensitive(true);
             Some(v)
