@@ -113,6 +113,8 @@ impl Proxy<'_> {
             let attempt = u32::try_from(tried.len()).unwrap_or(u32::MAX);
             let span = tracing::info_span!("attempt", profile = %id, attempt, probe = pick.probe);
             let Some(up) = self.upstreams.get(&id) else {
+                // Release a probe this pick may hold before giving up.
+                pick.entry.report(AttemptOutcome::Abandoned, pick.probe);
                 return Err(ApiError::Internal(format!("profile {id} has no upstream")));
             };
             match self.attempt(up, &req, pick, attempt).instrument(span).await {

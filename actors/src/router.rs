@@ -659,4 +659,36 @@ mod tests {
         let v = r.profile("p0").unwrap().shared.view();
         assert_eq!(v.state_at(SystemTime::now()), StateName::BillingDisabled);
     }
+
+    #[actix_rt::test]
+    async fn a_restarted_profile_actor_keeps_its_state() {
+        let r = Router::start(
+            &spec(Strategy::RoundRobin, &[1], false),
+            &Store::temporary().unwrap(),
+        )
+        .unwrap();
+        let p = r.profile("p0").unwrap();
+        p.report(
+            AttemptOutcome::Failed {
+                class: FailureClass::Auth,
+                retry_after: None,
+                detail: "401".into(),
+            },
+            false,
+        );
+        wait_state(&r, "p0", StateName::AuthFailed).await;
+        p.addr.do_send(crate::profile::Restart);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.shared.restarts() == 0 {
+            assert!(Instant::now() < deadline, "actor was not restarted");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            p.shared.view().state_at(SystemTime::now()),
+            StateName::AuthFailed
+        );
+        // The restarted actor still handles messages.
+        p.reset();
+        wait_state(&r, "p0", StateName::Healthy).await;
+    }
 }

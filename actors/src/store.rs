@@ -93,6 +93,17 @@ impl Store {
         })
     }
 
+    /// Another named tree of the same database, for components that keep their own records
+    /// (keys, accounts, audit). Their keys should carry a version prefix too.
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// The underlying database, for multi-tree transactions.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Appends a usage record (not yet durable: see `flush`). Keys sort by time.
     pub fn append_usage(&self, record: &UsageRecord) -> Result<(), StoreError> {
         let seq = self.db.generate_id()?;

@@ -109,6 +109,15 @@ pub enum Provider {
     OpenAi,
 }
 
+impl Provider {
+    /// The profiles.yaml spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+        }
+    }
+}
+
 /// Where a profile's upstream credential comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiKeySource {

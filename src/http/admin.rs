@@ -88,7 +88,10 @@ async fn list_profiles(
             let c = p.shared.counters();
             ProfileStatus {
                 id: p.id().to_string(),
-                provider: "openai",
+                provider: shared
+                    .config
+                    .profile(p.id())
+                    .map_or("unknown", |c| c.provider.as_str()),
                 state: v.state_at(now).as_str(),
                 cooldown_until: rfc3339(v.state_until(now)),
                 billing_until: rfc3339(v.billing_until.filter(|t| *t > now)),
