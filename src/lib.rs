@@ -114,7 +114,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     let template = Upstreams::build(&config)?;
     drop(template);
     let shared = web::Data::new(http::Shared {
-        config: config.clone(),
+        config: arc_swap::ArcSwap::new(config.clone()),
         router,
         recorder,
         store: store.clone(),

@@ -20,7 +20,7 @@ fn require_admin(shared: &Shared, req: &HttpRequest) -> Result<(), ApiError> {
     if shared.admin_token.is_none() {
         return Err(ApiError::Unauthenticated(format!(
             "The admin API is disabled: set {} to enable it.",
-            shared.config.auth.admin_token_env
+            shared.config().auth.admin_token_env
         )));
     }
     if is_admin(shared, req) {
@@ -79,6 +79,7 @@ async fn list_profiles(
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&shared, &req)?;
     let now = SystemTime::now();
+    let config = shared.config();
     let list: Vec<ProfileStatus> = shared
         .router
         .profiles()
@@ -88,8 +89,7 @@ async fn list_profiles(
             let c = p.shared.counters();
             ProfileStatus {
                 id: p.id().to_string(),
-                provider: shared
-                    .config
+                provider: config
                     .profile(p.id())
                     .map_or("unknown", |c| c.provider.as_str()),
                 state: v.state_at(now).as_str(),

@@ -20,7 +20,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 /// Checks the client's credential. Gateway keys and JWTs arrive with client identity; until then, with
 /// `auth.required: true` only an admin credential is accepted.
 fn authenticate(shared: &Shared, req: &HttpRequest) -> Result<(), ApiError> {
-    if !shared.config.auth.required {
+    if !shared.config().auth.required {
         return Ok(());
     }
     match presented_credential(req) {
@@ -40,7 +40,8 @@ async fn proxy(
     upstreams: web::Data<Upstreams>,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&shared, &req)?;
-    let body = read_limited(&req, payload, shared.config.server.max_body_bytes).await?;
+    let config = shared.config();
+    let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
     let fields = RoutingFields::parse(&body)?;
     let session = req
         .headers()
@@ -55,8 +56,8 @@ async fn proxy(
         router: &shared.router,
         upstreams: &upstreams,
         recorder: &shared.recorder,
-        max_attempts: shared.config.routing.max_attempts,
-        durable: shared.config.usage.durable,
+        max_attempts: config.routing.max_attempts,
+        durable: config.usage.durable,
     };
     let req = ProxyRequest {
         endpoint,
@@ -108,7 +109,7 @@ async fn list_models(
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&shared, &req)?;
     let data: Vec<_> = shared
-        .config
+        .config()
         .models
         .iter()
         .map(|m| model_object(&m.name))
@@ -122,7 +123,7 @@ async fn get_model(
     shared: web::Data<Shared>,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&shared, &req)?;
-    match shared.config.model(&id) {
+    match shared.config().model(&id) {
         Some(m) => Ok(HttpResponse::Ok().json(model_object(&m.name))),
         None => Err(ApiError::UnknownModel(id.into_inner())),
     }

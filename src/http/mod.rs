@@ -20,12 +20,20 @@ use crate::upstream::Upstreams;
 
 /// State shared by every worker.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The live configuration; swapped whole on reload, so a request sees one consistent version.
+    pub config: arc_swap::ArcSwap<Config>,
     pub router: Arc<Router>,
     pub recorder: Addr<UsageRecorder>,
     pub store: Store,
     /// `None` when the admin token's variable is unset: admin routes then refuse everyone.
     pub admin_token: Option<String>,
+}
+
+impl Shared {
+    /// The configuration as of now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
 }
 
 /// The request id of the current request (set by the middleware).
