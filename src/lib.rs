@@ -4,24 +4,30 @@
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod request;
 pub mod sse;
 pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Supervisor};
+use actix::Supervisor;
 use actix_web::{web, HttpServer};
 use switchyard_actors::recorder::UsageRecorder;
 use switchyard_actors::router::{ModelSpec, ProfileSpec, Router, RouterActor, RouterSpec};
 use switchyard_actors::store::{Store, StoreError};
 
 use crate::config::Config;
-use crate::upstream::{credential_fingerprint, resolve_key, UpstreamBuildError, Upstreams};
+use crate::metrics::Metrics;
+use crate::upstream::{
+    credential_fingerprint, resolve_key, UpstreamBuildError, Upstreams, WorkerUpstreams,
+};
 
 /// Where and how to serve, after command-line and environment overrides.
 #[derive(Debug, Clone)]
@@ -30,6 +36,10 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// actix-web workers; `None` = one per core.
     pub workers: Option<usize>,
+    /// How long in-flight requests and streams may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Reload when the config file changes.
+    pub watch_config: bool,
 }
 
 /// Why the server could not start (or stopped with an error).
@@ -46,6 +56,8 @@ pub enum ServeError {
     },
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// What the router needs of the config, with credentials resolved (a missing key disables its profile).
@@ -82,57 +94,71 @@ pub fn router_spec(config: &Config) -> RouterSpec {
     }
 }
 
-/// Runs the proxy until it is told to stop (SIGINT/SIGTERM), then flushes the store. Must run inside an
-/// actix system.
+/// Runs the proxy until it is told to stop (SIGINT/SIGTERM): then it stops accepting, lets in-flight
+/// requests and streams finish up to `shutdown_timeout`, and flushes the store. Must run inside an actix
+/// system.
 pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
-    let store = Store::open(&opts.data_dir).map_err(|source| ServeError::Store {
+    let store_error = |source| ServeError::Store {
         dir: opts.data_dir.clone(),
         source,
-    })?;
+    };
+    let store = Store::open(&opts.data_dir).map_err(store_error)?;
+    let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
     let router =
-        Router::start(&router_spec(&config), &store).map_err(|source| ServeError::Store {
-            dir: opts.data_dir.clone(),
-            source,
-        })?;
+        Router::start(&router_spec(&config), &store, &metrics.actors).map_err(store_error)?;
     let sweep_every = config
         .routing
         .sticky
         .ttl
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let sweeper_router = router.clone();
-    Supervisor::start(move |_| RouterActor::new(sweeper_router.clone(), sweep_every));
-    let recorder_store = store.clone();
-    let recorder = UsageRecorder::new(recorder_store).start();
+    let (actor_router, actor_store, actor_metrics) =
+        (router.clone(), store.clone(), metrics.actors.clone());
+    let router_actor = Supervisor::start(move |_| {
+        RouterActor::new(
+            actor_router.clone(),
+            actor_store.clone(),
+            actor_metrics.clone(),
+            sweep_every,
+        )
+    });
+    let (recorder_store, recorder_metrics) = (store.clone(), metrics.actors.clone());
+    let recorder = Supervisor::start(move |_| {
+        UsageRecorder::new(recorder_store.clone(), recorder_metrics.clone())
+    });
     let admin_token = std::env::var(&config.auth.admin_token_env)
         .ok()
         .filter(|t| !t.trim().is_empty());
     if admin_token.is_none() {
         tracing::warn!(variable = %config.auth.admin_token_env, "admin token not set: the admin API is disabled");
     }
-    let config = Arc::new(config);
     // Built once here so a bad profile fails start-up; each worker then builds its own clients.
-    let template = Upstreams::build(&config)?;
-    drop(template);
+    drop(Upstreams::build(&config, None)?);
+    let config_path = config.source.clone();
     let shared = web::Data::new(http::Shared {
-        config: arc_swap::ArcSwap::new(config.clone()),
+        config: arc_swap::ArcSwap::new(Arc::new(config)),
         router,
         recorder,
         store: store.clone(),
         admin_token,
+        metrics,
+        router_actor,
+        generation: AtomicU64::new(0),
+        reload_lock: tokio::sync::Mutex::new(()),
     });
-    let worker_config = config.clone();
+    let factory_shared = shared.clone();
     let mut server = HttpServer::new(move || {
-        let upstreams = match Upstreams::build(&worker_config) {
-            Ok(u) => u,
-            Err(e) => {
-                // Cannot happen after the check above with the same config; never run without clients.
-                tracing::error!(error = %e, "worker cannot build upstream clients");
-                std::process::exit(1);
-            }
-        };
-        switchyard_app!(shared.clone(), web::Data::new(upstreams))
+        let upstreams =
+            match WorkerUpstreams::new(&factory_shared.config(), factory_shared.generation()) {
+                Ok(u) => u,
+                Err(e) => {
+                    // Only a config that passed the check above reaches here; never run without clients.
+                    tracing::error!(error = %e, "worker cannot build upstream clients");
+                    std::process::exit(1);
+                }
+            };
+        switchyard_app!(factory_shared.clone(), web::Data::new(upstreams))
     })
-    .shutdown_timeout(30);
+    .shutdown_timeout(opts.shutdown_timeout.as_secs().max(1));
     if let Some(n) = opts.workers {
         server = server.workers(n);
     }
@@ -143,10 +169,16 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             source,
         })?;
     for addr in server.addrs() {
-        tracing::info!(%addr, config = %config.source.display(), "switchyard listening on {addr}");
+        tracing::info!(%addr, config = %config_path.display(), "switchyard listening on {addr}");
     }
+    reload::spawn_sighup(shared.clone());
+    let _watcher = if opts.watch_config {
+        reload::spawn_file_watch(shared.clone(), config_path)
+    } else {
+        None
+    };
     server.run().await?;
-    tracing::info!("stopped accepting; flushing the store");
+    tracing::info!("stopped; flushing the store");
     if let Err(e) = store.flush_blocking() {
         tracing::error!(error = %e, "final flush failed");
     }

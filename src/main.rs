@@ -45,6 +45,12 @@ enum Command {
         /// HTTP worker threads (default: one per core).
         #[arg(long, env = "SWITCHYARD_WORKERS")]
         workers: Option<usize>,
+        /// How long in-flight requests and streams may take to finish after SIGTERM.
+        #[arg(long, env = "SWITCHYARD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+        shutdown_timeout: std::time::Duration,
+        /// Do not reload when the config file changes (SIGHUP and POST /admin/reload still work).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a configuration file without starting anything.
     Check {
@@ -101,6 +107,8 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             workers,
+            shutdown_timeout,
+            no_watch,
         } => {
             init_tracing(cli.log_format);
             let cfg = match config::load_file(&config) {
@@ -117,6 +125,8 @@ fn main() -> ExitCode {
                 listen: listen.unwrap_or(cfg.server.listen),
                 data_dir: data_dir.unwrap_or_else(|| cfg.server.data_dir.clone()),
                 workers,
+                shutdown_timeout,
+                watch_config: !no_watch,
             };
             let result = actix_web::rt::System::new().block_on(switchyard::serve(cfg, opts));
             match result {

@@ -17,11 +17,14 @@ use switchyard_actors::store::{now_ms, UsageRecord};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::Shared;
+use crate::metrics::{status_class, InFlight, Metrics};
 use crate::request::{response_usage, upstream_body, RoutingFields, TokenUsage};
 use crate::sse::SseRelay;
 use crate::upstream::classify::{classify, error_detail, Verdict};
-use crate::upstream::{UpstreamProfile, Upstreams};
+use crate::upstream::{UpstreamProfile, WorkerUpstreams};
 
 /// The OpenAI endpoints that are proxied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +59,8 @@ pub struct ProxyRequest {
     pub session: Option<String>,
     pub account: Option<String>,
     pub key_id: Option<String>,
+    /// When the request arrived (for time to first token).
+    pub started: Instant,
 }
 
 /// Largest non-streamed answer we hold (embeddings of big batches are the large case).
@@ -65,12 +70,11 @@ const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// Everything the forward path needs; cheap to build per request.
 pub struct Proxy<'a> {
-    pub router: &'a Router,
-    pub upstreams: &'a Upstreams,
-    pub recorder: &'a Addr<UsageRecorder>,
-    pub max_attempts: u32,
-    /// Wait for the usage record's flush before answering.
-    pub durable: bool,
+    pub shared: &'a Shared,
+    /// The configuration as of the request's arrival.
+    pub config: &'a Config,
+    /// This worker's upstream clients.
+    pub upstreams: &'a WorkerUpstreams,
 }
 
 /// How one attempt ended, when it did not produce the client's answer.
@@ -93,14 +97,54 @@ impl AttemptFailure {
 }
 
 impl Proxy<'_> {
+    fn router(&self) -> &Router {
+        &self.shared.router
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
     /// Forwards `req`, failing over across the model's profiles; the answer or an OpenAI-shaped error.
     pub async fn forward(&self, req: ProxyRequest) -> Result<HttpResponse, ApiError> {
+        let _in_flight = InFlight::start(&self.metrics().in_flight);
+        let started = req.started;
         let model = req.fields.model.clone();
+        let result = self.forward_inner(req).await;
+        if !matches!(result, Err(ApiError::UnknownModel(_))) {
+            let (status, profile) = match &result {
+                Ok(resp) => (
+                    resp.status().as_u16(),
+                    resp.headers()
+                        .get("x-switchyard-profile")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_owned(),
+                ),
+                Err(e) => (
+                    actix_web::ResponseError::status_code(e).as_u16(),
+                    "none".to_owned(),
+                ),
+            };
+            let m = self.metrics();
+            m.requests
+                .with_label_values(&[&model, &profile, status_class(status)])
+                .inc();
+            m.request_duration
+                .with_label_values(&[&model])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn forward_inner(&self, req: ProxyRequest) -> Result<HttpResponse, ApiError> {
+        let model = req.fields.model.clone();
+        let max_attempts = self.config.routing.max_attempts as usize;
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut failures: Vec<(Arc<str>, AttemptFailure)> = Vec::new();
         let mut skipped: Vec<(Arc<str>, SkipReason)> = Vec::new();
-        while tried.len() < self.max_attempts as usize {
-            let pick = match self.router.pick(&model, req.session.as_deref(), &tried) {
+        while tried.len() < max_attempts {
+            let pick = match self.router().pick(&model, req.session.as_deref(), &tried) {
                 Ok(p) => p,
                 Err(PickError::UnknownModel) => return Err(ApiError::UnknownModel(model)),
                 Err(PickError::Exhausted(s)) => {
@@ -109,10 +153,19 @@ impl Proxy<'_> {
                 }
             };
             let id = pick.entry.id().clone();
+            if let Some((_, prev)) = failures.last() {
+                self.metrics()
+                    .failovers
+                    .with_label_values(&[&model, prev.class.as_str()])
+                    .inc();
+            }
             tried.push(id.clone());
             let attempt = u32::try_from(tried.len()).unwrap_or(u32::MAX);
             let span = tracing::info_span!("attempt", profile = %id, attempt, probe = pick.probe);
-            let Some(up) = self.upstreams.get(&id) else {
+            let upstreams = self
+                .upstreams
+                .current(&self.shared.config(), self.shared.generation());
+            let Some(up) = upstreams.get(&id) else {
                 // Release a probe this pick may hold before giving up.
                 pick.entry.report(AttemptOutcome::Abandoned, pick.probe);
                 return Err(ApiError::Internal(format!("profile {id} has no upstream")));
@@ -138,6 +191,7 @@ impl Proxy<'_> {
         let stream = req.fields.stream && req.endpoint.streams();
         let ask_usage = stream && !req.fields.client_wants_usage;
         let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
+        let durable = self.config.usage.durable;
         let body = upstream_body(&req.body, up.upstream_model(&req.fields.model), ask_usage)
             .map_err(|e| {
                 guard.fail(AttemptFailure::new(
@@ -164,6 +218,10 @@ impl Proxy<'_> {
         };
         let status = resp.status();
         guard.status = Some(status.as_u16());
+        self.metrics()
+            .upstream_duration
+            .with_label_values(&[&**guard.entry.id()])
+            .observe(guard.started.elapsed().as_secs_f64());
         let content_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -215,7 +273,7 @@ impl Proxy<'_> {
                 }))
             }
         };
-        let ack = guard.finish(AttemptOutcome::Succeeded, "ok", usage, self.durable);
+        let ack = guard.finish(AttemptOutcome::Succeeded, "ok", usage, durable);
         wait_ack(ack).await;
         Ok(self
             .respond(status.as_u16(), &content_type, &guard)
@@ -230,6 +288,7 @@ impl Proxy<'_> {
         resp: reqwest::Response,
         mut guard: AttemptGuard,
     ) -> Result<HttpResponse, AttemptFailure> {
+        let durable = self.config.usage.durable;
         let idle = up.timeouts.idle;
         let mut relay = SseRelay::new(!req.fields.client_wants_usage);
         let mut upstream = resp.bytes_stream().boxed_local();
@@ -259,7 +318,7 @@ impl Proxy<'_> {
                             AttemptOutcome::Succeeded,
                             "ok",
                             relay.usage().unwrap_or_default(),
-                            self.durable,
+                            durable,
                         );
                         wait_ack(ack).await;
                         let mut all = BytesMut::from(&p.forward[..]);
@@ -273,6 +332,10 @@ impl Proxy<'_> {
                 },
             }
         };
+        self.metrics()
+            .ttft
+            .with_label_values(&[&req.fields.model, &**guard.entry.id()])
+            .observe(req.started.elapsed().as_secs_f64());
         let builder = self.respond(200, "text/event-stream", &guard);
         let state = StreamState {
             upstream,
@@ -280,8 +343,9 @@ impl Proxy<'_> {
             first: Some(first),
             guard,
             idle,
-            durable: self.durable,
+            durable,
             finished: false,
+            _in_flight: InFlight::start(&self.metrics().in_flight),
         };
         let mut builder = builder;
         builder.insert_header(("cache-control", "no-cache"));
@@ -312,6 +376,7 @@ struct StreamState {
     idle: Duration,
     durable: bool,
     finished: bool,
+    _in_flight: InFlight,
 }
 
 type Step = Option<(Result<Bytes, actix_web::Error>, StreamState)>;
@@ -387,6 +452,7 @@ struct AttemptGuard {
     started: Instant,
     status: Option<u16>,
     done: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl AttemptGuard {
@@ -415,11 +481,12 @@ impl AttemptGuard {
         AttemptGuard {
             entry: pick.entry,
             probe: pick.probe,
-            recorder: proxy.recorder.clone(),
+            recorder: proxy.shared.recorder.clone(),
             record,
             started: Instant::now(),
             status: None,
             done: false,
+            metrics: proxy.shared.metrics.clone(),
         }
     }
 
@@ -435,6 +502,22 @@ impl AttemptGuard {
         }
         self.done = true;
         self.entry.report(outcome, self.probe);
+        let profile: &str = self.entry.id();
+        self.metrics
+            .attempts
+            .with_label_values(&[profile, label])
+            .inc();
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .tokens
+                    .with_label_values(&[&self.record.model, profile, kind])
+                    .inc_by(n);
+            }
+        }
         let mut record = self.record.clone();
         record.ts_ms = now_ms();
         record.outcome = label.to_owned();

@@ -287,6 +287,12 @@ impl ProfileHealth {
         self.view.auth_failed = Some(reason);
     }
 
+    /// A new credential: an auth failure seen with the old one no longer applies.
+    pub fn credential_changed(&mut self, fingerprint: u64, unusable_reason: Option<String>) {
+        self.view.credential_fingerprint = fingerprint;
+        self.view.auth_failed = unusable_reason;
+    }
+
     /// Clears cooldown, billing, auth and breaker state (admin reset).
     pub fn reset(&mut self) {
         self.breaker.reset();

@@ -8,7 +8,8 @@ use actix::prelude::*;
 use arc_swap::ArcSwap;
 
 use crate::health::{BreakerView, HealthView, ProfileHealth, StateName};
-use crate::outcome::AttemptOutcome;
+use crate::metrics::ActorMetrics;
+use crate::outcome::{AttemptOutcome, FailureClass};
 use crate::policy::HealthPolicy;
 use crate::store::{ProfileCounters, Store};
 
@@ -37,11 +38,17 @@ pub struct ProfileShared {
     dropped_reports: AtomicU64,
     /// Times the actor was restarted by its supervisor.
     restarts: AtomicU64,
+    metrics: ActorMetrics,
 }
 
 impl ProfileShared {
     /// A profile's shared state, restored from `view` and `counters`.
-    pub fn new(id: &str, view: HealthView, counters: ProfileCounters) -> ProfileShared {
+    pub fn new(
+        id: &str,
+        view: HealthView,
+        counters: ProfileCounters,
+        metrics: ActorMetrics,
+    ) -> ProfileShared {
         ProfileShared {
             id: Arc::from(id),
             view: ArcSwap::from_pointee(view),
@@ -50,6 +57,7 @@ impl ProfileShared {
             failures: AtomicU64::new(counters.failures),
             dropped_reports: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -131,6 +139,15 @@ pub struct MarkAuthFailed {
 #[rtype(result = "()")]
 pub struct UpdatePolicy(pub HealthPolicy);
 
+/// The profile's credential changed (config reload): forget an auth failure seen with the old one, and
+/// mark the new one unusable if it cannot be resolved.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct CredentialChanged {
+    pub fingerprint: u64,
+    pub unusable_reason: Option<String>,
+}
+
 /// Stops the actor so its supervisor restarts it from the shared state (used after an unrecoverable store error).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -156,6 +173,26 @@ impl ProfileActor {
             policy,
             health,
             store,
+        }
+    }
+
+    fn count(&self, outcome: &AttemptOutcome, t: crate::health::Transition) {
+        let m = &self.shared.metrics;
+        let id: &str = self.shared.id();
+        if t.breaker_opened {
+            m.breaker_transitions.with_label_values(&[id, "open"]).inc();
+        }
+        if t.breaker_closed {
+            m.breaker_transitions
+                .with_label_values(&[id, "closed"])
+                .inc();
+        }
+        if let AttemptOutcome::Failed { class, .. } = outcome {
+            match class {
+                FailureClass::Billing => m.billing_disables.with_label_values(&[id]).inc(),
+                FailureClass::Auth => m.auth_failures.with_label_values(&[id]).inc(),
+                c => m.cooldowns.with_label_values(&[id, c.as_str()]).inc(),
+            }
         }
     }
 
@@ -191,6 +228,11 @@ impl Supervised for ProfileActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         // The shared view is the truth; rebuild the breaker and schedules from it.
         self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .restarts
+            .with_label_values(&["profile"])
+            .inc();
         self.health = ProfileHealth::new(
             self.policy,
             (*self.shared.view()).clone(),
@@ -206,6 +248,7 @@ impl Handler<ReportOutcome> for ProfileActor {
     fn handle(&mut self, msg: ReportOutcome, ctx: &mut Self::Context) {
         let before = self.health.view().state_at(SystemTime::now());
         let t = self.health.apply(&msg.outcome, SystemTime::now());
+        self.count(&msg.outcome, t);
         if t.changed {
             let after = self.health.view().state_at(SystemTime::now());
             if before != after {
@@ -240,8 +283,24 @@ impl Handler<MarkAuthFailed> for ProfileActor {
     type Result = ();
 
     fn handle(&mut self, msg: MarkAuthFailed, ctx: &mut Self::Context) {
+        self.shared
+            .metrics
+            .auth_failures
+            .with_label_values(&[&**self.shared.id()])
+            .inc();
         self.health.mark_auth_failed(msg.reason);
         self.persist(ctx, false);
+    }
+}
+
+impl Handler<CredentialChanged> for ProfileActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CredentialChanged, ctx: &mut Self::Context) {
+        self.health
+            .credential_changed(msg.fingerprint, msg.unusable_reason);
+        tracing::info!(profile = %self.shared.id(), "profile credential changed");
+        self.persist(ctx, true);
     }
 }
 
@@ -282,6 +341,11 @@ pub fn report(
         addr.do_send(msg);
     } else if addr.try_send(msg).is_err() {
         shared.dropped_reports.fetch_add(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .mailbox_drops
+            .with_label_values(&["profile"])
+            .inc();
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::metrics::ActorMetrics;
 use crate::store::{ProfileCounters, Store, UsageRecord};
 
 /// The acknowledgement of a durable record: `Err` carries a secret-free message.
@@ -31,16 +32,18 @@ pub struct UsageRecorder {
     /// Acks waiting for the next flush.
     pending: Vec<oneshot::Sender<Ack>>,
     flushing: bool,
+    metrics: ActorMetrics,
 }
 
 impl UsageRecorder {
     /// A recorder writing to `store`.
-    pub fn new(store: Store) -> UsageRecorder {
+    pub fn new(store: Store, metrics: ActorMetrics) -> UsageRecorder {
         UsageRecorder {
             store,
             counters: HashMap::new(),
             pending: Vec::new(),
             flushing: false,
+            metrics,
         }
     }
 
@@ -104,6 +107,10 @@ impl Actor for UsageRecorder {
 impl Supervised for UsageRecorder {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         // Counters are re-read from the store on demand.
+        self.metrics
+            .restarts
+            .with_label_values(&["usage_recorder"])
+            .inc();
         self.counters.clear();
         self.flushing = false;
     }
@@ -173,7 +180,7 @@ mod tests {
                 },
             )
             .unwrap();
-        let addr = UsageRecorder::new(store.clone()).start();
+        let addr = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap()).start();
         let mut acks = Vec::new();
         for outcome in ["ok", "server", "client_error"] {
             let (tx, rx) = oneshot::channel();

@@ -12,10 +12,12 @@ use dashmap::DashMap;
 use rand::Rng;
 
 use crate::health::{restore_view, StateName};
+use crate::metrics::ActorMetrics;
 use crate::outcome::AttemptOutcome;
 use crate::policy::{HealthPolicy, Strategy};
 use crate::profile::{
-    self, Availability, MarkAuthFailed, ProfileActor, ProfileShared, ResetProfile,
+    self, Availability, CredentialChanged, MarkAuthFailed, ProfileActor, ProfileShared,
+    ResetProfile, UpdatePolicy,
 };
 use crate::store::{Store, StoreError};
 
@@ -55,6 +57,8 @@ pub struct ProfileEntry {
     pub priority: u32,
     pub weight: u32,
     addr: Addr<ProfileActor>,
+    /// What this entry was built from, to tell what a reload changed.
+    spec: ProfileSpec,
 }
 
 impl ProfileEntry {
@@ -72,6 +76,15 @@ impl ProfileEntry {
     pub fn reset(&self) {
         self.addr.do_send(ResetProfile);
     }
+}
+
+/// What a reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
 }
 
 struct ModelRoute {
@@ -135,60 +148,79 @@ pub struct Router {
 impl Router {
     /// Restores each profile from `store`, starts its actor under a supervisor, and builds the table.
     /// Must run inside an actix system.
-    pub fn start(spec: &RouterSpec, store: &Store) -> Result<Arc<Router>, StoreError> {
-        let now = SystemTime::now();
-        let mut by_id: HashMap<&str, Arc<ProfileEntry>> = HashMap::new();
+    pub fn start(
+        spec: &RouterSpec,
+        store: &Store,
+        metrics: &ActorMetrics,
+    ) -> Result<Arc<Router>, StoreError> {
         let mut profiles = Vec::with_capacity(spec.profiles.len());
         for p in &spec.profiles {
-            let saved = store.load_health(&p.id)?;
-            let view = restore_view(saved, p.credential_fingerprint, now);
-            let counters = store.load_counters(&p.id)?;
-            let shared = Arc::new(ProfileShared::new(&p.id, view, counters));
-            let actor_shared = shared.clone();
-            let policy = p.health;
-            let actor_store = store.clone();
-            let addr = actix::Supervisor::start(move |_| {
-                ProfileActor::new(actor_shared, policy, actor_store)
-            });
-            if let Some(reason) = &p.unusable_reason {
-                tracing::warn!(profile = %p.id, reason = %reason, "profile cannot be used");
-                addr.do_send(MarkAuthFailed {
-                    reason: reason.clone(),
-                });
-            }
-            let entry = Arc::new(ProfileEntry {
-                shared,
-                priority: p.priority,
-                weight: p.weight,
-                addr,
-            });
-            by_id.insert(&p.id, entry.clone());
-            profiles.push(entry);
-        }
-        let mut models = HashMap::new();
-        for m in &spec.models {
-            let mut entries: Vec<Arc<ProfileEntry>> = m
-                .profiles
-                .iter()
-                .filter_map(|id| by_id.get(id.as_str()).cloned())
-                .collect();
-            if m.strategy == Strategy::Priority {
-                entries.sort_by_key(|e| e.priority); // stable: ties keep configuration order
-            }
-            models.insert(
-                m.name.clone(),
-                ModelRoute {
-                    profiles: entries,
-                    strategy: m.strategy,
-                    next: AtomicUsize::new(0),
-                },
-            );
+            profiles.push(spawn_profile(p, store, metrics)?);
         }
         Ok(Arc::new(Router {
-            table: ArcSwap::from_pointee(RoutingTable { models, profiles }),
+            table: ArcSwap::from_pointee(build_table(profiles, &spec.models)),
             sessions: DashMap::new(),
             sticky_ttl: spec.sticky_ttl,
         }))
+    }
+
+    /// Swaps in a new configuration. Unchanged profiles keep their actor, state and counters; changed ones
+    /// keep them too and get the new policy or credential; removed ones leave the table, and their actors
+    /// stop once the requests still holding them finish. Must run inside an actix system.
+    pub fn reload(
+        &self,
+        spec: &RouterSpec,
+        store: &Store,
+        metrics: &ActorMetrics,
+    ) -> Result<ReloadSummary, StoreError> {
+        let old = self.table.load_full();
+        let mut summary = ReloadSummary::default();
+        let mut profiles = Vec::with_capacity(spec.profiles.len());
+        for p in &spec.profiles {
+            let Some(prev) = old.profiles.iter().find(|e| **e.id() == *p.id) else {
+                profiles.push(spawn_profile(p, store, metrics)?);
+                summary.added.push(p.id.clone());
+                continue;
+            };
+            if prev.spec.health == p.health
+                && prev.spec.credential_fingerprint == p.credential_fingerprint
+                && prev.spec.unusable_reason == p.unusable_reason
+                && prev.priority == p.priority
+                && prev.weight == p.weight
+            {
+                profiles.push(prev.clone());
+                summary.unchanged += 1;
+                continue;
+            }
+            if prev.spec.health != p.health {
+                prev.addr.do_send(UpdatePolicy(p.health));
+            }
+            if prev.spec.credential_fingerprint != p.credential_fingerprint
+                || prev.spec.unusable_reason != p.unusable_reason
+            {
+                prev.addr.do_send(CredentialChanged {
+                    fingerprint: p.credential_fingerprint,
+                    unusable_reason: p.unusable_reason.clone(),
+                });
+            }
+            profiles.push(Arc::new(ProfileEntry {
+                shared: prev.shared.clone(),
+                priority: p.priority,
+                weight: p.weight,
+                addr: prev.addr.clone(),
+                spec: p.clone(),
+            }));
+            summary.changed.push(p.id.clone());
+        }
+        summary.removed = old
+            .profiles
+            .iter()
+            .filter(|e| !spec.profiles.iter().any(|p| *p.id == **e.id()))
+            .map(|e| e.id().to_string())
+            .collect();
+        self.table
+            .store(Arc::new(build_table(profiles, &spec.models)));
+        Ok(summary)
     }
 
     /// Whether `model` is configured.
@@ -322,11 +354,74 @@ impl Router {
         (pin.expires > Instant::now()).then(|| pin.profile.clone())
     }
 
+    /// Session pins held (live or not yet swept).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Forgets expired session pins; returns how many remain.
     pub fn sweep_sessions(&self) -> usize {
         let now = Instant::now();
         self.sessions.retain(|_, pin| pin.expires > now);
         self.sessions.len()
+    }
+}
+
+/// Restores a profile from the store and starts its actor under a supervisor.
+fn spawn_profile(
+    p: &ProfileSpec,
+    store: &Store,
+    metrics: &ActorMetrics,
+) -> Result<Arc<ProfileEntry>, StoreError> {
+    let saved = store.load_health(&p.id)?;
+    let view = restore_view(saved, p.credential_fingerprint, SystemTime::now());
+    let counters = store.load_counters(&p.id)?;
+    let shared = Arc::new(ProfileShared::new(&p.id, view, counters, metrics.clone()));
+    let actor_shared = shared.clone();
+    let policy = p.health;
+    let actor_store = store.clone();
+    let addr =
+        actix::Supervisor::start(move |_| ProfileActor::new(actor_shared, policy, actor_store));
+    if let Some(reason) = &p.unusable_reason {
+        tracing::warn!(profile = %p.id, reason = %reason, "profile cannot be used");
+        addr.do_send(MarkAuthFailed {
+            reason: reason.clone(),
+        });
+    }
+    Ok(Arc::new(ProfileEntry {
+        shared,
+        priority: p.priority,
+        weight: p.weight,
+        addr,
+        spec: p.clone(),
+    }))
+}
+
+fn build_table(profiles: Vec<Arc<ProfileEntry>>, models: &[ModelSpec]) -> RoutingTable {
+    let by_id: HashMap<&str, &Arc<ProfileEntry>> =
+        profiles.iter().map(|e| (&**e.id(), e)).collect();
+    let mut routes = HashMap::new();
+    for m in models {
+        let mut entries: Vec<Arc<ProfileEntry>> = m
+            .profiles
+            .iter()
+            .filter_map(|id| by_id.get(id.as_str()).map(|e| Arc::clone(e)))
+            .collect();
+        if m.strategy == Strategy::Priority {
+            entries.sort_by_key(|e| e.priority); // stable: ties keep configuration order
+        }
+        routes.insert(
+            m.name.clone(),
+            ModelRoute {
+                profiles: entries,
+                strategy: m.strategy,
+                next: AtomicUsize::new(0),
+            },
+        );
+    }
+    RoutingTable {
+        models: routes,
+        profiles,
     }
 }
 
@@ -397,16 +492,38 @@ fn skips(route: &ModelRoute, tried: &[Arc<str>], now: SystemTime) -> Vec<(Arc<st
 /// and sweeps expired sticky sessions.
 pub struct RouterActor {
     router: Arc<Router>,
+    store: Store,
+    metrics: ActorMetrics,
     sweep_every: Duration,
 }
 
 impl RouterActor {
     /// A supervisor for `router`, sweeping sessions every `sweep_every`.
-    pub fn new(router: Arc<Router>, sweep_every: Duration) -> RouterActor {
+    pub fn new(
+        router: Arc<Router>,
+        store: Store,
+        metrics: ActorMetrics,
+        sweep_every: Duration,
+    ) -> RouterActor {
         RouterActor {
             router,
+            store,
+            metrics,
             sweep_every,
         }
+    }
+}
+
+/// Applies a new routing spec (config reload).
+#[derive(Message)]
+#[rtype(result = "Result<ReloadSummary, StoreError>")]
+pub struct Reload(pub RouterSpec);
+
+impl Handler<Reload> for RouterActor {
+    type Result = Result<ReloadSummary, StoreError>;
+
+    fn handle(&mut self, msg: Reload, _ctx: &mut Self::Context) -> Self::Result {
+        self.router.reload(&msg.0, &self.store, &self.metrics)
     }
 }
 
@@ -421,7 +538,11 @@ impl Actor for RouterActor {
     }
 }
 
-impl Supervised for RouterActor {}
+impl Supervised for RouterActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        self.metrics.restarts.with_label_values(&["router"]).inc();
+    }
+}
 
 /// Resets one profile by id; false if there is no such profile.
 #[derive(Message)]
@@ -447,6 +568,10 @@ mod tests {
     use super::*;
     use crate::outcome::FailureClass;
     use crate::policy::{BreakerSettings, CooldownPolicy};
+
+    fn m() -> ActorMetrics {
+        ActorMetrics::unregistered().unwrap()
+    }
 
     fn health() -> HealthPolicy {
         HealthPolicy {
@@ -515,6 +640,7 @@ mod tests {
         let r = Router::start(
             &spec(Strategy::RoundRobin, &[1, 1, 1], false),
             &Store::temporary().unwrap(),
+            &m(),
         )
         .unwrap();
         let c = counts(&r, 300);
@@ -527,6 +653,7 @@ mod tests {
         let r = Router::start(
             &spec(Strategy::Priority, &[1, 1, 1], false),
             &Store::temporary().unwrap(),
+            &m(),
         )
         .unwrap();
         assert_eq!(&**r.pick("m", None, &[]).unwrap().entry.id(), "p2");
@@ -539,6 +666,7 @@ mod tests {
         let r = Router::start(
             &spec(Strategy::Weighted, &[1, 3], false),
             &Store::temporary().unwrap(),
+            &m(),
         )
         .unwrap();
         let c = counts(&r, 4000);
@@ -547,6 +675,7 @@ mod tests {
         let r = Router::start(
             &spec(Strategy::Random, &[1, 1, 1, 1], false),
             &Store::temporary().unwrap(),
+            &m(),
         )
         .unwrap();
         let c = counts(&r, 4000);
@@ -559,6 +688,7 @@ mod tests {
         let r = Router::start(
             &spec(Strategy::RoundRobin, &[1, 1], false),
             &Store::temporary().unwrap(),
+            &m(),
         )
         .unwrap();
         assert_eq!(
@@ -580,6 +710,7 @@ mod tests {
         let r = Router::start(
             &spec(Strategy::RoundRobin, &[1, 1, 1], true),
             &Store::temporary().unwrap(),
+            &m(),
         )
         .unwrap();
         let first = r.pick("m", Some("s1"), &[]).unwrap().entry.id().clone();
@@ -613,7 +744,7 @@ mod tests {
         };
         s.profiles[0].health.cooldown.initial = Duration::from_millis(1);
         s.profiles[0].health.cooldown.max = Duration::from_millis(1);
-        let r = Router::start(&s, &Store::temporary().unwrap()).unwrap();
+        let r = Router::start(&s, &Store::temporary().unwrap(), &m()).unwrap();
         let p = r.pick("m", None, &[]).unwrap();
         p.entry.report(
             AttemptOutcome::Failed {
@@ -644,7 +775,7 @@ mod tests {
     async fn state_survives_a_router_restart_on_the_same_store() {
         let store = Store::temporary().unwrap();
         {
-            let r = Router::start(&spec(Strategy::RoundRobin, &[1], false), &store).unwrap();
+            let r = Router::start(&spec(Strategy::RoundRobin, &[1], false), &store, &m()).unwrap();
             r.profile("p0").unwrap().report(
                 AttemptOutcome::Failed {
                     class: FailureClass::Billing,
@@ -655,7 +786,7 @@ mod tests {
             );
             wait_state(&r, "p0", StateName::BillingDisabled).await;
         }
-        let r = Router::start(&spec(Strategy::RoundRobin, &[1], false), &store).unwrap();
+        let r = Router::start(&spec(Strategy::RoundRobin, &[1], false), &store, &m()).unwrap();
         let v = r.profile("p0").unwrap().shared.view();
         assert_eq!(v.state_at(SystemTime::now()), StateName::BillingDisabled);
     }
@@ -665,6 +796,7 @@ mod tests {
         let r = Router::start(
             &spec(Strategy::RoundRobin, &[1], false),
             &Store::temporary().unwrap(),
+            &m(),
         )
         .unwrap();
         let p = r.profile("p0").unwrap();
@@ -689,6 +821,61 @@ mod tests {
         );
         // The restarted actor still handles messages.
         p.reset();
+        wait_state(&r, "p0", StateName::Healthy).await;
+    }
+
+    #[actix_rt::test]
+    async fn reload_keeps_state_of_kept_profiles_adds_and_removes() {
+        let store = Store::temporary().unwrap();
+        let r = Router::start(&spec(Strategy::RoundRobin, &[1, 1], false), &store, &m()).unwrap();
+        r.profile("p0").unwrap().report(
+            AttemptOutcome::Failed {
+                class: FailureClass::Server,
+                retry_after: None,
+                detail: "500".into(),
+            },
+            false,
+        );
+        wait_state(&r, "p0", StateName::Cooldown).await;
+        let before = r.profile("p0").unwrap().shared.clone();
+        // p0 kept (weight changed), p1 removed, p2 added.
+        let mut next = spec(Strategy::RoundRobin, &[5, 1, 1], false);
+        next.profiles.remove(1);
+        next.models[0].profiles = vec!["p0".into(), "p2".into()];
+        let summary = r.reload(&next, &store, &m()).unwrap();
+        assert_eq!(summary.changed, vec!["p0".to_string()]);
+        assert_eq!(summary.added, vec!["p2".to_string()]);
+        assert_eq!(summary.removed, vec!["p1".to_string()]);
+        let after = r.profile("p0").unwrap();
+        assert!(Arc::ptr_eq(&before, &after.shared), "p0 lost its state");
+        assert_eq!(after.weight, 5);
+        assert_eq!(
+            after.shared.view().state_at(SystemTime::now()),
+            StateName::Cooldown
+        );
+        assert!(r.profile("p1").is_none());
+        // p0 is cooling down, so only p2 can be picked.
+        for _ in 0..5 {
+            assert_eq!(&**r.pick("m", None, &[]).unwrap().entry.id(), "p2");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn reload_with_a_new_credential_clears_auth_failure() {
+        let store = Store::temporary().unwrap();
+        let r = Router::start(&spec(Strategy::RoundRobin, &[1], false), &store, &m()).unwrap();
+        r.profile("p0").unwrap().report(
+            AttemptOutcome::Failed {
+                class: FailureClass::Auth,
+                retry_after: None,
+                detail: "401".into(),
+            },
+            false,
+        );
+        wait_state(&r, "p0", StateName::AuthFailed).await;
+        let mut next = spec(Strategy::RoundRobin, &[1], false);
+        next.profiles[0].credential_fingerprint = 42;
+        r.reload(&next, &store, &m()).unwrap();
         wait_state(&r, "p0", StateName::Healthy).await;
     }
 }

@@ -130,7 +130,7 @@ pub enum ApiKeySource {
 }
 
 /// One entry of `profiles:`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProfileConfig {
     pub id: String,
     pub provider: Provider,

@@ -13,7 +13,9 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health/live", web::get().to(live))
         .route("/health/ready", web::get().to(ready))
         .route("/admin/profiles", web::get().to(list_profiles))
-        .route("/admin/profiles/{id}/reset", web::post().to(reset_profile));
+        .route("/admin/profiles/{id}/reset", web::post().to(reset_profile))
+        .route("/admin/reload", web::post().to(reload))
+        .route("/metrics", web::get().to(metrics));
 }
 
 fn require_admin(shared: &Shared, req: &HttpRequest) -> Result<(), ApiError> {
@@ -121,4 +123,26 @@ async fn reset_profile(
     p.reset();
     tracing::info!(profile = %id, "admin reset profile");
     Ok(HttpResponse::Ok().json(serde_json::json!({"id": id.into_inner(), "reset": true})))
+}
+
+async fn reload(req: HttpRequest, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+    require_admin(&shared, &req)?;
+    match crate::reload::reload(&shared, "admin").await {
+        Ok(report) => Ok(HttpResponse::Ok().json(report)),
+        Err(crate::reload::ReloadError::Invalid(errors)) => Err(ApiError::InvalidRequest {
+            message: format!(
+                "The configuration file is invalid; the running configuration is unchanged.\n{errors}"
+            ),
+            param: None,
+            code: Some("invalid_config"),
+        }),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+/// Prometheus scrape endpoint. Unauthenticated, as scrapers expect; it holds no secrets.
+async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(shared.metrics.render(&shared.router))
 }

@@ -7,7 +7,7 @@ use super::{current_request_id, is_admin, presented_credential, read_limited, Sh
 use crate::error::ApiError;
 use crate::proxy::{Endpoint, Proxy, ProxyRequest};
 use crate::request::RoutingFields;
-use crate::upstream::Upstreams;
+use crate::upstream::WorkerUpstreams;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions))
@@ -37,8 +37,9 @@ async fn proxy(
     req: HttpRequest,
     payload: web::Payload,
     shared: web::Data<Shared>,
-    upstreams: web::Data<Upstreams>,
+    upstreams: web::Data<WorkerUpstreams>,
 ) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
     authenticate(&shared, &req)?;
     let config = shared.config();
     let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
@@ -53,11 +54,9 @@ async fn proxy(
     let request_id = current_request_id(&req);
     let span = tracing::info_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream);
     let proxy = Proxy {
-        router: &shared.router,
+        shared: &shared,
+        config: &config,
         upstreams: &upstreams,
-        recorder: &shared.recorder,
-        max_attempts: config.routing.max_attempts,
-        durable: config.usage.durable,
     };
     let req = ProxyRequest {
         endpoint,
@@ -67,6 +66,7 @@ async fn proxy(
         session,
         account: None,
         key_id: None,
+        started,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
 }
@@ -75,7 +75,7 @@ async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
     shared: web::Data<Shared>,
-    up: web::Data<Upstreams>,
+    up: web::Data<WorkerUpstreams>,
 ) -> Result<HttpResponse, ApiError> {
     proxy(Endpoint::ChatCompletions, req, payload, shared, up).await
 }
@@ -84,7 +84,7 @@ async fn completions(
     req: HttpRequest,
     payload: web::Payload,
     shared: web::Data<Shared>,
-    up: web::Data<Upstreams>,
+    up: web::Data<WorkerUpstreams>,
 ) -> Result<HttpResponse, ApiError> {
     proxy(Endpoint::Completions, req, payload, shared, up).await
 }
@@ -93,7 +93,7 @@ async fn embeddings(
     req: HttpRequest,
     payload: web::Payload,
     shared: web::Data<Shared>,
-    up: web::Data<Upstreams>,
+    up: web::Data<WorkerUpstreams>,
 ) -> Result<HttpResponse, ApiError> {
     proxy(Endpoint::Embeddings, req, payload, shared, up).await
 }

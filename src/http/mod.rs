@@ -3,6 +3,7 @@
 mod admin;
 mod client;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -11,12 +12,13 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
 use switchyard_actors::recorder::UsageRecorder;
-use switchyard_actors::router::Router;
+use switchyard_actors::router::{Router, RouterActor};
 use switchyard_actors::store::Store;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::upstream::Upstreams;
+use crate::metrics::{status_class, Metrics};
+use crate::upstream::WorkerUpstreams;
 
 /// State shared by every worker.
 pub struct Shared {
@@ -27,12 +29,24 @@ pub struct Shared {
     pub store: Store,
     /// `None` when the admin token's variable is unset: admin routes then refuse everyone.
     pub admin_token: Option<String>,
+    pub metrics: Arc<Metrics>,
+    /// Applies reloads one at a time.
+    pub router_actor: Addr<RouterActor>,
+    /// Bumped on every successful reload; workers rebuild their upstream clients when it moves.
+    pub generation: AtomicU64,
+    /// Serialises reloads (file watcher, SIGHUP and the admin endpoint may race).
+    pub reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
     /// The configuration as of now.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The configuration generation as of now.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -56,7 +70,7 @@ fn request_id(req: &actix_web::dev::ServiceRequest) -> String {
 pub fn configure(
     cfg: &mut web::ServiceConfig,
     shared: web::Data<Shared>,
-    upstreams: web::Data<Upstreams>,
+    upstreams: web::Data<WorkerUpstreams>,
 ) {
     cfg.app_data(shared)
         .app_data(upstreams)
@@ -89,11 +103,24 @@ where
 {
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
+    let metrics = req
+        .app_data::<web::Data<Shared>>()
+        .map(|s| s.metrics.clone());
     let fut = srv.call(req);
     async move {
         let mut res = fut.await?;
         if let Ok(v) = HeaderValue::from_str(&id) {
             res.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        if let Some(m) = metrics {
+            // The route pattern, never the raw path: bounded labels.
+            let route = res
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_owned());
+            m.http_requests
+                .with_label_values(&[&route, status_class(res.status().as_u16())])
+                .inc();
         }
         Ok(res)
     }

@@ -6,7 +6,10 @@ pub mod classify;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use indexmap::IndexMap;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -23,6 +26,9 @@ pub struct UpstreamProfile {
     model_map: IndexMap<String, String>,
     pub timeouts: Timeouts,
     pub client: reqwest::Client,
+    /// What this was built from, to reuse it across reloads when unchanged.
+    source: ProfileConfig,
+    fingerprint: u64,
 }
 
 impl UpstreamProfile {
@@ -56,7 +62,41 @@ impl UpstreamProfile {
 
 /// Every profile's upstream side, by id.
 pub struct Upstreams {
-    by_id: HashMap<Arc<str>, UpstreamProfile>,
+    by_id: HashMap<Arc<str>, Arc<UpstreamProfile>>,
+}
+
+/// One worker's upstreams, rebuilt lazily when the configuration generation moves on (reload).
+pub struct WorkerUpstreams {
+    built_for: AtomicU64,
+    current: ArcSwap<Upstreams>,
+}
+
+impl WorkerUpstreams {
+    /// Builds the clients for `config` at `generation`.
+    pub fn new(config: &Config, generation: u64) -> Result<WorkerUpstreams, UpstreamBuildError> {
+        Ok(WorkerUpstreams {
+            built_for: AtomicU64::new(generation),
+            current: ArcSwap::from_pointee(Upstreams::build(config, None)?),
+        })
+    }
+
+    /// The upstreams for `config` (at `generation`), rebuilding first if they are older.
+    pub fn current(&self, config: &Config, generation: u64) -> Arc<Upstreams> {
+        if self.built_for.load(Ordering::Acquire) != generation {
+            let prev = self.current.load_full();
+            match Upstreams::build(config, Some(&prev)) {
+                Ok(next) => {
+                    self.current.store(Arc::new(next));
+                    self.built_for.store(generation, Ordering::Release);
+                }
+                // The config was validated before it was swapped in; keep serving with what we have.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot rebuild upstream clients after reload")
+                }
+            }
+        }
+        self.current.load_full()
+    }
 }
 
 /// Why an upstream client could not be built.
@@ -72,18 +112,35 @@ pub enum UpstreamBuildError {
 }
 
 impl Upstreams {
-    /// Builds clients and credential headers for every profile of `config`.
-    pub fn build(config: &Config) -> Result<Upstreams, UpstreamBuildError> {
+    /// Builds clients and credential headers for every profile of `config`. With `prev`, an unchanged
+    /// profile keeps its client (and its pooled connections), and profiles `config` no longer has are
+    /// carried over, so a request that picked one before the reload can still finish.
+    pub fn build(
+        config: &Config,
+        prev: Option<&Upstreams>,
+    ) -> Result<Upstreams, UpstreamBuildError> {
         let mut by_id = HashMap::new();
         for p in &config.profiles {
-            let up = build_profile(p)?;
+            let fingerprint = credential_fingerprint(&p.api_key);
+            let kept = prev
+                .and_then(|u| u.by_id.get(p.id.as_str()))
+                .filter(|u| u.source == *p && u.fingerprint == fingerprint);
+            let up = match kept {
+                Some(u) => u.clone(),
+                None => Arc::new(build_profile(p)?),
+            };
             by_id.insert(up.id.clone(), up);
+        }
+        if let Some(prev) = prev {
+            for (id, up) in &prev.by_id {
+                by_id.entry(id.clone()).or_insert_with(|| up.clone());
+            }
         }
         Ok(Upstreams { by_id })
     }
 
     /// The profile with this id.
-    pub fn get(&self, id: &str) -> Option<&UpstreamProfile> {
+    pub fn get(&self, id: &str) -> Option<&Arc<UpstreamProfile>> {
         self.by_id.get(id)
     }
 }
@@ -131,6 +188,8 @@ fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildErro
         model_map: p.model_map.clone(),
         timeouts: p.timeouts,
         client,
+        source: p.clone(),
+        fingerprint: credential_fingerprint(&p.api_key),
     })
 }
 

@@ -1,0 +1,155 @@
+//! Hot reload: the config file is re-read on a file change, SIGHUP or `POST /admin/reload`. A new config is
+//! validated first and swapped in whole; an invalid one is refused with its errors and the old one keeps
+//! serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use serde::Serialize;
+use switchyard_actors::router::{Reload, ReloadSummary};
+
+use crate::config::{self, ConfigErrors};
+use crate::http::Shared;
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file is invalid; the old configuration stays.
+    #[error("invalid configuration:\n{0}")]
+    Invalid(ConfigErrors),
+    /// The router could not apply it (store failure); the old configuration stays.
+    #[error("cannot apply the configuration: {0}")]
+    Apply(String),
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Serialize)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+    /// Settings that only take effect on restart (listen address, data directory).
+    pub needs_restart: Vec<String>,
+}
+
+/// Re-reads the configuration file and applies it.
+pub async fn reload(shared: &Shared, trigger: &str) -> Result<ReloadReport, ReloadError> {
+    let _serial = shared.reload_lock.lock().await;
+    let old = shared.config();
+    let result = apply(shared, &old.source, &old).await;
+    let label = if result.is_ok() { "ok" } else { "error" };
+    shared.metrics.reloads.with_label_values(&[label]).inc();
+    match &result {
+        Ok(r) => tracing::info!(
+            trigger,
+            generation = r.generation,
+            added = ?r.added,
+            changed = ?r.changed,
+            removed = ?r.removed,
+            "configuration reloaded"
+        ),
+        Err(ReloadError::Invalid(errors)) => {
+            for e in &errors.0 {
+                tracing::error!(trigger, "reload refused: {e}");
+            }
+        }
+        Err(e) => tracing::error!(trigger, error = %e, "reload failed"),
+    }
+    result
+}
+
+async fn apply(
+    shared: &Shared,
+    path: &Path,
+    old: &config::Config,
+) -> Result<ReloadReport, ReloadError> {
+    let new = config::load_file(path).map_err(ReloadError::Invalid)?;
+    let mut needs_restart = Vec::new();
+    if new.server.listen != old.server.listen {
+        needs_restart.push("server.listen".to_owned());
+    }
+    if new.server.data_dir != old.server.data_dir {
+        needs_restart.push("server.data_dir".to_owned());
+    }
+    let spec = crate::router_spec(&new);
+    // Config and generation first, then the routing table: a request that picks a new profile from the
+    // new table always finds its upstream, and one still on the old table finds removed profiles carried
+    // over by the worker's rebuild.
+    shared.config.store(Arc::new(new));
+    let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let summary: ReloadSummary = shared
+        .router_actor
+        .send(Reload(spec))
+        .await
+        .map_err(|e| ReloadError::Apply(e.to_string()))?
+        .map_err(|e| ReloadError::Apply(e.to_string()))?;
+    Ok(ReloadReport {
+        generation,
+        added: summary.added,
+        changed: summary.changed,
+        removed: summary.removed,
+        unchanged: summary.unchanged,
+        needs_restart,
+    })
+}
+
+/// Reloads on SIGHUP, for as long as the system runs.
+pub fn spawn_sighup(shared: web::Data<Shared>) {
+    actix_web::rt::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = reload(&shared, "sighup").await;
+        }
+    });
+}
+
+/// Reloads when the config file changes. Watches its directory, because editors replace files by rename.
+/// Returns the watcher, which must be kept alive.
+pub fn spawn_file_watch(
+    shared: web::Data<Shared>,
+    path: PathBuf,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name()?.to_owned();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let ours = ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()));
+            let writes = matches!(
+                ev.kind,
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
+            );
+            if ours && writes {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload"))
+    .ok()?;
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory");
+        return None;
+    }
+    actix_web::rt::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: an editor's save is several events; read the file once it has settled.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reload(&shared, "file_change").await;
+        }
+    });
+    Some(watcher)
+}
