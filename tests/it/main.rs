@@ -1,0 +1,7 @@
+//! Integration tests: the real binary on port 0 against mock upstreams.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod config_check;
+mod smoke;
