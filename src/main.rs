@@ -49,7 +49,7 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
         shutdown_timeout: std::time::Duration,
         /// Do not reload when the config file changes (SIGHUP and POST /admin/reload still work).
-        #[arg(long)]
+        #[arg(long, env = "SWITCHYARD_NO_WATCH")]
         no_watch: bool,
     },
     /// Validate a configuration file without starting anything.

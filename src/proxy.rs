@@ -133,6 +133,12 @@ impl Proxy<'_> {
             m.request_duration
                 .with_label_values(&[&model])
                 .observe(started.elapsed().as_secs_f64());
+            tracing::info!(
+                status,
+                profile = %profile,
+                latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "request answered"
+            );
         }
         result
     }

@@ -4,4 +4,5 @@
 mod support;
 
 mod config_check;
+mod operations;
 mod smoke;
