@@ -19,6 +19,19 @@ async fn reload(server: &Server) -> (u16, serde_json::Value) {
     (status, resp.json().await.unwrap())
 }
 
+/// Waits until a log line contains `needle` (the reader thread trails the process a little).
+async fn wait_log(server: &Server, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.logs().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?}:\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn rewrite(server: &Server, cfg: &ConfigBuilder) {
     std::fs::write(&server.config_path, cfg.yaml()).unwrap();
 }
@@ -184,7 +197,7 @@ async fn an_invalid_reload_is_refused_and_the_old_config_keeps_serving() {
     assert_eq!(body["error"]["code"], "invalid_config");
     let (status, _, _) = chat(&server, &chat_body("m")).await;
     assert_eq!(status, 200);
-    assert!(server.logs().contains("reload refused"));
+    wait_log(&server, "reload refused").await;
     let metrics = client()
         .get(server.url("/metrics"))
         .send()
