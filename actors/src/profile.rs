@@ -332,7 +332,16 @@ pub fn report(
     if matches!(outcome, AttemptOutcome::Failed { .. }) {
         shared.failures.fetch_add(1, Ordering::Relaxed);
     }
-    let is_noop = matches!(outcome, AttemptOutcome::Abandoned) && !probe;
+    // Most reports change nothing: skip the mailbox for them (the hot path's common case).
+    let is_noop = !probe
+        && match outcome {
+            AttemptOutcome::Abandoned => true,
+            AttemptOutcome::Succeeded => {
+                let v = shared.view.load();
+                v.consecutive_failures == 0 && v.cooldown_strikes == 0 && v.billing_strikes == 0
+            }
+            AttemptOutcome::Failed { .. } => false,
+        };
     if is_noop {
         return;
     }
