@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod providers;
 pub mod proxy;
 pub mod reload;
 pub mod request;
@@ -168,15 +169,16 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             addr: opts.listen,
             source,
         })?;
-    for addr in server.addrs() {
-        tracing::info!(%addr, config = %config_path.display(), "switchyard listening on {addr}");
-    }
+    // Armed before the listening line, so a change made right after start-up is never missed.
     reload::spawn_sighup(shared.clone());
     let _watcher = if opts.watch_config {
-        reload::spawn_file_watch(shared.clone(), config_path)
+        reload::spawn_file_watch(shared.clone(), config_path.clone())
     } else {
         None
     };
+    for addr in server.addrs() {
+        tracing::info!(%addr, config = %config_path.display(), "switchyard listening on {addr}");
+    }
     server.run().await?;
     tracing::info!("stopped; flushing the store");
     if let Err(e) = store.flush_blocking() {

@@ -255,7 +255,7 @@ impl Proxy<'_> {
                 Verdict::Failure { class, retry_after } => Err(guard.fail(AttemptFailure {
                     class,
                     retry_after,
-                    detail: error_detail(status.as_u16(), &body),
+                    detail: up.redact(&error_detail(status.as_u16(), &body)),
                     status: Some(status.as_u16()),
                 })),
             };

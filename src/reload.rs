@@ -98,14 +98,16 @@ async fn apply(
     })
 }
 
-/// Reloads on SIGHUP, for as long as the system runs.
+/// Reloads on SIGHUP, for as long as the system runs. The handler is installed before this returns.
 pub fn spawn_sighup(shared: web::Data<Shared>) {
-    actix_web::rt::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
             return;
-        };
+        }
+    };
+    actix_web::rt::spawn(async move {
         while hup.recv().await.is_some() {
             let _ = reload(&shared, "sighup").await;
         }

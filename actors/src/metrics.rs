@@ -2,7 +2,7 @@
 //!
 //! Labels are bounded: a profile id (from the config), a failure class, a state or an actor kind.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
 /// Metric names, shared with the dashboard test.
 pub mod names {
@@ -31,7 +31,7 @@ pub struct ActorMetrics {
     /// `{actor}`
     pub mailbox_drops: IntCounterVec,
     /// sled flush latency.
-    pub store_flush: HistogramVec,
+    pub store_flush: Histogram,
 }
 
 /// A metric definition that cannot fail for our constant names; an error means a bug in this file.
@@ -76,7 +76,7 @@ impl ActorMetrics {
                 "Messages dropped because a bounded mailbox was full.",
                 &["actor"],
             )?,
-            store_flush: HistogramVec::new(
+            store_flush: Histogram::with_opts(
                 HistogramOpts::new(
                     names::STORE_FLUSH,
                     "Latency of sled flushes (group commits).",
@@ -84,7 +84,6 @@ impl ActorMetrics {
                 .buckets(vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
                 ]),
-                &[],
             )?,
         })
     }
@@ -99,6 +98,12 @@ impl ActorMetrics {
         registry.register(Box::new(m.restarts.clone()))?;
         registry.register(Box::new(m.mailbox_drops.clone()))?;
         registry.register(Box::new(m.store_flush.clone()))?;
+        // Series that may stay at zero for a process's life still appear in every scrape, so dashboards
+        // and alerts see 0 rather than "no data".
+        for actor in ["profile", "router", "usage_recorder"] {
+            m.restarts.with_label_values(&[actor]);
+            m.mailbox_drops.with_label_values(&[actor]);
+        }
         Ok(m)
     }
 }

@@ -207,8 +207,11 @@ impl ProfileActor {
         if durable {
             let store = self.store.clone();
             let id = self.shared.id().clone();
+            let timer = self.shared.metrics.store_flush.start_timer();
             ctx.spawn(actix::fut::wrap_future(async move {
-                if let Err(e) = store.flush().await {
+                let flushed = store.flush().await;
+                timer.observe_duration();
+                if let Err(e) = flushed {
                     tracing::error!(profile = %id, error = %e, "cannot flush profile health");
                 }
             }));

@@ -55,8 +55,10 @@ impl UsageRecorder {
         self.flushing = true;
         let batch = std::mem::take(&mut self.pending);
         let store = self.store.clone();
+        let timer = self.metrics.store_flush.start_timer();
         let fut = actix::fut::wrap_future::<_, Self>(async move { store.flush().await }).map(
             move |res, act, ctx| {
+                timer.observe_duration();
                 let ack: Ack = res.map_err(|e| e.to_string());
                 if let Err(e) = &ack {
                     tracing::error!(error = %e, "usage flush failed");

@@ -26,6 +26,8 @@ pub struct UpstreamProfile {
     model_map: IndexMap<String, String>,
     pub timeouts: Timeouts,
     pub client: reqwest::Client,
+    /// The raw credential, kept only to redact it from upstream error text.
+    key: Option<String>,
     /// What this was built from, to reuse it across reloads when unchanged.
     source: ProfileConfig,
     fingerprint: u64,
@@ -35,6 +37,18 @@ impl UpstreamProfile {
     /// The full URL of an API path such as `/chat/completions`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
+    }
+
+    /// Removes this profile's credential, and anything that looks like a key, from upstream text
+    /// before it reaches logs, the admin API or a client (upstreams quote keys back in 401 messages).
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        if let Some(key) = &self.key {
+            if !key.is_empty() {
+                out = out.replace(key.as_str(), "[redacted]");
+            }
+        }
+        redact_key_like(&out)
     }
 
     /// The upstream name of a client model, when this profile renames it.
@@ -157,6 +171,7 @@ fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildErro
             profile: p.id.clone(),
             source,
         })?;
+    let key = resolve_key(&p.api_key).ok().flatten();
     let auth = match resolve_key(&p.api_key) {
         Ok(Some(key)) => {
             let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
@@ -188,6 +203,7 @@ fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildErro
         model_map: p.model_map.clone(),
         timeouts: p.timeouts,
         client,
+        key,
         source: p.clone(),
         fingerprint: credential_fingerprint(&p.api_key),
     })
@@ -216,5 +232,53 @@ pub fn credential_fingerprint(source: &ApiKeySource) -> u64 {
             h.finish()
         }
         _ => 0,
+    }
+}
+
+/// Prefixes of credentials providers issue; a word starting with one is shown as its prefix only.
+const KEY_PREFIXES: &[&str] = &["sk-", "sk_", "rk-", "gsk_", "xai-", "pk-", "key-", "AIza"];
+
+/// Masks words that look like credentials: a known prefix followed by at least 8 more characters.
+pub fn redact_key_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let start = rest
+            .find(|c: char| c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(rest.len());
+        let word = &rest[..end];
+        match KEY_PREFIXES.iter().find(|p| word.starts_with(*p)) {
+            Some(prefix) if word.len() >= prefix.len() + 8 => {
+                out.push_str(prefix);
+                out.push_str("[redacted]");
+            }
+            _ => out.push_str(word),
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_like_words_are_masked_and_others_kept() {
+        assert_eq!(
+            redact_key_like("Incorrect API key provided: sk-proj-abcdef123456. See docs."),
+            "Incorrect API key provided: sk-[redacted]. See docs."
+        );
+        assert_eq!(
+            redact_key_like("sk-short is fine, task-force too"),
+            "sk-short is fine, task-force too"
+        );
+        assert_eq!(redact_key_like("gsk_0123456789abcdef!"), "gsk_[redacted]!");
+        assert_eq!(redact_key_like("naïve – ünïcode"), "naïve – ünïcode");
     }
 }

@@ -4,5 +4,10 @@
 mod support;
 
 mod config_check;
+mod dashboard;
+mod health;
 mod operations;
+mod routing;
 mod smoke;
+mod wire;
+mod durability;

@@ -1,0 +1,203 @@
+//! Durability: one usage record per attempt, records that survive kill -9, and profile state and
+//! counters that survive a restart.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchyard_actors::store::{Store, UsageRecord};
+
+use crate::support::*;
+
+/// Every usage record in the server's store (the server must have exited).
+fn usage_records(server: &Server) -> Vec<UsageRecord> {
+    let store = Store::open(&server.data_dir()).expect("open the store");
+    let records = store.all_usage().expect("read usage");
+    drop(store);
+    records
+}
+
+#[tokio::test]
+async fn a_failed_over_request_leaves_one_record_per_attempt() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    a.push(Reply::server_error());
+    let mut server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .model_with_strategy("m", &["a", "b"], "priority"),
+    );
+    let (status, headers, body) = post(
+        &server,
+        "/v1/chat/completions",
+        &chat_body("m"),
+        &[("x-request-id", "dur-failover-1")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-attempts"], "2");
+    // A streamed request: its tokens come from the usage chunk the client never saw.
+    let stream = json!({"model": "m", "stream": true,
+        "messages": [{"role": "user", "content": "hello there"}]});
+    let (status, _, text) = post(
+        &server,
+        "/v1/chat/completions",
+        &stream,
+        &[("x-request-id", "dur-stream-1")],
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(!text.contains("\"choices\":[]"), "{text}");
+    let exit = server.terminate().expect("exit status");
+    assert!(exit.success(), "{exit:?}");
+
+    let records = usage_records(&server);
+    let mut failover: Vec<&UsageRecord> = records
+        .iter()
+        .filter(|r| r.request_id == "dur-failover-1")
+        .collect();
+    failover.sort_by_key(|r| r.attempt);
+    assert_eq!(failover.len(), 2, "{records:#?}");
+    let (first, second) = (failover[0], failover[1]);
+    assert_eq!(
+        (
+            first.attempt,
+            first.profile.as_str(),
+            first.outcome.as_str()
+        ),
+        (1, "a", "server"),
+        "{first:?}"
+    );
+    assert_eq!(first.status, Some(500));
+    assert_eq!((first.prompt_tokens, first.completion_tokens), (0, 0));
+    assert_eq!(
+        (
+            second.attempt,
+            second.profile.as_str(),
+            second.outcome.as_str()
+        ),
+        (2, "b", "ok"),
+        "{second:?}"
+    );
+    assert_eq!(second.status, Some(200));
+    assert_eq!(
+        (second.prompt_tokens, second.completion_tokens),
+        (2, 5),
+        "{second:?}"
+    );
+    assert!(!second.stream && second.model == "m");
+
+    let streamed: Vec<&UsageRecord> = records
+        .iter()
+        .filter(|r| r.request_id == "dur-stream-1")
+        .collect();
+    assert_eq!(streamed.len(), 1, "{records:#?}");
+    let s = streamed[0];
+    assert_eq!(
+        (s.profile.as_str(), s.outcome.as_str(), s.attempt, s.stream),
+        ("b", "ok", 1, true),
+        "{s:?}"
+    );
+    assert_eq!((s.prompt_tokens, s.completion_tokens), (2, 5), "{s:?}");
+    assert_eq!(records.len(), 3, "{records:#?}");
+}
+
+#[tokio::test]
+async fn every_answered_request_is_on_disk_after_kill_9() {
+    const N: usize = 50;
+    let a = MockUpstream::start_named("a").await;
+    let mut server = Server::start(&ConfigBuilder::default().profile("a", &a).model("m", &["a"]));
+    assert!(ConfigBuilder::default().durable, "durable is the default");
+    let c = client();
+    for i in 0..N {
+        let resp = c
+            .post(server.url("/v1/chat/completions"))
+            .header("x-request-id", format!("k9-{i}"))
+            .json(&chat_body("m"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let before = admin_profile(&server, "a").await;
+    server.kill9();
+
+    let records = usage_records(&server);
+    let ok: Vec<&UsageRecord> = records.iter().filter(|r| r.outcome == "ok").collect();
+    assert_eq!(ok.len(), N, "{} records: {records:#?}", records.len());
+    assert_eq!(records.len(), N);
+    let mut ids: Vec<&str> = ok.iter().map(|r| r.request_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want: Vec<String> = (0..N).map(|i| format!("k9-{i}")).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    assert!(ok
+        .iter()
+        .all(|r| r.completion_tokens == 5 && r.profile == "a"));
+
+    assert_eq!(before["requests"], json!(N), "{before}");
+    assert_eq!(before["failures"], json!(0), "{before}");
+    server.restart();
+    let after = admin_profile(&server, "a").await;
+    assert_eq!(after["requests"], before["requests"], "{after}");
+    assert_eq!(after["failures"], before["failures"], "{after}");
+}
+
+/// The fields of a profile that must survive a restart.
+fn durable_state(p: &Value) -> (Value, Value) {
+    (p["state"].clone(), p["cooldown_until"].clone())
+}
+
+#[tokio::test]
+async fn billing_and_auth_states_survive_restart_and_kill_9() {
+    let (a, b, c) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+        MockUpstream::start_named("c").await,
+    );
+    a.push(Reply::payment_required());
+    b.push(Reply::unauthorized());
+    let mut server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .profile("c", &c)
+            .model_with_strategy("m", &["a", "b", "c"], "priority"),
+    );
+    let (status, headers, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-profile"], "c");
+    assert_eq!(headers["x-switchyard-attempts"], "3");
+    let pa = wait_state(&server, "a", "billing_disabled", Duration::from_secs(3)).await;
+    let pb = wait_state(&server, "b", "auth_failed", Duration::from_secs(3)).await;
+    assert!(pa["cooldown_until"].is_string(), "{pa}");
+    let (sa, sb) = (durable_state(&pa), durable_state(&pb));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.kill9();
+    server.restart();
+    let started = Instant::now();
+    let pa2 = admin_profile(&server, "a").await;
+    let pb2 = admin_profile(&server, "b").await;
+    assert_eq!(durable_state(&pa2), sa, "after kill -9: {pa2}");
+    assert_eq!(durable_state(&pb2), sb, "after kill -9: {pb2}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The restored states route: a and b are skipped without being asked.
+    let (status, headers, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-profile"], "c");
+    assert_eq!(headers["x-switchyard-attempts"], "1");
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+
+    // And across a clean stop too.
+    server.terminate();
+    server.restart();
+    let pa3 = admin_profile(&server, "a").await;
+    let pb3 = admin_profile(&server, "b").await;
+    assert_eq!(durable_state(&pa3), sa, "after SIGTERM: {pa3}");
+    assert_eq!(durable_state(&pb3), sb, "after SIGTERM: {pb3}");
+}
