@@ -1,6 +1,8 @@
 //! Switchyard: an actor-based, resilient, OpenAI-compatible LLM routing proxy.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -59,6 +61,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// What the router needs of the config, with credentials resolved (a missing key disables its profile).
@@ -105,6 +109,12 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     };
     let store = Store::open(&opts.data_dir).map_err(store_error)?;
     let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
+    let auth = Arc::new(
+        auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?,
+    );
+    actix_web::rt::spawn(auth.clone().run_maintenance());
+    let (prefetch_auth, prefetch_config) = (auth.clone(), config.auth.clone());
+    actix_web::rt::spawn(async move { prefetch_auth.prefetch_jwks(&prefetch_config).await });
     let router =
         Router::start(&router_spec(&config), &store, &metrics.actors).map_err(store_error)?;
     let sweep_every = config
@@ -145,6 +155,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         router_actor,
         generation: AtomicU64::new(0),
         reload_lock: tokio::sync::Mutex::new(()),
+        auth: auth.clone(),
     });
     let factory_shared = shared.clone();
     let mut server = HttpServer::new(move || {
@@ -181,6 +192,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     }
     server.run().await?;
     tracing::info!("stopped; flushing the store");
+    auth.persist_last_used();
     if let Err(e) = store.flush_blocking() {
         tracing::error!(error = %e, "final flush failed");
     }

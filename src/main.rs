@@ -1,4 +1,5 @@
-//! The `switchyard` command: `serve` runs the proxy, `check` validates a config.
+//! The `switchyard` command: `serve` runs the proxy, `check` validates a config, `keys` manages client
+//! keys through the admin API of a running proxy.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -58,6 +59,61 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = "profiles.yaml")]
         config: PathBuf,
     },
+    /// Manage client API keys through the admin API of a running proxy (admin token from
+    /// SWITCHYARD_ADMIN_TOKEN, or the variable the config's auth.admin_token_env names).
+    Keys {
+        /// The proxy's base URL (default: http:// and the config's server.listen).
+        #[arg(long, global = true, env = "SWITCHYARD_URL")]
+        url: Option<String>,
+        /// The configuration file, read for the default URL and the admin token's variable.
+        #[arg(
+            long,
+            global = true,
+            env = "SWITCHYARD_CONFIG",
+            default_value = "profiles.yaml"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is printed once, alone, on the last line.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The account the key belongs to.
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        /// Allowed models (comma-separated) and/or `admin`; none: every model.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// e.g. 30d, 12h (default: never expires).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// List keys: id, name, prefix, status, expiry.
+    List {
+        /// Only this account's keys.
+        #[arg(long)]
+        account: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key at once.
+    Revoke { id: String },
+    /// Give a key a new secret (printed on the last line); the old one works for the grace period.
+    Rotate {
+        id: String,
+        /// How long the old secret keeps working (default 1h; 0s ends it now).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
 }
 
 fn init_tracing(format: Option<LogFormat>) {
@@ -85,6 +141,17 @@ fn init_tracing(format: Option<LogFormat>) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Keys {
+            url,
+            config,
+            command,
+        } => match keys_command(url, &config, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match config::load_file(&config) {
             Ok(c) => {
                 println!(
@@ -139,4 +206,166 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Runs a `switchyard keys` command against the admin API.
+fn keys_command(
+    url: Option<String>,
+    config: &std::path::Path,
+    command: KeysCommand,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let loaded = config::load_file(config).ok();
+    let token_env = loaded.as_ref().map_or("SWITCHYARD_ADMIN_TOKEN", |c| {
+        c.auth.admin_token_env.as_str()
+    });
+    let token = std::env::var(token_env)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .with_context(|| format!("set {token_env} to the proxy's admin token"))?;
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let listen = loaded.map_or_else(
+                || SocketAddr::from(([127, 0, 0, 1], 8080)),
+                |c| c.server.listen,
+            );
+            if listen.port() == 0 {
+                anyhow::bail!("the config listens on port 0; pass --url");
+            }
+            let ip = match listen.ip() {
+                std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                }
+                std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                }
+                ip => ip,
+            };
+            format!("http://{}", SocketAddr::new(ip, listen.port()))
+        }
+    };
+    let (method, path, body) = match &command {
+        KeysCommand::Create {
+            name,
+            account,
+            tier,
+            scopes,
+            expires_in,
+        } => {
+            let mut b = serde_json::json!({"name": name, "scopes": scopes});
+            if let Some(a) = account {
+                b["account"] = a.as_str().into();
+            }
+            if let Some(t) = tier {
+                b["tier"] = t.as_str().into();
+            }
+            if let Some(d) = expires_in {
+                b["expires_in"] = d.as_secs().into();
+            }
+            (reqwest::Method::POST, "/admin/keys".to_owned(), Some(b))
+        }
+        KeysCommand::List { account, .. } => {
+            let query = account
+                .as_ref()
+                .map_or(String::new(), |a| format!("?account={a}"));
+            (reqwest::Method::GET, format!("/admin/keys{query}"), None)
+        }
+        KeysCommand::Revoke { id } => (reqwest::Method::DELETE, format!("/admin/keys/{id}"), None),
+        KeysCommand::Rotate { id, grace } => {
+            let b = match grace {
+                Some(g) => serde_json::json!({"grace": g.as_secs()}),
+                None => serde_json::json!({}),
+            };
+            (
+                reqwest::Method::POST,
+                format!("/admin/keys/{id}/rotate"),
+                Some(b),
+            )
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let target = format!("{base}{path}");
+    let (status, text) = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        let mut req = client.request(method, &target).bearer_auth(&token);
+        if let Some(b) = &body {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(b)?);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {base}"))?;
+        let status = resp.status();
+        anyhow::Ok((status, resp.text().await?))
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let message = value["error"]["message"].as_str().unwrap_or(text.as_str());
+        anyhow::bail!("{status}: {message}");
+    }
+    let field = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    match command {
+        KeysCommand::Create { .. } | KeysCommand::Rotate { .. } => {
+            let secret = value["key"].as_str().context("the answer holds no key")?;
+            println!("id:      {}", field(&value, "id"));
+            println!("name:    {}", field(&value, "name"));
+            println!("prefix:  {}", field(&value, "prefix"));
+            println!("account: {}", field(&value, "account"));
+            println!(
+                "expires: {}",
+                value["expires_at"].as_str().unwrap_or("never")
+            );
+            if let Some(until) = value["previous_valid_until"].as_str() {
+                println!("the previous secret works until {until}");
+            }
+            println!("The secret below is shown once; store it now.");
+            println!("{secret}");
+        }
+        KeysCommand::List { json: true, .. } => {
+            println!("{}", serde_json::to_string_pretty(&value)?)
+        }
+        KeysCommand::List { json: false, .. } => {
+            let rows: Vec<[String; 5]> = value["data"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|k| {
+                    let expires = k["expires_at"].as_str().unwrap_or("never").to_owned();
+                    [
+                        field(k, "id"),
+                        field(k, "name"),
+                        field(k, "prefix"),
+                        field(k, "status"),
+                        expires,
+                    ]
+                })
+                .collect();
+            let header = ["ID", "NAME", "PREFIX", "STATUS", "EXPIRES"].map(str::to_owned);
+            let mut widths = header.clone().map(|h| h.chars().count());
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            for row in std::iter::once(&header).chain(&rows) {
+                let cells: Vec<String> = row
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", cells.join("  ").trim_end());
+            }
+        }
+        KeysCommand::Revoke { id } => println!("revoked {id} ({})", field(&value, "status")),
+    }
+    Ok(())
 }

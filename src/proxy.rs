@@ -17,12 +17,13 @@ use switchyard_actors::store::{now_ms, UsageRecord};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::codec::{client_error_body, response_body, Dialect, StreamCodec, StreamFault};
+use crate::config::{Config, Provider};
 use crate::error::ApiError;
 use crate::http::Shared;
 use crate::metrics::{status_class, InFlight, Metrics};
+use crate::providers::anthropic::chat_request_to_messages;
 use crate::request::{response_usage, upstream_body, RoutingFields, TokenUsage};
-use crate::sse::SseRelay;
 use crate::upstream::classify::{classify, error_detail, Verdict};
 use crate::upstream::{UpstreamProfile, WorkerUpstreams};
 
@@ -61,7 +62,12 @@ pub struct ProxyRequest {
     pub key_id: Option<String>,
     /// When the request arrived (for time to first token).
     pub started: Instant,
+    /// The wire format the client speaks (and is answered in).
+    pub dialect: Dialect,
 }
+
+/// `max_tokens` sent to Anthropic when the client gave none (the Messages API requires it).
+pub const ANTHROPIC_DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// Largest non-streamed answer we hold (embeddings of big batches are the large case).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -77,7 +83,16 @@ pub struct Proxy<'a> {
     pub upstreams: &'a WorkerUpstreams,
 }
 
-/// How one attempt ended, when it did not produce the client's answer.
+/// How an attempt ended without the client's answer.
+enum AttemptEnd {
+    /// The upstream failed: counted against the profile.
+    Failed(AttemptFailure),
+    /// The profile cannot serve this request (a field it has no equivalent for): nothing was sent,
+    /// nothing is held against it.
+    Skipped(String),
+}
+
+/// How one attempt failed.
 struct AttemptFailure {
     class: FailureClass,
     retry_after: Option<Duration>,
@@ -147,9 +162,11 @@ impl Proxy<'_> {
         let model = req.fields.model.clone();
         let max_attempts = self.config.routing.max_attempts as usize;
         let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut attempts = 0usize;
         let mut failures: Vec<(Arc<str>, AttemptFailure)> = Vec::new();
+        let mut unsuitable: Vec<(Arc<str>, String)> = Vec::new();
         let mut skipped: Vec<(Arc<str>, SkipReason)> = Vec::new();
-        while tried.len() < max_attempts {
+        while attempts < max_attempts {
             let pick = match self.router().pick(&model, req.session.as_deref(), &tried) {
                 Ok(p) => p,
                 Err(PickError::UnknownModel) => return Err(ApiError::UnknownModel(model)),
@@ -166,7 +183,8 @@ impl Proxy<'_> {
                     .inc();
             }
             tried.push(id.clone());
-            let attempt = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+            attempts += 1;
+            let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
             let span = tracing::info_span!("attempt", profile = %id, attempt, probe = pick.probe);
             let upstreams = self
                 .upstreams
@@ -176,15 +194,28 @@ impl Proxy<'_> {
                 pick.entry.report(AttemptOutcome::Abandoned, pick.probe);
                 return Err(ApiError::Internal(format!("profile {id} has no upstream")));
             };
+            if up.provider == Provider::Anthropic && req.endpoint != Endpoint::ChatCompletions {
+                pick.entry.release(pick.probe);
+                attempts -= 1;
+                unsuitable.push((
+                    id,
+                    format!("the Anthropic API has no {}", req.endpoint.path()),
+                ));
+                continue;
+            }
             match self.attempt(up, &req, pick, attempt).instrument(span).await {
                 Ok(resp) => return Ok(resp),
-                Err(f) => {
+                Err(AttemptEnd::Failed(f)) => {
                     tracing::warn!(profile = %id, attempt, class = f.class.as_str(), detail = %f.detail, "attempt failed");
                     failures.push((id, f));
                 }
+                Err(AttemptEnd::Skipped(why)) => {
+                    attempts -= 1;
+                    unsuitable.push((id, why));
+                }
             }
         }
-        Err(exhausted_error(&model, &failures, &skipped))
+        Err(exhausted_error(&model, &failures, &unsuitable, &skipped))
     }
 
     async fn attempt(
@@ -193,22 +224,34 @@ impl Proxy<'_> {
         req: &ProxyRequest,
         pick: Pick,
         attempt: u32,
-    ) -> Result<HttpResponse, AttemptFailure> {
+    ) -> Result<HttpResponse, AttemptEnd> {
         let stream = req.fields.stream && req.endpoint.streams();
         let ask_usage = stream && !req.fields.client_wants_usage;
+        let model = &req.fields.model;
+        let body = match up.provider {
+            Provider::OpenAi => upstream_body(&req.body, up.upstream_model(model), ask_usage)
+                .map_err(|e| e.to_string()),
+            Provider::Anthropic => {
+                let upstream_model = up.upstream_model(model).unwrap_or(model);
+                chat_request_to_messages(&req.body, upstream_model, ANTHROPIC_DEFAULT_MAX_TOKENS)
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(why) => {
+                pick.entry.release(pick.probe);
+                return Err(AttemptEnd::Skipped(why));
+            }
+        };
         let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
         let durable = self.config.usage.durable;
-        let body = upstream_body(&req.body, up.upstream_model(&req.fields.model), ask_usage)
-            .map_err(|e| {
-                guard.fail(AttemptFailure::new(
-                    FailureClass::Server,
-                    format!("cannot prepare body: {e}"),
-                ))
-            })?;
-        let sent = up
-            .post(req.endpoint.path(), &req.request_id)
-            .body(body)
-            .send();
+        let path = match up.provider {
+            Provider::OpenAi => req.endpoint.path(),
+            Provider::Anthropic => "/messages",
+        };
+        let sent = up.post(path, &req.request_id).body(body).send();
         let resp = match tokio::time::timeout(up.timeouts.first_byte, sent).await {
             Err(_) => {
                 return Err(guard.fail(AttemptFailure::new(
@@ -248,8 +291,9 @@ impl Proxy<'_> {
                         TokenUsage::default(),
                         false,
                     );
+                    let body = client_error_body(up.provider, req.dialect, body);
                     Ok(self
-                        .respond(status.as_u16(), &content_type, &guard)
+                        .respond(status.as_u16(), "application/json", &guard)
                         .body(body))
                 }
                 Verdict::Failure { class, retry_after } => Err(guard.fail(AttemptFailure {
@@ -267,17 +311,30 @@ impl Proxy<'_> {
             Ok(b) => b,
             Err(f) => return Err(guard.fail(f)),
         };
-        let usage = match response_usage(&body) {
+        let garbage = |why: String| AttemptFailure {
+            status: Some(status.as_u16()),
+            ..AttemptFailure::new(
+                FailureClass::Server,
+                format!("HTTP {}: {why}", status.as_u16()),
+            )
+        };
+        // Usage is read from the OpenAI form: the upstream's own, or the translation of it.
+        let openai = match response_body(up.provider, Dialect::OpenAi, body, model) {
+            Ok(b) => b,
+            Err(why) => return Err(guard.fail(garbage(why))),
+        };
+        let usage = match response_usage(&openai) {
             Ok(u) => u,
-            Err(_) => {
-                return Err(guard.fail(AttemptFailure {
-                    status: Some(status.as_u16()),
-                    ..AttemptFailure::new(
-                        FailureClass::Server,
-                        format!("HTTP {}: body is not JSON", status.as_u16()),
-                    )
-                }))
-            }
+            Err(_) => return Err(guard.fail(garbage("body is not JSON".into()))),
+        };
+        let body = match response_body(Provider::OpenAi, req.dialect, openai, model) {
+            Ok(b) => b,
+            Err(why) => return Err(guard.fail(garbage(why))),
+        };
+        let content_type = if up.provider == Provider::OpenAi && req.dialect == Dialect::OpenAi {
+            content_type
+        } else {
+            "application/json".to_owned()
         };
         let ack = guard.finish(AttemptOutcome::Succeeded, "ok", usage, durable);
         wait_ack(ack).await;
@@ -293,10 +350,15 @@ impl Proxy<'_> {
         req: &ProxyRequest,
         resp: reqwest::Response,
         mut guard: AttemptGuard,
-    ) -> Result<HttpResponse, AttemptFailure> {
+    ) -> Result<HttpResponse, AttemptEnd> {
         let durable = self.config.usage.durable;
         let idle = up.timeouts.idle;
-        let mut relay = SseRelay::new(!req.fields.client_wants_usage);
+        let mut relay = StreamCodec::new(
+            up.provider,
+            req.dialect,
+            &req.fields.model,
+            req.fields.client_wants_usage,
+        );
         let mut upstream = resp.bytes_stream().boxed_local();
         let first = loop {
             match tokio::time::timeout(idle, upstream.next()).await {
@@ -314,10 +376,15 @@ impl Proxy<'_> {
                 }
                 Ok(Some(Err(e))) => return Err(guard.fail(transport_failure(&e))),
                 Ok(Some(Ok(chunk))) => match relay.push(&chunk) {
-                    Err(e) => {
-                        return Err(
-                            guard.fail(AttemptFailure::new(FailureClass::Server, e.to_string()))
-                        )
+                    // Nothing reached the client yet: fail over.
+                    Err(StreamFault::Upstream { detail, .. }) => {
+                        return Err(guard.fail(AttemptFailure::new(
+                            FailureClass::Server,
+                            up.redact(&detail),
+                        )))
+                    }
+                    Err(StreamFault::Garbage(e)) => {
+                        return Err(guard.fail(AttemptFailure::new(FailureClass::Server, e)))
                     }
                     Ok(p) if p.done => {
                         let ack = guard.finish(
@@ -328,7 +395,7 @@ impl Proxy<'_> {
                         );
                         wait_ack(ack).await;
                         let mut all = BytesMut::from(&p.forward[..]);
-                        all.extend_from_slice(&SseRelay::done_event());
+                        all.extend_from_slice(&relay.done_bytes());
                         return Ok(self
                             .respond(200, "text/event-stream", &guard)
                             .body(all.freeze()));
@@ -376,7 +443,7 @@ impl Proxy<'_> {
 /// A streamed answer in flight: everything its next step needs.
 struct StreamState {
     upstream: futures_util::stream::LocalBoxStream<'static, reqwest::Result<Bytes>>,
-    relay: SseRelay,
+    relay: StreamCodec,
     first: Option<Bytes>,
     guard: AttemptGuard,
     idle: Duration,
@@ -416,7 +483,10 @@ impl StreamState {
                     )
                 }
                 Ok(Some(Ok(chunk))) => match self.relay.push(&chunk) {
-                    Err(e) => return self.cut(FailureClass::Server, &e.to_string()),
+                    Err(StreamFault::Upstream { detail, event }) => {
+                        return self.cut_with(FailureClass::Server, &detail, Some(event))
+                    }
+                    Err(StreamFault::Garbage(e)) => return self.cut(FailureClass::Server, &e),
                     Ok(p) if p.done => {
                         let usage = self.relay.usage().unwrap_or_default();
                         let ack =
@@ -425,7 +495,7 @@ impl StreamState {
                         wait_ack(ack).await;
                         self.finished = true;
                         let mut out = BytesMut::from(&p.forward[..]);
-                        out.extend_from_slice(&SseRelay::done_event());
+                        out.extend_from_slice(&self.relay.done_bytes());
                         return Some((Ok(out.freeze()), self));
                     }
                     Ok(p) if !p.forward.is_empty() => return Some((Ok(p.forward), self)),
@@ -436,15 +506,23 @@ impl StreamState {
     }
 
     /// Ends a stream that broke after the client got bytes: an error event, never a fake `[DONE]`.
-    fn cut(mut self, class: FailureClass, detail: &str) -> Step {
+    fn cut(self, class: FailureClass, detail: &str) -> Step {
+        self.cut_with(class, detail, None)
+    }
+
+    /// Like `cut`, with the error event already written in the client's dialect.
+    fn cut_with(mut self, class: FailureClass, detail: &str, event: Option<Bytes>) -> Step {
         self.finished = true;
         let profile = self.guard.entry.id().clone();
         self.guard.fail(AttemptFailure::new(class, detail));
-        let err = ApiError::Upstream(format!(
-            "profile {profile}: {detail}; the response is incomplete"
-        ));
         tracing::warn!(profile = %profile, class = class.as_str(), "stream cut after bytes reached the client");
-        Some((Ok(SseRelay::error_event(&err.body_json())), self))
+        let event = event.unwrap_or_else(|| {
+            let err = ApiError::Upstream(format!(
+                "profile {profile}: {detail}; the response is incomplete"
+            ));
+            self.relay.error_event(&err)
+        });
+        Some((Ok(event), self))
     }
 }
 
@@ -542,7 +620,7 @@ impl AttemptGuard {
         rx
     }
 
-    fn fail(&mut self, f: AttemptFailure) -> AttemptFailure {
+    fn fail(&mut self, f: AttemptFailure) -> AttemptEnd {
         if f.status.is_some() {
             self.status = f.status;
         }
@@ -552,7 +630,7 @@ impl AttemptGuard {
             detail: f.detail.clone(),
         };
         self.finish(outcome, f.class.as_str(), TokenUsage::default(), false);
-        f
+        AttemptEnd::Failed(f)
     }
 }
 
@@ -647,12 +725,18 @@ fn describe_skip(reason: &SkipReason) -> String {
 fn exhausted_error(
     model: &str,
     failures: &[(Arc<str>, AttemptFailure)],
+    unsuitable: &[(Arc<str>, String)],
     skipped: &[(Arc<str>, SkipReason)],
 ) -> ApiError {
     let mut parts: Vec<String> = failures
         .iter()
         .map(|(id, f)| format!("{id}: {} ({})", f.class.as_str(), f.detail))
         .collect();
+    parts.extend(
+        unsuitable
+            .iter()
+            .map(|(id, why)| format!("{id}: cannot serve this request, {why}")),
+    );
     parts.extend(
         skipped
             .iter()
@@ -661,6 +745,14 @@ fn exhausted_error(
     );
     let list = parts.join("; ");
     match failures.last() {
+        // Every profile that could be asked refused the request's shape: that is the client's to fix.
+        None if !unsuitable.is_empty()
+            && skipped.iter().all(|(_, r)| *r == SkipReason::AlreadyTried) =>
+        {
+            ApiError::invalid(format!(
+                "No profile of model `{model}` can serve this request: {list}."
+            ))
+        }
         None => ApiError::NoAvailableProfile(format!(
             "No profile is available for model `{model}`: {list}."
         )),

@@ -361,6 +361,14 @@ pub fn report(
     }
 }
 
+/// Releases a half-open probe that was claimed but not used; the outcome changes no state.
+pub fn release_probe(addr: &Addr<ProfileActor>) {
+    addr.do_send(ReportOutcome {
+        outcome: AttemptOutcome::Abandoned,
+        probe: true,
+    });
+}
+
 /// Whether a view's breaker is open (for display).
 pub fn breaker_open_until(view: &HealthView) -> Option<SystemTime> {
     match view.breaker {

@@ -72,6 +72,13 @@ impl ProfileEntry {
         profile::report(&self.shared, &self.addr, outcome, probe);
     }
 
+    /// Gives back a pick that was not used (nothing was sent): releases a held probe, counts nothing.
+    pub fn release(&self, probe: bool) {
+        if probe {
+            profile::release_probe(&self.addr);
+        }
+    }
+
     /// Clears the profile's cooldown, billing, auth and breaker state.
     pub fn reset(&self) {
         self.addr.do_send(ResetProfile);

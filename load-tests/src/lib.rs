@@ -13,6 +13,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod anthropic;
 mod http;
 mod openai;
 mod reply;

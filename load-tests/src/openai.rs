@@ -36,6 +36,8 @@ enum Endpoint {
     Embeddings,
     Models,
     Model,
+    /// Anthropic's Messages API.
+    Messages,
 }
 
 fn route(method: &str, path: &str) -> Option<Endpoint> {
@@ -46,6 +48,7 @@ fn route(method: &str, path: &str) -> Option<Endpoint> {
         ("POST", "/chat/completions") => Some(Endpoint::Chat),
         ("POST", "/completions") => Some(Endpoint::Completions),
         ("POST", "/embeddings") => Some(Endpoint::Embeddings),
+        ("POST", "/messages") => Some(Endpoint::Messages),
         ("GET", "/models") => Some(Endpoint::Models),
         ("GET", p) if p.starts_with("/models/") && p.len() > "/models/".len() => {
             Some(Endpoint::Model)
@@ -83,7 +86,7 @@ pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> 
                 ),
             };
         }
-        Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings => {}
+        Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => {}
     }
     let req = match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => v,
@@ -99,6 +102,10 @@ pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> 
             events: completion_stream(&req, ctx),
         },
         Endpoint::Completions => fixed(200, completion(&req, ctx)),
+        Endpoint::Messages if stream => Response::Stream {
+            events: crate::anthropic::message_stream(&req, ctx),
+        },
+        Endpoint::Messages => fixed(200, crate::anthropic::message(&req, ctx)),
         _ => fixed(200, embeddings(&req)),
     }
 }
@@ -109,6 +116,8 @@ pub(crate) fn stream_events(path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> Vec<S
     let req = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
     if route("POST", path) == Some(Endpoint::Completions) {
         completion_stream(&req, ctx)
+    } else if route("POST", path) == Some(Endpoint::Messages) {
+        crate::anthropic::message_stream(&req, ctx)
     } else {
         chat_stream(&req, ctx)
     }

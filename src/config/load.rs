@@ -13,11 +13,13 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use marked_yaml::{LoadError, LoaderOptions, Marker, Node, Span, Spanned};
 
-use super::raw::{RawConfig, RawCooldown, RawModel, RawProfile, RawTimeouts, Text};
+use super::raw::{
+    RawAuth, RawConfig, RawCooldown, RawIssuer, RawModel, RawProfile, RawTimeouts, Text,
+};
 use super::{
-    ApiKeySource, AuthConfig, BreakerSettings, Config, CooldownPolicy, HealthPolicy, ModelConfig,
-    ProfileConfig, Provider, RoutingConfig, ServerConfig, StickyConfig, Strategy, Timeouts,
-    UsageConfig,
+    ApiKeySource, AuthConfig, BreakerSettings, ClaimMapping, Config, CooldownPolicy, HealthPolicy,
+    IssuerConfig, IssuerKeys, LoginLimits, ModelConfig, ProfileConfig, Provider, RoutingConfig,
+    ServerConfig, StickyConfig, Strategy, Timeouts, UsageConfig,
 };
 
 // Defaults; mod.rs documents each next to its field.
@@ -26,6 +28,19 @@ const DEFAULT_LISTEN: SocketAddr =
 const DEFAULT_DATA_DIR: &str = "./data";
 const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 const DEFAULT_ADMIN_TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
+const DEFAULT_JWT_SECRET_ENV: &str = "SWITCHYARD_JWT_SECRET";
+const DEFAULT_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_REFRESH_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+const DEFAULT_MAX_KEYS_PER_ACCOUNT: u32 = 10;
+const DEFAULT_LOGIN: LoginLimits = LoginLimits {
+    max_failures_per_account: 5,
+    max_attempts_per_address: 20,
+    window: Duration::from_secs(5 * 60),
+};
+const DEFAULT_JWKS_REFETCH: Duration = Duration::from_secs(30);
+const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// The `iss` of Switchyard's own access tokens; an external issuer cannot take it.
+pub const OWN_ISSUER: &str = "switchyard";
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_COOLDOWN: CooldownPolicy = CooldownPolicy {
@@ -48,7 +63,7 @@ const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
 const DEFAULT_PRIORITY: u32 = 1;
 const DEFAULT_WEIGHT: u32 = 1;
 
-const SUPPORTED_PROVIDERS: &str = "openai";
+const SUPPORTED_PROVIDERS: &str = "openai, anthropic";
 /// Headers the proxy sets itself: a profile overriding them would break auth or framing.
 const RESERVED_HEADERS: [&str; 3] = ["authorization", "host", "content-length"];
 
@@ -414,13 +429,7 @@ fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Config {
         },
     };
 
-    let auth = AuthConfig {
-        required: raw.auth.required.unwrap_or(true),
-        admin_token_env: match &raw.auth.admin_token_env {
-            Some(name) => env_name(report, "auth.admin_token_env", name),
-            None => DEFAULT_ADMIN_TOKEN_ENV.to_owned(),
-        },
-    };
+    let auth = auth(report, &raw.auth);
 
     let r = &raw.routing;
     let routing = RoutingConfig {
@@ -502,6 +511,199 @@ fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Config {
     }
 }
 
+fn auth(report: &mut Report, raw: &RawAuth) -> AuthConfig {
+    let env_or = |report: &mut Report, path: &str, raw: Option<&Text>, default: &str| match raw {
+        Some(name) => env_name(report, path, name),
+        None => default.to_owned(),
+    };
+    let login = &raw.login;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    AuthConfig {
+        required: raw.required.unwrap_or(true),
+        admin_token_env: env_or(
+            report,
+            "auth.admin_token_env",
+            raw.admin_token_env.as_ref(),
+            DEFAULT_ADMIN_TOKEN_ENV,
+        ),
+        jwt_secret_env: env_or(
+            report,
+            "auth.jwt_secret_env",
+            raw.jwt_secret_env.as_ref(),
+            DEFAULT_JWT_SECRET_ENV,
+        ),
+        access_token_ttl: duration(
+            report,
+            "auth.access_token_ttl",
+            raw.access_token_ttl.as_ref(),
+            DEFAULT_ACCESS_TOKEN_TTL,
+        ),
+        refresh_token_ttl: duration(
+            report,
+            "auth.refresh_token_ttl",
+            raw.refresh_token_ttl.as_ref(),
+            DEFAULT_REFRESH_TOKEN_TTL,
+        ),
+        max_keys_per_account: count(
+            report,
+            "auth.max_keys_per_account",
+            raw.max_keys_per_account.as_ref(),
+            DEFAULT_MAX_KEYS_PER_ACCOUNT,
+            1,
+            "must be >= 1",
+        ),
+        login: LoginLimits {
+            max_failures_per_account: count(
+                report,
+                "auth.login.max_failures_per_account",
+                login.max_failures_per_account.as_ref(),
+                DEFAULT_LOGIN.max_failures_per_account,
+                1,
+                "must be >= 1",
+            ),
+            max_attempts_per_address: count(
+                report,
+                "auth.login.max_attempts_per_address",
+                login.max_attempts_per_address.as_ref(),
+                DEFAULT_LOGIN.max_attempts_per_address,
+                1,
+                "must be >= 1",
+            ),
+            window: duration(
+                report,
+                "auth.login.window",
+                login.window.as_ref(),
+                DEFAULT_LOGIN.window,
+            ),
+        },
+        issuers: raw
+            .issuers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| issuer(report, i, r, &mut seen))
+            .collect(),
+    }
+}
+
+/// One entry of `auth.issuers`.
+fn issuer(
+    report: &mut Report,
+    index: usize,
+    raw: &Spanned<RawIssuer>,
+    seen: &mut HashMap<String, usize>,
+) -> IssuerConfig {
+    let at = |key: &str| format!("auth.issuers[{index}].{key}");
+    let issuer = match &raw.issuer {
+        None => {
+            report.at(raw.span(), at("issuer"), "required key is missing");
+            String::new()
+        }
+        Some(iss) if iss.trim().is_empty() => {
+            report.at(iss.span(), at("issuer"), "must not be empty");
+            String::new()
+        }
+        Some(iss) if iss.as_str() == OWN_ISSUER => {
+            let message = format!("{OWN_ISSUER:?} is reserved for Switchyard's own tokens");
+            report.at(iss.span(), at("issuer"), message);
+            String::new()
+        }
+        Some(iss) => {
+            if let Some(first) = seen.get(iss.as_str()) {
+                let message = format!(
+                    "duplicate issuer {:?} (first defined at line {first})",
+                    iss.as_str()
+                );
+                report.at(iss.span(), at("issuer"), message);
+            } else {
+                seen.insert(iss.to_string(), line_of(iss.span()));
+            }
+            iss.to_string()
+        }
+    };
+    let audience = match &raw.audience {
+        None => {
+            report.at(raw.span(), at("audience"), "required key is missing");
+            String::new()
+        }
+        Some(aud) if aud.trim().is_empty() => {
+            report.at(aud.span(), at("audience"), "must not be empty");
+            String::new()
+        }
+        Some(aud) => aud.to_string(),
+    };
+    let keys = match (&raw.jwks_url, &raw.shared_secret_env) {
+        (Some(url), None) => {
+            if !(url.starts_with("https://") || url.starts_with("http://"))
+                || url.chars().any(char::is_whitespace)
+            {
+                let message = "must be an http:// or https:// URL";
+                report.at(url.span(), at("jwks_url"), message);
+            }
+            IssuerKeys::Jwks {
+                url: url.to_string(),
+                refetch_interval: duration(
+                    report,
+                    &at("jwks_refetch_interval"),
+                    raw.jwks_refetch_interval.as_ref(),
+                    DEFAULT_JWKS_REFETCH,
+                ),
+                max_age: duration(
+                    report,
+                    &at("jwks_max_age"),
+                    raw.jwks_max_age.as_ref(),
+                    DEFAULT_JWKS_MAX_AGE,
+                ),
+            }
+        }
+        (None, Some(env)) => {
+            for (key, value) in [
+                ("jwks_refetch_interval", &raw.jwks_refetch_interval),
+                ("jwks_max_age", &raw.jwks_max_age),
+            ] {
+                if let Some(value) = value {
+                    report.at(value.span(), at(key), "only applies with jwks_url");
+                }
+            }
+            IssuerKeys::SharedSecret {
+                env: env_name(report, &at("shared_secret_env"), env),
+            }
+        }
+        (Some(_), Some(env)) => {
+            let message = "jwks_url and shared_secret_env are mutually exclusive (set one)";
+            report.at(env.span(), at("shared_secret_env"), message);
+            IssuerKeys::SharedSecret { env: String::new() }
+        }
+        (None, None) => {
+            let message = "required key is missing (set jwks_url or shared_secret_env)";
+            report.at(raw.span(), at("jwks_url"), message);
+            IssuerKeys::SharedSecret { env: String::new() }
+        }
+    };
+    let mut claim = |key: &str, value: &Option<Text>| -> Option<String> {
+        let value = value.as_ref()?;
+        if value.trim().is_empty() {
+            report.at(
+                value.span(),
+                at(&format!("claims.{key}")),
+                "must not be empty",
+            );
+        }
+        Some(value.to_string())
+    };
+    let c = &raw.claims;
+    IssuerConfig {
+        issuer,
+        audience,
+        keys,
+        claims: ClaimMapping {
+            subject: claim("subject", &c.subject).unwrap_or_else(|| "sub".to_owned()),
+            role: claim("role", &c.role),
+            tier: claim("tier", &c.tier),
+            project: claim("project", &c.project),
+        },
+    }
+}
+
 fn profile(
     report: &mut Report,
     index: usize,
@@ -551,6 +753,7 @@ fn profile(
             Provider::OpenAi
         }
         Some(p) if p.as_str() == "openai" => Provider::OpenAi,
+        Some(p) if p.as_str() == "anthropic" => Provider::Anthropic,
         Some(p) => {
             let message = format!(
                 "unknown provider {:?} (supported: {SUPPORTED_PROVIDERS})",
@@ -1052,6 +1255,61 @@ profiles:
     }
 
     #[test]
+    fn auth_keys_are_read_with_defaults() {
+        let c = load("");
+        assert_eq!(c.auth.jwt_secret_env, "SWITCHYARD_JWT_SECRET");
+        assert_eq!(c.auth.access_token_ttl, Duration::from_secs(1800));
+        assert_eq!(c.auth.refresh_token_ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(c.auth.max_keys_per_account, 10);
+        assert_eq!(c.auth.login, DEFAULT_LOGIN);
+        assert!(c.auth.issuers.is_empty());
+        let c = load(
+            r#"
+auth:
+  jwt_secret_env: MY_JWT
+  access_token_ttl: 5m
+  refresh_token_ttl: 1d
+  max_keys_per_account: 3
+  login: {max_failures_per_account: 2, max_attempts_per_address: 9, window: 1m}
+  issuers:
+    - issuer: https://idp.example
+      audience: switchyard
+      jwks_url: https://idp.example/jwks.json
+      jwks_refetch_interval: 1s
+      jwks_max_age: 10m
+      claims: {subject: email, role: groups, tier: plan, project: org.project}
+    - {issuer: https://ci.example, audience: sy, shared_secret_env: CI_SECRET}
+"#,
+        );
+        let a = &c.auth;
+        assert_eq!(a.jwt_secret_env, "MY_JWT");
+        assert_eq!(a.access_token_ttl, Duration::from_secs(300));
+        assert_eq!(a.refresh_token_ttl, Duration::from_secs(86400));
+        assert_eq!(a.max_keys_per_account, 3);
+        assert_eq!(a.login.max_failures_per_account, 2);
+        assert_eq!(a.login.max_attempts_per_address, 9);
+        assert_eq!(a.login.window, Duration::from_secs(60));
+        assert_eq!(
+            a.issuers[0].keys,
+            IssuerKeys::Jwks {
+                url: "https://idp.example/jwks.json".into(),
+                refetch_interval: Duration::from_secs(1),
+                max_age: Duration::from_secs(600),
+            }
+        );
+        assert_eq!(a.issuers[0].claims.subject, "email");
+        assert_eq!(a.issuers[0].claims.project.as_deref(), Some("org.project"));
+        assert_eq!(
+            a.issuers[1].keys,
+            IssuerKeys::SharedSecret {
+                env: "CI_SECRET".into()
+            }
+        );
+        assert_eq!(a.issuers[1].claims.subject, "sub");
+        assert_eq!(a.issuers[1].claims.role, None);
+    }
+
+    #[test]
     fn profile_timeouts_override_routing_key_by_key() {
         let c = load(&format!(
             "routing:\n  timeouts: {{connect: 2s, idle: 30s}}\n{PROFILE}    timeouts:\n      first_byte: 90s\n"
@@ -1148,10 +1406,12 @@ profiles:
     }
 
     #[test]
-    fn provider_must_be_openai() {
+    fn provider_must_be_openai_or_anthropic() {
         check(
             "profiles:\n  - id: a\n    provider: x\n    base_url: http://x\n",
-            &[r#"t.yaml:3:15: profiles[0].provider: unknown provider "x" (supported: openai)"#],
+            &[
+                r#"t.yaml:3:15: profiles[0].provider: unknown provider "x" (supported: openai, anthropic)"#,
+            ],
         );
     }
 
@@ -1349,7 +1609,7 @@ profiles:
                 r#"t.yaml:8:19: models[0].profiles[1]: unknown profile "ghost""#,
                 "t.yaml:13:13: profiles[0].weight: must be > 0",
                 r#"t.yaml:14:9: profiles[1].id: duplicate profile id "a" (first defined at line 10)"#,
-                r#"t.yaml:15:15: profiles[1].provider: unknown provider "mistral" (supported: openai)"#,
+                r#"t.yaml:15:15: profiles[1].provider: unknown provider "mistral" (supported: openai, anthropic)"#,
             ],
         );
     }

@@ -13,7 +13,7 @@ pub use switchyard_actors::policy::{BreakerSettings, CooldownPolicy, HealthPolic
 mod load;
 mod raw;
 
-pub use load::{load_file, load_str, ConfigError, ConfigErrors};
+pub use load::{load_file, load_str, ConfigError, ConfigErrors, OWN_ISSUER};
 
 /// A fully validated configuration.
 #[derive(Debug, Clone)]
@@ -48,6 +48,65 @@ pub struct AuthConfig {
     pub required: bool,
     /// `auth.admin_token_env` (default SWITCHYARD_ADMIN_TOKEN).
     pub admin_token_env: String,
+    /// `auth.jwt_secret_env` (default SWITCHYARD_JWT_SECRET): the HS256 secret of Switchyard's own access
+    /// tokens; when the variable is unset, a random secret kept in `data_dir/jwt_secret` (mode 0600).
+    pub jwt_secret_env: String,
+    /// `auth.access_token_ttl` (default 30m).
+    pub access_token_ttl: Duration,
+    /// `auth.refresh_token_ttl` (default 7d).
+    pub refresh_token_ttl: Duration,
+    /// `auth.max_keys_per_account` (default 10): live keys an account may create for itself.
+    pub max_keys_per_account: u32,
+    pub login: LoginLimits,
+    /// `auth.issuers`: external identity providers whose JWTs are accepted.
+    pub issuers: Vec<IssuerConfig>,
+}
+
+/// `auth.login:` how many sign-in attempts are allowed per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimits {
+    /// Failed attempts per account (default 5); a success resets the count.
+    pub max_failures_per_account: u32,
+    /// Attempts of any outcome per client address (default 20).
+    pub max_attempts_per_address: u32,
+    /// default 5m
+    pub window: Duration,
+}
+
+/// One entry of `auth.issuers:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    /// Must equal the token's `iss`.
+    pub issuer: String,
+    /// Must be in the token's `aud`.
+    pub audience: String,
+    pub keys: IssuerKeys,
+    pub claims: ClaimMapping,
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerKeys {
+    /// RS256/ES256 keys from a JWKS document.
+    Jwks {
+        url: String,
+        /// `jwks_refetch_interval` (default 30s): the shortest time between two fetches.
+        refetch_interval: Duration,
+        /// `jwks_max_age` (default 1h): keys older than this are refetched.
+        max_age: Duration,
+    },
+    /// HS256 with a secret read from this variable (`shared_secret_env`).
+    SharedSecret { env: String },
+}
+
+/// `auth.issuers[].claims:` names of the claims that carry each field; `None` = not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMapping {
+    /// default `sub`
+    pub subject: String,
+    pub role: Option<String>,
+    pub tier: Option<String>,
+    pub project: Option<String>,
 }
 
 /// `routing:`
@@ -107,6 +166,8 @@ pub struct ModelConfig {
 pub enum Provider {
     /// Any OpenAI-compatible API.
     OpenAi,
+    /// Anthropic's Messages API: chat requests and answers are translated both ways.
+    Anthropic,
 }
 
 impl Provider {
@@ -114,6 +175,7 @@ impl Provider {
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::OpenAi => "openai",
+            Provider::Anthropic => "anthropic",
         }
     }
 }

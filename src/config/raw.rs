@@ -41,6 +41,47 @@ pub(crate) struct RawServer {
 pub(crate) struct RawAuth {
     pub required: Option<bool>,
     pub admin_token_env: Option<Text>,
+    pub jwt_secret_env: Option<Text>,
+    pub access_token_ttl: Option<Text>,
+    pub refresh_token_ttl: Option<Text>,
+    pub max_keys_per_account: Option<Spanned<i64>>,
+    pub login: RawLogin,
+    pub issuers: Vec<Spanned<RawIssuer>>,
+}
+
+/// `auth.login:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawLogin {
+    pub max_failures_per_account: Option<Spanned<i64>>,
+    pub max_attempts_per_address: Option<Spanned<i64>>,
+    pub window: Option<Text>,
+}
+
+/// One entry of `auth.issuers:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawIssuer {
+    /// Required.
+    pub issuer: Option<Text>,
+    /// Required.
+    pub audience: Option<Text>,
+    /// Exactly one of `jwks_url` and `shared_secret_env`.
+    pub jwks_url: Option<Text>,
+    pub shared_secret_env: Option<Text>,
+    pub jwks_refetch_interval: Option<Text>,
+    pub jwks_max_age: Option<Text>,
+    pub claims: RawClaims,
+}
+
+/// `auth.issuers[].claims:` which claim carries what.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawClaims {
+    pub subject: Option<Text>,
+    pub role: Option<Text>,
+    pub tier: Option<Text>,
+    pub project: Option<Text>,
 }
 
 /// `routing:`

@@ -3,8 +3,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::{current_request_id, is_admin, presented_credential, read_limited, Shared};
+use super::{current_request_id, identity, read_limited, Shared};
+use crate::auth::Principal;
+use crate::codec::{anthropic_error_json, Dialect};
 use crate::error::ApiError;
+use crate::providers::anthropic::messages_request_to_chat;
 use crate::proxy::{Endpoint, Proxy, ProxyRequest};
 use crate::request::RoutingFields;
 use crate::upstream::WorkerUpstreams;
@@ -13,23 +16,19 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions))
         .route("/v1/completions", web::post().to(completions))
         .route("/v1/embeddings", web::post().to(embeddings))
+        .route("/v1/messages", web::post().to(messages))
         .route("/v1/models", web::get().to(list_models))
         .route("/v1/models/{id:.*}", web::get().to(get_model));
 }
 
-/// Checks the client's credential. Gateway keys and JWTs arrive with client identity; until then, with
-/// `auth.required: true` only an admin credential is accepted.
-fn authenticate(shared: &Shared, req: &HttpRequest) -> Result<(), ApiError> {
-    if !shared.config().auth.required {
-        return Ok(());
-    }
-    match presented_credential(req) {
-        None => Err(ApiError::Unauthenticated(
-            "Missing credentials: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.".into(),
-        )),
-        Some(_) if is_admin(shared, req) => Ok(()),
-        Some(_) => Err(ApiError::Unauthenticated("Invalid credentials.".into())),
-    }
+/// Checks the client's credential (API key, JWT or the admin token): the caller, or `None` when no
+/// credential was sent and `auth.required` is false. A credential that is sent is always checked.
+async fn authenticate(shared: &Shared, req: &HttpRequest) -> Result<Option<Principal>, ApiError> {
+    identity::authenticate_client(shared, req).await
+}
+
+fn may_use(principal: Option<&Principal>, model: &str) -> bool {
+    principal.is_none_or(|p| p.may_use_model(model))
 }
 
 async fn proxy(
@@ -40,10 +39,48 @@ async fn proxy(
     upstreams: web::Data<WorkerUpstreams>,
 ) -> Result<HttpResponse, ApiError> {
     let started = std::time::Instant::now();
-    authenticate(&shared, &req)?;
+    let principal = authenticate(&shared, &req).await?;
     let config = shared.config();
     let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
+    let call = Call {
+        endpoint,
+        dialect: Dialect::OpenAi,
+        started,
+        principal,
+    };
+    forward(call, &req, body, &shared, &upstreams).await
+}
+
+/// What a handler learned before the body is forwarded.
+struct Call {
+    endpoint: Endpoint,
+    dialect: Dialect,
+    started: std::time::Instant,
+    principal: Option<Principal>,
+}
+
+/// Routes an OpenAI-shaped body (the client's, or the translation of an Anthropic one).
+async fn forward(
+    call: Call,
+    req: &HttpRequest,
+    body: bytes::Bytes,
+    shared: &Shared,
+    upstreams: &WorkerUpstreams,
+) -> Result<HttpResponse, ApiError> {
+    let Call {
+        endpoint,
+        dialect,
+        started,
+        principal,
+    } = call;
+    let config = shared.config();
     let fields = RoutingFields::parse(&body)?;
+    if !may_use(principal.as_ref(), &fields.model) {
+        return Err(ApiError::Forbidden(format!(
+            "This credential may not use the model `{}`.",
+            fields.model
+        )));
+    }
     let session = req
         .headers()
         .get("x-session-id")
@@ -51,12 +88,12 @@ async fn proxy(
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or_else(|| fields.user.clone());
-    let request_id = current_request_id(&req);
+    let request_id = current_request_id(req);
     let span = tracing::info_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream);
     let proxy = Proxy {
-        shared: &shared,
+        shared,
         config: &config,
-        upstreams: &upstreams,
+        upstreams,
     };
     let req = ProxyRequest {
         endpoint,
@@ -64,9 +101,12 @@ async fn proxy(
         body,
         request_id,
         session,
-        account: None,
-        key_id: None,
+        account: principal.as_ref().and_then(|p| p.account.clone()),
+        key_id: principal
+            .as_ref()
+            .and_then(|p| p.key_id().map(str::to_owned)),
         started,
+        dialect,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
 }
@@ -107,11 +147,12 @@ async fn list_models(
     req: HttpRequest,
     shared: web::Data<Shared>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&shared, &req)?;
+    let principal = authenticate(&shared, &req).await?;
     let data: Vec<_> = shared
         .config()
         .models
         .iter()
+        .filter(|m| may_use(principal.as_ref(), &m.name))
         .map(|m| model_object(&m.name))
         .collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
@@ -122,9 +163,52 @@ async fn get_model(
     id: web::Path<String>,
     shared: web::Data<Shared>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&shared, &req)?;
-    match shared.config().model(&id) {
+    let principal = authenticate(&shared, &req).await?;
+    match shared
+        .config()
+        .model(&id)
+        .filter(|m| may_use(principal.as_ref(), &m.name))
+    {
         Some(m) => Ok(HttpResponse::Ok().json(model_object(&m.name))),
         None => Err(ApiError::UnknownModel(id.into_inner())),
+    }
+}
+
+/// `POST /v1/messages`: the Anthropic Messages API, for tools that speak it. The request is translated to
+/// a chat completion, routed like any other (to OpenAI-compatible and Anthropic profiles alike), and the
+/// answer — body or stream — translated back. Errors come in Anthropic's shape.
+async fn messages(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+    upstreams: web::Data<WorkerUpstreams>,
+) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let result = async {
+        let principal = authenticate(&shared, &req).await?;
+        let config = shared.config();
+        let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
+        let (chat, _info) =
+            messages_request_to_chat(&body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let call = Call {
+            endpoint: Endpoint::ChatCompletions,
+            dialect: Dialect::Anthropic,
+            started,
+            principal,
+        };
+        forward(call, &req, bytes::Bytes::from(chat), &shared, &upstreams).await
+    }
+    .await;
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            let mut res = actix_web::ResponseError::error_response(&e);
+            let body = anthropic_error_json(&e);
+            res.headers_mut().insert(
+                actix_web::http::header::CONTENT_TYPE,
+                actix_web::http::header::HeaderValue::from_static("application/json"),
+            );
+            res.set_body(actix_web::body::BoxBody::new(body))
+        }
     }
 }

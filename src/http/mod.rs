@@ -2,6 +2,7 @@
 
 mod admin;
 mod client;
+pub(crate) mod identity;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub generation: AtomicU64,
     /// Serialises reloads (file watcher, SIGHUP and the admin endpoint may race).
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Client identity: keys, accounts, tokens, audit. Shared by every worker (its caches are DashMaps).
+    pub auth: Arc<crate::auth::AuthService>,
 }
 
 impl Shared {
@@ -75,7 +78,8 @@ pub fn configure(
     cfg.app_data(shared)
         .app_data(upstreams)
         .configure(client::routes)
-        .configure(admin::routes);
+        .configure(admin::routes)
+        .configure(identity::routes);
 }
 
 /// Builds the actix-web app around `configure`, with the request-id middleware and OpenAI-shaped 404s.
@@ -190,10 +194,13 @@ pub fn presented_credential(req: &HttpRequest) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Whether the request carries the admin token.
+/// Whether the request carries the admin token or an admin-role credential.
 pub fn is_admin(shared: &Shared, req: &HttpRequest) -> bool {
     match (&shared.admin_token, presented_credential(req)) {
-        (Some(token), Some(given)) => constant_time_eq(token.as_bytes(), given.as_bytes()),
+        (Some(token), Some(given)) => {
+            constant_time_eq(token.as_bytes(), given.as_bytes())
+                || identity::is_admin_credential(shared, given)
+        }
         _ => false,
     }
 }

@@ -14,11 +14,16 @@ use arc_swap::ArcSwap;
 use indexmap::IndexMap;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{ApiKeySource, Config, ProfileConfig, Timeouts};
+use crate::config::{ApiKeySource, Config, ProfileConfig, Provider, Timeouts};
+
+/// The Messages API version we speak to Anthropic.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// One profile's upstream side.
 pub struct UpstreamProfile {
     pub id: Arc<str>,
+    /// The wire format this upstream speaks.
+    pub provider: Provider,
     base_url: String,
     /// `Authorization: Bearer ...`, marked sensitive so it is never printed.
     auth: Option<HeaderValue>,
@@ -67,8 +72,15 @@ impl UpstreamProfile {
             .headers(self.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id);
+        if self.provider == Provider::Anthropic {
+            req = req.header("anthropic-version", ANTHROPIC_VERSION);
+        }
         if let Some(auth) = &self.auth {
-            req = req.header(reqwest::header::AUTHORIZATION, auth.clone());
+            let name = match self.provider {
+                Provider::OpenAi => reqwest::header::AUTHORIZATION,
+                Provider::Anthropic => HeaderName::from_static("x-api-key"),
+            };
+            req = req.header(name, auth.clone());
         }
         req
     }
@@ -174,11 +186,13 @@ fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildErro
     let key = resolve_key(&p.api_key).ok().flatten();
     let auth = match resolve_key(&p.api_key) {
         Ok(Some(key)) => {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                UpstreamBuildError::Header {
-                    profile: p.id.clone(),
-                    header: "authorization".into(),
-                }
+            let value = match p.provider {
+                Provider::OpenAi => format!("Bearer {key}"),
+                Provider::Anthropic => key,
+            };
+            let mut v = HeaderValue::from_str(&value).map_err(|_| UpstreamBuildError::Header {
+                profile: p.id.clone(),
+                header: "authorization".into(),
             })?;
             v.set_sensitive(true);
             Some(v)
@@ -197,6 +211,7 @@ fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildErro
     }
     Ok(UpstreamProfile {
         id: Arc::from(p.id.as_str()),
+        provider: p.provider,
         base_url: p.base_url.clone(),
         auth,
         headers,

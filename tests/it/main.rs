@@ -3,11 +3,13 @@
 
 mod support;
 
+mod anthropic;
+mod auth;
 mod config_check;
 mod dashboard;
+mod durability;
 mod health;
 mod operations;
 mod routing;
 mod smoke;
 mod wire;
-mod durability;

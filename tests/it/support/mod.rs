@@ -35,6 +35,8 @@ pub struct ConfigBuilder {
     pub durable: bool,
     pub max_body_size: Option<String>,
     pub auth_required: bool,
+    /// Extra YAML lines under `auth:` (unindented; the builder indents them), e.g. `max_keys_per_account: 2`.
+    pub extra_auth_yaml: Vec<String>,
     pub profiles: Vec<ProfileDef>,
     /// (model name, profile ids, optional strategy)
     pub models: Vec<(String, Vec<String>, Option<String>)>,
@@ -54,6 +56,7 @@ impl Default for ConfigBuilder {
             durable: true,
             max_body_size: None,
             auth_required: false,
+            extra_auth_yaml: Vec::new(),
             profiles: Vec::new(),
             models: Vec::new(),
         }
@@ -112,6 +115,9 @@ impl ConfigBuilder {
             "auth:\n  required: {}\n  admin_token_env: SWITCHYARD_ADMIN_TOKEN\n",
             self.auth_required
         ));
+        for line in &self.extra_auth_yaml {
+            y.push_str(&format!("  {line}\n"));
+        }
         y.push_str(&format!(
             "routing:\n  strategy: {}\n  max_attempts: {}\n  sticky:\n    enabled: {}\n    ttl: {}\n",
             self.strategy, self.max_attempts, self.sticky, self.sticky_ttl
@@ -141,8 +147,14 @@ impl ConfigBuilder {
         }
         y.push_str("profiles:\n");
         for p in &self.profiles {
+            // An extra `provider:` line replaces the default.
+            let provider = if p.extra.iter().any(|l| l.starts_with("provider:")) {
+                String::new()
+            } else {
+                "    provider: openai\n".to_owned()
+            };
             y.push_str(&format!(
-                "  - id: {}\n    provider: openai\n    base_url: \"{}\"\n",
+                "  - id: {}\n{provider}    base_url: \"{}\"\n",
                 p.id, p.base_url
             ));
             for line in &p.extra {

@@ -1,0 +1,299 @@
+//! Dialects: the wire format the upstream speaks and the one the client speaks. Switchyard's own path is
+//! OpenAI; an Anthropic upstream is decoded into it and an Anthropic client (`/v1/messages`) is encoded
+//! out of it, bodies and streams alike.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::json;
+
+use crate::config::Provider;
+use crate::error::ApiError;
+use crate::providers::anthropic::{
+    chat_response_to_messages, messages_response_to_chat, ChatStreamToMessages,
+    MessagesStreamToChat,
+};
+use crate::request::TokenUsage;
+use crate::sse::SseRelay;
+
+/// The wire format a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Chat Completions (`/v1/chat/completions` and friends).
+    OpenAi,
+    /// Anthropic Messages (`/v1/messages`).
+    Anthropic,
+}
+
+/// Why a stream could not go on.
+#[derive(Debug)]
+pub enum StreamFault {
+    /// The upstream reported an error inside the stream; `event` is already in the client's dialect.
+    Upstream { detail: String, event: Bytes },
+    /// The upstream sent something unreadable.
+    Garbage(String),
+}
+
+/// What one upstream chunk became for the client.
+#[derive(Debug, Default)]
+pub struct Relayed {
+    pub forward: Bytes,
+    /// The stream's end was seen (its terminator is held back; see `StreamCodec::done_bytes`).
+    pub done: bool,
+}
+
+/// Upstream SSE in, client SSE out: decode to OpenAI, relay (usage, terminator), encode for the client.
+pub struct StreamCodec {
+    decode: Option<MessagesStreamToChat>,
+    relay: SseRelay,
+    encode: Option<ChatStreamToMessages>,
+}
+
+impl StreamCodec {
+    /// A codec from `upstream`'s stream to `client`'s; `client_wants_usage` as the client asked.
+    pub fn new(
+        upstream: Provider,
+        client: Dialect,
+        client_model: &str,
+        client_wants_usage: bool,
+    ) -> StreamCodec {
+        StreamCodec {
+            // Always ask for usage from the decoder: the relay hides the chunk when the client did not.
+            decode: (upstream == Provider::Anthropic)
+                .then(|| MessagesStreamToChat::new(client_model, true)),
+            relay: SseRelay::new(!client_wants_usage),
+            encode: (client == Dialect::Anthropic).then(|| ChatStreamToMessages::new(client_model)),
+        }
+    }
+
+    /// Takes one upstream chunk.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
+        let openai: Bytes = match &mut self.decode {
+            None => Bytes::copy_from_slice(chunk),
+            Some(d) => {
+                let out = d
+                    .push(chunk)
+                    .map_err(|e| StreamFault::Garbage(e.to_string()))?;
+                if let Some(err) = d.upstream_error() {
+                    let detail = format!("{}: {}", err.kind, err.message);
+                    let api = ApiError::Upstream(format!(
+                        "the upstream reported an error mid-stream: {detail}"
+                    ));
+                    return Err(StreamFault::Upstream {
+                        detail,
+                        event: self.error_event(&api),
+                    });
+                }
+                out
+            }
+        };
+        let passed = self
+            .relay
+            .push(&openai)
+            .map_err(|e| StreamFault::Garbage(e.to_string()))?;
+        Ok(Relayed {
+            forward: self.encode_bytes(&passed.forward)?,
+            done: passed.done,
+        })
+    }
+
+    fn encode_bytes(&mut self, openai: &[u8]) -> Result<Bytes, StreamFault> {
+        match &mut self.encode {
+            None => Ok(Bytes::copy_from_slice(openai)),
+            Some(e) if openai.is_empty() => {
+                let _ = e;
+                Ok(Bytes::new())
+            }
+            Some(e) => e
+                .push(openai)
+                .map_err(|err| StreamFault::Garbage(err.to_string())),
+        }
+    }
+
+    /// The stream's terminator in the client's dialect (`data: [DONE]`, or Anthropic's closing events).
+    pub fn done_bytes(&mut self) -> Bytes {
+        let done = SseRelay::done_event();
+        self.encode_bytes(&done).unwrap_or(done)
+    }
+
+    /// The usage the stream reported, if any.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.relay.usage().or_else(|| {
+            self.decode
+                .as_ref()
+                .and_then(|d| d.usage())
+                .map(|u| TokenUsage {
+                    prompt_tokens: u.prompt_tokens,
+                    completion_tokens: u.completion_tokens,
+                })
+        })
+    }
+
+    /// An error event ending a stream, in the client's dialect (never a fake terminator).
+    pub fn error_event(&self, err: &ApiError) -> Bytes {
+        match self.encode {
+            None => SseRelay::error_event(&err.body_json()),
+            Some(_) => anthropic_error_event(err),
+        }
+    }
+}
+
+/// A complete upstream answer, converted for the client; `Err` when the upstream's body is unreadable.
+pub fn response_body(
+    upstream: Provider,
+    client: Dialect,
+    body: Bytes,
+    client_model: &str,
+) -> Result<Bytes, String> {
+    let openai = match upstream {
+        Provider::OpenAi => body,
+        Provider::Anthropic => {
+            Bytes::from(messages_response_to_chat(&body, client_model).map_err(|e| e.to_string())?)
+        }
+    };
+    match client {
+        Dialect::OpenAi => Ok(openai),
+        Dialect::Anthropic => chat_response_to_messages(&openai, client_model)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// An upstream client error (400, 404...) in the client's dialect, its message kept.
+pub fn client_error_body(upstream: Provider, client: Dialect, body: Bytes) -> Bytes {
+    if (upstream == Provider::Anthropic) == (client == Dialect::Anthropic) {
+        return body;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let message = v["error"]["message"]
+        .as_str()
+        .unwrap_or("the upstream refused the request")
+        .to_owned();
+    let kind = v["error"]["type"]
+        .as_str()
+        .unwrap_or("invalid_request_error")
+        .to_owned();
+    let out = match client {
+        Dialect::OpenAi => {
+            json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+        }
+        Dialect::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
+    };
+    Bytes::from(out.to_string())
+}
+
+/// Anthropic's error shape for one of our errors.
+pub fn anthropic_error_json(err: &ApiError) -> String {
+    let kind = match actix_web::ResponseError::status_code(err).as_u16() {
+        400 | 413 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    };
+    json!({"type": "error", "error": {"type": kind, "message": err.to_string()}}).to_string()
+}
+
+fn anthropic_error_event(err: &ApiError) -> Bytes {
+    let mut b = BytesMut::new();
+    b.extend_from_slice(b"event: error\ndata: ");
+    b.extend_from_slice(anthropic_error_json(err).as_bytes());
+    b.extend_from_slice(b"\n\n");
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_to_openai_is_untouched() {
+        let b = Bytes::from_static(br#"{"id":"x","usage":{"prompt_tokens":1}}"#);
+        let out = response_body(Provider::OpenAi, Dialect::OpenAi, b.clone(), "m").unwrap();
+        assert_eq!(out.as_ptr(), b.as_ptr());
+    }
+
+    #[test]
+    fn anthropic_client_errors_become_openai_errors() {
+        let body = Bytes::from_static(br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long"}}"#);
+        let out: serde_json::Value = serde_json::from_slice(&client_error_body(
+            Provider::Anthropic,
+            Dialect::OpenAi,
+            body,
+        ))
+        .unwrap();
+        assert_eq!(out["error"]["message"], "prompt is too long");
+        assert_eq!(out["error"]["type"], "invalid_request_error");
+        assert!(out["error"].get("code").is_some());
+    }
+
+    #[test]
+    fn an_anthropic_stream_reaches_an_openai_client_with_usage() {
+        let mut c = StreamCodec::new(Provider::Anthropic, Dialect::OpenAi, "m", false);
+        let events = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":3}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let r = c.push(events.as_bytes()).unwrap();
+        assert!(r.done);
+        let text = String::from_utf8(r.forward.to_vec()).unwrap();
+        assert!(text.contains("\"content\":\"Hi\""), "{text}");
+        assert!(!text.contains("[DONE]"), "the terminator is held back");
+        assert!(
+            !text.contains("\"choices\":[]"),
+            "usage chunk the client did not ask for"
+        );
+        assert_eq!(
+            c.usage(),
+            Some(TokenUsage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            })
+        );
+        assert_eq!(&c.done_bytes()[..], b"data: [DONE]\n\n");
+    }
+
+    #[test]
+    fn an_anthropic_error_event_is_an_upstream_fault() {
+        let mut c = StreamCodec::new(Provider::Anthropic, Dialect::OpenAi, "m", false);
+        let ev = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        match c.push(ev.as_bytes()) {
+            Err(StreamFault::Upstream { detail, event }) => {
+                assert!(detail.contains("overloaded_error"));
+                assert!(event.starts_with(b"data: {\"error\""));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_openai_stream_reaches_an_anthropic_client() {
+        let mut c = StreamCodec::new(Provider::OpenAi, Dialect::Anthropic, "m", true);
+        let chunks = concat!(
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let r = c.push(chunks.as_bytes()).unwrap();
+        assert!(r.done);
+        let mut all = r.forward.to_vec();
+        all.extend_from_slice(&c.done_bytes());
+        let text = String::from_utf8(all).unwrap();
+        assert!(text.contains("event: message_start"), "{text}");
+        assert!(text.contains("\"text\":\"Hello\""), "{text}");
+        assert!(text.contains("event: message_stop"), "{text}");
+        assert_eq!(
+            c.usage(),
+            Some(TokenUsage {
+                prompt_tokens: 2,
+                completion_tokens: 1
+            })
+        );
+    }
+}
