@@ -122,12 +122,26 @@ async fn reset_profile(
     };
     p.reset();
     tracing::info!(profile = %id, "admin reset profile");
+    audit_admin(
+        &shared,
+        &req,
+        "reset_profile",
+        Some(id.to_string()),
+        true,
+        None,
+    );
     Ok(HttpResponse::Ok().json(serde_json::json!({"id": id.into_inner(), "reset": true})))
 }
 
 async fn reload(req: HttpRequest, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
     require_admin(&shared, &req)?;
-    match crate::reload::reload(&shared, "admin").await {
+    let result = crate::reload::reload(&shared, "admin").await;
+    let detail = result
+        .as_ref()
+        .err()
+        .map(|_| "invalid configuration".to_owned());
+    audit_admin(&shared, &req, "reload", None, result.is_ok(), detail);
+    match result {
         Ok(report) => Ok(HttpResponse::Ok().json(report)),
         Err(crate::reload::ReloadError::Invalid(errors)) => Err(ApiError::InvalidRequest {
             message: format!(
@@ -145,4 +159,28 @@ async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(shared.metrics.render(&shared.router))
+}
+
+/// Records an admin action in the audit log (who: the admin token or an admin credential).
+fn audit_admin(
+    shared: &Shared,
+    req: &HttpRequest,
+    action: &str,
+    target: Option<String>,
+    success: bool,
+    detail: Option<String>,
+) {
+    let address = req.peer_addr().map(|a| a.ip().to_string());
+    let detail = Some(match detail {
+        Some(d) => format!("{action}: {d}"),
+        None => action.to_owned(),
+    });
+    shared.auth.audit(
+        crate::auth::AuditEvent::AdminAction,
+        success,
+        "admin",
+        target,
+        address.as_deref(),
+        detail,
+    );
 }

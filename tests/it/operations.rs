@@ -414,3 +414,37 @@ async fn json_logs_carry_the_request_id_and_never_the_key() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn admin_reset_and_reload_are_audited() {
+    let a = MockUpstream::start_named("a").await;
+    let cfg = ConfigBuilder::default().profile("a", &a).model("m", &["a"]);
+    let server = Server::start_with_env(&cfg, &[("SWITCHYARD_NO_WATCH", "true")]);
+    let resp = client()
+        .post(server.url("/admin/profiles/a/reset"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(reload(&server).await.0, 200);
+    let audit: serde_json::Value = client()
+        .get(server.url("/admin/audit"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = audit.to_string();
+    let entries = audit["data"].as_array().expect("a list of entries");
+    let details: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["event"] == "admin_action")
+        .filter_map(|e| e["detail"].as_str())
+        .collect();
+    assert!(details.contains(&"reset_profile"), "{text}");
+    assert!(details.contains(&"reload"), "{text}");
+    assert!(!text.contains(ADMIN_TOKEN));
+}
