@@ -6,7 +6,9 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod metrics;
+pub mod oauth;
 pub mod providers;
 pub mod proxy;
 pub mod reload;
@@ -142,8 +144,10 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     if admin_token.is_none() {
         tracing::warn!(variable = %config.auth.admin_token_env, "admin token not set: the admin API is disabled");
     }
+    let tokens = Arc::new(oauth::TokenSources::new(&store, &opts.data_dir));
     // Built once here so a bad profile fails start-up; each worker then builds its own clients.
-    drop(Upstreams::build(&config, None)?);
+    drop(Upstreams::build(&config, None, &tokens)?);
+    let limits = Arc::new(limits::Limits::new(&store, metrics.clone()).map_err(store_error)?);
     let config_path = config.source.clone();
     let shared = web::Data::new(http::Shared {
         config: arc_swap::ArcSwap::new(Arc::new(config)),
@@ -156,18 +160,22 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         generation: AtomicU64::new(0),
         reload_lock: tokio::sync::Mutex::new(()),
         auth: auth.clone(),
+        limits,
     });
     let factory_shared = shared.clone();
     let mut server = HttpServer::new(move || {
-        let upstreams =
-            match WorkerUpstreams::new(&factory_shared.config(), factory_shared.generation()) {
-                Ok(u) => u,
-                Err(e) => {
-                    // Only a config that passed the check above reaches here; never run without clients.
-                    tracing::error!(error = %e, "worker cannot build upstream clients");
-                    std::process::exit(1);
-                }
-            };
+        let upstreams = match WorkerUpstreams::new(
+            &factory_shared.config(),
+            factory_shared.generation(),
+            tokens.clone(),
+        ) {
+            Ok(u) => u,
+            Err(e) => {
+                // Only a config that passed the check above reaches here; never run without clients.
+                tracing::error!(error = %e, "worker cannot build upstream clients");
+                std::process::exit(1);
+            }
+        };
         switchyard_app!(factory_shared.clone(), web::Data::new(upstreams))
     })
     .shutdown_timeout(opts.shutdown_timeout.as_secs().max(1));

@@ -59,6 +59,19 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = "profiles.yaml")]
         config: PathBuf,
     },
+    /// Sign a profile with `auth: {type: oauth2}` in: prints a URL to open in a browser, waits for the
+    /// callback on 127.0.0.1 and stores the tokens, encrypted, in the data directory. Stop the server
+    /// first: the store allows one process per directory.
+    Login {
+        /// The profile id.
+        profile: String,
+        /// The configuration file.
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = "profiles.yaml")]
+        config: PathBuf,
+        /// Data directory of the sled store (overrides server.data_dir).
+        #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Manage client API keys through the admin API of a running proxy (admin token from
     /// SWITCHYARD_ADMIN_TOKEN, or the variable the config's auth.admin_token_env names).
     Keys {
@@ -152,6 +165,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Login {
+            profile,
+            config,
+            data_dir,
+        } => match login_command(&profile, &config, data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match config::load_file(&config) {
             Ok(c) => {
                 println!(
@@ -206,6 +230,44 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Runs `switchyard login PROFILE`: the OAuth2 PKCE flow, tokens sealed into the store.
+fn login_command(
+    profile: &str,
+    config_path: &std::path::Path,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cfg = config::load_file(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let p = cfg
+        .profile(profile)
+        .with_context(|| format!("no profile {profile:?} in {}", config_path.display()))?;
+    let oauth = p
+        .oauth
+        .as_ref()
+        .with_context(|| format!("profile {profile:?} has no `auth: {{type: oauth2, ...}}`"))?;
+    let data_dir = data_dir.unwrap_or_else(|| cfg.server.data_dir.clone());
+    let store = switchyard_actors::store::Store::open(&data_dir).with_context(|| {
+        format!(
+            "cannot open the store in {} (is `switchyard serve` running on it? stop it first)",
+            data_dir.display()
+        )
+    })?;
+    let tokens = switchyard::oauth::TokenStore::open(&store, &data_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut out = std::io::stdout();
+    runtime.block_on(switchyard::oauth::login(
+        profile,
+        oauth,
+        &tokens,
+        &mut out,
+        switchyard::oauth::login::CALLBACK_TIMEOUT,
+    ))?;
+    store.flush_blocking()?;
+    Ok(())
 }
 
 /// Runs a `switchyard keys` command against the admin API.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use switchyard_actors::health::StateName;
 use switchyard_actors::metrics::{ActorMetrics, MetricsError};
@@ -27,6 +27,9 @@ pub mod names {
     pub const PROFILE_STATE: &str = "switchyard_profile_state";
     pub const RELOADS: &str = "switchyard_config_reloads_total";
     pub const SESSIONS: &str = "switchyard_sticky_sessions";
+    pub const RATE_LIMITED: &str = "switchyard_rate_limited_total";
+    pub const CREDIT_REFUSALS: &str = "switchyard_credit_refusals_total";
+    pub const COST: &str = "switchyard_cost_usd_total";
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -60,6 +63,12 @@ pub struct Metrics {
     /// `{result}`: ok | error.
     pub reloads: IntCounterVec,
     pub sessions: IntGauge,
+    /// `{scope}`: requests | llm_requests | tokens — the limit that refused a request with 429.
+    pub rate_limited: IntCounterVec,
+    /// Requests refused with 402 because the account's credits could not cover them.
+    pub credit_refusals: IntCounter,
+    /// `{model, profile}`: USD charged for answered requests, from the configured prices.
+    pub cost: CounterVec,
 }
 
 impl Metrics {
@@ -142,6 +151,24 @@ impl Metrics {
             &["profile", "state"],
         )?;
         registry.register(Box::new(profile_state.clone()))?;
+        let rate_limited = counter(
+            names::RATE_LIMITED,
+            "Requests refused with 429 by a tier limit, by the limit's scope.",
+            &["scope"],
+        )?;
+        let credit_refusals = IntCounter::new(
+            names::CREDIT_REFUSALS,
+            "Requests refused with 402 because the account's credits could not cover them.",
+        )?;
+        registry.register(Box::new(credit_refusals.clone()))?;
+        let cost = CounterVec::new(
+            Opts::new(
+                names::COST,
+                "USD charged for answered requests, by model and profile.",
+            ),
+            &["model", "profile"],
+        )?;
+        registry.register(Box::new(cost.clone()))?;
         Ok(Arc::new(Metrics {
             registry,
             actors,
@@ -157,6 +184,9 @@ impl Metrics {
             profile_state,
             reloads,
             sessions,
+            rate_limited,
+            credit_refusals,
+            cost,
         }))
     }
 

@@ -64,6 +64,8 @@ pub struct ProxyRequest {
     pub started: Instant,
     /// The wire format the client speaks (and is answered in).
     pub dialect: Dialect,
+    /// Credits and token budget: settled by the first answered attempt, released when dropped unsettled.
+    pub accounting: Option<Arc<crate::limits::Hold>>,
 }
 
 /// `max_tokens` sent to Anthropic when the client gave none (the Messages API requires it).
@@ -537,6 +539,7 @@ struct AttemptGuard {
     status: Option<u16>,
     done: bool,
     metrics: Arc<Metrics>,
+    accounting: Option<Arc<crate::limits::Hold>>,
 }
 
 impl AttemptGuard {
@@ -571,6 +574,7 @@ impl AttemptGuard {
             status: None,
             done: false,
             metrics: proxy.shared.metrics.clone(),
+            accounting: req.accounting.clone(),
         }
     }
 
@@ -609,6 +613,9 @@ impl AttemptGuard {
         record.prompt_tokens = usage.prompt_tokens;
         record.completion_tokens = usage.completion_tokens;
         record.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some(hold) = &self.accounting {
+            hold.attempt_finished(&record); // before the record, so its flush covers the ledger too
+        }
         let (ack, rx) = if want_ack {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))

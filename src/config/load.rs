@@ -13,14 +13,18 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use marked_yaml::{LoadError, LoaderOptions, Marker, Node, Span, Spanned};
 
+use super::raw::RawProfileAuth;
 use super::raw::{
-    RawAuth, RawConfig, RawCooldown, RawIssuer, RawModel, RawProfile, RawTimeouts, Text,
+    RawAuth, RawConfig, RawCooldown, RawIssuer, RawModel, RawPrice, RawProfile, RawTier,
+    RawTimeouts, Text,
 };
 use super::{
     ApiKeySource, AuthConfig, BreakerSettings, ClaimMapping, Config, CooldownPolicy, HealthPolicy,
-    IssuerConfig, IssuerKeys, LoginLimits, ModelConfig, ProfileConfig, Provider, RoutingConfig,
-    ServerConfig, StickyConfig, Strategy, Timeouts, UsageConfig,
+    IssuerConfig, IssuerKeys, LoginLimits, ModelConfig, ModelPrice, Preset, ProfileConfig,
+    Provider, RoutingConfig, ServerConfig, StickyConfig, Strategy, TierConfig, Timeouts,
+    UsageConfig,
 };
+use super::{OAuthConfig, OAuthReturns};
 
 // Defaults; mod.rs documents each next to its field.
 const DEFAULT_LISTEN: SocketAddr =
@@ -63,7 +67,8 @@ const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
 const DEFAULT_PRIORITY: u32 = 1;
 const DEFAULT_WEIGHT: u32 = 1;
 
-const SUPPORTED_PROVIDERS: &str = "openai, anthropic";
+const SUPPORTED_PROVIDERS: &str =
+    "openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure";
 /// Headers the proxy sets itself: a profile overriding them would break auth or framing.
 const RESERVED_HEADERS: [&str; 3] = ["authorization", "host", "content-length"];
 
@@ -508,7 +513,105 @@ fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Config {
         usage,
         models,
         profiles,
+        tiers: tiers(report, &raw.tiers),
+        pricing: pricing(report, &raw.pricing),
     }
+}
+
+/// `tiers:` each limit a positive count, credits a non-negative amount.
+fn tiers(report: &mut Report, raw: &IndexMap<String, RawTier>) -> IndexMap<String, TierConfig> {
+    let mut out = IndexMap::new();
+    for (name, t) in raw {
+        let path = format!("tiers.{name}");
+        let limit = |report: &mut Report, key: &str, v: Option<&Spanned<i64>>| match v {
+            Some(v) if **v < 0 => {
+                report.at(v.span(), format!("{path}.{key}"), "must be >= 0");
+                None
+            }
+            Some(v) => u64::try_from(**v).ok(),
+            None => None,
+        };
+        let requests_per_hour = limit(report, "requests_per_hour", t.requests_per_hour.as_ref());
+        let llm_requests_per_hour = limit(
+            report,
+            "llm_requests_per_hour",
+            t.llm_requests_per_hour.as_ref(),
+        );
+        let tokens_per_day = limit(report, "tokens_per_day", t.tokens_per_day.as_ref());
+        let max_tokens_per_request = limit(
+            report,
+            "max_tokens_per_request",
+            t.max_tokens_per_request.as_ref(),
+        );
+        let max_keys =
+            limit(report, "max_keys", t.max_keys.as_ref()).and_then(|n| u32::try_from(n).ok());
+        let monthly_credits_micros = t
+            .monthly_credits
+            .as_ref()
+            .and_then(|v| usd_micros(report, &format!("{path}.monthly_credits"), v));
+        let rate_window = duration(
+            report,
+            &format!("{path}.rate_window"),
+            t.rate_window.as_ref(),
+            Duration::from_secs(60 * 60),
+        );
+        out.insert(
+            name.clone(),
+            TierConfig {
+                requests_per_hour,
+                llm_requests_per_hour,
+                tokens_per_day,
+                max_tokens_per_request,
+                max_keys,
+                monthly_credits_micros,
+                rate_window,
+            },
+        );
+    }
+    out
+}
+
+/// A USD amount as whole micro-USD; negative, NaN or absurd amounts are errors.
+fn usd_micros(report: &mut Report, path: &str, v: &Spanned<f64>) -> Option<u64> {
+    if !v.is_finite() || **v < 0.0 || **v > 1e12 {
+        report.at(v.span(), path, "must be a number of USD between 0 and 1e12");
+        return None;
+    }
+    // Bounded above, so the cast cannot wrap.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some((**v * 1e6).round() as u64)
+}
+
+/// `pricing:` both prices required, non-negative.
+fn pricing(
+    report: &mut Report,
+    raw: &IndexMap<String, Spanned<RawPrice>>,
+) -> IndexMap<String, ModelPrice> {
+    let mut out = IndexMap::new();
+    for (model, p) in raw {
+        let path = format!("pricing.{model}");
+        let mut price = |key: &str, v: Option<&Spanned<f64>>| match v {
+            None => {
+                report.at(p.span(), format!("{path}.{key}"), "is required");
+                0.0
+            }
+            Some(v) if !v.is_finite() || **v < 0.0 => {
+                report.at(v.span(), format!("{path}.{key}"), "must be >= 0");
+                0.0
+            }
+            Some(v) => **v,
+        };
+        let input_per_million = price("input_per_million", p.input_per_million.as_ref());
+        let output_per_million = price("output_per_million", p.output_per_million.as_ref());
+        out.insert(
+            model.clone(),
+            ModelPrice {
+                input_per_million,
+                output_per_million,
+            },
+        );
+    }
+    out
 }
 
 fn auth(report: &mut Report, raw: &RawAuth) -> AuthConfig {
@@ -747,28 +850,40 @@ fn profile(
         }
     };
 
-    let provider = match &raw.provider {
+    // `None` when missing or unknown: then no default base_url applies either.
+    let preset = match &raw.provider {
         None => {
             report.at(raw.span(), at("provider"), "required key is missing");
-            Provider::OpenAi
+            None
         }
-        Some(p) if p.as_str() == "openai" => Provider::OpenAi,
-        Some(p) if p.as_str() == "anthropic" => Provider::Anthropic,
         Some(p) => {
-            let message = format!(
-                "unknown provider {:?} (supported: {SUPPORTED_PROVIDERS})",
-                p.as_str()
-            );
-            report.at(p.span(), at("provider"), message);
-            Provider::OpenAi
+            let preset = Preset::parse(p.as_str());
+            if preset.is_none() {
+                let message = format!(
+                    "unknown provider {:?} (supported: {SUPPORTED_PROVIDERS})",
+                    p.as_str()
+                );
+                report.at(p.span(), at("provider"), message);
+            }
+            preset
         }
     };
+    let provider = preset.map_or(Provider::OpenAi, Preset::wire);
 
     let base_url = match &raw.base_url {
-        None => {
-            report.at(raw.span(), at("base_url"), "required key is missing");
+        None if preset == Some(Preset::Azure) => {
+            let message = "required key is missing: azure needs the deployment URL \
+                (https://RESOURCE.openai.azure.com/openai/deployments/DEPLOYMENT)";
+            report.at(raw.span(), at("base_url"), message);
             String::new()
         }
+        None => match preset.and_then(Preset::default_base_url) {
+            Some(url) => url.to_owned(),
+            None => {
+                report.at(raw.span(), at("base_url"), "required key is missing");
+                String::new()
+            }
+        },
         Some(url) => {
             let rest = url
                 .strip_prefix("https://")
@@ -863,10 +978,16 @@ fn profile(
         }
         headers.insert(name.to_string(), value.to_string());
     }
+    let oauth = raw
+        .auth
+        .as_ref()
+        .and_then(|a| profile_oauth(report, index, a, &raw.api_key, &raw.api_key_env));
+    let api_version = preset_keys(report, index, raw, preset, &api_key, &mut headers);
 
     ProfileConfig {
         id,
         provider,
+        preset: preset.unwrap_or(Preset::OpenAi),
         base_url,
         api_key,
         priority,
@@ -874,7 +995,192 @@ fn profile(
         model_map: raw.model_map.clone(),
         timeouts,
         headers,
+        api_version,
+        oauth,
     }
+}
+
+/// A profile's `auth:` block. `None` when it is unusable (and reported).
+fn profile_oauth(
+    report: &mut Report,
+    index: usize,
+    raw: &Spanned<RawProfileAuth>,
+    api_key: &Option<Text>,
+    api_key_env: &Option<Text>,
+) -> Option<OAuthConfig> {
+    let at = |key: &str| format!("profiles[{index}].auth.{key}");
+    let errors_before = report.errors.len();
+    if let Some(key) = api_key.as_ref().or(api_key_env.as_ref()) {
+        let message = "auth and api_key / api_key_env are mutually exclusive (set one)";
+        report.at(key.span(), format!("profiles[{index}].auth"), message);
+    }
+    match &raw.kind {
+        None => report.at(
+            raw.span(),
+            at("type"),
+            "required key is missing (type: oauth2)",
+        ),
+        Some(kind) if kind.as_str() != "oauth2" => {
+            let message = format!("unknown auth type {:?} (supported: oauth2)", kind.as_str());
+            report.at(kind.span(), at("type"), message);
+        }
+        Some(_) => {}
+    }
+    let returns = match &raw.returns {
+        None => OAuthReturns::Tokens,
+        Some(r) if r.as_str() == "tokens" => OAuthReturns::Tokens,
+        Some(r) if r.as_str() == "api_key" => OAuthReturns::ApiKey,
+        Some(r) => {
+            let message = format!(
+                "unknown value {:?} (expected tokens or api_key)",
+                r.as_str()
+            );
+            report.at(r.span(), at("returns"), message);
+            OAuthReturns::Tokens
+        }
+    };
+    let url = |report: &mut Report, key: &str, value: &Option<Text>| match value {
+        None => {
+            report.at(raw.span(), at(key), "required key is missing");
+            String::new()
+        }
+        Some(u) => {
+            if !(u.starts_with("https://") || u.starts_with("http://"))
+                || u.chars().any(char::is_whitespace)
+            {
+                let message = "must be an http:// or https:// URL without spaces";
+                report.at(u.span(), at(key), message);
+            }
+            u.to_string()
+        }
+    };
+    let authorize_url = url(report, "authorize_url", &raw.authorize_url);
+    let token_url = url(report, "token_url", &raw.token_url);
+    let client_id = match &raw.client_id {
+        Some(c) if c.trim().is_empty() => {
+            report.at(c.span(), at("client_id"), "must not be empty");
+            None
+        }
+        Some(c) => Some(c.to_string()),
+        None if returns == OAuthReturns::Tokens => {
+            let message = "required key is missing (optional only with returns: api_key)";
+            report.at(raw.span(), at("client_id"), message);
+            None
+        }
+        None => None,
+    };
+    let mut scopes = Vec::new();
+    for (i, scope) in raw.scopes.iter().enumerate() {
+        if scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            let message = format!("invalid scope {:?} (one scope per entry)", scope.as_str());
+            report.at(scope.span(), at(&format!("scopes[{i}]")), message);
+        }
+        scopes.push(scope.to_string());
+    }
+    if let Some(pkce) = &raw.pkce {
+        if !**pkce {
+            let message = "must be true: Switchyard always uses PKCE (S256)";
+            report.at(pkce.span(), at("pkce"), message);
+        }
+    }
+    let redirect_port = match &raw.redirect_port {
+        None => 0,
+        Some(p) => u16::try_from(**p).unwrap_or_else(|_| {
+            report.at(p.span(), at("redirect_port"), "must be a port (0 to 65535)");
+            0
+        }),
+    };
+    (report.errors.len() == errors_before).then_some(OAuthConfig {
+        authorize_url,
+        token_url,
+        client_id,
+        scopes,
+        redirect_port,
+        returns,
+    })
+}
+
+/// The keys that belong to one preset: OpenRouter's attribution (folded into `headers`), Azure's
+/// `api_version` (returned), and the credential the hosted services cannot work without.
+fn preset_keys(
+    report: &mut Report,
+    index: usize,
+    raw: &Spanned<RawProfile>,
+    preset: Option<Preset>,
+    api_key: &ApiKeySource,
+    headers: &mut IndexMap<String, String>,
+) -> Option<String> {
+    let at = |key: &str| format!("profiles[{index}].{key}");
+    let Some(preset) = preset else {
+        return None; // already reported; every other message would be a guess
+    };
+    let name = preset.as_str();
+
+    for (key, value, header) in [
+        ("app_url", &raw.app_url, "HTTP-Referer"),
+        ("app_name", &raw.app_name, "X-Title"),
+    ] {
+        let Some(value) = value else { continue };
+        if preset != Preset::OpenRouter {
+            let message = format!(
+                "only for provider openrouter, not {name} (use headers: for other providers)"
+            );
+            report.at(value.span(), at(key), message);
+        } else if value.trim().is_empty() {
+            report.at(value.span(), at(key), "must not be empty");
+        } else if key == "app_url"
+            && !(value.starts_with("https://") || value.starts_with("http://"))
+        {
+            report.at(value.span(), at(key), "must start with http:// or https://");
+        } else if value.chars().any(char::is_control) {
+            let message = "must not contain control characters";
+            report.at(value.span(), at(key), message);
+        } else if headers.keys().any(|h| h.eq_ignore_ascii_case(header)) {
+            let message = format!("conflicts with headers.{header} (set one)");
+            report.at(value.span(), at(key), message);
+        } else {
+            headers.insert(header.to_owned(), value.to_string());
+        }
+    }
+
+    let api_version = match (&raw.api_version, preset) {
+        (Some(v), Preset::Azure) => {
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            {
+                let message = format!(
+                    "invalid api_version {:?} (e.g. 2024-10-21 or 2025-01-01-preview)",
+                    v.as_str()
+                );
+                report.at(v.span(), at("api_version"), message);
+            }
+            Some(v.to_string())
+        }
+        (Some(v), _) => {
+            let message = format!("only for provider azure, not {name}");
+            report.at(v.span(), at("api_version"), message);
+            None
+        }
+        (None, Preset::Azure) => {
+            let message = "required key is missing: azure needs the API version (e.g. 2024-10-21)";
+            report.at(raw.span(), at("api_version"), message);
+            None
+        }
+        (None, _) => None,
+    };
+
+    if preset.needs_credential()
+        && *api_key == ApiKeySource::None
+        && raw.api_key.is_none()
+        && raw.auth.is_none()
+    {
+        let message =
+            format!("provider {name} needs a credential: set api_key_env, api_key or auth");
+        report.at(raw.span(), at("api_key_env"), message);
+    }
+    api_version
 }
 
 fn model(
@@ -1356,7 +1662,7 @@ auth:
             &format!("routing:\n  sticky:\n    ttl: 1m\n    enable: true\n{PROFILE}    colour: red\n    timeouts: {{idel: 1s}}\n"),
             &[
                 r#"t.yaml:4:5: routing.sticky.enable: unknown key "enable" (did you mean "enabled"?)"#,
-                r#"t.yaml:9:5: profiles[0].colour: unknown key "colour" (expected one of: id, provider, base_url, api_key_env, api_key, priority, weight, model_map, timeouts, headers)"#,
+                r#"t.yaml:9:5: profiles[0].colour: unknown key "colour" (expected one of: id, provider, base_url, api_key_env, api_key, priority, weight, model_map, timeouts, headers, app_url, app_name, api_version, auth)"#,
                 r#"t.yaml:10:16: profiles[0].timeouts.idel: unknown key "idel" (did you mean "idle"?)"#,
             ],
         );
@@ -1410,9 +1716,55 @@ auth:
         check(
             "profiles:\n  - id: a\n    provider: x\n    base_url: http://x\n",
             &[
-                r#"t.yaml:3:15: profiles[0].provider: unknown provider "x" (supported: openai, anthropic)"#,
+                r#"t.yaml:3:15: profiles[0].provider: unknown provider "x" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure)"#,
             ],
         );
+    }
+
+    #[test]
+    fn presets_fill_base_url_wire_format_and_attribution_headers() {
+        let mut yaml = String::from("profiles:\n");
+        for preset in Preset::ALL {
+            let extra = match preset {
+                Preset::Azure => ", base_url: \"https://r.openai.azure.com/openai/deployments/d\", api_version: 2024-10-21",
+                Preset::OpenRouter => ", app_url: \"https://example.org\", app_name: Ex",
+                _ => "",
+            };
+            let name = preset.as_str();
+            yaml.push_str(&format!(
+                "  - {{id: {name}, provider: {name}, api_key: k{extra}}}\n"
+            ));
+        }
+        let c = load(&yaml);
+        let url = |id: &str| c.profile(id).unwrap().base_url.as_str();
+        assert_eq!(url("openai"), "https://api.openai.com/v1");
+        assert_eq!(url("anthropic"), "https://api.anthropic.com/v1");
+        assert_eq!(url("openrouter"), "https://openrouter.ai/api/v1");
+        assert_eq!(url("groq"), "https://api.groq.com/openai/v1");
+        assert_eq!(url("together"), "https://api.together.xyz/v1");
+        assert_eq!(url("mistral"), "https://api.mistral.ai/v1");
+        assert_eq!(url("deepseek"), "https://api.deepseek.com/v1");
+        assert_eq!(url("ollama"), "http://127.0.0.1:11434/v1");
+        assert_eq!(url("vllm"), "http://127.0.0.1:8000/v1");
+        assert_eq!(
+            url("azure"),
+            "https://r.openai.azure.com/openai/deployments/d"
+        );
+        for p in &c.profiles {
+            assert_eq!(p.preset.as_str(), p.id);
+            assert_eq!(p.provider, p.preset.wire());
+            assert_eq!(p.api_version.is_some(), p.preset == Preset::Azure);
+        }
+        assert_eq!(
+            c.profile("anthropic").unwrap().provider,
+            Provider::Anthropic
+        );
+        assert_eq!(c.profile("groq").unwrap().provider, Provider::OpenAi);
+        let router = c.profile("openrouter").unwrap();
+        assert_eq!(router.headers["HTTP-Referer"], "https://example.org");
+        assert_eq!(router.headers["X-Title"], "Ex");
+        // Local servers need no key.
+        load("profiles:\n  - {id: a, provider: ollama}\n  - {id: b, provider: vllm}\n");
     }
 
     #[test]
@@ -1476,6 +1828,20 @@ auth:
                 "t.yaml:4:5: profiles[0].base_url: required key is missing",
             ],
         );
+    }
+
+    #[test]
+    fn tiers_and_pricing_are_read() {
+        let c = load(
+            "tiers:\n  free:\n    requests_per_hour: 10\n    monthly_credits: 1.5\n    rate_window: 5s\n  open: {}\npricing:\n  m:\n    input_per_million: 0.15\n    output_per_million: 2\n",
+        );
+        let free = &c.tiers["free"];
+        assert_eq!(free.requests_per_hour, Some(10));
+        assert_eq!(free.llm_requests_per_hour, None);
+        assert_eq!(free.monthly_credits_micros, Some(1_500_000));
+        assert_eq!(free.rate_window, Duration::from_secs(5));
+        assert_eq!(c.tiers["open"].rate_window, Duration::from_secs(3600));
+        assert_eq!(c.pricing["m"].output_per_million, 2.0);
     }
 
     #[test]
@@ -1597,7 +1963,7 @@ profiles:
     base_url: http://a
     weight: 0
   - id: a
-    provider: mistral
+    provider: cohere
     base_url: https://b
 "#;
         check(
@@ -1609,7 +1975,7 @@ profiles:
                 r#"t.yaml:8:19: models[0].profiles[1]: unknown profile "ghost""#,
                 "t.yaml:13:13: profiles[0].weight: must be > 0",
                 r#"t.yaml:14:9: profiles[1].id: duplicate profile id "a" (first defined at line 10)"#,
-                r#"t.yaml:15:15: profiles[1].provider: unknown provider "mistral" (supported: openai, anthropic)"#,
+                r#"t.yaml:15:15: profiles[1].provider: unknown provider "cohere" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure)"#,
             ],
         );
     }

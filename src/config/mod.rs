@@ -28,6 +28,36 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     /// Upstream profiles, in file order.
     pub profiles: Vec<ProfileConfig>,
+    /// `tiers:` what each tier may do (see `limits`); empty = no limits.
+    pub tiers: IndexMap<String, TierConfig>,
+    /// `pricing:` model name -> price; unpriced models cost nothing.
+    pub pricing: IndexMap<String, ModelPrice>,
+}
+
+/// One entry of `tiers:`. `None` = unlimited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierConfig {
+    /// Every `/v1` request, per account (or per key without an account) per `rate_window`.
+    pub requests_per_hour: Option<u64>,
+    /// Proxied requests only (chat, completions, embeddings, messages) per `rate_window`.
+    pub llm_requests_per_hour: Option<u64>,
+    /// Prompt plus completion tokens per UTC day.
+    pub tokens_per_day: Option<u64>,
+    /// A larger `max_tokens` is refused with 400.
+    pub max_tokens_per_request: Option<u64>,
+    /// Reported, not enforced yet (`auth.max_keys_per_account` is).
+    pub max_keys: Option<u32>,
+    /// Credits granted each UTC month, in micro-USD. `None` = the tier is not metered.
+    pub monthly_credits_micros: Option<u64>,
+    /// The fixed window of the request limits (default 1h).
+    pub rate_window: Duration,
+}
+
+/// One entry of `pricing:`, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelPrice {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
 }
 
 /// `server:`
@@ -180,6 +210,95 @@ impl Provider {
     }
 }
 
+/// Which service a profile points at (`provider:`): it picks the wire format, fills the default
+/// `base_url` and sets the header conventions. Kept apart from [`Provider`], which is all the proxy and
+/// the codec need to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    OpenAi,
+    Anthropic,
+    OpenRouter,
+    Groq,
+    Together,
+    Mistral,
+    DeepSeek,
+    Ollama,
+    Vllm,
+    Azure,
+}
+
+impl Preset {
+    /// Every preset, in the order the README and error messages list them.
+    pub const ALL: [Preset; 10] = [
+        Preset::OpenAi,
+        Preset::Anthropic,
+        Preset::OpenRouter,
+        Preset::Groq,
+        Preset::Together,
+        Preset::Mistral,
+        Preset::DeepSeek,
+        Preset::Ollama,
+        Preset::Vllm,
+        Preset::Azure,
+    ];
+
+    /// The profiles.yaml spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::OpenAi => "openai",
+            Preset::Anthropic => "anthropic",
+            Preset::OpenRouter => "openrouter",
+            Preset::Groq => "groq",
+            Preset::Together => "together",
+            Preset::Mistral => "mistral",
+            Preset::DeepSeek => "deepseek",
+            Preset::Ollama => "ollama",
+            Preset::Vllm => "vllm",
+            Preset::Azure => "azure",
+        }
+    }
+
+    /// The preset spelled `name` in profiles.yaml.
+    pub fn parse(name: &str) -> Option<Preset> {
+        Preset::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// The wire format this service speaks.
+    pub fn wire(self) -> Provider {
+        match self {
+            Preset::Anthropic => Provider::Anthropic,
+            _ => Provider::OpenAi,
+        }
+    }
+
+    /// The `base_url` used when the profile gives none; `None` for Azure, whose URL names the
+    /// operator's own resource and deployment.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        Some(match self {
+            Preset::OpenAi => "https://api.openai.com/v1",
+            Preset::Anthropic => "https://api.anthropic.com/v1",
+            Preset::OpenRouter => "https://openrouter.ai/api/v1",
+            Preset::Groq => "https://api.groq.com/openai/v1",
+            Preset::Together => "https://api.together.xyz/v1",
+            Preset::Mistral => "https://api.mistral.ai/v1",
+            Preset::DeepSeek => "https://api.deepseek.com/v1",
+            Preset::Ollama => "http://127.0.0.1:11434/v1",
+            Preset::Vllm => "http://127.0.0.1:8000/v1",
+            Preset::Azure => return None,
+        })
+    }
+
+    /// Whether a profile of this service is useless without a credential, so that leaving it out is a
+    /// config error. `openai` and `anthropic` stay lenient because they also name any compatible
+    /// server; Ollama and vLLM usually run without a key.
+    pub fn needs_credential(self) -> bool {
+        !matches!(
+            self,
+            Preset::OpenAi | Preset::Anthropic | Preset::Ollama | Preset::Vllm
+        )
+    }
+}
+
 /// Where a profile's upstream credential comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiKeySource {
@@ -195,7 +314,10 @@ pub enum ApiKeySource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProfileConfig {
     pub id: String,
+    /// The wire format, from `preset`.
     pub provider: Provider,
+    /// `provider:` as written: the service, with its URL and header conventions.
+    pub preset: Preset,
     /// `base_url` without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     pub api_key: ApiKeySource,
@@ -207,8 +329,35 @@ pub struct ProfileConfig {
     pub model_map: IndexMap<String, String>,
     /// routing.timeouts overridden by the profile's own `timeouts:`.
     pub timeouts: Timeouts,
-    /// `headers:` extra headers sent upstream with every request (e.g. OpenRouter attribution).
+    /// `headers:` extra headers sent upstream with every request, OpenRouter's `app_url` / `app_name`
+    /// already folded in as `HTTP-Referer` / `X-Title`.
     pub headers: IndexMap<String, String>,
+    /// `api_version:` (Azure only, where it is required): sent as `?api-version=...` on every URL.
+    pub api_version: Option<String>,
+    /// `auth: {type: oauth2, ...}`: the credential comes from `switchyard login`, not `api_key`.
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// A profile's `auth: {type: oauth2, ...}`: the authorization-code flow with PKCE (S256).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OAuthConfig {
+    pub authorize_url: String,
+    pub token_url: String,
+    /// Required for `returns: tokens`; OpenRouter-style endpoints take none.
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    /// The local callback's port on 127.0.0.1; 0 (default) picks a free one.
+    pub redirect_port: u16,
+    pub returns: OAuthReturns,
+}
+
+/// What a provider's token endpoint hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OAuthReturns {
+    /// RFC 6749 tokens: an access token, usually with `expires_in` and a refresh token.
+    Tokens,
+    /// An API key that does not expire (OpenRouter's PKCE flow).
+    ApiKey,
 }
 
 impl Config {

@@ -23,6 +23,33 @@ pub(crate) struct RawConfig {
     pub usage: RawUsage,
     pub models: Vec<Spanned<RawModel>>,
     pub profiles: Vec<Spanned<RawProfile>>,
+    /// `tiers:` tier name -> limits.
+    pub tiers: IndexMap<String, RawTier>,
+    /// `pricing:` model name -> prices.
+    pub pricing: IndexMap<String, Spanned<RawPrice>>,
+}
+
+/// One entry of `tiers:`; every limit is optional (absent = unlimited).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawTier {
+    pub requests_per_hour: Option<Spanned<i64>>,
+    pub llm_requests_per_hour: Option<Spanned<i64>>,
+    pub tokens_per_day: Option<Spanned<i64>>,
+    pub max_tokens_per_request: Option<Spanned<i64>>,
+    pub max_keys: Option<Spanned<i64>>,
+    /// USD.
+    pub monthly_credits: Option<Spanned<f64>>,
+    /// The request windows' length (default 1h); for short bursts and tests.
+    pub rate_window: Option<Text>,
+}
+
+/// One entry of `pricing:`, in USD per million tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawPrice {
+    pub input_per_million: Option<Spanned<f64>>,
+    pub output_per_million: Option<Spanned<f64>>,
 }
 
 /// `server:`
@@ -167,4 +194,28 @@ pub(crate) struct RawProfile {
     pub timeouts: RawTimeouts,
     /// Spanned so that a bad header name or value points at itself.
     pub headers: IndexMap<Text, Text>,
+    /// OpenRouter attribution, sent as `HTTP-Referer` and `X-Title`.
+    pub app_url: Option<Text>,
+    pub app_name: Option<Text>,
+    /// Azure's `api-version` query parameter.
+    pub api_version: Option<Text>,
+    /// OAuth2 credentials (`switchyard login`) instead of a static key.
+    pub auth: Option<Spanned<RawProfileAuth>>,
+}
+
+/// A profile's `auth:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawProfileAuth {
+    /// Required; only `oauth2`.
+    #[serde(rename = "type")]
+    pub kind: Option<Text>,
+    pub authorize_url: Option<Text>,
+    pub token_url: Option<Text>,
+    pub client_id: Option<Text>,
+    pub scopes: Vec<Text>,
+    pub pkce: Option<Spanned<bool>>,
+    pub redirect_port: Option<Spanned<i64>>,
+    /// `tokens` (default) or `api_key`.
+    pub returns: Option<Text>,
 }

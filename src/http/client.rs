@@ -7,6 +7,7 @@ use super::{current_request_id, identity, read_limited, Shared};
 use crate::auth::Principal;
 use crate::codec::{anthropic_error_json, Dialect};
 use crate::error::ApiError;
+use crate::limits::{Admission, CallKind, Subject};
 use crate::providers::anthropic::messages_request_to_chat;
 use crate::proxy::{Endpoint, Proxy, ProxyRequest};
 use crate::request::RoutingFields;
@@ -41,14 +42,26 @@ async fn proxy(
     let started = std::time::Instant::now();
     let principal = authenticate(&shared, &req).await?;
     let config = shared.config();
-    let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
-    let call = Call {
-        endpoint,
-        dialect: Dialect::OpenAi,
-        started,
-        principal,
+    let admission = match shared
+        .limits
+        .admit_principal(&config, principal.as_ref(), CallKind::Llm)
+    {
+        Ok(a) => a,
+        Err(refusal) => return Ok(refusal.response(Dialect::OpenAi)),
     };
-    forward(call, &req, body, &shared, &upstreams).await
+    let result = async {
+        let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
+        let call = Call {
+            endpoint,
+            dialect: Dialect::OpenAi,
+            started,
+            principal,
+            subject: admission.subject.clone(),
+        };
+        forward(call, &req, body, &shared, &upstreams).await
+    }
+    .await;
+    Ok(admission.decorate(result))
 }
 
 /// What a handler learned before the body is forwarded.
@@ -57,6 +70,8 @@ struct Call {
     dialect: Dialect,
     started: std::time::Instant,
     principal: Option<Principal>,
+    /// The caller's tier, for `max_tokens_per_request` and credits.
+    subject: Option<Subject>,
 }
 
 /// Routes an OpenAI-shaped body (the client's, or the translation of an Anthropic one).
@@ -72,6 +87,7 @@ async fn forward(
         dialect,
         started,
         principal,
+        subject,
     } = call;
     let config = shared.config();
     let fields = RoutingFields::parse(&body)?;
@@ -89,6 +105,19 @@ async fn forward(
         .map(str::to_owned)
         .or_else(|| fields.user.clone());
     let request_id = current_request_id(req);
+    let embeddings = endpoint == Endpoint::Embeddings;
+    let hold = shared.limits.hold(
+        &config,
+        subject.as_ref(),
+        &fields.model,
+        &body,
+        embeddings,
+        &request_id,
+    );
+    let accounting = match hold {
+        Ok(h) => h,
+        Err(refusal) => return Ok(refusal.response(dialect)),
+    };
     let span = tracing::info_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream);
     let proxy = Proxy {
         shared,
@@ -107,6 +136,7 @@ async fn forward(
             .and_then(|p| p.key_id().map(str::to_owned)),
         started,
         dialect,
+        accounting,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
 }
@@ -148,6 +178,10 @@ async fn list_models(
     shared: web::Data<Shared>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&shared, &req).await?;
+    let admission = match admit_other(&shared, principal.as_ref()) {
+        Ok(a) => a,
+        Err(refused) => return Ok(*refused),
+    };
     let data: Vec<_> = shared
         .config()
         .models
@@ -155,7 +189,9 @@ async fn list_models(
         .filter(|m| may_use(principal.as_ref(), &m.name))
         .map(|m| model_object(&m.name))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
+    Ok(admission.decorate(Ok(
+        HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+    )))
 }
 
 async fn get_model(
@@ -164,14 +200,30 @@ async fn get_model(
     shared: web::Data<Shared>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&shared, &req).await?;
-    match shared
+    let admission = match admit_other(&shared, principal.as_ref()) {
+        Ok(a) => a,
+        Err(refused) => return Ok(*refused),
+    };
+    let result = match shared
         .config()
         .model(&id)
         .filter(|m| may_use(principal.as_ref(), &m.name))
     {
         Some(m) => Ok(HttpResponse::Ok().json(model_object(&m.name))),
         None => Err(ApiError::UnknownModel(id.into_inner())),
-    }
+    };
+    Ok(admission.decorate(result))
+}
+
+/// Counts a `/v1` call that is not a model request; a refusal is the 429 to answer.
+pub(super) fn admit_other(
+    shared: &Shared,
+    principal: Option<&Principal>,
+) -> Result<Admission, Box<HttpResponse>> {
+    shared
+        .limits
+        .admit_principal(&shared.config(), principal, CallKind::Other)
+        .map_err(|r| Box::new(r.response(Dialect::OpenAi)))
 }
 
 /// `POST /v1/messages`: the Anthropic Messages API, for tools that speak it. The request is translated to
@@ -184,9 +236,17 @@ async fn messages(
     upstreams: web::Data<WorkerUpstreams>,
 ) -> HttpResponse {
     let started = std::time::Instant::now();
+    let mut admission = Admission::default();
     let result = async {
         let principal = authenticate(&shared, &req).await?;
         let config = shared.config();
+        admission = match shared
+            .limits
+            .admit_principal(&config, principal.as_ref(), CallKind::Llm)
+        {
+            Ok(a) => a,
+            Err(refusal) => return Ok(refusal.response(Dialect::Anthropic)),
+        };
         let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
         let (chat, _info) =
             messages_request_to_chat(&body).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -195,12 +255,16 @@ async fn messages(
             dialect: Dialect::Anthropic,
             started,
             principal,
+            subject: admission.subject.clone(),
         };
         forward(call, &req, bytes::Bytes::from(chat), &shared, &upstreams).await
     }
     .await;
     match result {
-        Ok(resp) => resp,
+        Ok(mut resp) => {
+            admission.rate.apply(&mut resp);
+            resp
+        }
         Err(e) => {
             let mut res = actix_web::ResponseError::error_response(&e);
             let body = anthropic_error_json(&e);
@@ -208,7 +272,9 @@ async fn messages(
                 actix_web::http::header::CONTENT_TYPE,
                 actix_web::http::header::HeaderValue::from_static("application/json"),
             );
-            res.set_body(actix_web::body::BoxBody::new(body))
+            let mut res = res.set_body(actix_web::body::BoxBody::new(body));
+            admission.rate.apply(&mut res);
+            res
         }
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP: routes, thin handlers, request ids, body limits and admin authentication.
 
 mod admin;
+mod billing;
 mod client;
 pub(crate) mod identity;
 
@@ -39,6 +40,8 @@ pub struct Shared {
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Client identity: keys, accounts, tokens, audit. Shared by every worker (its caches are DashMaps).
     pub auth: Arc<crate::auth::AuthService>,
+    /// Tiers, rate-limit counters and the credit ledger (see `limits`).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl Shared {
@@ -79,7 +82,8 @@ pub fn configure(
         .app_data(upstreams)
         .configure(client::routes)
         .configure(admin::routes)
-        .configure(identity::routes);
+        .configure(identity::routes)
+        .configure(billing::routes);
 }
 
 /// Builds the actix-web app around `configure`, with the request-id middleware and OpenAI-shaped 404s.

@@ -14,7 +14,10 @@ use arc_swap::ArcSwap;
 use indexmap::IndexMap;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{ApiKeySource, Config, ProfileConfig, Provider, Timeouts};
+use crate::config::{
+    ApiKeySource, Config, OAuthReturns, Preset, ProfileConfig, Provider, Timeouts,
+};
+use crate::oauth::{CredentialError, TokenSource, TokenSources};
 
 /// The Messages API version we speak to Anthropic.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -25,14 +28,19 @@ pub struct UpstreamProfile {
     /// The wire format this upstream speaks.
     pub provider: Provider,
     base_url: String,
-    /// `Authorization: Bearer ...`, marked sensitive so it is never printed.
-    auth: Option<HeaderValue>,
+    /// `?api-version=...` (Azure), appended to every URL.
+    query: String,
+    /// The credential header in this service's convention (`Authorization: Bearer ...`, Anthropic's
+    /// `x-api-key`, Azure's `api-key`), its value marked sensitive so it is never printed.
+    auth: Option<(HeaderName, HeaderValue)>,
     headers: HeaderMap,
     model_map: IndexMap<String, String>,
     pub timeouts: Timeouts,
     pub client: reqwest::Client,
     /// The raw credential, kept only to redact it from upstream error text.
     key: Option<String>,
+    /// An OAuth profile's credential, asked for (and refreshed) before each request instead of `auth`.
+    oauth: Option<Arc<TokenSource>>,
     /// What this was built from, to reuse it across reloads when unchanged.
     source: ProfileConfig,
     fingerprint: u64,
@@ -41,14 +49,15 @@ pub struct UpstreamProfile {
 impl UpstreamProfile {
     /// The full URL of an API path such as `/chat/completions`.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base_url, path)
+        format!("{}{}{}", self.base_url, path, self.query)
     }
 
     /// Removes this profile's credential, and anything that looks like a key, from upstream text
     /// before it reaches logs, the admin API or a client (upstreams quote keys back in 401 messages).
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        if let Some(key) = &self.key {
+        let token = self.oauth.as_ref().and_then(|t| t.current_secret());
+        for key in self.key.iter().chain(token.iter()) {
             if !key.is_empty() {
                 out = out.replace(key.as_str(), "[redacted]");
             }
@@ -64,8 +73,9 @@ impl UpstreamProfile {
             .filter(|m| *m != client_model)
     }
 
-    /// A POST to `path` carrying this profile's credential and headers (and none of the client's).
-    pub fn post(&self, path: &str, request_id: &str) -> reqwest::RequestBuilder {
+    /// A POST to `path` carrying this profile's credential and headers (and none of the client's). An
+    /// OAuth profile's token is added by `UpstreamRequest::send`, which may have to refresh it first.
+    pub fn post(&self, path: &str, request_id: &str) -> UpstreamRequest<'_> {
         let mut req = self
             .client
             .post(self.url(path))
@@ -75,15 +85,79 @@ impl UpstreamProfile {
         if self.provider == Provider::Anthropic {
             req = req.header("anthropic-version", ANTHROPIC_VERSION);
         }
-        if let Some(auth) = &self.auth {
-            let name = match self.provider {
-                Provider::OpenAi => reqwest::header::AUTHORIZATION,
-                Provider::Anthropic => HeaderName::from_static("x-api-key"),
-            };
-            req = req.header(name, auth.clone());
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name.clone(), value.clone());
         }
-        req
+        UpstreamRequest { req, up: self }
     }
+}
+
+/// A request to one upstream, sent with `send` like a `reqwest::RequestBuilder`.
+pub struct UpstreamRequest<'a> {
+    req: reqwest::RequestBuilder,
+    up: &'a UpstreamProfile,
+}
+
+impl UpstreamRequest<'_> {
+    pub fn body(mut self, body: impl Into<reqwest::Body>) -> Self {
+        self.req = self.req.body(body);
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.req = self.req.header(name, value);
+        self
+    }
+
+    /// Sends it. For an OAuth profile the token is fetched first (refreshed, single-flight, when due).
+    /// When there is none to send, the answer is made up here rather than sent without a credential: a
+    /// 401 when only a new login helps, so the proxy marks the profile `auth_failed` with the reason,
+    /// or a 503 when the token endpoint is only down, so the profile cools down.
+    pub async fn send(self) -> Result<reqwest::Response, reqwest::Error> {
+        let UpstreamRequest { mut req, up } = self;
+        if let Some(source) = &up.oauth {
+            match source.credential().await {
+                Ok(secret) => {
+                    let header = match source.returns() {
+                        OAuthReturns::Tokens => bearer(&up.source, &secret),
+                        OAuthReturns::ApiKey => credential_header(&up.source, &secret),
+                    };
+                    match header {
+                        Ok((name, value)) => req = req.header(name, value),
+                        Err(_) => {
+                            return Ok(local_answer(
+                                401,
+                                "the stored credential is not a valid header value",
+                            ))
+                        }
+                    }
+                }
+                Err(CredentialError::Auth(reason)) => return Ok(local_answer(401, &reason)),
+                Err(CredentialError::Unavailable(reason)) => return Ok(local_answer(503, &reason)),
+            }
+        }
+        req.send().await
+    }
+}
+
+/// An OpenAI-shaped error answer that never left this process.
+fn local_answer(status: u16, message: &str) -> reqwest::Response {
+    let kind = if status == 401 {
+        "authentication_error"
+    } else {
+        "server_error"
+    };
+    let body = serde_json::json!({"error": {
+        "message": message, "type": kind, "param": null, "code": "upstream_credential",
+    }});
+    let mut resp = http::Response::new(body.to_string());
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    reqwest::Response::from(resp)
 }
 
 /// Every profile's upstream side, by id.
@@ -95,14 +169,21 @@ pub struct Upstreams {
 pub struct WorkerUpstreams {
     built_for: AtomicU64,
     current: ArcSwap<Upstreams>,
+    /// Shared by every worker, so a token refresh is single-flight process-wide.
+    tokens: Arc<TokenSources>,
 }
 
 impl WorkerUpstreams {
     /// Builds the clients for `config` at `generation`.
-    pub fn new(config: &Config, generation: u64) -> Result<WorkerUpstreams, UpstreamBuildError> {
+    pub fn new(
+        config: &Config,
+        generation: u64,
+        tokens: Arc<TokenSources>,
+    ) -> Result<WorkerUpstreams, UpstreamBuildError> {
         Ok(WorkerUpstreams {
             built_for: AtomicU64::new(generation),
-            current: ArcSwap::from_pointee(Upstreams::build(config, None)?),
+            current: ArcSwap::from_pointee(Upstreams::build(config, None, &tokens)?),
+            tokens,
         })
     }
 
@@ -110,7 +191,7 @@ impl WorkerUpstreams {
     pub fn current(&self, config: &Config, generation: u64) -> Arc<Upstreams> {
         if self.built_for.load(Ordering::Acquire) != generation {
             let prev = self.current.load_full();
-            match Upstreams::build(config, Some(&prev)) {
+            match Upstreams::build(config, Some(&prev), &self.tokens) {
                 Ok(next) => {
                     self.current.store(Arc::new(next));
                     self.built_for.store(generation, Ordering::Release);
@@ -144,6 +225,7 @@ impl Upstreams {
     pub fn build(
         config: &Config,
         prev: Option<&Upstreams>,
+        tokens: &TokenSources,
     ) -> Result<Upstreams, UpstreamBuildError> {
         let mut by_id = HashMap::new();
         for p in &config.profiles {
@@ -153,7 +235,7 @@ impl Upstreams {
                 .filter(|u| u.source == *p && u.fingerprint == fingerprint);
             let up = match kept {
                 Some(u) => u.clone(),
-                None => Arc::new(build_profile(p)?),
+                None => Arc::new(build_profile(p, tokens)?),
             };
             by_id.insert(up.id.clone(), up);
         }
@@ -171,7 +253,10 @@ impl Upstreams {
     }
 }
 
-fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildError> {
+fn build_profile(
+    p: &ProfileConfig,
+    tokens: &TokenSources,
+) -> Result<UpstreamProfile, UpstreamBuildError> {
     let client = reqwest::Client::builder()
         .connect_timeout(p.timeouts.connect)
         .tcp_nodelay(true)
@@ -185,18 +270,7 @@ fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildErro
         })?;
     let key = resolve_key(&p.api_key).ok().flatten();
     let auth = match resolve_key(&p.api_key) {
-        Ok(Some(key)) => {
-            let value = match p.provider {
-                Provider::OpenAi => format!("Bearer {key}"),
-                Provider::Anthropic => key,
-            };
-            let mut v = HeaderValue::from_str(&value).map_err(|_| UpstreamBuildError::Header {
-                profile: p.id.clone(),
-                header: "authorization".into(),
-            })?;
-            v.set_sensitive(true);
-            Some(v)
-        }
+        Ok(Some(key)) => Some(credential_header(p, &key)?),
         Ok(None) | Err(_) => None,
     };
     let mut headers = HeaderMap::new();
@@ -213,15 +287,51 @@ fn build_profile(p: &ProfileConfig) -> Result<UpstreamProfile, UpstreamBuildErro
         id: Arc::from(p.id.as_str()),
         provider: p.provider,
         base_url: p.base_url.clone(),
+        query: match &p.api_version {
+            Some(v) => format!("?api-version={v}"),
+            None => String::new(),
+        },
         auth,
         headers,
         model_map: p.model_map.clone(),
         timeouts: p.timeouts,
         client,
         key,
+        oauth: p.oauth.as_ref().map(|o| tokens.for_profile(&p.id, o)),
         source: p.clone(),
         fingerprint: credential_fingerprint(&p.api_key),
     })
+}
+
+/// `key` as the header this profile's service expects, marked sensitive.
+fn credential_header(
+    p: &ProfileConfig,
+    key: &str,
+) -> Result<(HeaderName, HeaderValue), UpstreamBuildError> {
+    let (name, value) = match (p.preset, p.provider) {
+        (Preset::Azure, _) => (HeaderName::from_static("api-key"), key.to_owned()),
+        (_, Provider::Anthropic) => (HeaderName::from_static("x-api-key"), key.to_owned()),
+        (_, Provider::OpenAi) => (reqwest::header::AUTHORIZATION, format!("Bearer {key}")),
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| UpstreamBuildError::Header {
+        profile: p.id.clone(),
+        header: name.as_str().to_owned(),
+    })?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+/// An OAuth access token, always a bearer token (also for Anthropic and Azure, whose OAuth/Entra
+/// tokens go in `Authorization`).
+fn bearer(p: &ProfileConfig, token: &str) -> Result<(HeaderName, HeaderValue), UpstreamBuildError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        UpstreamBuildError::Header {
+            profile: p.id.clone(),
+            header: "authorization".into(),
+        }
+    })?;
+    value.set_sensitive(true);
+    Ok((reqwest::header::AUTHORIZATION, value))
 }
 
 /// The credential of a profile: `Ok(None)` when it has none by design, `Err(reason)` when it should have

@@ -40,6 +40,8 @@ pub struct ConfigBuilder {
     pub profiles: Vec<ProfileDef>,
     /// (model name, profile ids, optional strategy)
     pub models: Vec<(String, Vec<String>, Option<String>)>,
+    /// Extra top-level YAML lines appended as they are (e.g. `tiers:` and `pricing:` sections).
+    pub extra_yaml: Vec<String>,
 }
 
 impl Default for ConfigBuilder {
@@ -59,6 +61,7 @@ impl Default for ConfigBuilder {
             extra_auth_yaml: Vec::new(),
             profiles: Vec::new(),
             models: Vec::new(),
+            extra_yaml: Vec::new(),
         }
     }
 }
@@ -160,6 +163,9 @@ impl ConfigBuilder {
             for line in &p.extra {
                 y.push_str(&format!("    {line}\n"));
             }
+        }
+        for line in &self.extra_yaml {
+            y.push_str(&format!("{line}\n"));
         }
         y
     }

@@ -1,0 +1,745 @@
+//! Tiers, rate limits and credits against the real server: exact counting under concurrency, the
+//! `X-RateLimit-*` headers and an honest `Retry-After`, `max_tokens_per_request`, credits that are never
+//! overdrawn (the transaction log sums to the balance), streams charged, refunds on upstream failure,
+//! the signed billing webhook, and usage reports that add up.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use switchyard::limits::webhook;
+
+use crate::support::*;
+
+const WEBHOOK_SECRET: &str = "whsec-test-0123456789";
+
+/// Prices of 1000 USD per million tokens: one token costs 1000 micro-USD, so costs are easy to check.
+const TIERS: &str = "\
+tiers:
+  default:
+    requests_per_hour: 1000
+  burst:
+    requests_per_hour: 1000
+    llm_requests_per_hour: 100
+  tiny:
+    requests_per_hour: 3
+    rate_window: 5s
+  capped:
+    max_tokens_per_request: 50
+  thin:
+    requests_per_hour: 100
+    tokens_per_day: 10
+  metered:
+    max_tokens_per_request: 20
+    monthly_credits: 0
+pricing:
+  m:
+    input_per_million: 1000
+    output_per_million: 1000";
+
+async fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = client().request(method, server.url(path));
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, value)
+}
+
+async fn admin(server: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    let (status, _, v) = call(server, method, path, Some(ADMIN_TOKEN), body).await;
+    assert!((200..300).contains(&status), "{path}: {status} {v}");
+    v
+}
+
+/// A key of `account` in `tier`; returns the secret.
+async fn new_key(server: &Server, account: &str, tier: &str) -> String {
+    let body = json!({"name": "t", "account": account, "tier": tier});
+    let v = admin(server, reqwest::Method::POST, "/admin/keys", Some(body)).await;
+    v["key"].as_str().unwrap().to_owned()
+}
+
+async fn server_with(mock: &MockUpstream, env: &[(&str, &str)]) -> Server {
+    let mut config = ConfigBuilder::default()
+        .profile("a", mock)
+        .model("m", &["a"])
+        .model("n", &["a"]);
+    config.auth_required = true;
+    config.max_attempts = 1;
+    config.extra_yaml = TIERS.lines().map(str::to_owned).collect();
+    Server::start_with_env(&config, env)
+}
+
+fn chat_req(model: &str, extra: Value) -> Value {
+    let mut body = chat_body(model);
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+fn header(h: &reqwest::header::HeaderMap, name: &str) -> u64 {
+    h.get(name)
+        .unwrap_or_else(|| panic!("no {name} in {h:?}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn credits(server: &Server, account: &str) -> Value {
+    let path = format!("/admin/accounts/{account}/credits");
+    admin(server, reqwest::Method::GET, &path, None).await
+}
+
+/// Checks the ledger's invariant and returns the balance in micro-USD.
+async fn balance_matching_log(server: &Server, account: &str) -> i64 {
+    let c = credits(server, account).await;
+    let balance = c["balance_micros"].as_i64().unwrap();
+    let sum: i64 = c["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["amount_micros"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        sum, balance,
+        "the transaction log must sum to the balance: {c}"
+    );
+    assert!(balance >= 0);
+    balance
+}
+
+#[tokio::test]
+async fn exactly_the_limit_gets_through_under_concurrency() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "crowd", "burst").await;
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let url = server.url("/v1/chat/completions");
+            let key = key.clone();
+            tokio::spawn(async move {
+                let resp = client()
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&chat_body("m"))
+                    .send()
+                    .await
+                    .unwrap();
+                (resp.status().as_u16(), resp.headers().clone())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        let (status, h) = t.await.unwrap();
+        assert_eq!(header(&h, "x-ratelimit-limit"), 100);
+        match status {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(header(&h, "x-ratelimit-remaining"), 0);
+                assert_eq!(header(&h, "retry-after"), header(&h, "x-ratelimit-reset"));
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((ok, limited), (100, 100));
+    assert_eq!(
+        mock.request_count(),
+        100,
+        "refused requests never reach the upstream"
+    );
+    let (_, _, body) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat_body("m")),
+    )
+    .await;
+    let e = error_of(&body.to_string());
+    assert_eq!(e["type"], "rate_limit_error");
+    assert!(e["message"].as_str().unwrap().contains("burst"), "{e}");
+    let metrics = client().get(server.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("switchyard_rate_limited_total{scope=\"llm_requests\"} 101"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn headers_count_down_and_retry_after_is_honest() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "small", "tiny").await;
+    // Windows are aligned to the epoch: start early in one so all four calls share it.
+    loop {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        if ms % 5000 < 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let chat = || {
+        call(
+            &server,
+            reqwest::Method::POST,
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("m")),
+        )
+    };
+    let (s, h, _) = chat().await;
+    assert_eq!((s, header(&h, "x-ratelimit-remaining")), (200, 2));
+    assert_eq!(header(&h, "x-ratelimit-limit"), 3);
+    // Every /v1 route counts and carries the headers, errors included.
+    let (s, h, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/models",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!((s, header(&h, "x-ratelimit-remaining")), (200, 1));
+    let (s, h, _) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat_body("no-such-model")),
+    )
+    .await;
+    assert_eq!((s, header(&h, "x-ratelimit-remaining")), (404, 0));
+    let (s, h, body) = chat().await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(header(&h, "x-ratelimit-remaining"), 0);
+    let retry = header(&h, "retry-after");
+    assert!((1..=5).contains(&retry), "{retry}");
+    assert_eq!(retry, header(&h, "x-ratelimit-reset"));
+    // Still refused just before, admitted once Retry-After has passed.
+    tokio::time::sleep(Duration::from_millis(retry * 1000 - 900)).await;
+    assert_eq!(chat().await.0, 429);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (s, h, _) = chat().await;
+    assert_eq!((s, header(&h, "x-ratelimit-remaining")), (200, 2));
+    assert_eq!(mock.request_count(), 2);
+}
+
+#[tokio::test]
+async fn max_tokens_above_the_tier_is_refused_with_400() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "capped-co", "capped").await;
+    let (s, h, body) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat_req("m", json!({"max_tokens": 51}))),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let e = error_of(&body.to_string());
+    assert_eq!(e["type"], "invalid_request_error");
+    assert_eq!(e["code"], "max_tokens_exceeded");
+    assert_eq!(e["param"], "max_tokens");
+    assert!(e["message"].as_str().unwrap().contains("50"), "{e}");
+    // The tier has no request limit of its own: the default tier's is not used for it.
+    assert!(h.get("x-ratelimit-limit").is_none());
+    let (s, _, _) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat_req("m", json!({"max_tokens": 50}))),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(mock.request_count(), 1);
+    // /v1/messages answers in Anthropic's shape.
+    let body = json!({"model": "m", "max_tokens": 51,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let (s, _, body) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/messages",
+        Some(&key),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn the_daily_token_budget_refuses_once_spent() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "wordy", "thin").await;
+    let mut used = 0;
+    while used < 10 {
+        let (s, h, body) = call(
+            &server,
+            reqwest::Method::POST,
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("m")),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(header(&h, "x-ratelimit-limit-tokens"), 10);
+        assert_eq!(header(&h, "x-ratelimit-remaining-tokens"), 10 - used);
+        used += body["usage"]["total_tokens"].as_u64().unwrap();
+    }
+    let (s, h, body) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat_body("m")),
+    )
+    .await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(header(&h, "x-ratelimit-remaining-tokens"), 0);
+    assert_eq!(
+        header(&h, "retry-after"),
+        header(&h, "x-ratelimit-reset-tokens")
+    );
+    assert!(
+        header(&h, "x-ratelimit-remaining") > 0,
+        "the request limit is not what refused"
+    );
+    assert!(error_of(&body.to_string())["message"]
+        .as_str()
+        .unwrap()
+        .contains("tokens per day"));
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_overdraw_a_small_balance() {
+    let mock = MockUpstream::start_named("a").await;
+    mock.set_default(Reply::delayed(Duration::from_millis(300)));
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "thrifty", "metered").await;
+    let path = "/admin/accounts/thrifty/credits";
+    let c = admin(
+        &server,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"amount_usd": 0.5})),
+    )
+    .await;
+    assert_eq!(c["balance_usd"], "0.500000");
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let url = server.url("/v1/chat/completions");
+            let key = key.clone();
+            tokio::spawn(async move {
+                let resp = client()
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&chat_req("m", json!({"max_tokens": 10})))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                (status, resp.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut spent_tokens = 0;
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                spent_tokens += body["usage"]["total_tokens"].as_i64().unwrap();
+            }
+            402 => {
+                refused += 1;
+                let e = error_of(&body.to_string());
+                assert_eq!(e["type"], "insufficient_quota");
+                assert!(e["message"].as_str().unwrap().contains("upgrade"), "{e}");
+            }
+            s => panic!("unexpected {s}: {body}"),
+        }
+    }
+    assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
+    let balance = balance_matching_log(&server, "thrifty").await;
+    assert_eq!(balance, 500_000 - spent_tokens * 1000);
+    let metrics = client().get(server.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains(&format!("switchyard_credit_refusals_total {refused}")),
+        "{text}"
+    );
+    assert!(text.contains("switchyard_cost_usd_total{model=\"m\",profile=\"a\"}"));
+}
+
+#[tokio::test]
+async fn streams_are_charged_and_failures_refunded() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "streamer", "metered").await;
+    let path = "/admin/accounts/streamer/credits";
+    admin(
+        &server,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"amount_usd": 1})),
+    )
+    .await;
+
+    let resp = client()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_req("m", json!({"stream": true, "max_tokens": 10})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    let usage = admin(
+        &server,
+        reqwest::Method::GET,
+        "/admin/usage?account=streamer",
+        None,
+    )
+    .await;
+    let tokens = usage["total"]["total_tokens"].as_i64().unwrap();
+    assert!(tokens > 0, "{usage}");
+    let balance = balance_matching_log(&server, "streamer").await;
+    assert_eq!(balance, 1_000_000 - tokens * 1000);
+
+    // The upstream fails: the reservation comes back in full.
+    mock.set_default(Reply::status(500, r#"{"error":{"message":"boom"}}"#));
+    let (s, _, _) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat_req("m", json!({"max_tokens": 10}))),
+    )
+    .await;
+    assert_eq!(s, 502);
+    assert_eq!(balance_matching_log(&server, "streamer").await, balance);
+    let c = credits(&server, "streamer").await;
+    let kinds: Vec<&str> = c["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["adjust", "reserve", "settle", "reserve", "release"]);
+}
+
+fn signed(body: &str, t: u64, secret: &str) -> String {
+    webhook::sign(secret.as_bytes(), t, body.as_bytes())
+}
+
+async fn deliver(server: &Server, body: &str, signature: &str) -> (u16, String) {
+    let resp = client()
+        .post(server.url("/billing/webhook"))
+        .header("content-type", "application/json")
+        .header("switchyard-signature", signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_webhook_refuses_bad_signatures_old_timestamps_and_replays() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[(webhook::SECRET_ENV, WEBHOOK_SECRET)]).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let body = json!({"id": "evt_1", "type": "subscription.updated",
+                      "data": {"account": "shop", "tier": "tiny"}})
+    .to_string();
+
+    let (s, text) = deliver(&server, &body, &signed(&body, now, "not-the-secret")).await;
+    assert_eq!(s, 401, "{text}");
+    assert!(text.contains("does not match"), "{text}");
+    let (s, text) = deliver(&server, &body, &signed(&body, now - 301, WEBHOOK_SECRET)).await;
+    assert_eq!(s, 401, "{text}");
+    assert!(text.contains("timestamp"), "{text}");
+    let (s, _) = deliver(&server, &body, "").await;
+    assert_eq!(s, 401);
+    assert!(credits(&server, "shop").await["tier"].is_null());
+
+    let good = signed(&body, now, WEBHOOK_SECRET);
+    let (s, text) = deliver(&server, &body, &good).await;
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(credits(&server, "shop").await["tier"], "tiny");
+    let (s, text) = deliver(&server, &body, &good).await;
+    assert_eq!(s, 409, "{text}");
+    assert!(text.contains("replay"), "{text}");
+
+    // The tier applies at once: `tiny` allows 3 requests per window.
+    let key = new_key(&server, "shop", "burst").await;
+    let (_, h, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/models",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(header(&h, "x-ratelimit-limit"), 3);
+
+    let buy = json!({"id": "evt_2", "type": "credits.purchased",
+                     "data": {"account": "shop", "amount_usd": 2.5}})
+    .to_string();
+    let (s, _) = deliver(&server, &buy, &signed(&buy, now, WEBHOOK_SECRET)).await;
+    assert_eq!(s, 200);
+    assert_eq!(credits(&server, "shop").await["balance_usd"], "2.500000");
+    let (s, _) = deliver(&server, &buy, &signed(&buy, now + 1, WEBHOOK_SECRET)).await;
+    assert_eq!(s, 409, "a replay with a fresh signature is still a replay");
+    assert_eq!(balance_matching_log(&server, "shop").await, 2_500_000);
+}
+
+#[tokio::test]
+async fn admin_routes_set_tiers_and_credits() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "upgrader", "tiny").await;
+    let (_, h, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/models",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(header(&h, "x-ratelimit-limit"), 3);
+    let path = "/admin/accounts/upgrader/tier";
+    admin(
+        &server,
+        reqwest::Method::PUT,
+        path,
+        Some(json!({"tier": "burst"})),
+    )
+    .await;
+    let (_, h, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/models",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(header(&h, "x-ratelimit-limit"), 1000);
+    let (s, _, body) = call(
+        &server,
+        reqwest::Method::PUT,
+        path,
+        Some(ADMIN_TOKEN),
+        Some(json!({"tier": "platinum"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    let (s, _, _) = call(
+        &server,
+        reqwest::Method::PUT,
+        path,
+        Some(&key),
+        Some(json!({"tier": "burst"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let credits_path = "/admin/accounts/upgrader/credits";
+    admin(
+        &server,
+        reqwest::Method::POST,
+        credits_path,
+        Some(json!({"amount_usd": 1})),
+    )
+    .await;
+    let (s, _, _) = call(
+        &server,
+        reqwest::Method::POST,
+        credits_path,
+        Some(ADMIN_TOKEN),
+        Some(json!({"amount_usd": -2})),
+    )
+    .await;
+    assert_eq!(s, 400, "a debit beyond the balance is refused");
+    admin(
+        &server,
+        reqwest::Method::POST,
+        credits_path,
+        Some(json!({"amount_usd": -0.25})),
+    )
+    .await;
+    assert_eq!(balance_matching_log(&server, "upgrader").await, 750_000);
+}
+
+#[tokio::test]
+async fn usage_groups_add_up_to_the_raw_records() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "acme", "default").await;
+    let other = new_key(&server, "globex", "default").await;
+    let mut prompt = 0;
+    let mut completion = 0;
+    for (model, n) in [("m", 3), ("n", 2)] {
+        for _ in 0..n {
+            let (s, _, body) = call(
+                &server,
+                reqwest::Method::POST,
+                "/v1/chat/completions",
+                Some(&key),
+                Some(chat_body(model)),
+            )
+            .await;
+            assert_eq!(s, 200);
+            prompt += body["usage"]["prompt_tokens"].as_i64().unwrap();
+            completion += body["usage"]["completion_tokens"].as_i64().unwrap();
+        }
+    }
+    let (s, _, _) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(&other),
+        Some(chat_body("m")),
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    let (s, h, by_model) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/usage?group_by=model",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{by_model}");
+    assert!(h.get("x-ratelimit-remaining").is_some());
+    let total = &by_model["total"];
+    assert_eq!(
+        total["requests"], 5,
+        "only the caller's account: {by_model}"
+    );
+    assert_eq!(total["prompt_tokens"], prompt);
+    assert_eq!(total["completion_tokens"], completion);
+    let rows = by_model["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["model"].clone(), rows[0]["requests"].clone()),
+        (json!("m"), json!(3))
+    );
+    assert_eq!(
+        (rows[1]["model"].clone(), rows[1]["requests"].clone()),
+        (json!("n"), json!(2))
+    );
+    for field in [
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+    ] {
+        let sum: i64 = rows.iter().map(|r| r[field].as_i64().unwrap()).sum();
+        assert_eq!(sum, total[field].as_i64().unwrap(), "{field}");
+    }
+    // Only model m is priced: 1000 micro-USD per token.
+    let m_tokens = rows[0]["total_tokens"].as_i64().unwrap();
+    assert_eq!(rows[0]["cost_usd"], format!("0.{:06}", m_tokens * 1000));
+    assert_eq!(rows[1]["cost_usd"], "0.000000");
+
+    let (_, _, by_day) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/usage?group_by=day",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(by_day["data"].as_array().unwrap().len(), 1);
+    assert_eq!(by_day["data"][0]["total_tokens"], total["total_tokens"]);
+    let (s, _, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/usage?group_by=profile",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/usage?from=yesterday",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/usage?from=2000-01-01&to=2000-01-02",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    let by_account = admin(
+        &server,
+        reqwest::Method::GET,
+        "/admin/usage?group_by=account",
+        None,
+    )
+    .await;
+    let rows = by_account["data"].as_array().unwrap();
+    let acme = rows.iter().find(|r| r["account"] == "acme").unwrap();
+    assert_eq!(acme["total_tokens"], total["total_tokens"]);
+    assert_eq!(by_account["total"]["requests"], 6);
+    let by_profile = admin(
+        &server,
+        reqwest::Method::GET,
+        "/admin/usage?group_by=profile",
+        None,
+    )
+    .await;
+    assert_eq!(by_profile["data"][0]["profile"], "a");
+    assert_eq!(by_profile["data"][0]["requests"], 6);
+    let (s, _, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/admin/usage",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+}
