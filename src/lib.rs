@@ -79,6 +79,7 @@ pub fn router_spec(config: &Config) -> RouterSpec {
             health: config.routing.health,
             credential_fingerprint: credential_fingerprint(&p.api_key),
             unusable_reason: resolve_key(&p.api_key).err(),
+            limits: p.limits,
         })
         .collect();
     let models = config

@@ -590,6 +590,8 @@ impl AttemptGuard {
         }
         self.done = true;
         self.entry.report(outcome, self.probe);
+        self.entry
+            .note_tokens(usage.prompt_tokens + usage.completion_tokens);
         let profile: &str = self.entry.id();
         self.metrics
             .attempts
@@ -714,6 +716,10 @@ fn describe_skip(reason: &SkipReason) -> String {
     match reason {
         SkipReason::AlreadyTried => "already tried".to_owned(),
         SkipReason::ProbeInFlight => "half_open (a probe is in flight)".to_owned(),
+        SkipReason::UpstreamLimit(until) => format!(
+            "at its provider's per-minute limit until {}",
+            humantime::format_rfc3339_seconds(*until)
+        ),
         SkipReason::State(state, until) => match until {
             Some(t) if *state != StateName::AuthFailed => {
                 format!(

@@ -69,6 +69,15 @@ pub struct BreakerSettings {
     pub open_for: Duration,
 }
 
+/// A provider's own limits on one credential, so the router can skip a profile before it earns a 429.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute.
+    pub tpm: Option<u32>,
+}
+
 /// The health policies of one profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthPolicy {

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use crate::health::{BreakerView, HealthView, ProfileHealth, StateName};
 use crate::metrics::ActorMetrics;
 use crate::outcome::{AttemptOutcome, FailureClass};
-use crate::policy::HealthPolicy;
+use crate::policy::{HealthPolicy, UpstreamLimits};
 use crate::store::{ProfileCounters, Store};
 
 /// Whether a profile can take a request now.
@@ -22,6 +22,91 @@ pub enum Availability {
     Probe,
     /// Not usable, and why.
     Unusable(StateName),
+    /// Healthy, but its provider's per-minute budget (`limits.rpm` / `tpm`) is spent until the given time.
+    Throttled(SystemTime),
+}
+
+/// Requests and tokens sent to a profile in the current minute, against its provider's limits.
+/// Atomics only: checked on every pick, updated on every attempt.
+#[derive(Default)]
+pub struct UpstreamBudget {
+    /// 0 = unlimited. Atomic so a reload can change it in place.
+    rpm: AtomicU64,
+    tpm: AtomicU64,
+    /// The minute (since the epoch) the counters belong to.
+    minute: AtomicU64,
+    requests: AtomicU64,
+    tokens: AtomicU64,
+}
+
+fn minute_of(now: SystemTime) -> u64 {
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 60)
+        .unwrap_or(0)
+}
+
+impl UpstreamBudget {
+    /// Sets the limits (start-up and reload).
+    pub fn set_limits(&self, limits: UpstreamLimits) {
+        self.rpm
+            .store(limits.rpm.map_or(0, u64::from), Ordering::Relaxed);
+        self.tpm
+            .store(limits.tpm.map_or(0, u64::from), Ordering::Relaxed);
+    }
+
+    fn roll(&self, now: SystemTime) {
+        let m = minute_of(now);
+        let seen = self.minute.load(Ordering::Acquire);
+        if seen != m
+            && self
+                .minute
+                .compare_exchange(seen, m, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.requests.store(0, Ordering::Release);
+            self.tokens.store(0, Ordering::Release);
+        }
+    }
+
+    /// `None` when there is room now, else when the budget refills.
+    pub fn exhausted_until(&self, now: SystemTime) -> Option<SystemTime> {
+        let (rpm, tpm) = (
+            self.rpm.load(Ordering::Relaxed),
+            self.tpm.load(Ordering::Relaxed),
+        );
+        if rpm == 0 && tpm == 0 {
+            return None;
+        }
+        self.roll(now);
+        let full = (rpm != 0 && self.requests.load(Ordering::Acquire) >= rpm)
+            || (tpm != 0 && self.tokens.load(Ordering::Acquire) >= tpm);
+        full.then(|| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs((minute_of(now) + 1) * 60)
+        })
+    }
+
+    /// Counts one request if the minute's request budget allows it.
+    pub fn take_request(&self, now: SystemTime) -> bool {
+        let rpm = self.rpm.load(Ordering::Relaxed);
+        if rpm == 0 {
+            return true;
+        }
+        self.roll(now);
+        if self.requests.fetch_add(1, Ordering::AcqRel) >= rpm {
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Counts tokens an answer used.
+    pub fn add_tokens(&self, n: u64, now: SystemTime) {
+        if self.tpm.load(Ordering::Relaxed) == 0 || n == 0 {
+            return;
+        }
+        self.roll(now);
+        self.tokens.fetch_add(n, Ordering::AcqRel);
+    }
 }
 
 /// The read side of a profile, shared by every request. Written only by its `ProfileActor`
@@ -39,6 +124,8 @@ pub struct ProfileShared {
     /// Times the actor was restarted by its supervisor.
     restarts: AtomicU64,
     metrics: ActorMetrics,
+    /// The provider's per-minute budget for this credential.
+    pub budget: UpstreamBudget,
 }
 
 impl ProfileShared {
@@ -58,6 +145,7 @@ impl ProfileShared {
             dropped_reports: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             metrics,
+            budget: UpstreamBudget::default(),
         }
     }
 
@@ -75,7 +163,10 @@ impl ProfileShared {
     pub fn availability(&self, now: SystemTime) -> Availability {
         let view = self.view.load();
         match view.state_at(now) {
-            StateName::Healthy => Availability::Usable,
+            StateName::Healthy => match self.budget.exhausted_until(now) {
+                None => Availability::Usable,
+                Some(until) => Availability::Throttled(until),
+            },
             StateName::HalfOpen if !self.probe_claimed.load(Ordering::Acquire) => {
                 Availability::Probe
             }

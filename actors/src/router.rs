@@ -14,7 +14,7 @@ use rand::Rng;
 use crate::health::{restore_view, StateName};
 use crate::metrics::ActorMetrics;
 use crate::outcome::AttemptOutcome;
-use crate::policy::{HealthPolicy, Strategy};
+use crate::policy::{HealthPolicy, Strategy, UpstreamLimits};
 use crate::profile::{
     self, Availability, CredentialChanged, MarkAuthFailed, ProfileActor, ProfileShared,
     ResetProfile, UpdatePolicy,
@@ -32,6 +32,8 @@ pub struct ProfileSpec {
     pub credential_fingerprint: u64,
     /// Set when the profile cannot work at all (e.g. its key's environment variable is unset).
     pub unusable_reason: Option<String>,
+    /// The provider's per-minute limits on this credential.
+    pub limits: UpstreamLimits,
 }
 
 /// A client-visible model and the profiles that serve it.
@@ -79,6 +81,11 @@ impl ProfileEntry {
         }
     }
 
+    /// Counts the tokens an answer used against the profile's per-minute budget.
+    pub fn note_tokens(&self, tokens: u64) {
+        self.shared.budget.add_tokens(tokens, SystemTime::now());
+    }
+
     /// Clears the profile's cooldown, billing, auth and breaker state.
     pub fn reset(&self) {
         self.addr.do_send(ResetProfile);
@@ -124,6 +131,8 @@ pub enum SkipReason {
     State(StateName, Option<SystemTime>),
     /// Half-open, and another request holds the probe.
     ProbeInFlight,
+    /// Its provider's per-minute budget is spent until the given time.
+    UpstreamLimit(SystemTime),
 }
 
 /// Nothing could be picked.
@@ -194,6 +203,7 @@ impl Router {
                 && prev.spec.unusable_reason == p.unusable_reason
                 && prev.priority == p.priority
                 && prev.weight == p.weight
+                && prev.spec.limits == p.limits
             {
                 profiles.push(prev.clone());
                 summary.unchanged += 1;
@@ -202,6 +212,7 @@ impl Router {
             if prev.spec.health != p.health {
                 prev.addr.do_send(UpdatePolicy(p.health));
             }
+            prev.shared.budget.set_limits(p.limits);
             if prev.spec.credential_fingerprint != p.credential_fingerprint
                 || prev.spec.unusable_reason != p.unusable_reason
             {
@@ -258,11 +269,12 @@ impl Router {
     /// Whether any profile can take a request now.
     pub fn any_usable(&self) -> bool {
         let now = SystemTime::now();
-        self.table
-            .load()
-            .profiles
-            .iter()
-            .any(|p| !matches!(p.shared.availability(now), Availability::Unusable(_)))
+        self.table.load().profiles.iter().any(|p| {
+            matches!(
+                p.shared.availability(now),
+                Availability::Usable | Availability::Probe | Availability::Throttled(_)
+            )
+        })
     }
 
     /// Picks a profile for `model`, skipping `tried`, honouring the session pin while its profile is usable.
@@ -293,7 +305,7 @@ impl Router {
                 match e.shared.availability(now) {
                     Availability::Usable => Some(false),
                     Availability::Probe => Some(true),
-                    Availability::Unusable(_) => None,
+                    Availability::Unusable(_) | Availability::Throttled(_) => None,
                 }
             };
             let Some((idx, probe)) = choose(route, &usable) else {
@@ -301,6 +313,14 @@ impl Router {
             };
             let entry = &route.profiles[idx];
             if probe && !entry.shared.try_claim_probe() {
+                lost_probe.push(idx);
+                continue;
+            }
+            if !entry.shared.budget.take_request(now) {
+                // Another request took the minute's last slot first.
+                if probe {
+                    entry.release(true);
+                }
                 lost_probe.push(idx);
                 continue;
             }
@@ -333,6 +353,10 @@ impl Router {
             Availability::Probe if entry.shared.try_claim_probe() => true,
             _ => return None,
         };
+        if !entry.shared.budget.take_request(now) {
+            entry.release(probe);
+            return None;
+        }
         self.pin(model, sid, entry.id());
         Some(Pick {
             entry: entry.clone(),
@@ -384,6 +408,7 @@ fn spawn_profile(
     let view = restore_view(saved, p.credential_fingerprint, SystemTime::now());
     let counters = store.load_counters(&p.id)?;
     let shared = Arc::new(ProfileShared::new(&p.id, view, counters, metrics.clone()));
+    shared.budget.set_limits(p.limits);
     let actor_shared = shared.clone();
     let policy = p.health;
     let actor_store = store.clone();
@@ -487,6 +512,7 @@ fn skips(route: &ModelRoute, tried: &[Arc<str>], now: SystemTime) -> Vec<(Arc<st
                     Availability::Unusable(state) => {
                         SkipReason::State(state, e.shared.view().state_until(now))
                     }
+                    Availability::Throttled(until) => SkipReason::UpstreamLimit(until),
                     Availability::Probe | Availability::Usable => SkipReason::ProbeInFlight,
                 }
             };
@@ -608,6 +634,7 @@ mod tests {
                 health: health(),
                 credential_fingerprint: 0,
                 unusable_reason: None,
+                limits: UpstreamLimits::default(),
             })
             .collect();
         RouterSpec {
@@ -884,5 +911,43 @@ mod tests {
         next.profiles[0].credential_fingerprint = 42;
         r.reload(&next, &store, &m()).unwrap();
         wait_state(&r, "p0", StateName::Healthy).await;
+    }
+
+    #[actix_rt::test]
+    async fn a_profile_at_its_provider_rpm_is_skipped_until_the_minute_turns() {
+        let mut s = spec(Strategy::Priority, &[1, 1], false);
+        // p1 has the lower priority value, so it is preferred.
+        s.profiles[1].limits = UpstreamLimits {
+            rpm: Some(2),
+            tpm: None,
+        };
+        let r = Router::start(&s, &Store::temporary().unwrap(), &m()).unwrap();
+        let picks: Vec<String> = (0..4)
+            .map(|_| r.pick("m", None, &[]).unwrap().entry.id().to_string())
+            .collect();
+        assert_eq!(picks, vec!["p1", "p1", "p0", "p0"]);
+        let tried: Vec<Arc<str>> = vec![Arc::from("p0")];
+        match r.pick("m", None, &tried) {
+            Err(PickError::Exhausted(skips)) => {
+                assert!(skips
+                    .iter()
+                    .any(|(id, why)| &**id == "p1" && matches!(why, SkipReason::UpstreamLimit(_))));
+            }
+            _ => panic!("p1 should be out of budget"),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_profile_at_its_provider_tpm_is_skipped() {
+        let mut s = spec(Strategy::Priority, &[1, 1], false);
+        s.profiles[1].limits = UpstreamLimits {
+            rpm: None,
+            tpm: Some(100),
+        };
+        let r = Router::start(&s, &Store::temporary().unwrap(), &m()).unwrap();
+        let p = r.pick("m", None, &[]).unwrap();
+        assert_eq!(&**p.entry.id(), "p1");
+        p.entry.note_tokens(100);
+        assert_eq!(&**r.pick("m", None, &[]).unwrap().entry.id(), "p0");
     }
 }

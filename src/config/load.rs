@@ -944,6 +944,22 @@ fn profile(
         "must be > 0",
     );
     let timeouts = timeouts(report, &at("timeouts"), &raw.timeouts, defaults);
+    let mut per_minute = |key: &str, raw: Option<&Spanned<i64>>| {
+        raw.map(|_| {
+            count(
+                report,
+                &at(&format!("limits.{key}")),
+                raw,
+                1,
+                1,
+                "must be >= 1",
+            )
+        })
+    };
+    let limits = super::UpstreamLimits {
+        rpm: per_minute("rpm", raw.limits.rpm.as_ref()),
+        tpm: per_minute("tpm", raw.limits.tpm.as_ref()),
+    };
 
     let mut headers = IndexMap::new();
     let mut seen = HashSet::new();
@@ -997,6 +1013,7 @@ fn profile(
         headers,
         api_version,
         oauth,
+        limits,
     }
 }
 
@@ -1662,7 +1679,7 @@ auth:
             &format!("routing:\n  sticky:\n    ttl: 1m\n    enable: true\n{PROFILE}    colour: red\n    timeouts: {{idel: 1s}}\n"),
             &[
                 r#"t.yaml:4:5: routing.sticky.enable: unknown key "enable" (did you mean "enabled"?)"#,
-                r#"t.yaml:9:5: profiles[0].colour: unknown key "colour" (expected one of: id, provider, base_url, api_key_env, api_key, priority, weight, model_map, timeouts, headers, app_url, app_name, api_version, auth)"#,
+                r#"t.yaml:9:5: profiles[0].colour: unknown key "colour" (expected one of: id, provider, base_url, api_key_env, api_key, priority, weight, model_map, timeouts, headers, app_url, app_name, api_version, auth, limits)"#,
                 r#"t.yaml:10:16: profiles[0].timeouts.idel: unknown key "idel" (did you mean "idle"?)"#,
             ],
         );

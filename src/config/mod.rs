@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use indexmap::IndexMap;
-pub use switchyard_actors::policy::{BreakerSettings, CooldownPolicy, HealthPolicy, Strategy};
+pub use switchyard_actors::policy::{
+    BreakerSettings, CooldownPolicy, HealthPolicy, Strategy, UpstreamLimits,
+};
 
 mod load;
 mod raw;
@@ -336,6 +338,8 @@ pub struct ProfileConfig {
     pub api_version: Option<String>,
     /// `auth: {type: oauth2, ...}`: the credential comes from `switchyard login`, not `api_key`.
     pub oauth: Option<OAuthConfig>,
+    /// `limits:` the provider's per-minute limits on this credential (the router skips a profile at them).
+    pub limits: UpstreamLimits,
 }
 
 /// A profile's `auth: {type: oauth2, ...}`: the authorization-code flow with PKCE (S256).

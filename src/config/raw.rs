@@ -201,6 +201,16 @@ pub(crate) struct RawProfile {
     pub api_version: Option<Text>,
     /// OAuth2 credentials (`switchyard login`) instead of a static key.
     pub auth: Option<Spanned<RawProfileAuth>>,
+    /// The provider's own per-minute limits on this credential.
+    pub limits: RawProfileLimits,
+}
+
+/// A profile's `limits:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawProfileLimits {
+    pub rpm: Option<Spanned<i64>>,
+    pub tpm: Option<Spanned<i64>>,
 }
 
 /// A profile's `auth:`.

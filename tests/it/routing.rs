@@ -740,3 +740,65 @@ async fn a_timeout_followed_by_another_failure_gives_502() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn a_profile_at_its_provider_rpm_is_skipped_without_burning_a_429() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    let cfg = ConfigBuilder::default()
+        .profile_with(
+            "a",
+            &a.base_url(),
+            &[
+                "api_key: \"sk-a-secret\"",
+                "priority: 0",
+                "limits: {rpm: 3}",
+            ],
+        )
+        .profile_with(
+            "b",
+            &b.base_url(),
+            &["api_key: \"sk-b-secret\"", "priority: 1"],
+        )
+        .model_with_strategy("m", &["a", "b"], "priority");
+    let server = Server::start(&cfg);
+    let mut answered_by = Vec::new();
+    for _ in 0..5 {
+        let (status, headers, body) = chat(&server, &chat_body("m")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-switchyard-attempts"], "1");
+        answered_by.push(headers["x-switchyard-profile"].to_str().unwrap().to_owned());
+    }
+    // The minute may turn during the test and refill a's budget; a never gets more than 3 in one minute.
+    assert!(
+        a.request_count() >= 3 && b.request_count() >= 1,
+        "{answered_by:?}"
+    );
+    assert_eq!(answered_by[..3], ["a", "a", "a"]);
+    assert_eq!(admin_profile(&server, "a").await["failures"], 0);
+
+    // With only the limited profile, the client is told why.
+    let solo = Server::start(
+        &ConfigBuilder::default()
+            .profile_with(
+                "a",
+                &a.base_url(),
+                &["api_key: \"sk-a-secret\"", "limits: {rpm: 1}"],
+            )
+            .model("m", &["a"]),
+    );
+    assert_eq!(chat(&solo, &chat_body("m")).await.0, 200);
+    let (status, _, body) = chat(&solo, &chat_body("m")).await;
+    if status == 503 {
+        let e = error_of(&body);
+        assert!(
+            e["message"].as_str().unwrap().contains("per-minute limit"),
+            "{body}"
+        );
+    } else {
+        // Only if the minute turned between the two requests.
+        assert_eq!(status, 200, "{body}");
+    }
+}
