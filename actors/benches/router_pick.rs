@@ -51,6 +51,7 @@ fn spec(strategy: Strategy) -> RouterSpec {
             health: health(),
             credential_fingerprint: 0,
             unusable_reason: None,
+            limits: Default::default(),
         })
         .collect();
     RouterSpec {
