@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use actix::Supervisor;
 use actix_web::{web, HttpServer};
-use switchyard_actors::recorder::UsageRecorder;
+use switchyard_actors::recorder::{FlushUsage, UsageRecorder};
 use switchyard_actors::router::{ModelSpec, ProfileSpec, Router, RouterActor, RouterSpec};
 use switchyard_actors::store::{Store, StoreError};
 
@@ -179,6 +179,14 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         };
         switchyard_app!(factory_shared.clone(), web::Data::new(upstreams))
     })
+    // Without TCP_NODELAY every streamed event after the first waits for the client's delayed ACK (~40 ms).
+    .on_connect(|conn, _ext| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }
+    })
     .shutdown_timeout(opts.shutdown_timeout.as_secs().max(1));
     if let Some(n) = opts.workers {
         server = server.workers(n);
@@ -201,6 +209,10 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     }
     server.run().await?;
     tracing::info!("stopped; flushing the store");
+    // The recorder writes its pending counters, then everything is flushed below.
+    if let Err(e) = shared.recorder.send(FlushUsage).await {
+        tracing::error!(error = %e, "usage recorder did not flush");
+    }
     auth.persist_last_used();
     if let Err(e) = store.flush_blocking() {
         tracing::error!(error = %e, "final flush failed");

@@ -150,7 +150,9 @@ impl Proxy<'_> {
             m.request_duration
                 .with_label_values(&[&model])
                 .observe(started.elapsed().as_secs_f64());
-            tracing::info!(
+            // Debug, not info: an access line per request costs a formatted write on the hot path;
+            // metrics carry the traffic. `RUST_LOG=info,switchyard::proxy=debug` turns it on.
+            tracing::debug!(
                 status,
                 profile = %profile,
                 latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),

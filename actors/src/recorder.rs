@@ -29,6 +29,9 @@ pub struct FlushUsage;
 pub struct UsageRecorder {
     store: Store,
     counters: HashMap<String, ProfileCounters>,
+    /// Profiles whose counters changed since they were last written: written before each flush and on
+    /// a short tick, rather than once per record.
+    dirty: Vec<String>,
     /// Acks waiting for the next flush.
     pending: Vec<oneshot::Sender<Ack>>,
     flushing: bool,
@@ -41,6 +44,7 @@ impl UsageRecorder {
         UsageRecorder {
             store,
             counters: HashMap::new(),
+            dirty: Vec::new(),
             pending: Vec::new(),
             flushing: false,
             metrics,
@@ -53,6 +57,8 @@ impl UsageRecorder {
             return;
         }
         self.flushing = true;
+        // The counters ride in the same flush as the records they count.
+        self.save_counters();
         let batch = std::mem::take(&mut self.pending);
         let store = self.store.clone();
         let timer = self.metrics.store_flush.start_timer();
@@ -91,10 +97,21 @@ impl UsageRecorder {
         if record.is_failure() {
             c.failures += 1;
         }
-        let snapshot = *c;
-        self.store
-            .save_counters(&record.profile, &snapshot)
-            .map_err(|e| e.to_string())
+        if !self.dirty.contains(&record.profile) {
+            self.dirty.push(record.profile.clone());
+        }
+        Ok(())
+    }
+
+    /// Writes the counters that changed since the last call.
+    fn save_counters(&mut self) {
+        for profile in std::mem::take(&mut self.dirty) {
+            if let Some(c) = self.counters.get(&profile) {
+                if let Err(e) = self.store.save_counters(&profile, c) {
+                    tracing::error!(error = %e, profile = %profile, "cannot save profile counters");
+                }
+            }
+        }
     }
 }
 
@@ -103,6 +120,14 @@ impl Actor for UsageRecorder {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::profile::MAILBOX_CAPACITY);
+        ctx.run_interval(std::time::Duration::from_millis(200), |act, _| {
+            act.save_counters()
+        });
+    }
+
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        self.save_counters();
+        Running::Stop
     }
 }
 
@@ -143,6 +168,7 @@ impl Handler<FlushUsage> for UsageRecorder {
     type Result = ResponseFuture<Ack>;
 
     fn handle(&mut self, _msg: FlushUsage, _ctx: &mut Self::Context) -> Self::Result {
+        self.save_counters();
         let store = self.store.clone();
         Box::pin(async move { store.flush().await.map_err(|e| e.to_string()) })
     }
