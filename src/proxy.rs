@@ -189,7 +189,7 @@ impl Proxy<'_> {
             tried.push(id.clone());
             attempts += 1;
             let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
-            let span = tracing::info_span!("attempt", profile = %id, attempt, probe = pick.probe);
+            let span = tracing::debug_span!("attempt", profile = %id, attempt, probe = pick.probe);
             let upstreams = self
                 .upstreams
                 .current(&self.shared.config(), self.shared.generation());
