@@ -47,7 +47,7 @@ pub struct TierConfig {
     pub tokens_per_day: Option<u64>,
     /// A larger `max_tokens` is refused with 400.
     pub max_tokens_per_request: Option<u64>,
-    /// Reported, not enforced yet (`auth.max_keys_per_account` is).
+    /// Live keys an account of this tier may create for itself (overrides `auth.max_keys_per_account`).
     pub max_keys: Option<u32>,
     /// Credits granted each UTC month, in micro-USD. `None` = the tier is not metered.
     pub monthly_credits_micros: Option<u64>,

@@ -225,15 +225,30 @@ async fn logout(req: HttpRequest, payload: web::Payload, shared: web::Data<Share
 
 // --- the caller's own ----------------------------------------------------------------------------
 
+/// Counts a `/v1` call against the caller's tier; the refusal (429 with `Retry-After`) when over it.
+fn admit(shared: &Shared, p: &Principal) -> Result<crate::limits::Admission, HttpResponse> {
+    super::client::admit_other(shared, Some(p)).map_err(|r| *r)
+}
+
 async fn me(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
     let p = require_principal(&shared, &req).await?;
-    Ok(HttpResponse::Ok().json(shared.auth.me(&shared.config().auth, &p)?))
+    let admission = match admit(&shared, &p) {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
+    let res = HttpResponse::Ok().json(shared.auth.me(&shared.config().auth, &p)?);
+    Ok(admission.decorate(Ok(res)))
 }
 
 async fn own_keys(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
     let p = require_principal(&shared, &req).await?;
+    let admission = match admit(&shared, &p) {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
     let keys = shared.auth.own_keys(&p)?;
-    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": keys})))
+    let res = HttpResponse::Ok().json(json!({"object": "list", "data": keys}));
+    Ok(admission.decorate(Ok(res)))
 }
 
 async fn own_create_key(
@@ -242,13 +257,26 @@ async fn own_create_key(
     shared: web::Data<Shared>,
 ) -> Reply {
     let p = require_principal(&shared, &req).await?;
+    let admission = match admit(&shared, &p) {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
     let body: NewKey = json_body(&req, payload).await?;
     let config = shared.config();
+    // The caller's tier may allow fewer (or more) keys than `auth.max_keys_per_account`.
+    let tier_max = shared
+        .limits
+        .subject(&config, Some(&p))
+        .and_then(|s| s.tier.max_keys);
+    let mut auth_config = config.auth.clone();
+    if let Some(max) = tier_max {
+        auth_config.max_keys_per_account = max;
+    }
     let created = shared
         .auth
-        .own_create_key(&config.auth, &p, body, address(&req).as_deref())
+        .own_create_key(&auth_config, &p, body, address(&req).as_deref())
         .await?;
-    Ok(HttpResponse::Created().json(created))
+    Ok(admission.decorate(Ok(HttpResponse::Created().json(created))))
 }
 
 async fn own_revoke_key(
@@ -257,11 +285,15 @@ async fn own_revoke_key(
     shared: web::Data<Shared>,
 ) -> Reply {
     let p = require_principal(&shared, &req).await?;
+    let admission = match admit(&shared, &p) {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
     let key = shared
         .auth
         .own_revoke_key(&p, &id, address(&req).as_deref())
         .await?;
-    Ok(HttpResponse::Ok().json(key))
+    Ok(admission.decorate(Ok(HttpResponse::Ok().json(key))))
 }
 
 // --- admin: keys ---------------------------------------------------------------------------------

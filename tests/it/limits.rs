@@ -22,6 +22,8 @@ tiers:
     llm_requests_per_hour: 100
   tiny:
     requests_per_hour: 3
+  onekey:
+    max_keys: 1
     rate_window: 5s
   capped:
     max_tokens_per_request: 50
@@ -742,4 +744,68 @@ async fn usage_groups_add_up_to_the_raw_records() {
     )
     .await;
     assert_eq!(s, 403);
+}
+
+#[tokio::test]
+async fn own_account_routes_count_against_the_tier_and_carry_the_headers() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "acc-me", "thin").await;
+    let (status, h, v) = call(&server, reqwest::Method::GET, "/v1/me", Some(&key), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-ratelimit-limit"), 100);
+    let first = header(&h, "x-ratelimit-remaining");
+    let (_, h, _) = call(&server, reqwest::Method::GET, "/v1/me", Some(&key), None).await;
+    assert_eq!(header(&h, "x-ratelimit-remaining"), first - 1);
+}
+
+#[tokio::test]
+async fn the_tier_caps_self_service_keys() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let body = json!({"email": "dev@example.com", "password": "correct horse battery", "role": "developer", "tier": "onekey"});
+    admin(
+        &server,
+        reqwest::Method::POST,
+        "/admin/accounts",
+        Some(body),
+    )
+    .await;
+    let login = json!({"email": "dev@example.com", "password": "correct horse battery"});
+    let (status, _, tokens) = call(
+        &server,
+        reqwest::Method::POST,
+        "/auth/login",
+        None,
+        Some(login),
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let new = json!({"name": "first"});
+    let (status, _, v) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/keys",
+        Some(&access),
+        Some(new),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, _, v) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/keys",
+        Some(&access),
+        Some(json!({"name": "second"})),
+    )
+    .await;
+    assert!(
+        status == 403 || status == 429 || status == 400,
+        "{status} {v}"
+    );
+    assert!(
+        v.to_string().contains('1'),
+        "the refusal names the limit: {v}"
+    );
 }
