@@ -226,15 +226,15 @@ async fn logout(req: HttpRequest, payload: web::Payload, shared: web::Data<Share
 // --- the caller's own ----------------------------------------------------------------------------
 
 /// Counts a `/v1` call against the caller's tier; the refusal (429 with `Retry-After`) when over it.
-fn admit(shared: &Shared, p: &Principal) -> Result<crate::limits::Admission, HttpResponse> {
-    super::client::admit_other(shared, Some(p)).map_err(|r| *r)
+fn admit(shared: &Shared, p: &Principal) -> Result<crate::limits::Admission, Box<HttpResponse>> {
+    super::client::admit_other(shared, Some(p))
 }
 
 async fn me(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
     let p = require_principal(&shared, &req).await?;
     let admission = match admit(&shared, &p) {
         Ok(a) => a,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     let res = HttpResponse::Ok().json(shared.auth.me(&shared.config().auth, &p)?);
     Ok(admission.decorate(Ok(res)))
@@ -244,7 +244,7 @@ async fn own_keys(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
     let p = require_principal(&shared, &req).await?;
     let admission = match admit(&shared, &p) {
         Ok(a) => a,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     let keys = shared.auth.own_keys(&p)?;
     let res = HttpResponse::Ok().json(json!({"object": "list", "data": keys}));
@@ -259,7 +259,7 @@ async fn own_create_key(
     let p = require_principal(&shared, &req).await?;
     let admission = match admit(&shared, &p) {
         Ok(a) => a,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     let body: NewKey = json_body(&req, payload).await?;
     let config = shared.config();
@@ -287,7 +287,7 @@ async fn own_revoke_key(
     let p = require_principal(&shared, &req).await?;
     let admission = match admit(&shared, &p) {
         Ok(a) => a,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     let key = shared
         .auth
