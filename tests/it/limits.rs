@@ -22,9 +22,9 @@ tiers:
     llm_requests_per_hour: 100
   tiny:
     requests_per_hour: 3
+    rate_window: 5s
   onekey:
     max_keys: 1
-    rate_window: 5s
   capped:
     max_tokens_per_request: 50
   thin:
