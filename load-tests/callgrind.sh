@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Instructions per request of one Switchyard configuration, under callgrind: a repeatable cost measure
+# for comparing optimisations on a shared or noisy machine, where wall-clock numbers drift by 30% between
+# runs. It counts every thread of the process (the worker, the actix system thread with the usage
+# recorder, sled's threads), so work moved off the request path still counts.
+#
+#   bash load-tests/callgrind.sh [--no-build] [bare|full|fullnc] [REQUESTS]     (defaults: bare 2000)
+#
+# Starts the mock upstream natively and Switchyard (1 worker) under valgrind, sends 200 warm-up requests,
+# zeroes the counters, sends REQUESTS sequential requests on one keep-alive connection (non-streaming,
+# the same small chat body as run.sh), dumps, and prints instructions per request and the top functions
+# by inclusive and by self instruction count. Everything started is stopped by PID on exit.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+TOOLS="python3 $HERE/tools.py"
+BUILD=1
+if [ "${1:-}" = --no-build ]; then BUILD=0; shift; fi
+VARIANT="${1:-bare}"
+N="${2:-2000}"
+case "$VARIANT" in
+  bare) TMPL=bare.yaml.tmpl; CREDITS="" ;;
+  full) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00" ;;
+  fullnc) TMPL=full.yaml.tmpl; CREDITS="# no monthly_credits: not metered" ;;
+  *) echo "unknown variant $VARIANT (bare, full or fullnc)" >&2; exit 2 ;;
+esac
+
+for tool in valgrind callgrind_control callgrind_annotate python3; do
+  command -v "$tool" >/dev/null || {
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq valgrind python3 >/dev/null
+    break
+  }
+done
+if [ "$BUILD" = 1 ]; then
+  (cd "$ROOT" && cargo build --release -q -p switchyard -p switchyard-load-tests)
+fi
+BIN="$ROOT/target/release"
+
+WORK="$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)"
+PIDS=()
+cleanup() {
+  set +e
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+  wait 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$WORK"/callgrind.out* "$KEEP"/ 2>/dev/null; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+KEEP="${CALLGRIND_KEEP:-}"   # a directory to copy the callgrind dump into (for kcachegrind / callgrind_annotate)
+trap 'exit 130' INT TERM
+
+"$BIN/mock-upstream" --listen 127.0.0.1:0 >"$WORK/mock.out" 2>/dev/null &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^listening on ' "$WORK/mock.out" 2>/dev/null && break; sleep 0.05; done
+UPSTREAM="$(sed -n 's/^listening on //p' "$WORK/mock.out" | head -1)"
+
+PORT="$($TOOLS freeport)"
+ADMIN="cg-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+sed -e "s|@PORT@|$PORT|g" -e "s|@DATA@|$WORK/data|g" -e "s|@UPSTREAM@|$UPSTREAM|g" -e "s|@CREDITS@|$CREDITS|g" \
+  "$HERE/configs/$TMPL" >"$WORK/config.yaml"
+SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+  "$BIN/switchyard" serve --config "$WORK/config.yaml" --workers 1 --shutdown-timeout 2s --log-format json \
+  >"$WORK/stdout" 2>"$WORK/log" &
+SY_PID=$!
+PIDS+=("$SY_PID")
+$TOOLS wait "127.0.0.1:$PORT" /health/ready 120 || { tail -20 "$WORK/log" >&2; exit 1; }
+KEY=""
+if grep -q '^  required: true' "$WORK/config.yaml"; then
+  KEY="$($TOOLS mkkey "127.0.0.1:$PORT" "$ADMIN" '{"name":"load","account":"load-test","tier":"load"}')"
+fi
+printf '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello in five words."}],"max_tokens":16}' >"$WORK/body.json"
+
+echo "warm-up: 200 requests" >&2
+$TOOLS send "127.0.0.1:$PORT" 200 "$WORK/body.json" "$KEY" >/dev/null
+callgrind_control -z "$SY_PID" >/dev/null
+echo "measuring: $N requests" >&2
+start=$(date +%s.%N)
+ok="$($TOOLS send "127.0.0.1:$PORT" "$N" "$WORK/body.json" "$KEY")"
+end=$(date +%s.%N)
+callgrind_control --dump=measured "$SY_PID" >/dev/null
+sleep 1
+DUMP="$(ls -t "$WORK"/callgrind.out.* 2>/dev/null | head -1 || true)"
+[ -n "$DUMP" ] || DUMP="$(ls -t "$WORK"/callgrind.out* | head -1)"
+TOTAL="$(grep -m1 '^summary:' "$DUMP" | awk '{print $2}')"
+[ -n "$TOTAL" ] || TOTAL="$(grep -m1 '^totals:' "$DUMP" | awk '{print $2}')"
+
+echo "## callgrind: Switchyard $VARIANT, 1 worker, $N sequential non-streaming requests ($ok answered 200)"
+echo
+echo "Commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); $(python3 -c "print(f'{$TOTAL / $N:,.0f}')") instructions per request" \
+  "(all threads; $TOTAL in total; $(python3 -c "print(f'{($end - $start) / $N * 1000:.2f}')") ms per request under valgrind)."
+echo
+echo "Inclusive, top 35 (share of the total, instructions; runtime plumbing left out):"
+echo '```'
+callgrind_annotate --inclusive=yes --threshold=100 "$DUMP" 2>/dev/null | $TOOLS cgtop 35
+echo '```'
+echo "Self, top 30:"
+echo '```'
+callgrind_annotate --inclusive=no --threshold=100 "$DUMP" 2>/dev/null | $TOOLS cgtop 30
+echo '```'

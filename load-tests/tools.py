@@ -1,0 +1,442 @@
+#!/usr/bin/env python3
+"""Helpers for load-tests/run.sh (standard library only).
+
+  tools.py freeport                      print a free TCP port on 127.0.0.1
+  tools.py wait HOST:PORT PATH SECONDS   poll GET PATH until it answers 200 (exit 1 on timeout)
+  tools.py rss PID                       VmRSS in kB of PID plus its direct children (nginx workers)
+  tools.py cpu PID                       utime+stime in seconds of PID plus its direct children
+  tools.py hold HOST:PORT N BODYFILE [KEY]  open N keep-alive connections, send one POST on each, read the
+                                         answer, print "held N", keep them open until stdin closes
+  tools.py metric HOST:PORT NAME [SKIP]  sum of a Prometheus metric's samples from /metrics, leaving out
+                                         samples whose labels contain SKIP
+  tools.py send HOST:PORT N BODYFILE [KEY]  N sequential POSTs on one keep-alive connection; prints
+                                         how many got 200
+  tools.py mkkey HOST:PORT ADMIN_TOKEN JSON  POST JSON to /admin/keys, print the new key
+  tools.py cgtop N < ANNOTATE_OUTPUT     the N costliest functions of callgrind_annotate's output, runtime
+                                         plumbing (tokio, actix-service, futures, std) left out, one line each
+  tools.py table RESULTS.tsv             the Markdown tables (medians over runs) from run.sh's raw results
+"""
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def freeport():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        print(s.getsockname()[1])
+
+
+def split_addr(addr):
+    host, port = addr.rsplit(":", 1)
+    return host, int(port)
+
+
+def read_response(sock, buf=b""):
+    """Reads one HTTP/1.1 response (content-length or chunked); returns (status, leftover bytes)."""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed before headers")
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        while len(rest) < n:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed mid-body")
+            rest += data
+        return status, rest[n:]
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while not (rest.startswith(b"0\r\n\r\n") or b"\r\n0\r\n\r\n" in rest):
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed mid-chunks")
+            rest += data
+        return status, b""
+    return status, rest
+
+
+def wait(addr, path, seconds):
+    host, port = split_addr(addr)
+    deadline = time.monotonic() + float(seconds)
+    req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1) as s:
+                s.sendall(req)
+                status, _ = read_response(s)
+                if status == 200:
+                    return 0
+        except (OSError, ValueError, IndexError):
+            pass
+        time.sleep(0.05)
+    print(f"timeout waiting for http://{addr}{path}", file=sys.stderr)
+    return 1
+
+
+def metric(addr, name, skip=None):
+    host, port = split_addr(addr)
+    req = f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    total = 0.0
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(req)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        text = data.split(b"\r\n\r\n", 1)[1].decode("utf-8", "replace")
+        for line in text.splitlines():
+            if not line.startswith(name) or line[len(name):len(name) + 1] not in ("{", " "):
+                continue
+            if skip and skip in line:
+                continue
+            total += float(line.rsplit(None, 1)[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    print(int(total))
+
+
+def send(addr, n, bodyfile, key=""):
+    host, port = split_addr(addr)
+    with open(bodyfile, "rb") as f:
+        body = f.read()
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    req = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    ok = 0
+    with socket.create_connection((host, port), timeout=60) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(int(n)):
+            s.sendall(req)
+            status, _ = read_response(s)
+            ok += status == 200
+    print(ok)
+    return 0
+
+
+def mkkey(addr, token, body):
+    import json
+    host, port = split_addr(addr)
+    data = body.encode()
+    req = (
+        f"POST /admin/keys HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode() + data
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(req)
+        raw = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    if status != 201 and status != 200:
+        print(f"POST /admin/keys: {status} {payload[:300]!r}", file=sys.stderr)
+        return 1
+    print(json.loads(payload)["key"])
+    return 0
+
+
+PLUMBING = re.compile(
+    r"^(<?(tokio|actix_service|actix_server|actix_rt|futures_util|futures_core|core::future|core::pin|std::|core::ops"
+    r"|alloc::boxed|<alloc::boxed|tracing::instrument|<tracing::instrument)|\(below main\)|__libc_start|clone$|start_thread"
+    r"|<core::pin|<core::future|<std::|<futures|<tokio|<actix_service|<actix_server)"
+)
+
+
+def cgtop(n):
+    rows, seen = [], {}
+    for line in sys.stdin:
+        m = re.match(r"^\s*([0-9,]+) \(\s*([0-9.]+)%\)\s+(.*)$", line.rstrip("\n"))
+        if not m or "PROGRAM TOTALS" in line:
+            continue
+        count, pct, rest = int(m.group(1).replace(",", "")), m.group(2), m.group(3)
+        rest = re.sub(r" \[[^\]]*\]$", "", rest)  # the object file
+        func = rest.split(":", 1)[1] if re.match(r"^[^ ]*?\.(rs|c|S|h)(:|$)", rest.split(":", 1)[0] + ":") or rest.startswith(("/", "./", "src/")) else rest
+        if ":" in rest and (rest.startswith(("/", "./", "src/", "???"))):
+            func = rest.split(":", 1)[1]
+        if PLUMBING.match(func) or func in ("???", ""):
+            continue
+        if func in seen:
+            continue
+        seen[func] = True
+        rows.append((count, pct, func))
+    for count, pct, func in rows[: int(n)]:
+        print(f"{pct:>6}%  {count:>13,}  {func[:150]}")
+    return 0
+
+
+def children(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # after the command: state(0) ppid(1) ... utime(11) stime(12)
+    return int(fields[11]) + int(fields[12])
+
+
+def rss(pid):
+    pid = int(pid)
+    print(sum(rss_kb(p) for p in [pid] + children(pid)))
+
+
+def cpu(pid):
+    pid = int(pid)
+    print(f"{sum(cpu_ticks(p) for p in [pid] + children(pid)) / CLK_TCK:.2f}")
+
+
+def hold(addr, n, bodyfile, key=""):
+    host, port = split_addr(addr)
+    with open(bodyfile, "rb") as f:
+        body = f.read()
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    req = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    socks, failed = [], 0
+    for _ in range(int(n)):
+        try:
+            s = socket.create_connection((host, port), timeout=10)
+            s.sendall(req)
+            status, _ = read_response(s)
+            if status != 200:
+                failed += 1
+            socks.append(s)
+        except OSError:
+            failed += 1
+    print(f"held {len(socks)} non200 {failed}", flush=True)
+    sys.stdin.read()  # until run.sh closes our stdin
+    for s in socks:
+        s.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_ms(us):
+    return "-" if us is None else f"{us / 1000:.3f}"
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def table(path):
+    # rows: run  system  key  value
+    raw = defaultdict(lambda: defaultdict(dict))  # raw[run][system][key] = float
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 4 or parts[0] == "run":
+                continue
+            run, system, key, value = parts
+            try:
+                raw[run][system][key] = float(value)
+            except ValueError:
+                pass
+    runs = sorted(raw)
+    systems = []
+    for run in runs:
+        for s in raw[run]:
+            if s not in systems:
+                systems.append(s)
+
+    def per_run(system, fn):
+        out = []
+        for run in runs:
+            r = raw[run]
+            try:
+                out.append(fn(r, r[system]))
+            except (KeyError, ZeroDivisionError, TypeError):
+                out.append(None)
+        return out
+
+    def m(system, key):
+        return med(per_run(system, lambda r, s: s[key]))
+
+    def added(system, key):
+        return med(per_run(system, lambda r, s: s[key] - r["direct"][key]))
+
+    def rps(s):
+        return s["thr_requests"] / (s["thr_duration_us"] / 1e6)
+
+    labels = {
+        "direct": "direct to mock",
+        "nginx": "nginx (reverse proxy, the floor)",
+        "bare-w1": "switchyard bare, 1 worker",
+        "bare-w2": "switchyard bare, 2 workers",
+        "full-w1": "switchyard full*, 1 worker",
+        "full-w2": "switchyard full*, 2 workers",
+        "fullnc-w1": "switchyard full* without credits, 1 worker",
+    }
+    main = [s for s in labels if s in systems]
+    print(f"Runs: {len(runs)} (each cell is the median over runs; added = system minus direct-to-mock in the same run)\n")
+    print("Non-streaming, small chat body. Latency at 1 connection in ms; rps at 50 connections; RSS in MB (nginx: "
+          "master + workers), idle and with 1,000 open keep-alive connections, both on fresh processes; CPU = seconds "
+          "of CPU the system used during the 50-connection run (and per request).\n")
+    print("| system | p50 | p99 | added p50 | added p99 | rps@50 | ratio to nginx | RSS idle | RSS @1k conns | CPU s | CPU µs/req |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for s in main:
+        r = med(per_run(s, lambda r, x: rps(x)))
+        ratio = med(per_run(s, lambda r, x: rps(x) / rps(r["nginx"])))
+        cpu_s = m(s, "thr_cpu_s")
+        cpu_req = med(per_run(s, lambda r, x: x["thr_cpu_s"] / x["thr_requests"] * 1e6))
+        rss_idle = m(s, "rss_idle_kb")
+        rss_1k = m(s, "rss_1k_kb")
+        print(
+            f"| {labels[s]} | {fmt_ms(m(s, 'lat_p50'))} | {fmt_ms(m(s, 'lat_p99'))} | "
+            f"{'—' if s == 'direct' else fmt_ms(added(s, 'lat_p50'))} | "
+            f"{'—' if s == 'direct' else fmt_ms(added(s, 'lat_p99'))} | {fmt(r, ',.0f')} | "
+            f"{fmt(ratio, '.2f')} | {fmt(None if rss_idle is None else rss_idle / 1024, '.1f')} | "
+            f"{fmt(None if rss_1k is None else rss_1k / 1024, '.1f')} | {fmt(cpu_s, '.2f')} | {fmt(cpu_req, '.1f')} |"
+        )
+    print("\n\\* full = `auth.required: true` with a gateway API key on every request, a tier with request, "
+          "LLM-request and token limits (never reached, but checked and counted) and metered credits (reserve "
+          "and settle per call), `usage.durable: true`, and sticky sessions on (requests carry 1,000 distinct "
+          "X-Session-Id values).\n")
+
+    print("Streaming (`\"stream\": true`, 8 SSE events), 1 connection, reused: time to last chunk in ms.\n")
+    print("| system | p50 | p99 | added p50 | added p99 |")
+    print("| --- | --- | --- | --- | --- |")
+    for s in main:
+        print(
+            f"| {labels[s]} | {fmt_ms(m(s, 'stream_p50'))} | {fmt_ms(m(s, 'stream_p99'))} | "
+            f"{'—' if s == 'direct' else fmt_ms(added(s, 'stream_p50'))} | "
+            f"{'—' if s == 'direct' else fmt_ms(added(s, 'stream_p99'))} |"
+        )
+
+    fo_labels = {
+        "fo-steady": "2 healthy profiles (steady state)",
+        "fo-30": "one profile answers 30% 500s (default cooldown 1s..5m)",
+        "fo-30-fast": "one profile answers 30% 500s (cooldown 1ms, breaker off: every fault fails over)",
+    }
+    fo = [s for s in fo_labels if s in systems]
+    if fo:
+        print("\nFailover, 50 connections, non-streaming, round_robin over two profiles. Latency in ms.\n")
+        print("| config | rps@50 | p50 | p99 | p99 vs steady | non-2xx | socket errors | upstream 500s seen |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for s in fo:
+            r = med(per_run(s, lambda r, x: rps(x)))
+            vs = med(per_run(s, lambda r, x: x["thr_p99"] / r["fo-steady"]["thr_p99"]))
+            print(
+                f"| {fo_labels[s]} | {fmt(r, ',.0f')} | {fmt_ms(m(s, 'thr_p50'))} | {fmt_ms(m(s, 'thr_p99'))} | "
+                f"{fmt(vs, '.2f')}x | {fmt(m(s, 'thr_non2xx'), '.0f')} | {fmt(m(s, 'thr_errors'), '.0f')} | "
+                f"{fmt(m(s, 'faults_seen'), '.0f')} |"
+            )
+
+    pairs = [("full-w1", "bare-w1"), ("full-w2", "bare-w2"), ("fullnc-w1", "bare-w1")]
+    pairs = [(a, b) for a, b in pairs if a in systems and b in systems]
+    if pairs:
+        print("\nCost of \"full\" relative to bare (target <= 1.3x):\n")
+        print("| variant | added p50 full/bare | CPU µs/req full/bare | rps bare/full |")
+        print("| --- | --- | --- | --- |")
+        for a, b in pairs:
+            lat = med(per_run(a, lambda r, x: (x["lat_p50"] - r["direct"]["lat_p50"])
+                              / (r[b]["lat_p50"] - r["direct"]["lat_p50"])))
+            cpu_r = med(per_run(a, lambda r, x: (x["thr_cpu_s"] / x["thr_requests"])
+                                / (r[b]["thr_cpu_s"] / r[b]["thr_requests"])))
+            rps_r = med(per_run(a, lambda r, x: rps(r[b]) / rps(x)))
+            print(f"| {labels[a]} | {fmt(lat, '.2f')}x | {fmt(cpu_r, '.2f')}x | {fmt(rps_r, '.2f')}x |")
+
+    print("\nMemory after load, and latency during the 50-connection run. \"RSS after load\" is read after each run's "
+          "load; \"served\" is how many requests the process had answered by then (RSS that grows with it is "
+          "retained per request, not per connection).\n")
+    print("| system | p50@50 (ms) | p99@50 (ms) | non-2xx | socket errors | served | RSS after load | RSS @1k conns after load | conns held (fresh / loaded) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for s in main:
+        after = m(s, "rss_after_load_kb")
+        after_1k = m(s, "rss_1k_loaded_kb")
+        print(f"| {labels[s]} | {fmt_ms(m(s, 'thr_p50'))} | {fmt_ms(m(s, 'thr_p99'))} | "
+              f"{fmt(m(s, 'thr_non2xx'), '.0f')} | {fmt(m(s, 'thr_errors'), '.0f')} | "
+              f"{fmt(m(s, 'served_before'), ',.0f')} | "
+              f"{fmt(None if after is None else after / 1024, '.1f')} | "
+              f"{fmt(None if after_1k is None else after_1k / 1024, '.1f')} | "
+              f"{fmt(m(s, 'rss_1k_held'), '.0f')} / {fmt(m(s, 'rss_1k_loaded_held'), '.0f')} |")
+    return 0
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    cmd, args = argv[1], argv[2:]
+    if cmd == "freeport":
+        freeport()
+        return 0
+    if cmd == "wait":
+        return wait(*args)
+    if cmd == "rss":
+        rss(*args)
+        return 0
+    if cmd == "cpu":
+        cpu(*args)
+        return 0
+    if cmd == "hold":
+        return hold(*args)
+    if cmd == "cgtop":
+        return cgtop(*args)
+    if cmd == "send":
+        return send(*args)
+    if cmd == "mkkey":
+        return mkkey(*args)
+    if cmd == "metric":
+        metric(*args)
+        return 0
+    if cmd == "table":
+        return table(*args)
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
