@@ -93,7 +93,7 @@ TOTAL="$(grep -m1 '^summary:' "$DUMP" | awk '{print $2}')"
 
 echo "## callgrind: Switchyard $VARIANT, 1 worker, $N sequential non-streaming requests ($ok answered 200)"
 echo
-echo "Commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); $(python3 -c "print(f'{$TOTAL / $N:,.0f}')") instructions per request" \
+echo "Checkout at commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), binary built $(date -u -r "$BIN/switchyard" +%Y-%m-%dT%H:%MZ)$([ "$BUILD" = 1 ] || echo ' (--no-build)'); $(python3 -c "print(f'{$TOTAL / $N:,.0f}')") instructions per request" \
   "(all threads; $TOTAL in total; $(python3 -c "print(f'{($end - $start) / $N * 1000:.2f}')") ms per request under valgrind)."
 echo
 echo "Inclusive, top 35 (share of the total, instructions; runtime plumbing left out):"

@@ -2,8 +2,8 @@
 # Switchyard load tests: direct-to-mock, nginx (the floor), Switchyard bare and full, and failover, in one
 # run on 127.0.0.1. Prints Markdown tables (see load-tests/RESULTS.md for how to read them).
 #
-#   bash load-tests/run.sh                 # full run, 10 s per measurement, ~5 minutes
-#   bash load-tests/run.sh --quick         # 3 s per measurement, under ~2 minutes
+#   bash load-tests/run.sh                 # full run, 10 s per measurement: ~5 minutes plus the build
+#   bash load-tests/run.sh --quick         # 3 s per measurement: under 2 minutes plus the build
 #   bash load-tests/run.sh --runs 3        # repeat every measurement 3 times, report medians
 #   bash load-tests/run.sh --perf          # afterwards, perf-profile bare Switchyard under 50 connections
 #
@@ -21,6 +21,7 @@ TOOLS="python3 $HERE/tools.py"
 LUA="$HERE/lua/chat.lua"
 
 DURATION=10
+QUICK=0
 RUNS=1
 BUILD=1
 FAILOVER=1
@@ -30,7 +31,7 @@ FO_WORKERS=1
 PERF_SYSTEM=bare-w1
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) DURATION=3 ;;
+    --quick) DURATION=3; QUICK=1 ;;
     --runs) RUNS="$2"; shift ;;
     --duration) DURATION="$2"; shift ;;
     --no-build) BUILD=0 ;;
@@ -222,7 +223,7 @@ hold_1k() {
   HOLD_PID=$!
   exec 9>"$fifo"   # keeps the helper's stdin open until we close fd 9
   for _ in $(seq 300); do grep -q '^held' "$WORK/hold.out" 2>/dev/null && break; sleep 0.1; done
-  sleep 0.5
+  sleep 0.3
   put "$sys" "$key" "$($TOOLS rss "$pid")"
   put "$sys" "${key%_kb}_held" "$(awk '/^held/ {print $2}' "$WORK/hold.out")"
   put "$sys" "${key%_kb}_non200" "$(awk '/^held/ {print $4}' "$WORK/hold.out")"
@@ -230,7 +231,7 @@ hold_1k() {
   exec 9>&-
   wait "$HOLD_PID" 2>/dev/null || true
   HOLD_PID=""
-  sleep 0.5  # let the server close the 1,000 sockets before the next system
+  sleep 0.3  # let the server close the 1,000 sockets before the next system
 }
 
 # On fresh processes (before any load): RSS at 1,000 connections.
@@ -246,10 +247,10 @@ measure_rss_fresh() {
 measure_rss_loaded() {
   local sys
   for sys in "${MAIN_SYSTEMS[@]}"; do
-    log "run $RUN: $sys: RSS after load, and with 1,000 open connections"
+    log "run $RUN: $sys: RSS after load$([ "$QUICK" = 1 ] || echo ', and with 1,000 open connections')"
     put "$sys" rss_after_load_kb "$($TOOLS rss "${PID_OF[$sys]}")"
     put "$sys" served_before "${SERVED[$sys]:-0}"
-    hold_1k "$sys" rss_1k_loaded_kb
+    [ "$QUICK" = 1 ] || hold_1k "$sys" rss_1k_loaded_kb   # --quick: RSS after load only
   done
 }
 
