@@ -30,6 +30,8 @@ pub struct UpstreamProfile {
     base_url: String,
     /// `?api-version=...` (Azure), appended to every URL.
     query: String,
+    /// The URLs of the API paths the proxy calls, parsed once: reqwest would parse a string per request.
+    parsed: Vec<(&'static str, reqwest::Url)>,
     /// The credential header in this service's convention (`Authorization: Bearer ...`, Anthropic's
     /// `x-api-key`, Azure's `api-key`), its value marked sensitive so it is never printed.
     auth: Option<(HeaderName, HeaderValue)>,
@@ -76,9 +78,11 @@ impl UpstreamProfile {
     /// A POST to `path` carrying this profile's credential and headers (and none of the client's). An
     /// OAuth profile's token is added by `UpstreamRequest::send`, which may have to refresh it first.
     pub fn post(&self, path: &str, request_id: &str) -> UpstreamRequest<'_> {
-        let mut req = self
-            .client
-            .post(self.url(path))
+        let builder = match self.parsed.iter().find(|(p, _)| *p == path) {
+            Some((_, url)) => self.client.post(url.clone()),
+            None => self.client.post(self.url(path)),
+        };
+        let mut req = builder
             .headers(self.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id);
@@ -159,6 +163,14 @@ fn local_answer(status: u16, message: &str) -> reqwest::Response {
     );
     reqwest::Response::from(resp)
 }
+
+/// The paths the proxy POSTs to, whose URLs each profile parses once.
+const API_PATHS: &[&str] = &[
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/messages",
+];
 
 /// Every profile's upstream side, by id.
 pub struct Upstreams {
@@ -283,14 +295,22 @@ fn build_profile(
         let v = HeaderValue::from_str(value).map_err(|_| bad())?;
         headers.insert(n, v);
     }
+    let query = match &p.api_version {
+        Some(v) => format!("?api-version={v}"),
+        None => String::new(),
+    };
     Ok(UpstreamProfile {
         id: Arc::from(p.id.as_str()),
         provider: p.provider,
         base_url: p.base_url.clone(),
-        query: match &p.api_version {
-            Some(v) => format!("?api-version={v}"),
-            None => String::new(),
-        },
+        parsed: API_PATHS
+            .iter()
+            .filter_map(|path| {
+                let url = format!("{}{}{}", p.base_url, path, query);
+                reqwest::Url::parse(&url).ok().map(|u| (*path, u))
+            })
+            .collect(),
+        query,
         auth,
         headers,
         model_map: p.model_map.clone(),
