@@ -18,36 +18,6 @@ use crate::support::*;
 
 // --- helpers -------------------------------------------------------------------------------------
 
-/// An HTTP call with optional bearer and extra headers; returns status, headers and parsed JSON (or
-/// the text as a JSON string).
-async fn call(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = client().request(method, server.url(path));
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("send");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, headers, value)
-}
-
-async fn admin(server: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-    let (status, _, v) = call(server, method, path, Some(ADMIN_TOKEN), body).await;
-    assert!((200..300).contains(&status), "{path}: {status} {v}");
-    v
-}
-
 /// Creates a key through the admin API; returns (id, secret key).
 async fn create_key(server: &Server, body: Value) -> (String, String) {
     let v = admin(server, reqwest::Method::POST, "/admin/keys", Some(body)).await;

@@ -38,34 +38,6 @@ pricing:
     input_per_million: 1000
     output_per_million: 1000";
 
-async fn call(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = client().request(method, server.url(path));
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("send");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, headers, value)
-}
-
-async fn admin(server: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-    let (status, _, v) = call(server, method, path, Some(ADMIN_TOKEN), body).await;
-    assert!((200..300).contains(&status), "{path}: {status} {v}");
-    v
-}
-
 /// A key of `account` in `tier`; returns the secret.
 async fn new_key(server: &Server, account: &str, tier: &str) -> String {
     let body = json!({"name": "t", "account": account, "tier": tier});

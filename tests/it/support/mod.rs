@@ -456,3 +456,39 @@ pub fn error_of(body: &str) -> serde_json::Value {
     }
     e
 }
+
+/// An HTTP call with optional bearer and extra headers; returns status, headers and parsed JSON (or
+/// the text as a JSON string).
+pub async fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut req = client().request(method, server.url(path));
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, headers, value)
+}
+
+/// An admin API call with the admin token; asserts a 2xx and returns the body.
+pub async fn admin(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let (status, _, v) = call(server, method, path, Some(ADMIN_TOKEN), body).await;
+    assert!((200..300).contains(&status), "{path}: {status} {v}");
+    v
+}
