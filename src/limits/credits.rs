@@ -1,10 +1,17 @@
 //! The credit ledger: one balance per account in sled, and a transaction record for every movement.
 //!
 //! Amounts are whole micro-USD (`u64`/`i64`), so sums are exact. Every movement runs under one mutex:
-//! read the balance, decide, then write the new balance and its transaction in one sled batch (atomic
-//! on disk too). A balance therefore never goes below zero, however many requests race, and the
-//! transactions of an account always sum to its balance.
+//! read the balance, decide, then write one transaction record that carries the balance after it. A
+//! balance therefore never goes below zero, however many requests race, and the transactions of an
+//! account always sum to its balance.
+//!
+//! The balance on disk *is* the newest transaction's `balance_micros`: one sled insert per movement,
+//! atomic by itself, and sled recovers a prefix of its log, so a crash never keeps a transaction without
+//! the ones before it. Balances and granted months are cached in memory after an account's first
+//! movement, so the request path does no sled reads. (Stores written before this layout also have a
+//! `v1/balance/` key per account; it is read only for an account that has no transaction.)
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -63,11 +70,20 @@ impl From<serde_json::Error> for LedgerError {
 /// Balances and their transaction log.
 pub struct Ledger {
     tree: sled::Tree,
-    /// One lock for every movement: movements are a few microseconds of sled work, and a single lock is
-    /// the simplest way to make read-decide-write exact across accounts and across the grant check.
-    lock: Mutex<()>,
+    /// The cached state of every account touched since start, under one lock for every movement: a
+    /// movement is a hash lookup and one sled insert, and a single lock is the simplest way to make
+    /// read-decide-write exact across accounts and across the grant check.
+    accounts: Mutex<HashMap<String, AccountState>>,
     /// Orders transactions written within the same millisecond.
     seq: AtomicU64,
+}
+
+/// What the ledger knows of one account, as on disk.
+#[derive(Debug, Clone, Copy)]
+struct AccountState {
+    balance: u64,
+    /// The UTC month (see `month_index`) of the last monthly grant.
+    granted: Option<u32>,
 }
 
 /// Account ids are client-chosen text; hex keeps one account's key range from containing another's.
@@ -89,8 +105,37 @@ fn tx_prefix(account: &str) -> String {
 
 /// `2026-11`: the UTC month a grant belongs to.
 pub fn month_of(ts_ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts_ms);
-    humantime::format_rfc3339_seconds(t).to_string()[..7].to_owned()
+    let (y, m) = year_month(ts_ms);
+    format!("{y:04}-{m:02}")
+}
+
+/// The UTC year and month (1-12) of a Unix time in milliseconds, without formatting a date (it runs on
+/// every metered request).
+fn year_month(ts_ms: u64) -> (u64, u64) {
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = ts_ms / 86_400_000 + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m)
+}
+
+/// Months since year 0: a grant month as a number, to compare without strings.
+fn month_index(ts_ms: u64) -> u32 {
+    let (y, m) = year_month(ts_ms);
+    u32::try_from(y * 12 + m).unwrap_or(u32::MAX)
+}
+
+/// `2026-11` back to its `month_index`.
+fn parse_month(s: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(s).ok()?;
+    let (y, m) = s.split_once('-')?;
+    let (y, m): (u32, u32) = (y.parse().ok()?, m.parse().ok()?);
+    y.checked_mul(12)?.checked_add(m)
 }
 
 impl Ledger {
@@ -98,7 +143,7 @@ impl Ledger {
     pub fn open(store: &Store) -> Result<Ledger, StoreError> {
         Ok(Ledger {
             tree: store.open_tree(TREE)?,
-            lock: Mutex::new(()),
+            accounts: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
         })
     }
@@ -110,7 +155,52 @@ impl Ledger {
 
     /// The account's balance in micro-USD (0 when it never had credits).
     pub fn balance(&self, account: &str) -> Result<u64, LedgerError> {
-        Ok(read_u64(&self.tree, &balance_key(account))?)
+        self.with_account(account, |state| Ok(state.balance))
+    }
+
+    /// Runs `f` on the account's state under the lock (read from the store on first use) and keeps what
+    /// `f` left in it, whatever `f` returns: a state only changes after its write succeeded.
+    fn with_account<T>(
+        &self,
+        account: &str,
+        f: impl FnOnce(&mut AccountState) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut accounts = self.accounts.lock();
+        let mut state = match accounts.get(account) {
+            Some(s) => *s,
+            None => self.load(account)?,
+        };
+        let result = f(&mut state);
+        match accounts.get_mut(account) {
+            Some(slot) => *slot = state,
+            None => {
+                accounts.insert(account.to_owned(), state);
+            }
+        }
+        result
+    }
+
+    /// An account's state as on disk: the newest transaction's balance (else a balance key written by an
+    /// older version, else 0) and the last granted month.
+    fn load(&self, account: &str) -> Result<AccountState, LedgerError> {
+        let balance = match self.tree.scan_prefix(tx_prefix(account)).next_back() {
+            Some(item) => {
+                let (k, v) = item?;
+                let tx: Transaction = serde_json::from_slice(&v).map_err(|source| {
+                    LedgerError::Store(StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        source,
+                    })
+                })?;
+                tx.balance_micros
+            }
+            None => read_u64(&self.tree, &balance_key(account))?,
+        };
+        let granted = self
+            .tree
+            .get(grant_key(account))?
+            .and_then(|v| parse_month(&v));
+        Ok(AccountState { balance, granted })
     }
 
     /// Applies one movement under the lock. `decide` sees the balance and returns the signed amount,
@@ -122,18 +212,20 @@ impl Ledger {
         meta: (Option<&str>, Option<&str>, Option<String>),
         decide: impl FnOnce(u64) -> Result<i64, LedgerError>,
     ) -> Result<Transaction, LedgerError> {
-        let _guard = self.lock.lock();
-        self.movement_locked(account, kind, meta, decide)
+        self.with_account(account, |state| {
+            self.movement_locked(state, account, kind, meta, decide)
+        })
     }
 
     fn movement_locked(
         &self,
+        state: &mut AccountState,
         account: &str,
         kind: &str,
         (request_id, model, note): (Option<&str>, Option<&str>, Option<String>),
         decide: impl FnOnce(u64) -> Result<i64, LedgerError>,
     ) -> Result<Transaction, LedgerError> {
-        let balance = read_u64(&self.tree, &balance_key(account))?;
+        let balance = state.balance;
         let amount = decide(balance)?;
         let after = i128::from(balance) + i128::from(amount);
         let after = u64::try_from(after).map_err(|_| LedgerError::Insufficient {
@@ -153,33 +245,40 @@ impl Ledger {
             model: model.map(str::to_owned),
             note,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(balance_key(account).as_bytes(), &after.to_be_bytes()[..]);
-        batch.insert(
+        // One insert, no batch: a sled batch takes a process-wide write lock and pegs the log.
+        self.tree.insert(
             format!("{}{ts_ms:016x}/{seq:016x}", tx_prefix(account)).as_bytes(),
             serde_json::to_vec(&tx)?,
-        );
-        self.tree.apply_batch(batch)?;
+        )?;
+        state.balance = after;
         Ok(tx)
     }
 
     /// Tops the balance up to `monthly` once per UTC month (credits bought above it are kept).
-    fn grant_locked(&self, account: &str, monthly: u64) -> Result<(), LedgerError> {
-        let month = month_of(now_ms());
-        let key = grant_key(account);
-        if self.tree.get(&key)?.as_deref() == Some(month.as_bytes()) {
+    fn grant_locked(
+        &self,
+        state: &mut AccountState,
+        account: &str,
+        monthly: u64,
+    ) -> Result<(), LedgerError> {
+        let now = now_ms();
+        let month = month_index(now);
+        if state.granted == Some(month) {
             return Ok(());
         }
-        let top_up = monthly.saturating_sub(read_u64(&self.tree, &balance_key(account))?);
+        let label = month_of(now);
+        let top_up = monthly.saturating_sub(state.balance);
         if top_up > 0 {
             self.movement_locked(
+                state,
                 account,
                 "grant",
-                (None, None, Some(format!("monthly credits for {month}"))),
+                (None, None, Some(format!("monthly credits for {label}"))),
                 |_| Ok(i64::try_from(top_up).unwrap_or(0)),
             )?;
         }
-        self.tree.insert(key, month.as_bytes())?;
+        self.tree.insert(grant_key(account), label.as_bytes())?;
+        state.granted = Some(month);
         Ok(())
     }
 
@@ -192,24 +291,26 @@ impl Ledger {
         request_id: &str,
         model: &str,
     ) -> Result<Reservation, LedgerError> {
-        let _guard = self.lock.lock();
-        if let Some(monthly) = monthly {
-            self.grant_locked(account, monthly)?;
-        }
-        self.movement_locked(
-            account,
-            "reserve",
-            (Some(request_id), Some(model), None),
-            |balance| {
-                if balance < micros {
-                    return Err(LedgerError::Insufficient {
-                        balance,
-                        needed: micros,
-                    });
-                }
-                Ok(-i64::try_from(micros).unwrap_or(i64::MAX))
-            },
-        )?;
+        self.with_account(account, |state| {
+            if let Some(monthly) = monthly {
+                self.grant_locked(state, account, monthly)?;
+            }
+            self.movement_locked(
+                state,
+                account,
+                "reserve",
+                (Some(request_id), Some(model), None),
+                |balance| {
+                    if balance < micros {
+                        return Err(LedgerError::Insufficient {
+                            balance,
+                            needed: micros,
+                        });
+                    }
+                    Ok(-i64::try_from(micros).unwrap_or(i64::MAX))
+                },
+            )
+        })?;
         Ok(Reservation {
             account: account.to_owned(),
             micros,
@@ -366,6 +467,55 @@ mod tests {
         assert_eq!(ok, 10);
         assert_eq!(l.balance("a").unwrap(), 0);
         assert_eq!(sum(&l, "a"), 0);
+    }
+
+    #[test]
+    fn a_reopened_ledger_reads_balances_and_grants_from_disk() {
+        let store = Store::temporary().unwrap();
+        {
+            let l = Ledger::open(&store).unwrap();
+            l.reserve("a", Some(1_000), 100, "r", "m").unwrap();
+            l.adjust("b", 42, None).unwrap();
+        }
+        let l = Ledger::open(&store).unwrap();
+        assert_eq!(l.balance("a").unwrap(), 900);
+        assert_eq!(l.balance("b").unwrap(), 42);
+        // This month's grant was given before the restart: it is not given again.
+        l.reserve("a", Some(1_000), 100, "r2", "m").unwrap();
+        assert_eq!(l.balance("a").unwrap(), 800);
+        assert_eq!(sum(&l, "a"), 800);
+    }
+
+    #[test]
+    fn a_balance_key_from_an_older_layout_is_the_starting_balance() {
+        let store = Store::temporary().unwrap();
+        let tree = store.open_tree(TREE).unwrap();
+        tree.insert(balance_key("old"), &500u64.to_be_bytes()[..])
+            .unwrap();
+        let l = Ledger::open(&store).unwrap();
+        assert_eq!(l.balance("old").unwrap(), 500);
+        l.adjust("old", -200, None).unwrap();
+        assert_eq!(l.balance("old").unwrap(), 300);
+        assert_eq!(Ledger::open(&store).unwrap().balance("old").unwrap(), 300);
+    }
+
+    #[test]
+    fn months_are_utc_calendar_months() {
+        let day = 86_400_000;
+        assert_eq!(month_of(0), "1970-01");
+        assert_eq!(month_of(31 * day - 1), "1970-01");
+        assert_eq!(month_of(31 * day), "1970-02");
+        // 2024-02-29T23:59:59.999Z and the next millisecond (leap year).
+        assert_eq!(month_of(1_709_251_199_999), "2024-02");
+        assert_eq!(month_of(1_709_251_200_000), "2024-03");
+        // 2000-02-29 exists (divisible by 400); 2100-02-29 does not.
+        assert_eq!(month_of(951_782_400_000), "2000-02");
+        assert_eq!(month_of(4_107_542_400_000), "2100-03");
+        assert_eq!(month_of(1_798_761_599_999), "2026-12");
+        assert_eq!(month_of(1_798_761_600_000), "2027-01");
+        let ts = 1_795_000_000_000;
+        assert_eq!(parse_month(month_of(ts).as_bytes()), Some(month_index(ts)));
+        assert_eq!(parse_month(b"garbage"), None);
     }
 
     #[test]
