@@ -10,7 +10,7 @@
 # Options: --quick, --runs N, --duration S, --no-build, --no-failover, --perf, --perf-system NAME (profile
 # another system: bare-w2, full-w1, full-w2, fullnc-w1), --keep DIR (keep raw results, logs, configs and the
 # perf data in DIR), --workers-failover N (default 1).
-# Environment: RUST_LOG (passed to Switchyard; default: its own default, info, one line per request).
+# Environment: RUST_LOG (passed to Switchyard; default: its own default, info: no line per request).
 #
 # Everything this script starts is stopped by PID on exit (trap EXIT); nothing is killed by name.
 set -euo pipefail

@@ -110,7 +110,8 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         dir: opts.data_dir.clone(),
         source,
     };
-    let store = Store::open(&opts.data_dir).map_err(store_error)?;
+    let store = Store::open_with_cache(&opts.data_dir, config.server.store_cache_bytes)
+        .map_err(store_error)?;
     let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
     let auth = Arc::new(
         auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?,
@@ -135,9 +136,12 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             sweep_every,
         )
     });
-    let (recorder_store, recorder_metrics) = (store.clone(), metrics.actors.clone());
+    let limits = Arc::new(limits::Limits::new(&store, metrics.clone()).map_err(store_error)?);
+    let (recorder_store, recorder_metrics, recorder_limits) =
+        (store.clone(), metrics.actors.clone(), limits.clone());
     let recorder = Supervisor::start(move |_| {
         UsageRecorder::new(recorder_store.clone(), recorder_metrics.clone())
+            .with_companion(recorder_limits.clone())
     });
     let admin_token = std::env::var(&config.auth.admin_token_env)
         .ok()
@@ -148,7 +152,6 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     let tokens = Arc::new(oauth::TokenSources::new(&store, &opts.data_dir));
     // Built once here so a bad profile fails start-up; each worker then builds its own clients.
     drop(Upstreams::build(&config, None, &tokens)?);
-    let limits = Arc::new(limits::Limits::new(&store, metrics.clone()).map_err(store_error)?);
     let config_path = config.source.clone();
     let shared = web::Data::new(http::Shared {
         config: arc_swap::ArcSwap::new(Arc::new(config)),
@@ -214,6 +217,9 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         tracing::error!(error = %e, "usage recorder did not flush");
     }
     auth.persist_last_used();
+    if let Err(e) = shared.limits.ledger.write_pending() {
+        tracing::error!(error = %e, "cannot write the last ledger entries");
+    }
     if let Err(e) = store.flush_blocking() {
         tracing::error!(error = %e, "final flush failed");
     }

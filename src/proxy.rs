@@ -127,6 +127,8 @@ impl Proxy<'_> {
         let _in_flight = InFlight::start(&self.metrics().in_flight);
         let started = req.started;
         let model = req.fields.model.clone();
+        // Only the debug access line below needs it after `req` is gone.
+        let request_id = tracing::enabled!(tracing::Level::DEBUG).then(|| req.request_id.clone());
         let result = self.forward_inner(req).await;
         if !matches!(result, Err(ApiError::UnknownModel(_))) {
             let (status, profile) = match &result {
@@ -153,6 +155,7 @@ impl Proxy<'_> {
             // Debug, not info: an access line per request costs a formatted write on the hot path;
             // metrics carry the traffic. `RUST_LOG=info,switchyard::proxy=debug` turns it on.
             tracing::debug!(
+                request_id = request_id.as_deref().unwrap_or_default(),
                 status,
                 profile = %profile,
                 latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -210,7 +213,7 @@ impl Proxy<'_> {
             match self.attempt(up, &req, pick, attempt).instrument(span).await {
                 Ok(resp) => return Ok(resp),
                 Err(AttemptEnd::Failed(f)) => {
-                    tracing::warn!(profile = %id, attempt, class = f.class.as_str(), detail = %f.detail, "attempt failed");
+                    tracing::warn!(request_id = %req.request_id, profile = %id, attempt, class = f.class.as_str(), detail = %f.detail, "attempt failed");
                     failures.push((id, f));
                 }
                 Err(AttemptEnd::Skipped(why)) => {
@@ -519,7 +522,7 @@ impl StreamState {
         self.finished = true;
         let profile = self.guard.entry.id().clone();
         self.guard.fail(AttemptFailure::new(class, detail));
-        tracing::warn!(profile = %profile, class = class.as_str(), "stream cut after bytes reached the client");
+        tracing::warn!(request_id = %self.guard.record.request_id, profile = %profile, class = class.as_str(), "stream cut after bytes reached the client");
         let event = event.unwrap_or_else(|| {
             let err = ApiError::Upstream(format!(
                 "profile {profile}: {detail}; the response is incomplete"

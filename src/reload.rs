@@ -76,6 +76,9 @@ async fn apply(
     if new.server.data_dir != old.server.data_dir {
         needs_restart.push("server.data_dir".to_owned());
     }
+    if new.server.store_cache_bytes != old.server.store_cache_bytes {
+        needs_restart.push("server.store_cache_size".to_owned());
+    }
     let spec = crate::router_spec(&new);
     // Config and generation first, then the routing table: a request that picks a new profile from the
     // new table always finds its upstream, and one still on the old table finds removed profiles carried

@@ -1,5 +1,8 @@
 //! The usage recorder: appends one record per attempt to sled and group-commits them, so a caller that
 //! waits for its acknowledgement knows the record (and every earlier one) is on disk.
+//!
+//! Records are buffered while the mailbox has more, then written as one batch: the batch write is a
+//! notification to self, which actix runs after the messages already queued.
 
 use std::collections::HashMap;
 
@@ -25,9 +28,29 @@ pub struct RecordUsage {
 #[rtype(result = "Ack")]
 pub struct FlushUsage;
 
+/// Writes another component keeps queued in memory until the recorder's next batch (the credit ledger's
+/// transactions): written just before each batch of records, so the flush that acknowledges a record
+/// covers everything its request decided before it.
+pub trait BatchCompanion: Send + Sync + 'static {
+    /// Writes what is queued to the store (not yet flushed). The error is secret-free.
+    fn write_pending(&self) -> Result<(), String>;
+}
+
+/// Writes the buffered records (sent to self; runs after the queued messages).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriteBatch;
+
 /// Owns usage persistence and the persisted per-profile counters (derived from the records it writes).
 pub struct UsageRecorder {
     store: Store,
+    /// Records not yet written to the store.
+    buffer: Vec<UsageRecord>,
+    /// Acks of buffered records: they join `pending` once their batch is written.
+    buffered_acks: Vec<oneshot::Sender<Ack>>,
+    /// A `WriteBatch` is queued.
+    write_queued: bool,
+    companions: Vec<std::sync::Arc<dyn BatchCompanion>>,
     counters: HashMap<String, ProfileCounters>,
     /// Profiles whose counters changed since they were last written: written before each flush and on
     /// a short tick, rather than once per record.
@@ -43,12 +66,26 @@ impl UsageRecorder {
     pub fn new(store: Store, metrics: ActorMetrics) -> UsageRecorder {
         UsageRecorder {
             store,
+            buffer: Vec::new(),
+            buffered_acks: Vec::new(),
+            write_queued: false,
+            companions: Vec::new(),
             counters: HashMap::new(),
             dirty: Vec::new(),
             pending: Vec::new(),
             flushing: false,
             metrics,
         }
+    }
+
+    /// Also writes `companion`'s queue before every batch, on the counters' tick and before a flush.
+    pub fn with_companion(mut self, companion: std::sync::Arc<dyn BatchCompanion>) -> Self {
+        self.companions.push(companion);
+        self
+    }
+
+    fn write_companions(&self) -> Result<(), String> {
+        self.companions.iter().try_for_each(|c| c.write_pending())
     }
 
     /// Starts one flush covering everything written so far; records arriving meanwhile wait for the next.
@@ -79,8 +116,41 @@ impl UsageRecorder {
         ctx.spawn(fut);
     }
 
-    fn write(&mut self, record: &UsageRecord) -> Result<(), String> {
-        self.store.append_usage(record).map_err(|e| e.to_string())?;
+    /// Writes the buffered records as one batch and counts them; their acks then wait for the next flush
+    /// (or get the error).
+    fn write_buffer(&mut self) {
+        self.write_queued = false;
+        if self.buffer.is_empty() {
+            if let Err(e) = self.write_companions() {
+                tracing::error!(error = %e, "cannot write queued ledger entries");
+            }
+            return;
+        }
+        let records = std::mem::take(&mut self.buffer);
+        let acks = std::mem::take(&mut self.buffered_acks);
+        // Records are written even when a companion fails; their acks then carry its error.
+        let companions = self.write_companions();
+        let written = self
+            .store
+            .append_usage_batch(&records)
+            .map_err(|e| e.to_string())
+            .and_then(|()| records.iter().try_for_each(|r| self.count(r)));
+        let result = companions.and(written);
+        match result {
+            Ok(()) => self.pending.extend(acks),
+            Err(e) => {
+                tracing::error!(error = %e, records = records.len(), "cannot record usage");
+                for tx in acks {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+        self.buffer = records;
+        self.buffer.clear();
+    }
+
+    /// Adds a written record to its profile's counters.
+    fn count(&mut self, record: &UsageRecord) -> Result<(), String> {
         let c = match self.counters.get_mut(&record.profile) {
             Some(c) => c,
             None => {
@@ -120,12 +190,21 @@ impl Actor for UsageRecorder {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::profile::MAILBOX_CAPACITY);
+        if !self.buffer.is_empty() {
+            // Records buffered before a restart.
+            self.write_queued = true;
+            ctx.notify(WriteBatch);
+        }
         ctx.run_interval(std::time::Duration::from_millis(200), |act, _| {
+            if let Err(e) = act.write_companions() {
+                tracing::error!(error = %e, "cannot write queued ledger entries");
+            }
             act.save_counters()
         });
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        self.write_buffer();
         self.save_counters();
         Running::Stop
     }
@@ -140,6 +219,7 @@ impl Supervised for UsageRecorder {
             .inc();
         self.counters.clear();
         self.flushing = false;
+        self.write_queued = false;
     }
 }
 
@@ -147,20 +227,23 @@ impl Handler<RecordUsage> for UsageRecorder {
     type Result = ();
 
     fn handle(&mut self, msg: RecordUsage, ctx: &mut Self::Context) {
-        match self.write(&msg.record) {
-            Ok(()) => {
-                if let Some(tx) = msg.ack {
-                    self.pending.push(tx);
-                    self.start_flush(ctx);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, request_id = %msg.record.request_id, "cannot record usage");
-                if let Some(tx) = msg.ack {
-                    let _ = tx.send(Err(e));
-                }
-            }
+        self.buffer.push(msg.record);
+        if let Some(tx) = msg.ack {
+            self.buffered_acks.push(tx);
         }
+        if !self.write_queued {
+            self.write_queued = true;
+            ctx.notify(WriteBatch);
+        }
+    }
+}
+
+impl Handler<WriteBatch> for UsageRecorder {
+    type Result = ();
+
+    fn handle(&mut self, _msg: WriteBatch, ctx: &mut Self::Context) {
+        self.write_buffer();
+        self.start_flush(ctx);
     }
 }
 
@@ -168,6 +251,7 @@ impl Handler<FlushUsage> for UsageRecorder {
     type Result = ResponseFuture<Ack>;
 
     fn handle(&mut self, _msg: FlushUsage, _ctx: &mut Self::Context) -> Self::Result {
+        self.write_buffer();
         self.save_counters();
         let store = self.store.clone();
         Box::pin(async move { store.flush().await.map_err(|e| e.to_string()) })
@@ -225,11 +309,58 @@ mod tests {
         }
         assert_eq!(store.all_usage().unwrap().len(), 3);
         assert_eq!(
+            store.open_tree("usage").unwrap().len(),
+            3,
+            "sent one at a time"
+        );
+        assert_eq!(
             store.load_counters("a").unwrap(),
             ProfileCounters {
                 requests: 13,
                 failures: 2
             }
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_burst_is_written_in_one_batch_and_acked_once_durable() {
+        let store = Store::temporary().unwrap();
+        let addr = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap()).start();
+        let mut acks = Vec::new();
+        // Queued before the actor runs: one mailbox drain, so one batch.
+        for i in 0..100 {
+            let (tx, rx) = oneshot::channel();
+            let outcome = if i % 4 == 0 { "server" } else { "ok" };
+            addr.do_send(RecordUsage {
+                record: rec("b", outcome),
+                ack: Some(tx),
+            });
+            acks.push(rx);
+        }
+        for rx in acks {
+            rx.await.unwrap().unwrap();
+        }
+        assert_eq!(store.all_usage().unwrap().len(), 100);
+        assert_eq!(store.open_tree("usage").unwrap().len(), 1);
+        addr.send(FlushUsage).await.unwrap().unwrap();
+        assert_eq!(
+            store.load_counters("b").unwrap(),
+            ProfileCounters {
+                requests: 100,
+                failures: 25
+            }
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_flush_writes_what_is_buffered() {
+        let store = Store::temporary().unwrap();
+        let addr = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap()).start();
+        addr.do_send(RecordUsage {
+            record: rec("c", "ok"),
+            ack: None,
+        });
+        addr.send(FlushUsage).await.unwrap().unwrap();
+        assert_eq!(store.all_usage().unwrap().len(), 1);
     }
 }

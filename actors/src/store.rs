@@ -1,6 +1,11 @@
 //! The sled store behind typed methods: usage records, per-profile health and counters.
 //!
 //! Keys carry a version prefix (`v1/...`) so the layout can change without ambiguity.
+//!
+//! Usage records are written in batches, one sled value per batch (`v2/usage/`, JSON Lines): a sled
+//! insert costs far more than serialising a record, and the recorder sees records in bursts. Records of
+//! one batch lie within `USAGE_BATCH_SPAN_MS` of the batch's key, so a time range is read from that much
+//! before its start. Stores written before batching keep their one-record values under `v1/usage/`.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -68,12 +73,30 @@ pub struct Store {
     profiles: sled::Tree,
 }
 
-const USAGE_PREFIX: &str = "v1/usage/";
+/// One record per value (the layout before batching; still read).
+const USAGE_PREFIX_V1: &str = "v1/usage/";
+/// One batch of records per value, keyed by the batch's earliest `ts_ms`.
+const USAGE_PREFIX: &str = "v2/usage/";
+/// The widest span of `ts_ms` within one stored batch.
+pub const USAGE_BATCH_SPAN_MS: u64 = 60_000;
+
+/// sled's page cache when the config sets none. sled's own default (1 GiB) lets a busy proxy's resident
+/// memory grow with every record written; usage is written far more than it is read.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. sled locks the directory: a second process gets an error.
+    /// Opens (or creates) the store in `dir` with the default cache. sled locks the directory: a second
+    /// process gets an error.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        Store::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in `dir`, with at most about `cache_bytes` of pages cached in memory.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
         Store::from_db(db)
     }
 
@@ -104,28 +127,56 @@ impl Store {
         &self.db
     }
 
-    /// Appends a usage record (not yet durable: see `flush`). Keys sort by time.
+    /// Appends one usage record (not yet durable: see `flush`).
     pub fn append_usage(&self, record: &UsageRecord) -> Result<(), StoreError> {
-        let seq = self.db.generate_id()?;
-        let key = format!("{USAGE_PREFIX}{:016x}/{seq:016x}", record.ts_ms);
-        self.usage.insert(key, serde_json::to_vec(record)?)?;
+        self.append_usage_batch(std::slice::from_ref(record))
+    }
+
+    /// Appends usage records (not yet durable: see `flush`), as few sled values as their times allow.
+    pub fn append_usage_batch(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        let mut rest = records;
+        while !rest.is_empty() {
+            let (min, n) = span_prefix(rest);
+            let mut value = Vec::with_capacity(n * 256);
+            for r in &rest[..n] {
+                serde_json::to_writer(&mut value, r)?;
+                value.push(b'\n');
+            }
+            let seq = self.db.generate_id()?;
+            self.usage
+                .insert(format!("{USAGE_PREFIX}{min:016x}/{seq:016x}"), value)?;
+            rest = &rest[n..];
+        }
         Ok(())
     }
 
     /// Usage records with `from_ms <= ts_ms < to_ms`, oldest first.
     pub fn usage_between(&self, from_ms: u64, to_ms: u64) -> Result<Vec<UsageRecord>, StoreError> {
-        let start = format!("{USAGE_PREFIX}{from_ms:016x}/");
-        let end = format!("{USAGE_PREFIX}{to_ms:016x}/");
+        if from_ms >= to_ms {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
+        let wanted = |r: &UsageRecord| (from_ms..to_ms).contains(&r.ts_ms);
+        let start = format!("{USAGE_PREFIX_V1}{from_ms:016x}/");
+        let end = format!("{USAGE_PREFIX_V1}{to_ms:016x}/");
         for item in self.usage.range(start.as_bytes()..end.as_bytes()) {
             let (k, v) = item?;
-            out.push(
-                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    source,
-                })?,
-            );
+            out.push(decode(&k, &v)?);
         }
+        let batch_from = from_ms.saturating_sub(USAGE_BATCH_SPAN_MS);
+        let start = format!("{USAGE_PREFIX}{batch_from:016x}/");
+        let end = format!("{USAGE_PREFIX}{to_ms:016x}/");
+        for item in self.usage.range(start.as_bytes()..end.as_bytes()) {
+            let (k, v) = item?;
+            for line in v.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let r = decode(&k, line)?;
+                if wanted(&r) {
+                    out.push(r);
+                }
+            }
+        }
+        // Stable: records of one batch keep the order they were written in.
+        out.sort_by_key(|r| r.ts_ms);
         Ok(out)
     }
 
@@ -194,6 +245,27 @@ impl Store {
     }
 }
 
+/// The earliest `ts_ms` of the longest prefix of `records` whose times lie within one batch span, and
+/// that prefix's length (at least 1).
+fn span_prefix(records: &[UsageRecord]) -> (u64, usize) {
+    let (mut min, mut max) = (u64::MAX, 0);
+    for (i, r) in records.iter().enumerate() {
+        let (lo, hi) = (min.min(r.ts_ms), max.max(r.ts_ms));
+        if i > 0 && hi - lo > USAGE_BATCH_SPAN_MS {
+            return (min, i);
+        }
+        (min, max) = (lo, hi);
+    }
+    (min, records.len())
+}
+
+fn decode(key: &[u8], value: &[u8]) -> Result<UsageRecord, StoreError> {
+    serde_json::from_slice(value).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -238,6 +310,51 @@ mod tests {
             .collect();
         assert_eq!(got, vec![10, 20, 20]);
         assert_eq!(s.all_usage().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn batches_are_read_by_record_time_across_batch_keys() {
+        let s = Store::temporary().unwrap();
+        let span = USAGE_BATCH_SPAN_MS;
+        // One call: 1_000 and 1_000 + span share a batch; 1_000 + span + 1 starts the next one.
+        let batch: Vec<_> = [1_000, 1_000 + span, 1_000 + span + 1, 500]
+            .iter()
+            .map(|&ts| rec(ts, "ok"))
+            .collect();
+        s.append_usage_batch(&batch).unwrap();
+        assert_eq!(s.usage.len(), 3, "span-bounded batches");
+        let times = |from, to| -> Vec<u64> {
+            s.usage_between(from, to)
+                .unwrap()
+                .iter()
+                .map(|r| r.ts_ms)
+                .collect()
+        };
+        assert_eq!(
+            times(0, u64::MAX),
+            vec![500, 1_000, 1_000 + span, 1_000 + span + 1]
+        );
+        // A range starting inside a batch's span finds the batch keyed before it.
+        assert_eq!(times(1_001, 1_000 + span + 1), vec![1_000 + span]);
+        assert_eq!(times(600, 1_001), vec![1_000]);
+        assert_eq!(times(5, 5), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn records_of_the_one_record_layout_are_still_read() {
+        let s = Store::temporary().unwrap();
+        let old = rec(2_000, "ok");
+        s.usage
+            .insert(
+                format!("{USAGE_PREFIX_V1}{:016x}/{:016x}", 2_000, 7),
+                serde_json::to_vec(&old).unwrap(),
+            )
+            .unwrap();
+        s.append_usage(&rec(1_000, "server")).unwrap();
+        s.append_usage(&rec(3_000, "ok")).unwrap();
+        let got: Vec<u64> = s.all_usage().unwrap().iter().map(|r| r.ts_ms).collect();
+        assert_eq!(got, vec![1_000, 2_000, 3_000]);
+        assert_eq!(s.usage_between(1_500, 2_500).unwrap(), vec![old]);
     }
 
     #[test]

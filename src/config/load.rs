@@ -432,6 +432,16 @@ fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Config {
             },
             None => DEFAULT_MAX_BODY_BYTES,
         },
+        store_cache_bytes: match &raw.server.store_cache_size {
+            Some(size) => match parse_size(size) {
+                Ok(bytes) => u64::try_from(bytes).unwrap_or(u64::MAX),
+                Err(message) => {
+                    report.at(size.span(), "server.store_cache_size", message);
+                    switchyard_actors::store::DEFAULT_CACHE_BYTES
+                }
+            },
+            None => switchyard_actors::store::DEFAULT_CACHE_BYTES,
+        },
     };
 
     let auth = auth(report, &raw.auth);
@@ -1485,6 +1495,7 @@ mod tests {
         assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(c.server.data_dir, Path::new("./data"));
         assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.server.store_cache_bytes, 16 * 1024 * 1024);
         assert!(c.auth.required);
         assert_eq!(c.auth.admin_token_env, "SWITCHYARD_ADMIN_TOKEN");
         assert_eq!(c.routing.strategy, Strategy::RoundRobin);
@@ -1655,6 +1666,8 @@ auth:
             ("1kB", 1000),
         ] {
             let c = load(&format!("server:\n  max_body_size: {written}\n"));
+            let cache = load(&format!("server:\n  store_cache_size: {written}\n"));
+            assert_eq!(cache.server.store_cache_bytes, bytes as u64, "{written}");
             assert_eq!(c.server.max_body_bytes, bytes, "{written}");
         }
         check(
@@ -1987,7 +2000,7 @@ profiles:
             yaml,
             &[
                 r#"t.yaml:2:11: server.listen: invalid address "nowhere": invalid socket address syntax (e.g. 127.0.0.1:8080)"#,
-                r#"t.yaml:3:3: server.threads: unknown key "threads" (expected one of: listen, data_dir, max_body_size)"#,
+                r#"t.yaml:3:3: server.threads: unknown key "threads" (expected one of: listen, data_dir, max_body_size, store_cache_size)"#,
                 "t.yaml:5:17: routing.max_attempts: must be >= 1",
                 r#"t.yaml:8:19: models[0].profiles[1]: unknown profile "ghost""#,
                 "t.yaml:13:13: profiles[0].weight: must be > 0",

@@ -60,6 +60,8 @@ pub(crate) struct RawServer {
     pub data_dir: Option<Text>,
     /// An integer (bytes) or a size such as "512KiB"; read as text and parsed by the validator.
     pub max_body_size: Option<Text>,
+    /// sled's page cache: a size like `max_body_size`.
+    pub store_cache_size: Option<Text>,
 }
 
 /// `auth:`

@@ -118,7 +118,9 @@ async fn forward(
         Ok(h) => h,
         Err(refusal) => return Ok(refusal.response(dialect)),
     };
-    let span = tracing::info_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream);
+    // Debug, like the per-attempt span: an info span is formatted on every request by the JSON layer
+    // even when nothing is logged under it. Warnings on the forward path carry `request_id` themselves.
+    let span = tracing::debug_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream);
     let proxy = Proxy {
         shared,
         config: &config,

@@ -5,14 +5,18 @@
 //! balance therefore never goes below zero, however many requests race, and the transactions of an
 //! account always sum to its balance.
 //!
-//! The balance on disk *is* the newest transaction's `balance_micros`: one sled insert per movement,
-//! atomic by itself, and sled recovers a prefix of its log, so a crash never keeps a transaction without
-//! the ones before it. Balances and granted months are cached in memory after an account's first
-//! movement, so the request path does no sled reads. (Stores written before this layout also have a
-//! `v1/balance/` key per account; it is read only for an account that has no transaction.)
+//! The balance on disk *is* the newest transaction's `balance_micros`. Balances and granted months are
+//! cached in memory after an account's first movement, so the request path does no sled reads.
+//! Transactions decided on the request path are queued and written in batches (`write_pending`), one
+//! sled value per account per batch holding its transactions as JSON Lines: the usage recorder writes
+//! them just before the usage records that follow them, so the flush that makes a request's usage
+//! durable covers its settlement too. Batches are written in the order they were decided, and sled
+//! recovers a prefix of its log, so a crash never keeps a transaction without the ones before it; a
+//! reservation lost in a crash is simply never taken. Grants and adjustments are written at once.
+//! (Stores written before this layout also have a `v1/balance/` key per account; it is read only for
+//! an account that has no transaction.)
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -74,8 +78,14 @@ pub struct Ledger {
     /// movement is a hash lookup and one sled insert, and a single lock is the simplest way to make
     /// read-decide-write exact across accounts and across the grant check.
     accounts: Mutex<HashMap<String, AccountState>>,
-    /// Orders transactions written within the same millisecond.
-    seq: AtomicU64,
+    /// Transactions decided but not yet written, in the order they were decided, with their sequence
+    /// numbers. Lock order: `accounts`, then `write_order`, then `unwritten`.
+    unwritten: Mutex<Vec<(u64, Transaction)>>,
+    /// Held while a batch is written, so batches reach the store in the order they were decided.
+    write_order: Mutex<()>,
+    /// The store's id generator: orders transactions written within the same millisecond, and stays
+    /// unique across restarts (a per-process counter would reuse keys after a quick restart).
+    ids: sled::Db,
 }
 
 /// What the ledger knows of one account, as on disk.
@@ -88,7 +98,13 @@ struct AccountState {
 
 /// Account ids are client-chosen text; hex keeps one account's key range from containing another's.
 fn hex(account: &str) -> String {
-    account.bytes().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(account.len() * 2);
+    for b in account.bytes() {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 fn balance_key(account: &str) -> String {
@@ -144,7 +160,9 @@ impl Ledger {
         Ok(Ledger {
             tree: store.open_tree(TREE)?,
             accounts: Mutex::new(HashMap::new()),
-            seq: AtomicU64::new(0),
+            unwritten: Mutex::new(Vec::new()),
+            write_order: Mutex::new(()),
+            ids: store.db().clone(),
         })
     }
 
@@ -183,17 +201,15 @@ impl Ledger {
     /// An account's state as on disk: the newest transaction's balance (else a balance key written by an
     /// older version, else 0) and the last granted month.
     fn load(&self, account: &str) -> Result<AccountState, LedgerError> {
-        let balance = match self.tree.scan_prefix(tx_prefix(account)).next_back() {
+        let newest = match self.tree.scan_prefix(tx_prefix(account)).next_back() {
             Some(item) => {
                 let (k, v) = item?;
-                let tx: Transaction = serde_json::from_slice(&v).map_err(|source| {
-                    LedgerError::Store(StoreError::Corrupt {
-                        key: String::from_utf8_lossy(&k).into_owned(),
-                        source,
-                    })
-                })?;
-                tx.balance_micros
+                decode_batch(&k, &v)?.pop()
             }
+            None => None,
+        };
+        let balance = match newest {
+            Some(tx) => tx.balance_micros,
             None => read_u64(&self.tree, &balance_key(account))?,
         };
         let granted = self
@@ -233,7 +249,7 @@ impl Ledger {
             needed: amount.unsigned_abs(),
         })?;
         let ts_ms = now_ms();
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let seq = self.ids.generate_id()?;
         let tx = Transaction {
             id: format!("tx_{ts_ms:013}_{seq:06}"),
             ts_ms,
@@ -245,13 +261,70 @@ impl Ledger {
             model: model.map(str::to_owned),
             note,
         };
-        // One insert, no batch: a sled batch takes a process-wide write lock and pegs the log.
-        self.tree.insert(
-            format!("{}{ts_ms:016x}/{seq:016x}", tx_prefix(account)).as_bytes(),
-            serde_json::to_vec(&tx)?,
-        )?;
+        // Queued, not written: see the module's comment.
+        self.unwritten.lock().push((seq, tx.clone()));
         state.balance = after;
         Ok(tx)
+    }
+
+    /// Writes the queued transactions (not yet durable: the store's flush does that). A batch that
+    /// cannot be written stays queued, ahead of later ones, for the next call.
+    pub fn write_pending(&self) -> Result<(), LedgerError> {
+        let _order = self.write_order.lock();
+        let queued = std::mem::take(&mut *self.unwritten.lock());
+        if queued.is_empty() {
+            return Ok(());
+        }
+        // Group by account, keeping each account's order; a few accounts per batch is the usual case.
+        let mut groups: Vec<Vec<(u64, Transaction)>> = Vec::new();
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        for item in queued {
+            let slot = match slot_of.get(item.1.account.as_str()) {
+                Some(&slot) => slot,
+                None => {
+                    slot_of.insert(item.1.account.clone(), groups.len());
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                }
+            };
+            groups[slot].push(item);
+        }
+        let mut failed: Option<(usize, LedgerError)> = None;
+        for (g, group) in groups.iter().enumerate() {
+            if let Err(e) = self.write_group(group) {
+                failed = Some((g, e));
+                break;
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some((g, e)) => {
+                let mut unwritten = self.unwritten.lock();
+                let later = std::mem::take(&mut *unwritten);
+                *unwritten = groups.into_iter().skip(g).flatten().collect();
+                unwritten.extend(later);
+                Err(e)
+            }
+        }
+    }
+
+    /// One sled value: one account's transactions of a batch, keyed by the first.
+    fn write_group(&self, group: &[(u64, Transaction)]) -> Result<(), LedgerError> {
+        let Some((seq, first)) = group.first() else {
+            return Ok(());
+        };
+        let mut value = Vec::with_capacity(group.len() * 256);
+        for (_, tx) in group {
+            serde_json::to_writer(&mut value, tx)?;
+            value.push(b'\n');
+        }
+        let key = format!(
+            "{}{:016x}/{seq:016x}",
+            tx_prefix(&first.account),
+            first.ts_ms
+        );
+        self.tree.insert(key.as_bytes(), value)?;
+        Ok(())
     }
 
     /// Tops the balance up to `monthly` once per UTC month (credits bought above it are kept).
@@ -277,6 +350,9 @@ impl Ledger {
                 |_| Ok(i64::try_from(top_up).unwrap_or(0)),
             )?;
         }
+        // The grant's transaction before the month that records it: a crash between them grants again
+        // rather than never.
+        self.write_pending()?;
         self.tree.insert(grant_key(account), label.as_bytes())?;
         state.granted = Some(month);
         Ok(())
@@ -357,7 +433,7 @@ impl Ledger {
         micros: i64,
         note: Option<String>,
     ) -> Result<Transaction, LedgerError> {
-        self.movement(account, "adjust", (None, None, note), |balance| {
+        let tx = self.movement(account, "adjust", (None, None, note), |balance| {
             if micros < 0 && micros.unsigned_abs() > balance {
                 return Err(LedgerError::Insufficient {
                     balance,
@@ -365,23 +441,37 @@ impl Ledger {
                 });
             }
             Ok(micros)
-        })
+        })?;
+        self.write_pending()?;
+        Ok(tx)
     }
 
     /// The account's transactions, oldest first.
     pub fn transactions(&self, account: &str) -> Result<Vec<Transaction>, LedgerError> {
+        self.write_pending()?;
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(tx_prefix(account)) {
             let (k, v) = item?;
-            out.push(serde_json::from_slice(&v).map_err(|source| {
-                LedgerError::Store(StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    source,
-                })
-            })?);
+            out.extend(decode_batch(&k, &v)?);
         }
         Ok(out)
     }
+}
+
+/// The transactions of one stored value: JSON Lines (one line for values written before batching).
+fn decode_batch(key: &[u8], value: &[u8]) -> Result<Vec<Transaction>, LedgerError> {
+    value
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            serde_json::from_slice(line).map_err(|source| {
+                LedgerError::Store(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    source,
+                })
+            })
+        })
+        .collect()
 }
 
 fn read_u64(tree: &sled::Tree, key: &str) -> Result<u64, StoreError> {
@@ -476,6 +566,7 @@ mod tests {
             let l = Ledger::open(&store).unwrap();
             l.reserve("a", Some(1_000), 100, "r", "m").unwrap();
             l.adjust("b", 42, None).unwrap();
+            l.write_pending().unwrap();
         }
         let l = Ledger::open(&store).unwrap();
         assert_eq!(l.balance("a").unwrap(), 900);
@@ -484,6 +575,50 @@ mod tests {
         l.reserve("a", Some(1_000), 100, "r2", "m").unwrap();
         assert_eq!(l.balance("a").unwrap(), 800);
         assert_eq!(sum(&l, "a"), 800);
+    }
+
+    #[test]
+    fn queued_movements_are_written_one_value_per_account_per_batch() {
+        let store = Store::temporary().unwrap();
+        let l = Ledger::open(&store).unwrap();
+        l.adjust("a", 1_000, None).unwrap();
+        l.adjust("b", 1_000, None).unwrap();
+        let tx_values = || {
+            l.tree()
+                .scan_prefix("v1/tx/")
+                .filter_map(Result::ok)
+                .count()
+        };
+        assert_eq!(tx_values(), 2, "adjustments are written at once");
+        for i in 0..5 {
+            let r = l.reserve("a", None, 10, &format!("a{i}"), "m").unwrap();
+            l.settle(&r, 5).unwrap();
+            let r = l.reserve("b", None, 10, &format!("b{i}"), "m").unwrap();
+            l.release(&r).unwrap();
+        }
+        assert_eq!(tx_values(), 2, "request movements wait for a batch");
+        l.write_pending().unwrap();
+        assert_eq!(tx_values(), 4, "one value per account");
+        assert_eq!(l.transactions("a").unwrap().len(), 11);
+        assert_eq!(sum(&l, "a"), 975);
+        assert_eq!(sum(&l, "b"), 1_000);
+    }
+
+    #[test]
+    fn movements_lost_before_their_batch_leave_a_consistent_ledger() {
+        let store = Store::temporary().unwrap();
+        {
+            let l = Ledger::open(&store).unwrap();
+            l.adjust("a", 1_000, None).unwrap();
+            let r = l.reserve("a", None, 300, "r1", "m").unwrap();
+            l.settle(&r, 100).unwrap();
+            l.write_pending().unwrap();
+            // A crash here: this reservation never reached the store.
+            l.reserve("a", None, 500, "r2", "m").unwrap();
+        }
+        let l = Ledger::open(&store).unwrap();
+        assert_eq!(l.balance("a").unwrap(), 900);
+        assert_eq!(sum(&l, "a"), 900);
     }
 
     #[test]

@@ -461,6 +461,15 @@ impl Limits {
     }
 }
 
+/// The ledger's queued transactions ride with the usage recorder's batches.
+impl switchyard_actors::recorder::BatchCompanion for Limits {
+    fn write_pending(&self) -> Result<(), String> {
+        self.ledger
+            .write_pending()
+            .map_err(|e| format!("credit ledger: {e}"))
+    }
+}
+
 /// A request's accounting until it is answered: its reserved credits and its token budget. Shared by the
 /// forward path and a stream's guard, so it lives as long as the answer does.
 pub struct Hold {
