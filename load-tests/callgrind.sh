@@ -4,7 +4,7 @@
 # runs. It counts every thread of the process (the worker, the actix system thread with the usage
 # recorder, sled's threads), so work moved off the request path still counts.
 #
-#   bash load-tests/callgrind.sh [--no-build] [bare|full|fullnc] [REQUESTS]     (defaults: bare 2000)
+#   bash load-tests/callgrind.sh [--no-build] [bare|full|fullnd|fullnc] [REQUESTS]     (defaults: bare 2000)
 #
 # Starts the mock upstream natively and Switchyard (1 worker) under valgrind, sends 200 warm-up requests,
 # zeroes the counters, sends REQUESTS sequential requests on one keep-alive connection (non-streaming,
@@ -20,10 +20,11 @@ if [ "${1:-}" = --no-build ]; then BUILD=0; shift; fi
 VARIANT="${1:-bare}"
 N="${2:-2000}"
 case "$VARIANT" in
-  bare) TMPL=bare.yaml.tmpl; CREDITS="" ;;
-  full) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00" ;;
-  fullnc) TMPL=full.yaml.tmpl; CREDITS="# no monthly_credits: not metered" ;;
-  *) echo "unknown variant $VARIANT (bare, full or fullnc)" >&2; exit 2 ;;
+  bare) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=true ;;
+  full) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00"; DURABLE=true ;;
+  fullnd) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00"; DURABLE=false ;;
+  fullnc) TMPL=full.yaml.tmpl; CREDITS="# no monthly_credits: not metered"; DURABLE=true ;;
+  *) echo "unknown variant $VARIANT (bare, full, fullnd or fullnc)" >&2; exit 2 ;;
 esac
 
 for tool in valgrind callgrind_control callgrind_annotate python3; do
@@ -62,7 +63,7 @@ UPSTREAM="$(sed -n 's/^listening on //p' "$WORK/mock.out" | head -1)"
 
 PORT="$($TOOLS freeport)"
 ADMIN="cg-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-sed -e "s|@PORT@|$PORT|g" -e "s|@DATA@|$WORK/data|g" -e "s|@UPSTREAM@|$UPSTREAM|g" -e "s|@CREDITS@|$CREDITS|g" \
+sed -e "s|@PORT@|$PORT|g" -e "s|@DATA@|$WORK/data|g" -e "s|@UPSTREAM@|$UPSTREAM|g" -e "s|@CREDITS@|$CREDITS|g" -e "s|@DURABLE@|$DURABLE|g" \
   "$HERE/configs/$TMPL" >"$WORK/config.yaml"
 SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \

@@ -8,7 +8,7 @@
 #   bash load-tests/run.sh --perf          # afterwards, perf-profile bare Switchyard under 50 connections
 #
 # Options: --quick, --runs N, --duration S, --no-build, --no-failover, --perf, --perf-system NAME (profile
-# another system: bare-w2, full-w1, full-w2, fullnc-w1), --keep DIR (keep raw results, logs, configs and the
+# another system: bare-w2, full-w1, full-w2, fullnd-w1, fullnc-w1), --keep DIR (keep raw results, logs, configs and the
 # perf data in DIR), --workers-failover N (default 1).
 # Environment: RUST_LOG (passed to Switchyard; default: its own default, info: no line per request).
 #
@@ -179,7 +179,7 @@ metric_sum() { # addr metric-name [skip]: sum of a Prometheus counter's samples 
 }
 
 SESSIONS=1000   # distinct X-Session-Id values in every request (only "full" has sticky sessions on)
-MAIN_SYSTEMS=(direct nginx bare-w1 bare-w2 full-w1 full-w2 fullnc-w1)
+MAIN_SYSTEMS=(direct nginx bare-w1 bare-w2 full-w1 full-w2 fullnd-w1 fullnc-w1)
 
 measure_latency() {
   local sys
@@ -276,9 +276,11 @@ start_nginx "${ADDR_OF[mock]}"
 start_switchyard bare-w1 1 bare.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}"
 start_switchyard bare-w2 2 bare.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}"
 CREDITS_ON="CREDITS=monthly_credits: 1000000.00"
-start_switchyard full-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON"
-start_switchyard full-w2 2 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON"
-start_switchyard fullnc-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "CREDITS=# no monthly_credits: not metered"
+start_switchyard full-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON" DURABLE=true
+start_switchyard full-w2 2 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON" DURABLE=true
+# Usage and credits recorded, but a response does not wait for the fsync (usage.durable: false).
+start_switchyard fullnd-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON" DURABLE=false
+start_switchyard fullnc-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "CREDITS=# no monthly_credits: not metered" DURABLE=true
 if [ "$FAILOVER" = 1 ]; then
   start_mock mock-b
   start_mock mock-faulty --fault-rate 0.3

@@ -317,6 +317,7 @@ def table(path):
         "bare-w2": "switchyard bare, 2 workers",
         "full-w1": "switchyard full*, 1 worker",
         "full-w2": "switchyard full*, 2 workers",
+        "fullnd-w1": "switchyard full* not durable (usage.durable: false), 1 worker",
         "fullnc-w1": "switchyard full* without credits, 1 worker",
     }
     main = [s for s in labels if s in systems]
@@ -374,7 +375,7 @@ def table(path):
                 f"{fmt(m(s, 'faults_seen'), '.0f')} |"
             )
 
-    pairs = [("full-w1", "bare-w1"), ("full-w2", "bare-w2"), ("fullnc-w1", "bare-w1")]
+    pairs = [("full-w1", "bare-w1"), ("full-w2", "bare-w2"), ("fullnd-w1", "bare-w1"), ("fullnc-w1", "bare-w1")]
     pairs = [(a, b) for a, b in pairs if a in systems and b in systems]
     if pairs:
         print("\nCost of \"full\" relative to bare (target <= 1.3x):\n")

@@ -10,6 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::config;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than glibc's malloc: under load glibc spent ~15% of the CPU in malloc/free and its
+/// per-thread arenas kept ~30 MB more after load (load-tests/RESULTS.md has the comparison).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "switchyard",

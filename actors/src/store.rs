@@ -82,7 +82,7 @@ pub const USAGE_BATCH_SPAN_MS: u64 = 60_000;
 
 /// sled's page cache when the config sets none. sled's own default (1 GiB) lets a busy proxy's resident
 /// memory grow with every record written; usage is written far more than it is read.
-pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 impl Store {
     /// Opens (or creates) the store in `dir` with the default cache. sled locks the directory: a second

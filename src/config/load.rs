@@ -1495,7 +1495,7 @@ mod tests {
         assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(c.server.data_dir, Path::new("./data"));
         assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
-        assert_eq!(c.server.store_cache_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.server.store_cache_bytes, 8 * 1024 * 1024);
         assert!(c.auth.required);
         assert_eq!(c.auth.admin_token_env, "SWITCHYARD_ADMIN_TOKEN");
         assert_eq!(c.routing.strategy, Strategy::RoundRobin);

@@ -71,7 +71,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// `server.max_body_size` (default 10 MiB; written as bytes or "512KiB", "10MiB"): larger bodies get 413.
     pub max_body_bytes: usize,
-    /// `server.store_cache_size` (default 16 MiB): memory for sled's page cache. Read at start only.
+    /// `server.store_cache_size` (default 8 MiB): memory for sled's page cache. Read at start only.
     pub store_cache_bytes: u64,
 }
 
