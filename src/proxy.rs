@@ -2,6 +2,7 @@
 //! answer (streams chunk by chunk), and record one usage entry per attempt.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -421,6 +422,7 @@ impl Proxy<'_> {
             upstream,
             relay,
             first: Some(first),
+            stashed: None,
             guard,
             idle,
             durable,
@@ -452,6 +454,9 @@ struct StreamState {
     upstream: futures_util::stream::LocalBoxStream<'static, reqwest::Result<Bytes>>,
     relay: StreamCodec,
     first: Option<Bytes>,
+    /// The end of the upstream stream (or its error), seen while collecting chunks that were already
+    /// there: handled on the next step, after what was collected has been sent.
+    stashed: Option<Option<reqwest::Result<Bytes>>>,
     guard: AttemptGuard,
     idle: Duration,
     durable: bool,
@@ -462,6 +467,9 @@ struct StreamState {
 type Step = Option<(Result<Bytes, actix_web::Error>, StreamState)>;
 
 impl StreamState {
+    /// The next piece for the client. After a chunk with events, the chunks that have already arrived
+    /// are taken too (without waiting), so events that came together leave in one write rather than one
+    /// write per event.
     async fn step(mut self) -> Step {
         if self.finished {
             return None;
@@ -469,31 +477,50 @@ impl StreamState {
         if let Some(first) = self.first.take() {
             return Some((Ok(first), self));
         }
+        let mut out = BytesMut::new();
         loop {
-            match tokio::time::timeout(self.idle, self.upstream.next()).await {
+            let next = if out.is_empty() {
+                match self.stashed.take() {
+                    Some(item) => Ok(item),
+                    None => tokio::time::timeout(self.idle, self.upstream.next()).await,
+                }
+            } else {
+                match self.already_here().await {
+                    None => return Some((Ok(out.freeze()), self)),
+                    Some(Some(Ok(chunk))) => Ok(Some(Ok(chunk))),
+                    Some(end) => {
+                        self.stashed = Some(end);
+                        return Some((Ok(out.freeze()), self));
+                    }
+                }
+            };
+            match next {
                 Err(_) => {
                     return self.cut(
+                        out,
                         FailureClass::Timeout,
                         "the upstream stream stalled past the idle timeout",
                     )
                 }
                 Ok(None) => {
                     return self.cut(
+                        out,
                         FailureClass::StreamCut,
                         "the upstream stream ended without [DONE]",
                     )
                 }
                 Ok(Some(Err(_))) => {
                     return self.cut(
+                        out,
                         FailureClass::StreamCut,
                         "the upstream connection broke mid-stream",
                     )
                 }
                 Ok(Some(Ok(chunk))) => match self.relay.push(&chunk) {
                     Err(StreamFault::Upstream { detail, event }) => {
-                        return self.cut_with(FailureClass::Server, &detail, Some(event))
+                        return self.cut_with(out, FailureClass::Server, &detail, Some(event))
                     }
-                    Err(StreamFault::Garbage(e)) => return self.cut(FailureClass::Server, &e),
+                    Err(StreamFault::Garbage(e)) => return self.cut(out, FailureClass::Server, &e),
                     Ok(p) if p.done => {
                         let usage = self.relay.usage().unwrap_or_default();
                         let ack =
@@ -501,24 +528,46 @@ impl StreamState {
                                 .finish(AttemptOutcome::Succeeded, "ok", usage, self.durable);
                         wait_ack(ack).await;
                         self.finished = true;
-                        let mut out = BytesMut::from(&p.forward[..]);
+                        out.extend_from_slice(&p.forward);
                         out.extend_from_slice(&self.relay.done_bytes());
                         return Some((Ok(out.freeze()), self));
                     }
-                    Ok(p) if !p.forward.is_empty() => return Some((Ok(p.forward), self)),
-                    Ok(_) => continue,
+                    Ok(p) => out.extend_from_slice(&p.forward),
                 },
             }
         }
     }
 
-    /// Ends a stream that broke after the client got bytes: an error event, never a fake `[DONE]`.
-    fn cut(self, class: FailureClass, detail: &str) -> Step {
-        self.cut_with(class, detail, None)
+    /// The next upstream item if it is already here, without waiting for the network. hyper's connection
+    /// task decodes one chunk per turn, so it gets one turn (a yield) before the answer is "not yet".
+    async fn already_here(&mut self) -> Option<Option<reqwest::Result<Bytes>>> {
+        for turn in 0..2 {
+            let polled =
+                std::future::poll_fn(|cx| Poll::Ready(self.upstream.poll_next_unpin(cx))).await;
+            if let Poll::Ready(item) = polled {
+                return Some(item);
+            }
+            if turn == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        None
+    }
+
+    /// Ends a stream that broke after the client got bytes: what was collected (`out`), then an error
+    /// event, never a fake `[DONE]`.
+    fn cut(self, out: BytesMut, class: FailureClass, detail: &str) -> Step {
+        self.cut_with(out, class, detail, None)
     }
 
     /// Like `cut`, with the error event already written in the client's dialect.
-    fn cut_with(mut self, class: FailureClass, detail: &str, event: Option<Bytes>) -> Step {
+    fn cut_with(
+        mut self,
+        mut out: BytesMut,
+        class: FailureClass,
+        detail: &str,
+        event: Option<Bytes>,
+    ) -> Step {
         self.finished = true;
         let profile = self.guard.entry.id().clone();
         self.guard.fail(AttemptFailure::new(class, detail));
@@ -529,7 +578,8 @@ impl StreamState {
             ));
             self.relay.error_event(&err)
         });
-        Some((Ok(event), self))
+        out.extend_from_slice(&event);
+        Some((Ok(out.freeze()), self))
     }
 }
 

@@ -169,6 +169,35 @@ async fn a_stream_is_relayed_chunk_by_chunk_and_hides_the_usage_chunk_the_client
 }
 
 #[tokio::test]
+async fn stream_events_that_arrive_together_are_sent_together() {
+    let a = MockUpstream::start_named("a").await;
+    // The default stream: 9 events, one chunk each, written back to back.
+    let server = Server::start(&ConfigBuilder::default().profile("a", &a).model("m", &["a"]));
+    for _ in 0..3 {
+        let resp = client()
+            .post(server.url("/v1/chat/completions"))
+            .json(&stream_body("m"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut chunks = 0;
+        let mut raw = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            chunks += usize::from(!chunk.is_empty());
+            raw.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8(raw).unwrap();
+        assert_eq!(sse_json(&text).len(), 7, "{text}");
+        // One write per event would be 8 chunks or more (7 events and [DONE]); the first event goes
+        // out alone, with the response head, and what had arrived behind it follows in one write.
+        assert!(chunks <= 4, "{chunks} chunks for 8 events: {text}");
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_asks_for_stream_usage_receives_the_usage_chunk() {
     let a = MockUpstream::start_named("a").await;
     let server = Server::start(&ConfigBuilder::default().profile("a", &a).model("m", &["a"]));
