@@ -173,9 +173,10 @@ def cgtop(n):
             continue
         count, pct, rest = int(m.group(1).replace(",", "")), m.group(2), m.group(3)
         rest = re.sub(r" \[[^\]]*\]$", "", rest)  # the object file
-        func = rest.split(":", 1)[1] if re.match(r"^[^ ]*?\.(rs|c|S|h)(:|$)", rest.split(":", 1)[0] + ":") or rest.startswith(("/", "./", "src/")) else rest
-        if ":" in rest and (rest.startswith(("/", "./", "src/", "???"))):
-            func = rest.split(":", 1)[1]
+        # "FILE:FUNCTION", or a bare function name; a line with a path and no function is skipped.
+        file, sep, after = rest.partition(":")
+        is_path = re.match(r"^[^ ]*?\.(rs|c|S|h)$", file) or rest.startswith(("/", "./", "src/", "???"))
+        func = after if (sep and is_path) else ("" if is_path else rest)
         if PLUMBING.match(func) or func in ("???", ""):
             continue
         if func in seen:
