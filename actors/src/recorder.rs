@@ -1,10 +1,8 @@
 //! The usage recorder: appends one record per attempt to sled and group-commits them, so a caller that
 //! waits for its acknowledgement knows the record (and every earlier one) is on disk.
 //!
-//! Records are buffered, then written as one batch: the batch write is a notification to self. A record
-//! whose sender waits for it (durable usage) is written after the messages already queued; records nobody
-//! waits for are gathered for up to `LAZY_BATCH_DELAY`, since sled only makes them durable on its own
-//! flush interval anyway, and each batch costs a sled insert.
+//! Records are buffered while the mailbox has more, then written as one batch: the batch write is a
+//! notification to self, which actix runs after the messages already queued.
 
 use std::collections::HashMap;
 
@@ -38,17 +36,10 @@ pub trait BatchCompanion: Send + Sync + 'static {
     fn write_pending(&self) -> Result<(), String>;
 }
 
-/// How long records nobody waits for may be gathered before they are written.
-pub const LAZY_BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
-/// A batch this large is written at once, whatever its records' senders wait for.
-const MAX_BATCH_RECORDS: usize = 1024;
-
-/// Writes the buffered records (sent to self). `lazy`: the delayed write of records nobody waits for.
+/// Writes the buffered records (sent to self; runs after the queued messages).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct WriteBatch {
-    lazy: bool,
-}
+struct WriteBatch;
 
 /// Owns usage persistence and the persisted per-profile counters (derived from the records it writes).
 pub struct UsageRecorder {
@@ -57,10 +48,8 @@ pub struct UsageRecorder {
     buffer: Vec<UsageRecord>,
     /// Acks of buffered records: they join `pending` once their batch is written.
     buffered_acks: Vec<oneshot::Sender<Ack>>,
-    /// A `WriteBatch` to run after the queued messages is pending.
+    /// A `WriteBatch` is queued.
     write_queued: bool,
-    /// A lazy (delayed) `WriteBatch` is pending.
-    lazy_write_queued: bool,
     companions: Vec<std::sync::Arc<dyn BatchCompanion>>,
     counters: HashMap<String, ProfileCounters>,
     /// Profiles whose counters changed since they were last written: written before each flush and on
@@ -80,7 +69,6 @@ impl UsageRecorder {
             buffer: Vec::new(),
             buffered_acks: Vec::new(),
             write_queued: false,
-            lazy_write_queued: false,
             companions: Vec::new(),
             counters: HashMap::new(),
             dirty: Vec::new(),
@@ -131,6 +119,7 @@ impl UsageRecorder {
     /// Writes the buffered records as one batch and counts them; their acks then wait for the next flush
     /// (or get the error).
     fn write_buffer(&mut self) {
+        self.write_queued = false;
         if self.buffer.is_empty() {
             if let Err(e) = self.write_companions() {
                 tracing::error!(error = %e, "cannot write queued ledger entries");
@@ -204,7 +193,7 @@ impl Actor for UsageRecorder {
         if !self.buffer.is_empty() {
             // Records buffered before a restart.
             self.write_queued = true;
-            ctx.notify(WriteBatch { lazy: false });
+            ctx.notify(WriteBatch);
         }
         ctx.run_interval(std::time::Duration::from_millis(200), |act, _| {
             if let Err(e) = act.write_companions() {
@@ -231,7 +220,6 @@ impl Supervised for UsageRecorder {
         self.counters.clear();
         self.flushing = false;
         self.write_queued = false;
-        self.lazy_write_queued = false;
     }
 }
 
@@ -240,18 +228,12 @@ impl Handler<RecordUsage> for UsageRecorder {
 
     fn handle(&mut self, msg: RecordUsage, ctx: &mut Self::Context) {
         self.buffer.push(msg.record);
-        let waited_for = msg.ack.is_some();
         if let Some(tx) = msg.ack {
             self.buffered_acks.push(tx);
         }
-        if waited_for || self.buffer.len() >= MAX_BATCH_RECORDS {
-            if !self.write_queued {
-                self.write_queued = true;
-                ctx.notify(WriteBatch { lazy: false });
-            }
-        } else if !self.write_queued && !self.lazy_write_queued {
-            self.lazy_write_queued = true;
-            ctx.notify_later(WriteBatch { lazy: true }, LAZY_BATCH_DELAY);
+        if !self.write_queued {
+            self.write_queued = true;
+            ctx.notify(WriteBatch);
         }
     }
 }
@@ -259,12 +241,7 @@ impl Handler<RecordUsage> for UsageRecorder {
 impl Handler<WriteBatch> for UsageRecorder {
     type Result = ();
 
-    fn handle(&mut self, msg: WriteBatch, ctx: &mut Self::Context) {
-        if msg.lazy {
-            self.lazy_write_queued = false;
-        } else {
-            self.write_queued = false;
-        }
+    fn handle(&mut self, _msg: WriteBatch, ctx: &mut Self::Context) {
         self.write_buffer();
         self.start_flush(ctx);
     }
@@ -385,26 +362,5 @@ mod tests {
         });
         addr.send(FlushUsage).await.unwrap().unwrap();
         assert_eq!(store.all_usage().unwrap().len(), 1);
-    }
-
-    #[actix_rt::test]
-    async fn records_nobody_waits_for_are_gathered_into_one_batch() {
-        let store = Store::temporary().unwrap();
-        let addr = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap()).start();
-        // One at a time, each handled before the next is sent: an eager recorder writes 5 batches.
-        for _ in 0..5 {
-            addr.send(RecordUsage {
-                record: rec("d", "ok"),
-                ack: None,
-            })
-            .await
-            .unwrap();
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while store.all_usage().unwrap().len() < 5 {
-            assert!(std::time::Instant::now() < deadline, "never written");
-            tokio::time::sleep(LAZY_BATCH_DELAY).await;
-        }
-        assert_eq!(store.open_tree("usage").unwrap().len(), 1);
     }
 }
