@@ -363,4 +363,46 @@ mod tests {
         addr.send(FlushUsage).await.unwrap().unwrap();
         assert_eq!(store.all_usage().unwrap().len(), 1);
     }
+
+    /// Counts its calls and notes how many usage records were in the store at the first one.
+    struct Companion {
+        store: Store,
+        calls: std::sync::atomic::AtomicUsize,
+        records_at_first_call: std::sync::Mutex<Option<usize>>,
+    }
+
+    impl BatchCompanion for Companion {
+        fn write_pending(&self) -> Result<(), String> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut first = self.records_at_first_call.lock().unwrap();
+            if first.is_none() {
+                *first = Some(self.store.all_usage().unwrap().len());
+            }
+            Ok(())
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_companion_writes_before_the_records_whose_ack_covers_it() {
+        let store = Store::temporary().unwrap();
+        let companion = std::sync::Arc::new(Companion {
+            store: store.clone(),
+            calls: std::sync::atomic::AtomicUsize::new(0),
+            records_at_first_call: std::sync::Mutex::new(None),
+        });
+        let addr = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap())
+            .with_companion(companion.clone())
+            .start();
+        let (tx, rx) = oneshot::channel();
+        addr.send(RecordUsage {
+            record: rec("e", "ok"),
+            ack: Some(tx),
+        })
+        .await
+        .unwrap();
+        rx.await.unwrap().unwrap();
+        // Well before the 200 ms tick: the batch itself called it, ahead of its records.
+        assert!(companion.calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert_eq!(*companion.records_at_first_call.lock().unwrap(), Some(0));
+    }
 }

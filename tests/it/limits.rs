@@ -659,33 +659,14 @@ async fn usage_groups_add_up_to_the_raw_records() {
     .await;
     assert_eq!(by_day["data"].as_array().unwrap().len(), 1);
     assert_eq!(by_day["data"][0]["total_tokens"], total["total_tokens"]);
-    let (s, _, _) = call(
-        &server,
-        reqwest::Method::GET,
-        "/v1/usage?group_by=profile",
-        Some(&key),
-        None,
-    )
-    .await;
-    assert_eq!(s, 400);
-    let (s, _, _) = call(
-        &server,
-        reqwest::Method::GET,
-        "/v1/usage?from=yesterday",
-        Some(&key),
-        None,
-    )
-    .await;
-    assert_eq!(s, 400);
-    let (s, _, _) = call(
-        &server,
-        reqwest::Method::GET,
-        "/v1/usage?from=2000-01-01&to=2000-01-02",
-        Some(&key),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
+    for (path, status) in [
+        ("/v1/usage?group_by=profile", 400),
+        ("/v1/usage?from=yesterday", 400),
+        ("/v1/usage?from=2000-01-01&to=2000-01-02", 200),
+    ] {
+        let (s, _, _) = call(&server, reqwest::Method::GET, path, Some(&key), None).await;
+        assert_eq!(s, status, "{path}");
+    }
 
     let by_account = admin(
         &server,

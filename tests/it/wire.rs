@@ -64,6 +64,21 @@ fn sse_data(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// A streamed body and, for each non-empty chunk as it arrived, the time since `started`.
+async fn read_chunks(resp: reqwest::Response, started: Instant) -> (Vec<u8>, Vec<Duration>) {
+    let mut arrivals = Vec::new();
+    let mut raw = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        if !chunk.is_empty() {
+            arrivals.push(started.elapsed());
+            raw.extend_from_slice(&chunk);
+        }
+    }
+    (raw, arrivals)
+}
+
 /// The JSON events of an SSE body (everything but `[DONE]`).
 fn sse_json(text: &str) -> Vec<Value> {
     sse_data(text)
@@ -108,16 +123,7 @@ async fn a_stream_is_relayed_chunk_by_chunk_and_hides_the_usage_chunk_the_client
     assert_eq!(resp.status(), 200);
     let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(ct.starts_with("text/event-stream"), "{ct}");
-    let mut arrivals: Vec<Duration> = Vec::new();
-    let mut raw = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap();
-        if !chunk.is_empty() {
-            arrivals.push(started.elapsed());
-            raw.extend_from_slice(&chunk);
-        }
-    }
+    let (raw, arrivals) = read_chunks(resp, started).await;
     let end = started.elapsed();
     let first = arrivals[0];
     // The mock sends 9 events with 150ms between them (~1.2s): the first must not wait for the last.
@@ -181,14 +187,8 @@ async fn stream_events_that_arrive_together_are_sent_together() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let mut chunks = 0;
-        let mut raw = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.unwrap();
-            chunks += usize::from(!chunk.is_empty());
-            raw.extend_from_slice(&chunk);
-        }
+        let (raw, arrivals) = read_chunks(resp, Instant::now()).await;
+        let chunks = arrivals.len();
         let text = String::from_utf8(raw).unwrap();
         assert_eq!(sse_json(&text).len(), 7, "{text}");
         // One write per event would be 8 chunks or more (7 events and [DONE]); the first event goes
