@@ -181,19 +181,11 @@ metric_sum() { # addr metric-name [skip]: sum of a Prometheus counter's samples 
 SESSIONS=1000   # distinct X-Session-Id values in every request (only "full" has sticky sessions on)
 MAIN_SYSTEMS=(direct nginx bare-w1 bare-w2 full-w1 full-w2 fullnd-w1 fullnc-w1)
 
-measure_latency() {
+measure_one_connection() { # tag (lat|stream) stream-flag (0|1) what
   local sys
   for sys in "${MAIN_SYSTEMS[@]}"; do
-    log "run $RUN: $sys: latency at 1 connection (${DURATION}s)"
-    wrk_run "$sys" lat 1 1 "$DURATION" 0 "$SESSIONS" >/dev/null
-  done
-}
-
-measure_stream() {
-  local sys
-  for sys in "${MAIN_SYSTEMS[@]}"; do
-    log "run $RUN: $sys: streaming, time to last chunk at 1 connection (${DURATION}s)"
-    wrk_run "$sys" stream 1 1 "$DURATION" 1 "$SESSIONS" >/dev/null
+    log "run $RUN: $sys: $3 at 1 connection (${DURATION}s)"
+    wrk_run "$sys" "$1" 1 1 "$DURATION" "$2" "$SESSIONS" >/dev/null
   done
 }
 
@@ -308,8 +300,8 @@ done
 
 for RUN in $(seq "$RUNS"); do
   put direct loadavg_start "$(cut -d' ' -f1 /proc/loadavg)"
-  measure_latency
-  measure_stream
+  measure_one_connection lat 0 latency
+  measure_one_connection stream 1 "streaming, time to last chunk"
   measure_throughput "${MAIN_SYSTEMS[@]}"
   [ "$FAILOVER" = 1 ] && measure_throughput fo-steady fo-30 fo-30-fast
   measure_rss_loaded

@@ -113,15 +113,20 @@ def metric(addr, name, skip=None):
     print(int(total))
 
 
-def send(addr, n, bodyfile, key=""):
-    host, port = split_addr(addr)
+def chat_request(host, port, bodyfile, key=""):
+    """The raw keep-alive POST /v1/chat/completions carrying bodyfile (and the key, when given)."""
     with open(bodyfile, "rb") as f:
         body = f.read()
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
-    req = (
+    return (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+def send(addr, n, bodyfile, key=""):
+    host, port = split_addr(addr)
+    req = chat_request(host, port, bodyfile, key)
     ok = 0
     with socket.create_connection((host, port), timeout=60) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -231,13 +236,7 @@ def cpu(pid):
 
 def hold(addr, n, bodyfile, key=""):
     host, port = split_addr(addr)
-    with open(bodyfile, "rb") as f:
-        body = f.read()
-    auth = f"Authorization: Bearer {key}\r\n" if key else ""
-    req = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    req = chat_request(host, port, bodyfile, key)
     socks, failed = [], 0
     for _ in range(int(n)):
         try:
