@@ -2,19 +2,16 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod codec;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod http;
 pub mod limits;
 pub mod metrics;
-pub mod oauth;
-pub mod providers;
-pub mod proxy;
 pub mod reload;
-pub mod request;
-pub mod sse;
+pub mod state;
 pub mod upstream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,14 +22,14 @@ use std::time::Duration;
 use actix::Supervisor;
 use actix_web::{web, HttpServer};
 use switchyard_actors::recorder::{FlushUsage, UsageRecorder};
-use switchyard_actors::router::{ModelSpec, ProfileSpec, Router, RouterActor, RouterSpec};
+use switchyard_actors::router::{Router, RouterActor};
 use switchyard_actors::store::{Store, StoreError};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::upstream::{
-    credential_fingerprint, resolve_key, UpstreamBuildError, Upstreams, WorkerUpstreams,
-};
+use crate::state::{router_spec, AppState};
+use crate::upstream::oauth;
+use crate::upstream::{UpstreamBuildError, Upstreams, WorkerUpstreams};
 
 /// Where and how to serve, after command-line and environment overrides.
 #[derive(Debug, Clone)]
@@ -65,41 +62,6 @@ pub enum ServeError {
     Metrics(String),
     #[error("auth: {0}")]
     Auth(String),
-}
-
-/// What the router needs of the config, with credentials resolved (a missing key disables its profile).
-pub fn router_spec(config: &Config) -> RouterSpec {
-    let profiles = config
-        .profiles
-        .iter()
-        .map(|p| ProfileSpec {
-            id: p.id.clone(),
-            priority: p.priority,
-            weight: p.weight,
-            health: config.routing.health,
-            credential_fingerprint: credential_fingerprint(&p.api_key),
-            unusable_reason: resolve_key(&p.api_key).err(),
-            limits: p.limits,
-        })
-        .collect();
-    let models = config
-        .models
-        .iter()
-        .map(|m| ModelSpec {
-            name: m.name.clone(),
-            profiles: m.profiles.clone(),
-            strategy: m.strategy.unwrap_or(config.routing.strategy),
-        })
-        .collect();
-    RouterSpec {
-        profiles,
-        models,
-        sticky_ttl: config
-            .routing
-            .sticky
-            .enabled
-            .then_some(config.routing.sticky.ttl),
-    }
 }
 
 /// Runs the proxy until it is told to stop (SIGINT/SIGTERM): then it stops accepting, lets in-flight
@@ -153,7 +115,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     // Built once here so a bad profile fails start-up; each worker then builds its own clients.
     drop(Upstreams::build(&config, None, &tokens)?);
     let config_path = config.source.clone();
-    let shared = web::Data::new(http::Shared {
+    let shared = web::Data::new(AppState {
         config: arc_swap::ArcSwap::new(Arc::new(config)),
         router,
         recorder,

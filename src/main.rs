@@ -259,17 +259,17 @@ fn login_command(
             data_dir.display()
         )
     })?;
-    let tokens = switchyard::oauth::TokenStore::open(&store, &data_dir)?;
+    let tokens = switchyard::upstream::oauth::TokenStore::open(&store, &data_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut out = std::io::stdout();
-    runtime.block_on(switchyard::oauth::login(
+    runtime.block_on(switchyard::upstream::oauth::login(
         profile,
         oauth,
         &tokens,
         &mut out,
-        switchyard::oauth::login::CALLBACK_TIMEOUT,
+        switchyard::upstream::oauth::login::CALLBACK_TIMEOUT,
     ))?;
     store.flush_blocking()?;
     Ok(())

@@ -12,7 +12,7 @@ use serde::Serialize;
 use switchyard_actors::router::{Reload, ReloadSummary};
 
 use crate::config::{self, ConfigErrors};
-use crate::http::Shared;
+use crate::state::AppState;
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ pub struct ReloadReport {
 }
 
 /// Re-reads the configuration file and applies it.
-pub async fn reload(shared: &Shared, trigger: &str) -> Result<ReloadReport, ReloadError> {
+pub async fn reload(shared: &AppState, trigger: &str) -> Result<ReloadReport, ReloadError> {
     let _serial = shared.reload_lock.lock().await;
     let old = shared.config();
     let result = apply(shared, &old.source, &old).await;
@@ -64,7 +64,7 @@ pub async fn reload(shared: &Shared, trigger: &str) -> Result<ReloadReport, Relo
 }
 
 async fn apply(
-    shared: &Shared,
+    shared: &AppState,
     path: &Path,
     old: &config::Config,
 ) -> Result<ReloadReport, ReloadError> {
@@ -79,7 +79,7 @@ async fn apply(
     if new.server.store_cache_bytes != old.server.store_cache_bytes {
         needs_restart.push("server.store_cache_size".to_owned());
     }
-    let spec = crate::router_spec(&new);
+    let spec = crate::state::router_spec(&new);
     // Config and generation first, then the routing table: a request that picks a new profile from the
     // new table always finds its upstream, and one still on the old table finds removed profiles carried
     // over by the worker's rebuild.
@@ -102,7 +102,7 @@ async fn apply(
 }
 
 /// Reloads on SIGHUP, for as long as the system runs. The handler is installed before this returns.
-pub fn spawn_sighup(shared: web::Data<Shared>) {
+pub fn spawn_sighup(shared: web::Data<AppState>) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -120,7 +120,7 @@ pub fn spawn_sighup(shared: web::Data<Shared>) {
 /// Reloads when the config file changes. Watches its directory, because editors replace files by rename.
 /// Returns the watcher, which must be kept alive.
 pub fn spawn_file_watch(
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
     path: PathBuf,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;

@@ -6,8 +6,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use switchyard_actors::profile::breaker_open_until;
 
-use super::{is_admin, Shared};
+use super::is_admin;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health/live", web::get().to(live))
@@ -18,7 +19,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
-fn require_admin(shared: &Shared, req: &HttpRequest) -> Result<(), ApiError> {
+fn require_admin(shared: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     if shared.admin_token.is_none() {
         return Err(ApiError::Unauthenticated(format!(
             "The admin API is disabled: set {} to enable it.",
@@ -38,7 +39,7 @@ async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "live"}))
 }
 
-async fn ready(shared: web::Data<Shared>) -> HttpResponse {
+async fn ready(shared: web::Data<AppState>) -> HttpResponse {
     let store_ok = shared.store.is_writable();
     let usable = shared.router.any_usable();
     let body = serde_json::json!({
@@ -77,7 +78,7 @@ fn rfc3339(t: Option<SystemTime>) -> Option<String> {
 
 async fn list_profiles(
     req: HttpRequest,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&shared, &req)?;
     let now = SystemTime::now();
@@ -114,7 +115,7 @@ async fn list_profiles(
 async fn reset_profile(
     req: HttpRequest,
     id: web::Path<String>,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&shared, &req)?;
     let Some(p) = shared.router.profile(&id) else {
@@ -133,7 +134,7 @@ async fn reset_profile(
     Ok(HttpResponse::Ok().json(serde_json::json!({"id": id.into_inner(), "reset": true})))
 }
 
-async fn reload(req: HttpRequest, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+async fn reload(req: HttpRequest, shared: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     require_admin(&shared, &req)?;
     let result = crate::reload::reload(&shared, "admin").await;
     let detail = result
@@ -155,7 +156,7 @@ async fn reload(req: HttpRequest, shared: web::Data<Shared>) -> Result<HttpRespo
 }
 
 /// Prometheus scrape endpoint. Unauthenticated, as scrapers expect; it holds no secrets.
-async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
+async fn metrics(shared: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(shared.metrics.render(&shared.router))
@@ -163,7 +164,7 @@ async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
 
 /// Records an admin action in the audit log (who: the admin token or an admin credential).
 fn audit_admin(
-    shared: &Shared,
+    shared: &AppState,
     req: &HttpRequest,
     action: &str,
     target: Option<String>,

@@ -9,12 +9,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use switchyard_actors::store::{now_ms, UsageRecord};
 
-use super::{client::admit_other, identity, read_limited, Shared};
+use super::{identity, read_limited, v1::admit_other};
 use crate::auth::{AuditEvent, Principal};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::limits::webhook::{self, SignatureError};
 use crate::limits::{cost_micros, usd, LedgerError};
+use crate::state::AppState;
 
 const BODY_LIMIT: usize = 64 * 1024;
 const DEFAULT_SPAN: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -126,7 +127,7 @@ fn report(
 
 /// The records in the query's span, optionally for one account (or `key:<id>`).
 fn records(
-    shared: &Shared,
+    shared: &AppState,
     q: &UsageQuery,
     allowed: &[&str],
     subject: Option<(&Option<String>, Option<&str>)>,
@@ -167,7 +168,7 @@ fn records(
 async fn own_usage(
     req: HttpRequest,
     q: web::Query<UsageQuery>,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = identity::principal(&shared, &req)
         .await?
@@ -180,7 +181,7 @@ async fn own_usage(
     Ok(admission.decorate(result))
 }
 
-fn own_usage_body(shared: &Shared, p: &Principal, q: &UsageQuery) -> Result<Value, ApiError> {
+fn own_usage_body(shared: &AppState, p: &Principal, q: &UsageQuery) -> Result<Value, ApiError> {
     if p.account.is_none() && p.key_id().is_none() {
         return Err(ApiError::invalid(
             "This credential has no account: use GET /admin/usage.",
@@ -216,7 +217,7 @@ fn own_usage_body(shared: &Shared, p: &Principal, q: &UsageQuery) -> Result<Valu
 }
 
 /// The admin token or an admin-role credential; refused while the admin token is unset.
-async fn require_admin(shared: &Shared, req: &HttpRequest) -> Result<Principal, ApiError> {
+async fn require_admin(shared: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
     if shared.admin_token.is_none() {
         return Err(ApiError::Unauthenticated(
             "The admin API is disabled: set the admin token's variable to enable it.".into(),
@@ -237,7 +238,7 @@ async fn require_admin(shared: &Shared, req: &HttpRequest) -> Result<Principal, 
 async fn admin_usage(
     req: HttpRequest,
     q: web::Query<UsageQuery>,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&shared, &req).await?;
     let (recs, from, to, group_by) =
@@ -260,7 +261,7 @@ fn ledger_error(e: LedgerError) -> ApiError {
 async fn get_credits(
     req: HttpRequest,
     id: web::Path<String>,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&shared, &req).await?;
     let ledger = &shared.limits.ledger;
@@ -309,7 +310,7 @@ async fn add_credits(
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&shared, &req).await?;
     let body: CreditsBody = json_body(&req, payload).await?;
@@ -340,7 +341,7 @@ fn usd_signed(micros: i64) -> String {
     format!("{sign}{}", usd(micros.unsigned_abs()))
 }
 
-async fn flush(shared: &Shared) -> Result<(), ApiError> {
+async fn flush(shared: &AppState) -> Result<(), ApiError> {
     shared
         .store
         .flush()
@@ -356,7 +357,7 @@ struct TierBody {
 }
 
 /// Sets an account's tier after checking it exists.
-fn apply_tier(shared: &Shared, account: &str, tier: Option<&str>) -> Result<(), ApiError> {
+fn apply_tier(shared: &AppState, account: &str, tier: Option<&str>) -> Result<(), ApiError> {
     if let Some(t) = tier {
         if !shared.config().tiers.contains_key(t) {
             return Err(ApiError::InvalidRequest {
@@ -377,7 +378,7 @@ async fn set_tier(
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&shared, &req).await?;
     let body: TierBody = json_body(&req, payload).await?;
@@ -418,7 +419,7 @@ struct WebhookData {
 async fn billing_webhook(
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(secret) = std::env::var(webhook::SECRET_ENV)
         .ok()

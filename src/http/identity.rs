@@ -6,9 +6,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{constant_time_eq, presented_credential, read_limited, Shared};
+use super::{constant_time_eq, presented_credential, read_limited};
 use crate::auth::{AccountPatch, AuthError, DurationInput, NewAccount, NewKey, Principal};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 type Reply = Result<HttpResponse, actix_web::Error>;
 
@@ -41,7 +42,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 /// The caller, if it presented a credential; a presented credential is always checked, even with
 /// `auth.required: false`.
 pub(crate) async fn principal(
-    shared: &Shared,
+    shared: &AppState,
     req: &HttpRequest,
 ) -> Result<Option<Principal>, AuthError> {
     let Some(given) = presented_credential(req) else {
@@ -63,7 +64,7 @@ pub(crate) async fn principal(
 /// With `auth.required: false` a credential that is not ours (neither a `sy_` key nor a JWT) is
 /// ignored: OpenAI SDKs insist on sending some API key, and local setups put a placeholder there.
 pub(crate) async fn authenticate_client(
-    shared: &Shared,
+    shared: &AppState,
     req: &HttpRequest,
 ) -> Result<Option<Principal>, ApiError> {
     let required = shared.config().auth.required;
@@ -78,7 +79,7 @@ pub(crate) async fn authenticate_client(
 }
 
 /// A gateway key, a JWT, or the admin token.
-fn looks_like_ours(shared: &Shared, given: &str) -> bool {
+fn looks_like_ours(shared: &AppState, given: &str) -> bool {
     given.starts_with(crate::auth::KEY_PREFIX)
         || given.split('.').count() == 3
         || shared
@@ -88,7 +89,7 @@ fn looks_like_ours(shared: &Shared, given: &str) -> bool {
 }
 
 /// Whether `given` is an admin-role credential, without network (for the synchronous `is_admin`).
-pub(crate) fn is_admin_credential(shared: &Shared, given: &str) -> bool {
+pub(crate) fn is_admin_credential(shared: &AppState, given: &str) -> bool {
     shared
         .auth
         .authenticate_cached(&shared.config().auth, given)
@@ -102,13 +103,13 @@ fn missing() -> AuthError {
     )
 }
 
-async fn require_principal(shared: &Shared, req: &HttpRequest) -> Result<Principal, AuthError> {
+async fn require_principal(shared: &AppState, req: &HttpRequest) -> Result<Principal, AuthError> {
     principal(shared, req).await?.ok_or_else(missing)
 }
 
 /// The admin token or an admin-role credential. Like every admin route, refused while the admin
 /// token's variable is unset.
-async fn require_admin(shared: &Shared, req: &HttpRequest) -> Result<Principal, AuthError> {
+async fn require_admin(shared: &AppState, req: &HttpRequest) -> Result<Principal, AuthError> {
     if shared.admin_token.is_none() {
         return Err(AuthError::Unauthenticated(format!(
             "The admin API is disabled: set {} to enable it.",
@@ -168,7 +169,7 @@ struct Login {
     password: String,
 }
 
-async fn login(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> Reply {
+async fn login(req: HttpRequest, payload: web::Payload, shared: web::Data<AppState>) -> Reply {
     let body: Login = json_body(&req, payload).await?;
     let config = shared.config();
     let tokens = shared
@@ -189,7 +190,7 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-async fn refresh(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> Reply {
+async fn refresh(req: HttpRequest, payload: web::Payload, shared: web::Data<AppState>) -> Reply {
     let body: RefreshBody = json_body(&req, payload).await?;
     let config = shared.config();
     let tokens = shared
@@ -206,7 +207,7 @@ struct LogoutBody {
     refresh_token: Option<String>,
 }
 
-async fn logout(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> Reply {
+async fn logout(req: HttpRequest, payload: web::Payload, shared: web::Data<AppState>) -> Reply {
     let body: LogoutBody = json_body(&req, payload).await?;
     let caller = match body.refresh_token {
         Some(_) => None,
@@ -226,11 +227,11 @@ async fn logout(req: HttpRequest, payload: web::Payload, shared: web::Data<Share
 // --- the caller's own ----------------------------------------------------------------------------
 
 /// Counts a `/v1` call against the caller's tier; the refusal (429 with `Retry-After`) when over it.
-fn admit(shared: &Shared, p: &Principal) -> Result<crate::limits::Admission, Box<HttpResponse>> {
-    super::client::admit_other(shared, Some(p))
+fn admit(shared: &AppState, p: &Principal) -> Result<crate::limits::Admission, Box<HttpResponse>> {
+    super::v1::admit_other(shared, Some(p))
 }
 
-async fn me(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
+async fn me(req: HttpRequest, shared: web::Data<AppState>) -> Reply {
     let p = require_principal(&shared, &req).await?;
     let admission = match admit(&shared, &p) {
         Ok(a) => a,
@@ -240,7 +241,7 @@ async fn me(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
     Ok(admission.decorate(Ok(res)))
 }
 
-async fn own_keys(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
+async fn own_keys(req: HttpRequest, shared: web::Data<AppState>) -> Reply {
     let p = require_principal(&shared, &req).await?;
     let admission = match admit(&shared, &p) {
         Ok(a) => a,
@@ -254,7 +255,7 @@ async fn own_keys(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
 async fn own_create_key(
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Reply {
     let p = require_principal(&shared, &req).await?;
     let admission = match admit(&shared, &p) {
@@ -282,7 +283,7 @@ async fn own_create_key(
 async fn own_revoke_key(
     req: HttpRequest,
     id: web::Path<String>,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Reply {
     let p = require_principal(&shared, &req).await?;
     let admission = match admit(&shared, &p) {
@@ -306,14 +307,14 @@ struct KeyFilter {
 async fn list_keys(
     req: HttpRequest,
     query: web::Query<KeyFilter>,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Reply {
     require_admin(&shared, &req).await?;
     let keys = shared.auth.list_keys(query.account.as_deref())?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": keys})))
 }
 
-async fn create_key(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> Reply {
+async fn create_key(req: HttpRequest, payload: web::Payload, shared: web::Data<AppState>) -> Reply {
     let p = require_admin(&shared, &req).await?;
     let body: NewKey = json_body(&req, payload).await?;
     let created = shared
@@ -323,7 +324,7 @@ async fn create_key(req: HttpRequest, payload: web::Payload, shared: web::Data<S
     Ok(HttpResponse::Created().json(created))
 }
 
-async fn revoke_key(req: HttpRequest, id: web::Path<String>, shared: web::Data<Shared>) -> Reply {
+async fn revoke_key(req: HttpRequest, id: web::Path<String>, shared: web::Data<AppState>) -> Reply {
     let p = require_admin(&shared, &req).await?;
     let key = shared
         .auth
@@ -343,7 +344,7 @@ async fn rotate_key(
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Reply {
     let p = require_admin(&shared, &req).await?;
     let body: RotateBody = json_body(&req, payload).await?;
@@ -356,7 +357,7 @@ async fn rotate_key(
 
 // --- admin: accounts -----------------------------------------------------------------------------
 
-async fn list_accounts(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
+async fn list_accounts(req: HttpRequest, shared: web::Data<AppState>) -> Reply {
     require_admin(&shared, &req).await?;
     let accounts = shared.auth.list_accounts()?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": accounts})))
@@ -365,7 +366,7 @@ async fn list_accounts(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
 async fn create_account(
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Reply {
     let p = require_admin(&shared, &req).await?;
     let body: NewAccount = json_body(&req, payload).await?;
@@ -376,7 +377,11 @@ async fn create_account(
     Ok(HttpResponse::Created().json(account))
 }
 
-async fn get_account(req: HttpRequest, id: web::Path<String>, shared: web::Data<Shared>) -> Reply {
+async fn get_account(
+    req: HttpRequest,
+    id: web::Path<String>,
+    shared: web::Data<AppState>,
+) -> Reply {
     require_admin(&shared, &req).await?;
     Ok(HttpResponse::Ok().json(shared.auth.get_account(&id)?))
 }
@@ -385,7 +390,7 @@ async fn update_account(
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Reply {
     let p = require_admin(&shared, &req).await?;
     let body: AccountPatch = json_body(&req, payload).await?;
@@ -408,7 +413,7 @@ struct AuditQuery {
 async fn audit(
     req: HttpRequest,
     query: web::Query<AuditQuery>,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Reply {
     require_admin(&shared, &req).await?;
     let limit = match query.limit.as_deref() {

@@ -2,59 +2,18 @@
 
 mod admin;
 mod billing;
-mod client;
 pub(crate) mod identity;
+mod v1;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use actix::Addr;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
-use switchyard_actors::recorder::UsageRecorder;
-use switchyard_actors::router::{Router, RouterActor};
-use switchyard_actors::store::Store;
 
-use crate::config::Config;
 use crate::error::ApiError;
-use crate::metrics::{status_class, Metrics};
+use crate::metrics::status_class;
+use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
-
-/// State shared by every worker.
-pub struct Shared {
-    /// The live configuration; swapped whole on reload, so a request sees one consistent version.
-    pub config: arc_swap::ArcSwap<Config>,
-    pub router: Arc<Router>,
-    pub recorder: Addr<UsageRecorder>,
-    pub store: Store,
-    /// `None` when the admin token's variable is unset: admin routes then refuse everyone.
-    pub admin_token: Option<String>,
-    pub metrics: Arc<Metrics>,
-    /// Applies reloads one at a time.
-    pub router_actor: Addr<RouterActor>,
-    /// Bumped on every successful reload; workers rebuild their upstream clients when it moves.
-    pub generation: AtomicU64,
-    /// Serialises reloads (file watcher, SIGHUP and the admin endpoint may race).
-    pub reload_lock: tokio::sync::Mutex<()>,
-    /// Client identity: keys, accounts, tokens, audit. Shared by every worker (its caches are DashMaps).
-    pub auth: Arc<crate::auth::AuthService>,
-    /// Tiers, rate-limit counters and the credit ledger (see `limits`).
-    pub limits: Arc<crate::limits::Limits>,
-}
-
-impl Shared {
-    /// The configuration as of now.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
-    }
-
-    /// The configuration generation as of now.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-}
 
 /// The request id of the current request (set by the middleware).
 #[derive(Clone)]
@@ -75,12 +34,12 @@ fn request_id(req: &actix_web::dev::ServiceRequest) -> String {
 /// Registers every route. `upstreams` is built per worker (see `upstream`).
 pub fn configure(
     cfg: &mut web::ServiceConfig,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
     upstreams: web::Data<WorkerUpstreams>,
 ) {
     cfg.app_data(shared)
         .app_data(upstreams)
-        .configure(client::routes)
+        .configure(v1::routes)
         .configure(admin::routes)
         .configure(identity::routes)
         .configure(billing::routes);
@@ -112,7 +71,7 @@ where
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
     let metrics = req
-        .app_data::<web::Data<Shared>>()
+        .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
     let fut = srv.call(req);
     async move {
@@ -199,7 +158,7 @@ pub fn presented_credential(req: &HttpRequest) -> Option<&str> {
 }
 
 /// Whether the request carries the admin token or an admin-role credential.
-pub fn is_admin(shared: &Shared, req: &HttpRequest) -> bool {
+pub fn is_admin(shared: &AppState, req: &HttpRequest) -> bool {
     match (&shared.admin_token, presented_credential(req)) {
         (Some(token), Some(given)) => {
             constant_time_eq(token.as_bytes(), given.as_bytes())

@@ -24,9 +24,9 @@ use parking_lot::Mutex;
 use switchyard_actors::store::{now_ms, Store, StoreError, UsageRecord};
 
 use crate::auth::Principal;
-use crate::codec::Dialect;
 use crate::config::{Config, ModelPrice, TierConfig};
 use crate::metrics::Metrics;
+use crate::wire::Dialect;
 pub use credits::{Ledger, LedgerError, Reservation, Transaction};
 
 /// The tier used for callers whose tier is unset or unknown, when the config defines it.
@@ -470,7 +470,7 @@ impl switchyard_actors::recorder::BatchCompanion for Limits {
     }
 }
 
-/// A request's accounting until it is answered: its reserved credits and its token budget. Shared by the
+/// A request's accounting until it is answered: its reserved credits and its token budget. AppState by the
 /// forward path and a stream's guard, so it lives as long as the answer does.
 pub struct Hold {
     limits: Arc<Limits>,

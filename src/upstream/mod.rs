@@ -3,6 +3,7 @@
 //! runtimes routes every connection's I/O through the runtime that opened it.
 
 pub mod classify;
+pub mod oauth;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -14,10 +15,10 @@ use arc_swap::ArcSwap;
 use indexmap::IndexMap;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use self::oauth::{CredentialError, TokenSource, TokenSources};
 use crate::config::{
     ApiKeySource, Config, OAuthReturns, Preset, ProfileConfig, Provider, Timeouts,
 };
-use crate::oauth::{CredentialError, TokenSource, TokenSources};
 
 /// The Messages API version we speak to Anthropic.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -181,7 +182,7 @@ pub struct Upstreams {
 pub struct WorkerUpstreams {
     built_for: AtomicU64,
     current: ArcSwap<Upstreams>,
-    /// Shared by every worker, so a token refresh is single-flight process-wide.
+    /// AppState by every worker, so a token refresh is single-flight process-wide.
     tokens: Arc<TokenSources>,
 }
 

@@ -358,7 +358,7 @@ async fn json_logs_carry_the_request_id_and_never_the_key() {
             "--no-watch",
         ])
         .current_dir(dir.path())
-        .env("RUST_LOG", "info,switchyard::proxy=debug")
+        .env("RUST_LOG", "info,switchyard::forward=debug")
         .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

@@ -1,18 +1,23 @@
-//! Dialects: the wire format the upstream speaks and the one the client speaks. Switchyard's own path is
-//! OpenAI; an Anthropic upstream is decoded into it and an Anthropic client (`/v1/messages`) is encoded
-//! out of it, bodies and streams alike.
+//! The wire formats: the dialect a client speaks and the one an upstream speaks, the few request fields
+//! the proxy reads (`openai`), server-sent events (`sse`) and the Anthropic translation (`anthropic`).
+//! Switchyard's own path is OpenAI; an Anthropic upstream is decoded into it and an Anthropic client
+//! (`/v1/messages`) is encoded out of it, bodies and streams alike. Pure code over bytes: no I/O, no config.
+
+pub mod anthropic;
+pub mod openai;
+pub mod sse;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
 
 use crate::config::Provider;
 use crate::error::ApiError;
-use crate::providers::anthropic::{
+use crate::wire::anthropic::{
     chat_response_to_messages, messages_response_to_chat, ChatStreamToMessages,
     MessagesStreamToChat,
 };
-use crate::request::TokenUsage;
-use crate::sse::SseRelay;
+use crate::wire::openai::TokenUsage;
+use crate::wire::sse::SseRelay;
 
 /// The wire format a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,15 +3,16 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::{current_request_id, identity, read_limited, Shared};
+use super::{current_request_id, identity, read_limited};
 use crate::auth::Principal;
-use crate::codec::{anthropic_error_json, Dialect};
 use crate::error::ApiError;
+use crate::forward::{Endpoint, Proxy, ProxyRequest};
 use crate::limits::{Admission, CallKind, Subject};
-use crate::providers::anthropic::messages_request_to_chat;
-use crate::proxy::{Endpoint, Proxy, ProxyRequest};
-use crate::request::RoutingFields;
+use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
+use crate::wire::anthropic::messages_request_to_chat;
+use crate::wire::openai::RoutingFields;
+use crate::wire::{anthropic_error_json, Dialect};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions))
@@ -24,7 +25,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Checks the client's credential (API key, JWT or the admin token): the caller, or `None` when no
 /// credential was sent and `auth.required` is false. A credential that is sent is always checked.
-async fn authenticate(shared: &Shared, req: &HttpRequest) -> Result<Option<Principal>, ApiError> {
+async fn authenticate(shared: &AppState, req: &HttpRequest) -> Result<Option<Principal>, ApiError> {
     identity::authenticate_client(shared, req).await
 }
 
@@ -36,7 +37,7 @@ async fn proxy(
     endpoint: Endpoint,
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
     upstreams: web::Data<WorkerUpstreams>,
 ) -> Result<HttpResponse, ApiError> {
     let started = std::time::Instant::now();
@@ -79,7 +80,7 @@ async fn forward(
     call: Call,
     req: &HttpRequest,
     body: bytes::Bytes,
-    shared: &Shared,
+    shared: &AppState,
     upstreams: &WorkerUpstreams,
 ) -> Result<HttpResponse, ApiError> {
     let Call {
@@ -146,7 +147,7 @@ async fn forward(
 async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
     up: web::Data<WorkerUpstreams>,
 ) -> Result<HttpResponse, ApiError> {
     proxy(Endpoint::ChatCompletions, req, payload, shared, up).await
@@ -155,7 +156,7 @@ async fn chat_completions(
 async fn completions(
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
     up: web::Data<WorkerUpstreams>,
 ) -> Result<HttpResponse, ApiError> {
     proxy(Endpoint::Completions, req, payload, shared, up).await
@@ -164,7 +165,7 @@ async fn completions(
 async fn embeddings(
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
     up: web::Data<WorkerUpstreams>,
 ) -> Result<HttpResponse, ApiError> {
     proxy(Endpoint::Embeddings, req, payload, shared, up).await
@@ -177,7 +178,7 @@ fn model_object(name: &str) -> serde_json::Value {
 /// The models clients may ask for: the configured names, not the upstreams' lists.
 async fn list_models(
     req: HttpRequest,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&shared, &req).await?;
     let admission = match admit_other(&shared, principal.as_ref()) {
@@ -199,7 +200,7 @@ async fn list_models(
 async fn get_model(
     req: HttpRequest,
     id: web::Path<String>,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&shared, &req).await?;
     let admission = match admit_other(&shared, principal.as_ref()) {
@@ -219,7 +220,7 @@ async fn get_model(
 
 /// Counts a `/v1` call that is not a model request; a refusal is the 429 to answer.
 pub(super) fn admit_other(
-    shared: &Shared,
+    shared: &AppState,
     principal: Option<&Principal>,
 ) -> Result<Admission, Box<HttpResponse>> {
     shared
@@ -234,7 +235,7 @@ pub(super) fn admit_other(
 async fn messages(
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<Shared>,
+    shared: web::Data<AppState>,
     upstreams: web::Data<WorkerUpstreams>,
 ) -> HttpResponse {
     let started = std::time::Instant::now();

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
-use crate::request::TokenUsage;
+use crate::wire::openai::TokenUsage;
 
 /// Largest single event we hold while waiting for its end; a longer one is upstream garbage.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;

@@ -18,15 +18,15 @@ use switchyard_actors::store::{now_ms, UsageRecord};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::codec::{client_error_body, response_body, Dialect, StreamCodec, StreamFault};
 use crate::config::{Config, Provider};
 use crate::error::ApiError;
-use crate::http::Shared;
 use crate::metrics::{status_class, InFlight, Metrics};
-use crate::providers::anthropic::chat_request_to_messages;
-use crate::request::{response_usage, upstream_body, RoutingFields, TokenUsage};
+use crate::state::AppState;
 use crate::upstream::classify::{classify, error_detail, Verdict};
 use crate::upstream::{UpstreamProfile, WorkerUpstreams};
+use crate::wire::anthropic::chat_request_to_messages;
+use crate::wire::openai::{response_usage, upstream_body, RoutingFields, TokenUsage};
+use crate::wire::{client_error_body, response_body, Dialect, StreamCodec, StreamFault};
 
 /// The OpenAI endpoints that are proxied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// Everything the forward path needs; cheap to build per request.
 pub struct Proxy<'a> {
-    pub shared: &'a Shared,
+    pub shared: &'a AppState,
     /// The configuration as of the request's arrival.
     pub config: &'a Config,
     /// This worker's upstream clients.
@@ -154,7 +154,7 @@ impl Proxy<'_> {
                 .with_label_values(&[&model])
                 .observe(started.elapsed().as_secs_f64());
             // Debug, not info: an access line per request costs a formatted write on the hot path;
-            // metrics carry the traffic. `RUST_LOG=info,switchyard::proxy=debug` turns it on.
+            // metrics carry the traffic. `RUST_LOG=info,switchyard::forward=debug` turns it on.
             tracing::debug!(
                 request_id = request_id.as_deref().unwrap_or_default(),
                 status,
