@@ -1,9 +1,16 @@
-//! `ApiError`: every error a client can see, rendered once as an OpenAI-shaped body.
+//! `ApiError`: every error a client can see, built by one constructor per case and rendered in one
+//! place, in the client's dialect (OpenAI's `{"error": {...}}` or Anthropic's `{"type": "error", ...}`).
+//! The layers' own errors (`AuthError`, `limits::Refusal`, wire parse errors) convert into it with
+//! `From`, so a handler only writes `?`.
 
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+
+use crate::wire::anthropic::TranslateError;
+use crate::wire::openai::FieldError;
+use crate::wire::Dialect;
 
 /// An error answered to a client. The message is written for the client: it names profiles and
 /// reasons, never credentials.
@@ -19,6 +26,9 @@ pub enum ApiError {
     /// 401: missing or wrong credentials.
     #[error("{0}")]
     Unauthenticated(String),
+    /// 402: the caller's credits cannot cover the request.
+    #[error("{0}")]
+    InsufficientQuota(String),
     /// 403: credentials valid, action not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -28,9 +38,20 @@ pub enum ApiError {
     /// 404 for anything else.
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request repeats one already applied (a webhook replay).
+    #[error("{message}")]
+    Conflict { message: String, code: &'static str },
     /// 413: the body exceeds `server.max_body_size`.
     #[error("Request body is larger than the limit of {limit} bytes.")]
     TooLarge { limit: usize },
+    /// 429: a limit of the caller's tier (or of sign-ins) is spent; `retry_after` in whole seconds.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        code: &'static str,
+        retry_after: u64,
+        rate: RateHeaders,
+    },
     /// 503: no profile could be tried.
     #[error("{0}")]
     NoAvailableProfile(String),
@@ -45,18 +66,61 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The `X-RateLimit-*` values of a call: (limit, remaining, seconds until reset) of the tightest request
+/// limit and of the daily token budget. Sent on answers and on refusals alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub requests: Option<(u64, u64, u64)>,
+    pub tokens: Option<(u64, u64, u64)>,
+}
+
+impl RateHeaders {
+    /// Writes the headers that have a value.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let mut set = |name: &'static str, v: u64| {
+            if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        };
+        if let Some((limit, remaining, reset)) = self.requests {
+            set("x-ratelimit-limit", limit);
+            set("x-ratelimit-remaining", remaining);
+            set("x-ratelimit-reset", reset);
+        }
+        if let Some((limit, remaining, reset)) = self.tokens {
+            set("x-ratelimit-limit-tokens", limit);
+            set("x-ratelimit-remaining-tokens", remaining);
+            set("x-ratelimit-reset-tokens", reset);
+        }
+    }
 }
 
 #[derive(Serialize)]
-struct Inner<'a> {
+struct OpenAiBody<'a> {
+    error: OpenAiInner<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiInner<'a> {
     message: String,
     #[serde(rename = "type")]
     kind: &'a str,
     param: Option<&'a str>,
     code: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct AnthropicBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicInner<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicInner<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: String,
 }
 
 impl ApiError {
@@ -72,10 +136,14 @@ impl ApiError {
     /// The OpenAI `type` word.
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest { .. } | ApiError::TooLarge { .. } => "invalid_request_error",
+            ApiError::InvalidRequest { .. }
+            | ApiError::TooLarge { .. }
+            | ApiError::Conflict { .. } => "invalid_request_error",
             ApiError::Unauthenticated(_) => "authentication_error",
+            ApiError::InsufficientQuota(_) => "insufficient_quota",
             ApiError::Forbidden(_) => "permission_error",
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => "not_found_error",
+            ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::NoAvailableProfile(_) => "no_available_profile",
             ApiError::Upstream(_) => "upstream_error",
             ApiError::Timeout(_) => "timeout",
@@ -83,11 +151,32 @@ impl ApiError {
         }
     }
 
+    /// Anthropic's `error.type` word for the same case (its clients decide retries on it).
+    fn anthropic_kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { .. }
+            | ApiError::TooLarge { .. }
+            | ApiError::Conflict { .. } => "invalid_request_error",
+            ApiError::Unauthenticated(_) => "authentication_error",
+            ApiError::Forbidden(_) => "permission_error",
+            ApiError::UnknownModel(_) | ApiError::NotFound(_) => "not_found_error",
+            ApiError::RateLimited { .. } => "rate_limit_error",
+            ApiError::NoAvailableProfile(_) => "overloaded_error",
+            ApiError::InsufficientQuota(_)
+            | ApiError::Timeout(_)
+            | ApiError::Upstream(_)
+            | ApiError::Internal(_) => "api_error",
+        }
+    }
+
     fn code(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidRequest { code, .. } => *code,
+            ApiError::Conflict { code, .. } => Some(code),
+            ApiError::InsufficientQuota(_) => Some("insufficient_quota"),
             ApiError::UnknownModel(_) => Some("model_not_found"),
             ApiError::TooLarge { .. } => Some("request_too_large"),
+            ApiError::RateLimited { code, .. } => Some(code),
             ApiError::NoAvailableProfile(_) => Some("no_available_profile"),
             ApiError::Upstream(_) => Some("upstream_error"),
             ApiError::Timeout(_) => Some("timeout"),
@@ -103,17 +192,51 @@ impl ApiError {
         }
     }
 
-    /// The JSON body, for places that write errors without a response (e.g. an SSE error event).
-    pub fn body_json(&self) -> String {
-        let body = Body {
-            error: Inner {
-                message: self.to_string(),
-                kind: self.kind(),
-                param: self.param(),
-                code: self.code(),
-            },
+    /// The JSON body in `dialect`, also for places that write errors without a response (an SSE
+    /// error event).
+    pub fn body(&self, dialect: Dialect) -> String {
+        let json = match dialect {
+            Dialect::OpenAi => serde_json::to_string(&OpenAiBody {
+                error: OpenAiInner {
+                    message: self.to_string(),
+                    kind: self.kind(),
+                    param: self.param(),
+                    code: self.code(),
+                },
+            }),
+            Dialect::Anthropic => serde_json::to_string(&AnthropicBody {
+                kind: "error",
+                error: AnthropicInner {
+                    kind: self.anthropic_kind(),
+                    message: self.to_string(),
+                },
+            }),
         };
-        serde_json::to_string(&body).unwrap_or_else(|_| String::from(r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#))
+        json.unwrap_or_else(|_| String::from(r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#))
+    }
+
+    /// The whole response in `dialect`: status, body and the headers the case carries.
+    pub fn render(&self, dialect: Dialect) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(detail = %detail, "internal error");
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        res.insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        match self {
+            // Clients should come back later rather than hammer us; a short hint is honest.
+            ApiError::NoAvailableProfile(_) => {
+                res.insert_header((RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                res.insert_header((RETRY_AFTER, retry_after.to_string()));
+            }
+            _ => {}
+        }
+        let mut res = res.body(self.body(dialect));
+        if let ApiError::RateLimited { rate, .. } = self {
+            rate.apply(res.headers_mut());
+        }
+        res
     }
 }
 
@@ -122,9 +245,12 @@ impl ResponseError for ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientQuota(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoAvailableProfile(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -132,17 +258,30 @@ impl ResponseError for ApiError {
         }
     }
 
+    /// The OpenAI shape, for routes that are not `/v1/messages*` (those render through `render`).
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(detail) = self {
-            tracing::error!(detail = %detail, "internal error");
+        self.render(Dialect::OpenAi)
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> ApiError {
+        let (param, code) = match &e {
+            FieldError::Empty => (None, None),
+            FieldError::NotJson(_) => (None, Some("invalid_json")),
+            FieldError::NoModel => (Some("model"), None),
+        };
+        ApiError::InvalidRequest {
+            message: e.to_string(),
+            param,
+            code,
         }
-        let mut res = HttpResponse::build(self.status_code());
-        res.content_type("application/json");
-        if let ApiError::NoAvailableProfile(_) = self {
-            // Clients should come back later rather than hammer us; a short hint is honest.
-            res.insert_header((RETRY_AFTER, HeaderValue::from_static("1")));
-        }
-        res.body(self.body_json())
+    }
+}
+
+impl From<TranslateError> for ApiError {
+    fn from(e: TranslateError) -> ApiError {
+        ApiError::invalid(e.to_string())
     }
 }
 
@@ -153,12 +292,41 @@ mod tests {
     #[test]
     fn renders_openai_shape() {
         let e = ApiError::UnknownModel("gpt-9".into());
-        let v: serde_json::Value = serde_json::from_str(&e.body_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&e.body(Dialect::OpenAi)).unwrap();
         assert_eq!(v["error"]["type"], "not_found_error");
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["param"], "model");
         assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
         assert_eq!(e.status_code(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn renders_anthropic_shape() {
+        let e = ApiError::NoAvailableProfile("all cooling down".into());
+        let v: serde_json::Value = serde_json::from_str(&e.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "overloaded_error");
+        assert_eq!(v["error"]["message"], "all cooling down");
+    }
+
+    #[test]
+    fn a_rate_limit_carries_retry_after_and_its_limits_in_both_dialects() {
+        let e = ApiError::RateLimited {
+            message: "slow down".into(),
+            code: "rate_limit_exceeded",
+            retry_after: 7,
+            rate: RateHeaders {
+                requests: Some((10, 0, 7)),
+                tokens: None,
+            },
+        };
+        for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
+            let res = e.render(dialect);
+            assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(res.headers()[RETRY_AFTER], "7");
+            assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
+            assert_eq!(res.headers()["x-ratelimit-limit"], "10");
+        }
     }
 
     #[test]
@@ -182,6 +350,11 @@ mod tests {
                 "authentication_error",
             ),
             (ApiError::Forbidden("x".into()), 403, "permission_error"),
+            (
+                ApiError::InsufficientQuota("x".into()),
+                402,
+                "insufficient_quota",
+            ),
         ];
         for (e, status, kind) in cases {
             assert_eq!(e.status_code().as_u16(), status);

@@ -48,6 +48,14 @@ impl AppState {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+
+    /// The configuration and its generation, for one request to read throughout. The generation is read
+    /// first: a reload stores the config before it bumps the generation, so a new generation always
+    /// comes with its config, and upstream clients are never rebuilt from an older one.
+    pub fn snapshot(&self) -> (Arc<Config>, u64) {
+        let generation = self.generation();
+        (self.config(), generation)
+    }
 }
 
 /// What the router needs of the config, with credentials resolved (a missing key disables its profile).

@@ -3,12 +3,9 @@
 
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
-use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
 use switchyard_actors::store::StoreError;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, RateHeaders};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -52,71 +49,48 @@ impl AuthError {
             code: None,
         }
     }
+}
 
-    /// The same error as an `ApiError`, for everything but 429 which `ApiError` does not know.
-    fn as_api(&self) -> Option<ApiError> {
-        Some(match self {
-            AuthError::Unauthenticated(m) => ApiError::Unauthenticated(m.clone()),
-            AuthError::Forbidden(m) => ApiError::Forbidden(m.clone()),
-            AuthError::NotFound(m) => ApiError::NotFound(m.clone()),
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            AuthError::Unauthenticated(m) => ApiError::Unauthenticated(m),
+            AuthError::Forbidden(m) => ApiError::Forbidden(m),
+            AuthError::NotFound(m) => ApiError::NotFound(m),
             AuthError::Invalid {
                 message,
                 param,
                 code,
             } => ApiError::InvalidRequest {
-                message: message.clone(),
-                param: *param,
-                code: *code,
+                message,
+                param,
+                code,
             },
-            AuthError::RateLimited { .. } => return None,
+            AuthError::RateLimited { retry_after, limit } => {
+                let secs = retry_after_secs(retry_after);
+                ApiError::RateLimited {
+                    message,
+                    code: "login_rate_limited",
+                    retry_after: secs,
+                    rate: RateHeaders {
+                        requests: Some((u64::from(limit), 0, secs)),
+                        tokens: None,
+                    },
+                }
+            }
             AuthError::Store(e) => ApiError::Internal(e.to_string()),
-            AuthError::Internal(m) => ApiError::Internal(m.clone()),
-        })
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> ApiError {
-        e.as_api()
-            .unwrap_or_else(|| ApiError::Unauthenticated(e.to_string()))
-    }
-}
-
-impl ResponseError for AuthError {
-    fn status_code(&self) -> StatusCode {
-        match self.as_api() {
-            Some(api) => api.status_code(),
-            None => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::Internal(m) => ApiError::Internal(m),
         }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let AuthError::RateLimited { retry_after, limit } = self else {
-            return match self.as_api() {
-                Some(api) => api.error_response(),
-                None => HttpResponse::InternalServerError().finish(),
-            };
-        };
-        let secs = retry_after_secs(*retry_after);
-        let body = serde_json::json!({"error": {
-            "message": self.to_string(),
-            "type": "rate_limit_error",
-            "param": null,
-            "code": "login_rate_limited",
-        }});
-        let mut res = HttpResponse::TooManyRequests();
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            res.insert_header((RETRY_AFTER, v.clone()));
-            res.insert_header(("x-ratelimit-reset", v));
-        }
-        res.insert_header(("x-ratelimit-limit", limit.to_string()))
-            .insert_header(("x-ratelimit-remaining", "0"))
-            .json(body)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use actix_web::http::header::RETRY_AFTER;
+    use actix_web::http::StatusCode;
+    use actix_web::ResponseError;
+
     use super::*;
 
     #[test]
@@ -125,12 +99,12 @@ mod tests {
             retry_after: Duration::from_millis(1500),
             limit: 5,
         };
-        let res = e.error_response();
+        let res = ApiError::from(e).error_response();
         assert_eq!(res.status(), 429);
         assert_eq!(res.headers().get(RETRY_AFTER).unwrap(), "2");
         assert_eq!(res.headers().get("x-ratelimit-limit").unwrap(), "5");
         assert_eq!(
-            AuthError::Unauthenticated("x".into()).status_code(),
+            ApiError::from(AuthError::Unauthenticated("x".into())).status_code(),
             StatusCode::UNAUTHORIZED
         );
     }

@@ -2,19 +2,16 @@
 //! and the admin API for keys, accounts and the audit log. Thin: extract, ask `AuthService`, render.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{constant_time_eq, presented_credential, read_limited};
-use crate::auth::{AccountPatch, AuthError, DurationInput, NewAccount, NewKey, Principal};
+use super::extract::{address, json_body, principal, Admin, Caller};
+use super::respond::metered;
+use crate::auth::{AccountPatch, AuthError, DurationInput, NewAccount, NewKey};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-type Reply = Result<HttpResponse, actix_web::Error>;
-
-/// Identity request bodies are small; this bounds what is read before parsing.
-const BODY_LIMIT: usize = 64 * 1024;
+type Reply = Result<HttpResponse, ApiError>;
 const AUDIT_PAGE_DEFAULT: usize = 50;
 const AUDIT_PAGE_MAX: usize = 500;
 
@@ -37,129 +34,6 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/audit", web::get().to(audit));
 }
 
-// --- credentials -------------------------------------------------------------------------------
-
-/// The caller, if it presented a credential; a presented credential is always checked, even with
-/// `auth.required: false`.
-pub(crate) async fn principal(
-    shared: &AppState,
-    req: &HttpRequest,
-) -> Result<Option<Principal>, AuthError> {
-    let Some(given) = presented_credential(req) else {
-        return Ok(None);
-    };
-    let admin_token = shared.admin_token.as_deref();
-    if admin_token.is_some_and(|t| constant_time_eq(t.as_bytes(), given.as_bytes())) {
-        return Ok(Some(Principal::admin_token()));
-    }
-    shared
-        .auth
-        .authenticate(&shared.config().auth, given)
-        .await
-        .map(Some)
-}
-
-/// For the `/v1` proxy routes: the caller, or `None` when none is needed (`auth.required: false`).
-///
-/// With `auth.required: false` a credential that is not ours (neither a `sy_` key nor a JWT) is
-/// ignored: OpenAI SDKs insist on sending some API key, and local setups put a placeholder there.
-pub(crate) async fn authenticate_client(
-    shared: &AppState,
-    req: &HttpRequest,
-) -> Result<Option<Principal>, ApiError> {
-    let required = shared.config().auth.required;
-    if !required && presented_credential(req).is_some_and(|given| !looks_like_ours(shared, given)) {
-        return Ok(None);
-    }
-    match principal(shared, req).await? {
-        Some(p) => Ok(Some(p)),
-        None if required => Err(missing().into()),
-        None => Ok(None),
-    }
-}
-
-/// A gateway key, a JWT, or the admin token.
-fn looks_like_ours(shared: &AppState, given: &str) -> bool {
-    given.starts_with(crate::auth::KEY_PREFIX)
-        || given.split('.').count() == 3
-        || shared
-            .admin_token
-            .as_deref()
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), given.as_bytes()))
-}
-
-/// Whether `given` is an admin-role credential, without network (for the synchronous `is_admin`).
-pub(crate) fn is_admin_credential(shared: &AppState, given: &str) -> bool {
-    shared
-        .auth
-        .authenticate_cached(&shared.config().auth, given)
-        .is_ok_and(|p| p.admin)
-}
-
-fn missing() -> AuthError {
-    AuthError::Unauthenticated(
-        "Missing credentials: send `Authorization: Bearer <key or token>` or `X-API-Key: <key>`."
-            .into(),
-    )
-}
-
-async fn require_principal(shared: &AppState, req: &HttpRequest) -> Result<Principal, AuthError> {
-    principal(shared, req).await?.ok_or_else(missing)
-}
-
-/// The admin token or an admin-role credential. Like every admin route, refused while the admin
-/// token's variable is unset.
-async fn require_admin(shared: &AppState, req: &HttpRequest) -> Result<Principal, AuthError> {
-    if shared.admin_token.is_none() {
-        return Err(AuthError::Unauthenticated(format!(
-            "The admin API is disabled: set {} to enable it.",
-            shared.config().auth.admin_token_env
-        )));
-    }
-    let Some(p) = principal(shared, req).await? else {
-        return Err(AuthError::Unauthenticated(
-            "Admin credentials required.".into(),
-        ));
-    };
-    if !p.admin {
-        return Err(AuthError::Forbidden(
-            "This route needs the admin token or an admin credential.".into(),
-        ));
-    }
-    Ok(p)
-}
-
-/// The client's IP address, for rate limits and the audit log.
-fn address(req: &HttpRequest) -> Option<String> {
-    req.peer_addr().map(|a| a.ip().to_string())
-}
-
-/// Parses a JSON body. Messages name fields, never echo values (a body may hold a password).
-async fn json_body<T: DeserializeOwned>(
-    req: &HttpRequest,
-    payload: web::Payload,
-) -> Result<T, actix_web::Error> {
-    let bytes = read_limited(req, payload, BODY_LIMIT).await?;
-    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
-        &b"{}"[..]
-    } else {
-        &bytes[..]
-    };
-    serde_json::from_slice(bytes).map_err(|e| {
-        let text = e.to_string();
-        let message = if text.starts_with("unknown field") || text.starts_with("missing field") {
-            format!("Invalid request body: {text}")
-        } else {
-            format!(
-                "Invalid request body: not the expected JSON (line {}, column {}).",
-                e.line(),
-                e.column()
-            )
-        };
-        ApiError::invalid(message).into()
-    })
-}
-
 // --- sign-in -----------------------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -169,10 +43,10 @@ struct Login {
     password: String,
 }
 
-async fn login(req: HttpRequest, payload: web::Payload, shared: web::Data<AppState>) -> Reply {
+async fn login(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Reply {
     let body: Login = json_body(&req, payload).await?;
-    let config = shared.config();
-    let tokens = shared
+    let config = state.config();
+    let tokens = state
         .auth
         .login(
             &config.auth,
@@ -190,10 +64,10 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-async fn refresh(req: HttpRequest, payload: web::Payload, shared: web::Data<AppState>) -> Reply {
+async fn refresh(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Reply {
     let body: RefreshBody = json_body(&req, payload).await?;
-    let config = shared.config();
-    let tokens = shared
+    let config = state.config();
+    let tokens = state
         .auth
         .refresh(&config.auth, &body.refresh_token, address(&req).as_deref())
         .await?;
@@ -207,13 +81,13 @@ struct LogoutBody {
     refresh_token: Option<String>,
 }
 
-async fn logout(req: HttpRequest, payload: web::Payload, shared: web::Data<AppState>) -> Reply {
+async fn logout(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Reply {
     let body: LogoutBody = json_body(&req, payload).await?;
     let caller = match body.refresh_token {
         Some(_) => None,
-        None => principal(&shared, &req).await?,
+        None => principal(&state, &req).await?,
     };
-    shared
+    state
         .auth
         .logout(
             body.refresh_token.as_deref(),
@@ -226,75 +100,61 @@ async fn logout(req: HttpRequest, payload: web::Payload, shared: web::Data<AppSt
 
 // --- the caller's own ----------------------------------------------------------------------------
 
-/// Counts a `/v1` call against the caller's tier; the refusal (429 with `Retry-After`) when over it.
-fn admit(shared: &AppState, p: &Principal) -> Result<crate::limits::Admission, Box<HttpResponse>> {
-    super::v1::admit_other(shared, Some(p))
+async fn me(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
+    let work =
+        async { Ok(HttpResponse::Ok().json(state.auth.me(&state.config().auth, &caller.0)?)) };
+    metered(&state, &caller, work).await
 }
 
-async fn me(req: HttpRequest, shared: web::Data<AppState>) -> Reply {
-    let p = require_principal(&shared, &req).await?;
-    let admission = match admit(&shared, &p) {
-        Ok(a) => a,
-        Err(refused) => return Ok(*refused),
+async fn own_keys(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
+    let work = async {
+        let keys = state.auth.own_keys(&caller.0)?;
+        Ok(HttpResponse::Ok().json(json!({"object": "list", "data": keys})))
     };
-    let res = HttpResponse::Ok().json(shared.auth.me(&shared.config().auth, &p)?);
-    Ok(admission.decorate(Ok(res)))
-}
-
-async fn own_keys(req: HttpRequest, shared: web::Data<AppState>) -> Reply {
-    let p = require_principal(&shared, &req).await?;
-    let admission = match admit(&shared, &p) {
-        Ok(a) => a,
-        Err(refused) => return Ok(*refused),
-    };
-    let keys = shared.auth.own_keys(&p)?;
-    let res = HttpResponse::Ok().json(json!({"object": "list", "data": keys}));
-    Ok(admission.decorate(Ok(res)))
+    metered(&state, &caller, work).await
 }
 
 async fn own_create_key(
+    caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<AppState>,
-) -> Reply {
-    let p = require_principal(&shared, &req).await?;
-    let admission = match admit(&shared, &p) {
-        Ok(a) => a,
-        Err(refused) => return Ok(*refused),
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let work = async {
+        let body: NewKey = json_body(&req, payload).await?;
+        let config = state.config();
+        // The caller's tier may allow fewer (or more) keys than `auth.max_keys_per_account`.
+        let tier_max = state
+            .limits
+            .subject(&config, Some(&caller.0))
+            .and_then(|s| s.tier.max_keys);
+        let mut auth_config = config.auth.clone();
+        if let Some(max) = tier_max {
+            auth_config.max_keys_per_account = max;
+        }
+        let created = state
+            .auth
+            .own_create_key(&auth_config, &caller.0, body, address(&req).as_deref())
+            .await?;
+        Ok(HttpResponse::Created().json(created))
     };
-    let body: NewKey = json_body(&req, payload).await?;
-    let config = shared.config();
-    // The caller's tier may allow fewer (or more) keys than `auth.max_keys_per_account`.
-    let tier_max = shared
-        .limits
-        .subject(&config, Some(&p))
-        .and_then(|s| s.tier.max_keys);
-    let mut auth_config = config.auth.clone();
-    if let Some(max) = tier_max {
-        auth_config.max_keys_per_account = max;
-    }
-    let created = shared
-        .auth
-        .own_create_key(&auth_config, &p, body, address(&req).as_deref())
-        .await?;
-    Ok(admission.decorate(Ok(HttpResponse::Created().json(created))))
+    metered(&state, &caller, work).await
 }
 
 async fn own_revoke_key(
+    caller: Caller,
     req: HttpRequest,
     id: web::Path<String>,
-    shared: web::Data<AppState>,
-) -> Reply {
-    let p = require_principal(&shared, &req).await?;
-    let admission = match admit(&shared, &p) {
-        Ok(a) => a,
-        Err(refused) => return Ok(*refused),
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let work = async {
+        let key = state
+            .auth
+            .own_revoke_key(&caller.0, &id, address(&req).as_deref())
+            .await?;
+        Ok(HttpResponse::Ok().json(key))
     };
-    let key = shared
-        .auth
-        .own_revoke_key(&p, &id, address(&req).as_deref())
-        .await?;
-    Ok(admission.decorate(Ok(HttpResponse::Ok().json(key))))
+    metered(&state, &caller, work).await
 }
 
 // --- admin: keys ---------------------------------------------------------------------------------
@@ -304,29 +164,32 @@ struct KeyFilter {
     account: Option<String>,
 }
 
-async fn list_keys(
-    req: HttpRequest,
-    query: web::Query<KeyFilter>,
-    shared: web::Data<AppState>,
-) -> Reply {
-    require_admin(&shared, &req).await?;
-    let keys = shared.auth.list_keys(query.account.as_deref())?;
+async fn list_keys(_: Admin, query: web::Query<KeyFilter>, state: web::Data<AppState>) -> Reply {
+    let keys = state.auth.list_keys(query.account.as_deref())?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": keys})))
 }
 
-async fn create_key(req: HttpRequest, payload: web::Payload, shared: web::Data<AppState>) -> Reply {
-    let p = require_admin(&shared, &req).await?;
+async fn create_key(
+    Admin(p): Admin,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Reply {
     let body: NewKey = json_body(&req, payload).await?;
-    let created = shared
+    let created = state
         .auth
         .admin_create_key(&p, body, address(&req).as_deref())
         .await?;
     Ok(HttpResponse::Created().json(created))
 }
 
-async fn revoke_key(req: HttpRequest, id: web::Path<String>, shared: web::Data<AppState>) -> Reply {
-    let p = require_admin(&shared, &req).await?;
-    let key = shared
+async fn revoke_key(
+    Admin(p): Admin,
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Reply {
+    let key = state
         .auth
         .revoke_key(&p, &id, None, address(&req).as_deref())
         .await?;
@@ -341,14 +204,14 @@ struct RotateBody {
 }
 
 async fn rotate_key(
+    Admin(p): Admin,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
-    shared: web::Data<AppState>,
+    state: web::Data<AppState>,
 ) -> Reply {
-    let p = require_admin(&shared, &req).await?;
     let body: RotateBody = json_body(&req, payload).await?;
-    let rotated = shared
+    let rotated = state
         .auth
         .rotate_key(&p, &id, body.grace, address(&req).as_deref())
         .await?;
@@ -357,44 +220,38 @@ async fn rotate_key(
 
 // --- admin: accounts -----------------------------------------------------------------------------
 
-async fn list_accounts(req: HttpRequest, shared: web::Data<AppState>) -> Reply {
-    require_admin(&shared, &req).await?;
-    let accounts = shared.auth.list_accounts()?;
+async fn list_accounts(_: Admin, state: web::Data<AppState>) -> Reply {
+    let accounts = state.auth.list_accounts()?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": accounts})))
 }
 
 async fn create_account(
+    Admin(p): Admin,
     req: HttpRequest,
     payload: web::Payload,
-    shared: web::Data<AppState>,
+    state: web::Data<AppState>,
 ) -> Reply {
-    let p = require_admin(&shared, &req).await?;
     let body: NewAccount = json_body(&req, payload).await?;
-    let account = shared
+    let account = state
         .auth
         .create_account(&p, body, address(&req).as_deref())
         .await?;
     Ok(HttpResponse::Created().json(account))
 }
 
-async fn get_account(
-    req: HttpRequest,
-    id: web::Path<String>,
-    shared: web::Data<AppState>,
-) -> Reply {
-    require_admin(&shared, &req).await?;
-    Ok(HttpResponse::Ok().json(shared.auth.get_account(&id)?))
+async fn get_account(_: Admin, id: web::Path<String>, state: web::Data<AppState>) -> Reply {
+    Ok(HttpResponse::Ok().json(state.auth.get_account(&id)?))
 }
 
 async fn update_account(
+    Admin(p): Admin,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
-    shared: web::Data<AppState>,
+    state: web::Data<AppState>,
 ) -> Reply {
-    let p = require_admin(&shared, &req).await?;
     let body: AccountPatch = json_body(&req, payload).await?;
-    let account = shared
+    let account = state
         .auth
         .update_account(&p, &id, body, address(&req).as_deref())
         .await?;
@@ -410,12 +267,7 @@ struct AuditQuery {
     cursor: Option<String>,
 }
 
-async fn audit(
-    req: HttpRequest,
-    query: web::Query<AuditQuery>,
-    shared: web::Data<AppState>,
-) -> Reply {
-    require_admin(&shared, &req).await?;
+async fn audit(_: Admin, query: web::Query<AuditQuery>, state: web::Data<AppState>) -> Reply {
     let limit = match query.limit.as_deref() {
         None => AUDIT_PAGE_DEFAULT,
         Some(l) => l
@@ -423,7 +275,7 @@ async fn audit(
             .map_err(|_| AuthError::invalid("limit", "`limit` must be a positive integer."))?
             .clamp(1, AUDIT_PAGE_MAX),
     };
-    let (entries, next) = shared.auth.audit_page(query.cursor.as_deref(), limit)?;
+    let (entries, next) = state.auth.audit_page(query.cursor.as_deref(), limit)?;
     let data: Vec<_> = entries
         .into_iter()
         .map(|e| {

@@ -1,23 +1,27 @@
-//! HTTP: routes, thin handlers, request ids, body limits and admin authentication.
+//! HTTP: the routes and the request-id middleware. Handlers are thin: they take what `extract` gives
+//! them (the caller, the admin gate, the body), ask a lower layer, and answer through `respond` (or an
+//! `ApiError`, rendered once in the client's dialect).
+//!
+//! * `v1.rs` — the client API (`/v1/chat/completions`, `/v1/messages`, models...).
+//! * `identity.rs` — sign-in, the caller's own keys, the admin API for keys, accounts, audit.
+//! * `billing.rs` — usage, credits, tiers and the billing webhook.
+//! * `admin.rs` — health, `/metrics`, profiles, reload.
 
 mod admin;
 mod billing;
-pub(crate) mod identity;
+pub mod extract;
+mod identity;
+pub mod respond;
 mod v1;
 
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpMessage, HttpRequest};
-use futures_util::StreamExt;
 
 use crate::error::ApiError;
 use crate::metrics::status_class;
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
-
-/// The request id of the current request (set by the middleware).
-#[derive(Clone)]
-pub struct RequestId(pub String);
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -69,7 +73,7 @@ where
     >,
 {
     let id = request_id(&req);
-    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(extract::RequestId(id.clone()));
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
@@ -100,70 +104,4 @@ pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiE
         req.method(),
         req.path()
     )))
-}
-
-/// The request id stored by the middleware.
-pub fn current_request_id(req: &HttpRequest) -> String {
-    req.extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default()
-}
-
-/// Reads the body up to `limit` bytes; larger bodies are refused with 413 before reading them whole.
-pub async fn read_limited(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<bytes::Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::TooLarge { limit });
-    }
-    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::invalid(format!("Could not read the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
-/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The bearer token of a request, from `Authorization: Bearer` or `X-API-Key`.
-pub fn presented_credential(req: &HttpRequest) -> Option<&str> {
-    if let Some(v) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        let (scheme, token) = v.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
-    }
-    req.headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-}
-
-/// Whether the request carries the admin token or an admin-role credential.
-pub fn is_admin(shared: &AppState, req: &HttpRequest) -> bool {
-    match (&shared.admin_token, presented_credential(req)) {
-        (Some(token), Some(given)) => {
-            constant_time_eq(token.as_bytes(), given.as_bytes())
-                || identity::is_admin_credential(shared, given)
-        }
-        _ => false,
-    }
 }

@@ -22,6 +22,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchyard_actors::store::{now_ms, Store, StoreError};
 
+/// Tier overrides set by the admin API or the billing webhook, beside the ledger.
+const TIER_PREFIX: &str = "v1/tier/";
+/// Seen billing event ids, kept so a replay is refused.
+const EVENT_PREFIX: &str = "v1/webhook/";
+
 /// The sled tree holding balances, transactions, monthly grants and tier overrides.
 pub const TREE: &str = "billing";
 
@@ -166,9 +171,42 @@ impl Ledger {
         })
     }
 
-    /// The tree, for neighbours that keep small records beside the ledger (tier overrides).
-    pub fn tree(&self) -> &sled::Tree {
-        &self.tree
+    /// Every stored tier override, as (account, tier).
+    pub fn tier_overrides(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(TIER_PREFIX) {
+            let (k, v) = item?;
+            let account = String::from_utf8_lossy(&k[TIER_PREFIX.len()..]).into_owned();
+            out.push((account, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Stores (or with `None` removes) an account's tier override.
+    pub fn store_tier_override(&self, account: &str, tier: Option<&str>) -> Result<(), StoreError> {
+        let key = format!("{TIER_PREFIX}{account}");
+        match tier {
+            Some(t) => self.tree.insert(key, t.as_bytes()).map(drop)?,
+            None => self.tree.remove(key).map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// Claims a billing event id, atomically: of two identical deliveries racing, exactly one gets
+    /// `true`; a replay gets `false`.
+    pub fn claim_event(&self, id: &str, now_secs: u64) -> Result<bool, StoreError> {
+        let claimed = self.tree.compare_and_swap(
+            format!("{EVENT_PREFIX}{id}"),
+            None as Option<&[u8]>,
+            Some(now_secs.to_string().as_bytes()),
+        )?;
+        Ok(claimed.is_ok())
+    }
+
+    /// Forgets a claimed event id (it was not applied), so a corrected delivery can be sent again.
+    pub fn forget_event(&self, id: &str) -> Result<(), StoreError> {
+        self.tree.remove(format!("{EVENT_PREFIX}{id}"))?;
+        Ok(())
     }
 
     /// The account's balance in micro-USD (0 when it never had credits).
@@ -583,12 +621,7 @@ mod tests {
         let l = Ledger::open(&store).unwrap();
         l.adjust("a", 1_000, None).unwrap();
         l.adjust("b", 1_000, None).unwrap();
-        let tx_values = || {
-            l.tree()
-                .scan_prefix("v1/tx/")
-                .filter_map(Result::ok)
-                .count()
-        };
+        let tx_values = || l.tree.scan_prefix("v1/tx/").filter_map(Result::ok).count();
         assert_eq!(tx_values(), 2, "adjustments are written at once");
         for i in 0..5 {
             let r = l.reserve("a", None, 10, &format!("a{i}"), "m").unwrap();

@@ -9,6 +9,8 @@
 //! allowing a burst and needs its own quota arithmetic to report "remaining" exactly.
 
 pub mod credits;
+pub mod events;
+pub mod usage;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -16,17 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use switchyard_actors::store::{now_ms, Store, StoreError, UsageRecord};
 
 use crate::auth::Principal;
 use crate::config::{Config, ModelPrice, TierConfig};
+use crate::error::{ApiError, RateHeaders};
 use crate::metrics::Metrics;
-use crate::wire::Dialect;
 pub use credits::{Ledger, LedgerError, Reservation, Transaction};
 
 /// The tier used for callers whose tier is unset or unknown, when the config defines it.
@@ -85,68 +84,57 @@ impl Window {
     }
 }
 
-/// The `X-RateLimit-*` values of one admitted call.
-#[derive(Debug, Clone, Default)]
-pub struct RateStatus {
-    /// (limit, remaining, seconds until reset) of the tightest request limit.
-    requests: Option<(u64, u64, u64)>,
-    /// The same for the daily token budget.
-    tokens: Option<(u64, u64, u64)>,
+/// The `X-RateLimit-*` values of one admitted (or refused) call.
+pub type RateStatus = RateHeaders;
+
+/// Why a call was refused before anything was sent upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// A request limit or the daily token budget is spent (429).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: u64,
+        rate: RateStatus,
+    },
+    /// `max_tokens` is above the tier's `max_tokens_per_request` (400).
+    #[error("{0}")]
+    MaxTokens(String),
+    /// The account's credits cannot cover the request (402).
+    #[error("{0}")]
+    Insufficient(String),
+    /// The ledger failed (500); logged where it happened.
+    #[error("credit reservation failed: {0}")]
+    Store(String),
 }
 
-impl RateStatus {
-    /// Adds the headers to a response.
-    pub fn apply(&self, res: &mut HttpResponse) {
-        let h = res.headers_mut();
-        let mut set = |name: &'static str, v: u64| {
-            if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
-                h.insert(HeaderName::from_static(name), v);
-            }
-        };
-        if let Some((limit, remaining, reset)) = self.requests {
-            set("x-ratelimit-limit", limit);
-            set("x-ratelimit-remaining", remaining);
-            set("x-ratelimit-reset", reset);
-        }
-        if let Some((limit, remaining, reset)) = self.tokens {
-            set("x-ratelimit-limit-tokens", limit);
-            set("x-ratelimit-remaining-tokens", remaining);
-            set("x-ratelimit-reset-tokens", reset);
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        match r {
+            Refusal::RateLimited {
+                message,
+                retry_after,
+                rate,
+            } => ApiError::RateLimited {
+                message,
+                code: "rate_limit_exceeded",
+                retry_after,
+                rate,
+            },
+            Refusal::MaxTokens(message) => ApiError::InvalidRequest {
+                message,
+                param: Some("max_tokens"),
+                code: Some("max_tokens_exceeded"),
+            },
+            Refusal::Insufficient(message) => ApiError::InsufficientQuota(message),
+            Refusal::Store(detail) => ApiError::Internal(detail),
         }
     }
 }
 
-/// A refused call: 429, 402 or 400, with the headers it must carry.
-#[derive(Debug)]
-pub struct Refusal {
-    status: StatusCode,
-    kind: &'static str,
-    code: &'static str,
-    param: Option<&'static str>,
-    message: String,
-    retry_after: Option<u64>,
-    pub rate: RateStatus,
-}
-
-impl Refusal {
-    /// The error response in the client's dialect.
-    pub fn response(&self, dialect: Dialect) -> HttpResponse {
-        let body = match dialect {
-            Dialect::OpenAi => serde_json::json!({"error": {
-                "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
-            }}),
-            Dialect::Anthropic => serde_json::json!({"type": "error", "error": {
-                "type": self.kind, "message": self.message,
-            }}),
-        };
-        let mut res = HttpResponse::build(self.status).json(body);
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                res.headers_mut().insert(RETRY_AFTER, v);
-            }
-        }
-        self.rate.apply(&mut res);
-        res
+impl From<Box<Refusal>> for ApiError {
+    fn from(r: Box<Refusal>) -> ApiError {
+        ApiError::from(*r)
     }
 }
 
@@ -155,15 +143,6 @@ impl Refusal {
 pub struct Admission {
     pub subject: Option<Subject>,
     pub rate: RateStatus,
-}
-
-impl Admission {
-    /// The handler's result as a response, with the `X-RateLimit-*` headers.
-    pub fn decorate(&self, result: Result<HttpResponse, crate::error::ApiError>) -> HttpResponse {
-        let mut res = result.unwrap_or_else(|e| actix_web::ResponseError::error_response(&e));
-        self.rate.apply(&mut res);
-        res
-    }
 }
 
 /// Tiers, counters, credits. One per process, shared by every worker.
@@ -177,18 +156,12 @@ pub struct Limits {
     metrics: Arc<Metrics>,
 }
 
-const TIER_PREFIX: &str = "v1/tier/";
-
 impl Limits {
     /// Opens the ledger and loads the tier overrides.
     pub fn new(store: &Store, metrics: Arc<Metrics>) -> Result<Limits, StoreError> {
         let ledger = Ledger::open(store)?;
-        let tier_overrides = DashMap::new();
-        for item in ledger.tree().scan_prefix(TIER_PREFIX) {
-            let (k, v) = item?;
-            let account = String::from_utf8_lossy(&k[TIER_PREFIX.len()..]).into_owned();
-            tier_overrides.insert(account, String::from_utf8_lossy(&v).into_owned());
-        }
+        let tier_overrides: DashMap<String, String> =
+            ledger.tier_overrides()?.into_iter().collect();
         Ok(Limits {
             windows: Mutex::new(HashMap::new()),
             ledger,
@@ -200,17 +173,11 @@ impl Limits {
     /// Sets (or with `None` clears) an account's tier; it takes precedence over the key's and the
     /// account record's tier.
     pub fn set_tier(&self, account: &str, tier: Option<&str>) -> Result<(), StoreError> {
-        let key = format!("{TIER_PREFIX}{account}");
+        self.ledger.store_tier_override(account, tier)?;
         match tier {
-            Some(t) => {
-                self.ledger.tree().insert(key, t.as_bytes())?;
-                self.tier_overrides.insert(account.to_owned(), t.to_owned());
-            }
-            None => {
-                self.ledger.tree().remove(key)?;
-                self.tier_overrides.remove(account);
-            }
-        }
+            Some(t) => self.tier_overrides.insert(account.to_owned(), t.to_owned()),
+            None => self.tier_overrides.remove(account).map(|(_, t)| t),
+        };
         Ok(())
     }
 
@@ -337,16 +304,12 @@ impl Limits {
                 humantime::format_duration(s.tier.rate_window)
             ),
         };
-        Box::new(Refusal {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            kind: "rate_limit_error",
-            code: "rate_limit_exceeded",
-            param: None,
+        Box::new(Refusal::RateLimited {
             message: format!(
                 "Rate limit reached: the `{}` tier allows {what}. Retry in {reset} s.",
                 s.tier_name
             ),
-            retry_after: Some(reset),
+            retry_after: reset,
             rate,
         })
     }
@@ -383,18 +346,10 @@ impl Limits {
         let cap = subject.and_then(|s| s.tier.max_tokens_per_request);
         if let (Some(asked), Some(cap), Some(s)) = (asked, cap, subject) {
             if asked > cap {
-                return Err(Box::new(Refusal {
-                    status: StatusCode::BAD_REQUEST,
-                    kind: "invalid_request_error",
-                    code: "max_tokens_exceeded",
-                    param: Some("max_tokens"),
-                    message: format!(
-                        "max_tokens is {asked}, above the `{}` tier's max_tokens_per_request of {cap}.",
-                        s.tier_name
-                    ),
-                    retry_after: None,
-                    rate: RateStatus::default(),
-                }));
+                return Err(Box::new(Refusal::MaxTokens(format!(
+                    "max_tokens is {asked}, above the `{}` tier's max_tokens_per_request of {cap}.",
+                    s.tier_name
+                ))));
             }
         }
         let mut reservation = None;
@@ -419,33 +374,17 @@ impl Limits {
                 Ok(r) => reservation = Some(r),
                 Err(LedgerError::Insufficient { balance, needed }) => {
                     self.metrics.credit_refusals.inc();
-                    return Err(Box::new(Refusal {
-                        status: StatusCode::PAYMENT_REQUIRED,
-                        kind: "insufficient_quota",
-                        code: "insufficient_quota",
-                        param: None,
-                        message: format!(
-                            "Your credits (${}) cannot cover this request (up to ${}). Lower max_tokens, \
-                             add credits or upgrade from the `{}` tier.",
-                            usd(balance),
-                            usd(needed),
-                            s.tier_name
-                        ),
-                        retry_after: None,
-                        rate: RateStatus::default(),
-                    }));
+                    return Err(Box::new(Refusal::Insufficient(format!(
+                        "Your credits (${}) cannot cover this request (up to ${}). Lower max_tokens, \
+                         add credits or upgrade from the `{}` tier.",
+                        usd(balance),
+                        usd(needed),
+                        s.tier_name
+                    ))));
                 }
                 Err(LedgerError::Store(e)) => {
                     tracing::error!(error = %e, "credit reservation failed");
-                    return Err(Box::new(Refusal {
-                        status: StatusCode::INTERNAL_SERVER_ERROR,
-                        kind: "server_error",
-                        code: "server_error",
-                        param: None,
-                        message: "internal error".into(),
-                        retry_after: None,
-                        rate: RateStatus::default(),
-                    }));
+                    return Err(Box::new(Refusal::Store(e.to_string())));
                 }
             }
         }
@@ -600,8 +539,10 @@ mod tests {
         assert_eq!(st.requests.unwrap().1, 1);
         l.admit(&s, CallKind::Llm).unwrap();
         let refused = l.admit(&s, CallKind::Llm).unwrap_err();
-        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
-        assert!(refused.retry_after.unwrap() <= 3600);
+        let Refusal::RateLimited { retry_after, .. } = *refused else {
+            panic!("not a 429: {refused:?}");
+        };
+        assert!(retry_after <= 3600);
         // Other calls still pass: 2 of 10 used, the refusal not counted.
         assert_eq!(l.admit(&s, CallKind::Other).unwrap().requests.unwrap().1, 7);
     }
@@ -611,9 +552,9 @@ mod tests {
         let l = limits();
         let s = subject(tier(None, None, Duration::from_secs(3600)));
         l.add_tokens(&s.id, 100);
-        assert_eq!(
-            l.admit(&s, CallKind::Llm).unwrap_err().code,
-            "rate_limit_exceeded"
+        let refused = ApiError::from(*l.admit(&s, CallKind::Llm).unwrap_err());
+        assert!(
+            matches!(refused, ApiError::RateLimited { code, .. } if code == "rate_limit_exceeded")
         );
     }
 

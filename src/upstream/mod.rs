@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use switchyard_actors::outcome::FailureClass;
 
 use indexmap::IndexMap;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -19,6 +20,7 @@ use self::oauth::{CredentialError, TokenSource, TokenSources};
 use crate::config::{
     ApiKeySource, Config, OAuthReturns, Preset, ProfileConfig, Provider, Timeouts,
 };
+use crate::wire::Dialect;
 
 /// The Messages API version we speak to Anthropic.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -50,6 +52,14 @@ pub struct UpstreamProfile {
 }
 
 impl UpstreamProfile {
+    /// The wire format this upstream speaks.
+    pub fn dialect(&self) -> Dialect {
+        match self.provider {
+            Provider::OpenAi => Dialect::OpenAi,
+            Provider::Anthropic => Dialect::Anthropic,
+        }
+    }
+
     /// The full URL of an API path such as `/chat/completions`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}{}", self.base_url, path, self.query)
@@ -115,54 +125,45 @@ impl UpstreamRequest<'_> {
     }
 
     /// Sends it. For an OAuth profile the token is fetched first (refreshed, single-flight, when due).
-    /// When there is none to send, the answer is made up here rather than sent without a credential: a
-    /// 401 when only a new login helps, so the proxy marks the profile `auth_failed` with the reason,
-    /// or a 503 when the token endpoint is only down, so the profile cools down.
-    pub async fn send(self) -> Result<reqwest::Response, reqwest::Error> {
+    /// When there is none to send, nothing is sent without a credential: the attempt fails with
+    /// `auth` when only a new login helps (the profile is marked `auth_failed` with the reason), or
+    /// with `server` when the token endpoint is only down (the profile cools down).
+    pub async fn send(self) -> Result<reqwest::Response, SendError> {
         let UpstreamRequest { mut req, up } = self;
         if let Some(source) = &up.oauth {
-            match source.credential().await {
-                Ok(secret) => {
-                    let header = match source.returns() {
-                        OAuthReturns::Tokens => bearer(&up.source, &secret),
-                        OAuthReturns::ApiKey => credential_header(&up.source, &secret),
-                    };
-                    match header {
-                        Ok((name, value)) => req = req.header(name, value),
-                        Err(_) => {
-                            return Ok(local_answer(
-                                401,
-                                "the stored credential is not a valid header value",
-                            ))
-                        }
-                    }
-                }
-                Err(CredentialError::Auth(reason)) => return Ok(local_answer(401, &reason)),
-                Err(CredentialError::Unavailable(reason)) => return Ok(local_answer(503, &reason)),
-            }
+            let secret = source.credential().await.map_err(|e| match e {
+                CredentialError::Auth(reason) => SendError::Credential {
+                    class: FailureClass::Auth,
+                    reason,
+                },
+                CredentialError::Unavailable(reason) => SendError::Credential {
+                    class: FailureClass::Server,
+                    reason,
+                },
+            })?;
+            let header = match source.returns() {
+                OAuthReturns::Tokens => bearer(&up.source, &secret),
+                OAuthReturns::ApiKey => credential_header(&up.source, &secret),
+            };
+            let (name, value) = header.map_err(|_| SendError::Credential {
+                class: FailureClass::Auth,
+                reason: "the stored credential is not a valid header value".to_owned(),
+            })?;
+            req = req.header(name, value);
         }
-        req.send().await
+        req.send().await.map_err(SendError::Transport)
     }
 }
 
-/// An OpenAI-shaped error answer that never left this process.
-fn local_answer(status: u16, message: &str) -> reqwest::Response {
-    let kind = if status == 401 {
-        "authentication_error"
-    } else {
-        "server_error"
-    };
-    let body = serde_json::json!({"error": {
-        "message": message, "type": kind, "param": null, "code": "upstream_credential",
-    }});
-    let mut resp = http::Response::new(body.to_string());
-    *resp.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    reqwest::Response::from(resp)
+/// Why a request never got an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The network or the upstream failed before response headers.
+    #[error("{0}")]
+    Transport(reqwest::Error),
+    /// No credential could be had for an OAuth profile; nothing was sent.
+    #[error("{reason}")]
+    Credential { class: FailureClass, reason: String },
 }
 
 /// The paths the proxy POSTs to, whose URLs each profile parses once.

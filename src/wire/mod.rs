@@ -10,31 +10,35 @@ pub mod sse;
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
 
-use crate::config::Provider;
-use crate::error::ApiError;
-use crate::wire::anthropic::{
+use self::anthropic::{
     chat_response_to_messages, messages_response_to_chat, ChatStreamToMessages,
-    MessagesStreamToChat,
+    MessagesStreamToChat, TranslateError,
 };
-use crate::wire::openai::TokenUsage;
-use crate::wire::sse::SseRelay;
+use self::openai::TokenUsage;
+use self::sse::SseRelay;
 
-/// The wire format a client speaks.
+/// A wire format: the one a client speaks (and is answered in), and the one an upstream speaks (a
+/// profile's `provider`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    /// Chat Completions (`/v1/chat/completions` and friends).
+    /// OpenAI Chat Completions (`/v1/chat/completions` and friends).
     OpenAi,
     /// Anthropic Messages (`/v1/messages`).
     Anthropic,
 }
 
 /// Why a stream could not go on.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StreamFault {
-    /// The upstream reported an error inside the stream; `event` is already in the client's dialect.
-    Upstream { detail: String, event: Bytes },
+    /// The upstream reported an error inside the stream (`kind: message` as it said).
+    #[error("{0}")]
+    Upstream(String),
     /// The upstream sent something unreadable.
-    Garbage(String),
+    #[error(transparent)]
+    Garbage(#[from] TranslateError),
+    /// One event grew past the largest we hold.
+    #[error(transparent)]
+    TooLarge(#[from] sse::EventTooLarge),
 }
 
 /// What one upstream chunk became for the client.
@@ -55,14 +59,14 @@ pub struct StreamCodec {
 impl StreamCodec {
     /// A codec from `upstream`'s stream to `client`'s; `client_wants_usage` as the client asked.
     pub fn new(
-        upstream: Provider,
+        upstream: Dialect,
         client: Dialect,
         client_model: &str,
         client_wants_usage: bool,
     ) -> StreamCodec {
         StreamCodec {
             // Always ask for usage from the decoder: the relay hides the chunk when the client did not.
-            decode: (upstream == Provider::Anthropic)
+            decode: (upstream == Dialect::Anthropic)
                 .then(|| MessagesStreamToChat::new(client_model, true)),
             relay: SseRelay::new(!client_wants_usage),
             encode: (client == Dialect::Anthropic).then(|| ChatStreamToMessages::new(client_model)),
@@ -74,26 +78,17 @@ impl StreamCodec {
         let openai: Bytes = match &mut self.decode {
             None => Bytes::copy_from_slice(chunk),
             Some(d) => {
-                let out = d
-                    .push(chunk)
-                    .map_err(|e| StreamFault::Garbage(e.to_string()))?;
+                let out = d.push(chunk)?;
                 if let Some(err) = d.upstream_error() {
-                    let detail = format!("{}: {}", err.kind, err.message);
-                    let api = ApiError::Upstream(format!(
-                        "the upstream reported an error mid-stream: {detail}"
-                    ));
-                    return Err(StreamFault::Upstream {
-                        detail,
-                        event: self.error_event(&api),
-                    });
+                    return Err(StreamFault::Upstream(format!(
+                        "{}: {}",
+                        err.kind, err.message
+                    )));
                 }
                 out
             }
         };
-        let passed = self
-            .relay
-            .push(&openai)
-            .map_err(|e| StreamFault::Garbage(e.to_string()))?;
+        let passed = self.relay.push(&openai)?;
         Ok(Relayed {
             forward: self.encode_bytes(&passed.forward)?,
             done: passed.done,
@@ -107,9 +102,7 @@ impl StreamCodec {
                 let _ = e;
                 Ok(Bytes::new())
             }
-            Some(e) => e
-                .push(openai)
-                .map_err(|err| StreamFault::Garbage(err.to_string())),
+            Some(e) => Ok(e.push(openai)?),
         }
     }
 
@@ -132,39 +125,50 @@ impl StreamCodec {
         })
     }
 
-    /// An error event ending a stream, in the client's dialect (never a fake terminator).
-    pub fn error_event(&self, err: &ApiError) -> Bytes {
+    /// The dialect the client is answered in.
+    pub fn client(&self) -> Dialect {
         match self.encode {
-            None => SseRelay::error_event(&err.body_json()),
-            Some(_) => anthropic_error_event(err),
+            None => Dialect::OpenAi,
+            Some(_) => Dialect::Anthropic,
+        }
+    }
+
+    /// An error event ending a stream, in the client's dialect (never a fake terminator); `body_json`
+    /// is the error body in that dialect.
+    pub fn error_event(&self, body_json: &str) -> Bytes {
+        match self.encode {
+            None => SseRelay::error_event(body_json),
+            Some(_) => {
+                let mut b = BytesMut::new();
+                b.extend_from_slice(b"event: error\ndata: ");
+                b.extend_from_slice(body_json.as_bytes());
+                b.extend_from_slice(b"\n\n");
+                b.freeze()
+            }
         }
     }
 }
 
 /// A complete upstream answer, converted for the client; `Err` when the upstream's body is unreadable.
 pub fn response_body(
-    upstream: Provider,
+    upstream: Dialect,
     client: Dialect,
     body: Bytes,
     client_model: &str,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, TranslateError> {
     let openai = match upstream {
-        Provider::OpenAi => body,
-        Provider::Anthropic => {
-            Bytes::from(messages_response_to_chat(&body, client_model).map_err(|e| e.to_string())?)
-        }
+        Dialect::OpenAi => body,
+        Dialect::Anthropic => Bytes::from(messages_response_to_chat(&body, client_model)?),
     };
     match client {
         Dialect::OpenAi => Ok(openai),
-        Dialect::Anthropic => chat_response_to_messages(&openai, client_model)
-            .map(Bytes::from)
-            .map_err(|e| e.to_string()),
+        Dialect::Anthropic => chat_response_to_messages(&openai, client_model).map(Bytes::from),
     }
 }
 
 /// An upstream client error (400, 404...) in the client's dialect, its message kept.
-pub fn client_error_body(upstream: Provider, client: Dialect, body: Bytes) -> Bytes {
-    if (upstream == Provider::Anthropic) == (client == Dialect::Anthropic) {
+pub fn client_error_body(upstream: Dialect, client: Dialect, body: Bytes) -> Bytes {
+    if (upstream == Dialect::Anthropic) == (client == Dialect::Anthropic) {
         return body;
     }
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
@@ -185,28 +189,6 @@ pub fn client_error_body(upstream: Provider, client: Dialect, body: Bytes) -> By
     Bytes::from(out.to_string())
 }
 
-/// Anthropic's error shape for one of our errors.
-pub fn anthropic_error_json(err: &ApiError) -> String {
-    let kind = match actix_web::ResponseError::status_code(err).as_u16() {
-        400 | 413 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
-    };
-    json!({"type": "error", "error": {"type": kind, "message": err.to_string()}}).to_string()
-}
-
-fn anthropic_error_event(err: &ApiError) -> Bytes {
-    let mut b = BytesMut::new();
-    b.extend_from_slice(b"event: error\ndata: ");
-    b.extend_from_slice(anthropic_error_json(err).as_bytes());
-    b.extend_from_slice(b"\n\n");
-    b.freeze()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,7 +196,7 @@ mod tests {
     #[test]
     fn openai_to_openai_is_untouched() {
         let b = Bytes::from_static(br#"{"id":"x","usage":{"prompt_tokens":1}}"#);
-        let out = response_body(Provider::OpenAi, Dialect::OpenAi, b.clone(), "m").unwrap();
+        let out = response_body(Dialect::OpenAi, Dialect::OpenAi, b.clone(), "m").unwrap();
         assert_eq!(out.as_ptr(), b.as_ptr());
     }
 
@@ -222,7 +204,7 @@ mod tests {
     fn anthropic_client_errors_become_openai_errors() {
         let body = Bytes::from_static(br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long"}}"#);
         let out: serde_json::Value = serde_json::from_slice(&client_error_body(
-            Provider::Anthropic,
+            Dialect::Anthropic,
             Dialect::OpenAi,
             body,
         ))
@@ -234,7 +216,7 @@ mod tests {
 
     #[test]
     fn an_anthropic_stream_reaches_an_openai_client_with_usage() {
-        let mut c = StreamCodec::new(Provider::Anthropic, Dialect::OpenAi, "m", false);
+        let mut c = StreamCodec::new(Dialect::Anthropic, Dialect::OpenAi, "m", false);
         let events = concat!(
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
             "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
@@ -264,12 +246,11 @@ mod tests {
 
     #[test]
     fn an_anthropic_error_event_is_an_upstream_fault() {
-        let mut c = StreamCodec::new(Provider::Anthropic, Dialect::OpenAi, "m", false);
+        let mut c = StreamCodec::new(Dialect::Anthropic, Dialect::OpenAi, "m", false);
         let ev = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
         match c.push(ev.as_bytes()) {
-            Err(StreamFault::Upstream { detail, event }) => {
+            Err(StreamFault::Upstream(detail)) => {
                 assert!(detail.contains("overloaded_error"));
-                assert!(event.starts_with(b"data: {\"error\""));
             }
             other => panic!("{other:?}"),
         }
@@ -277,7 +258,7 @@ mod tests {
 
     #[test]
     fn an_openai_stream_reaches_an_anthropic_client() {
-        let mut c = StreamCodec::new(Provider::OpenAi, Dialect::Anthropic, "m", true);
+        let mut c = StreamCodec::new(Dialect::OpenAi, Dialect::Anthropic, "m", true);
         let chunks = concat!(
             "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
             "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"finish_reason\":null}]}\n\n",

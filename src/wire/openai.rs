@@ -9,7 +9,16 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::error::ApiError;
+/// Why the routing fields could not be read: a 400 for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldError {
+    #[error("The request body is empty; expected a JSON object.")]
+    Empty,
+    #[error("The request body is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("You must provide a model parameter.")]
+    NoModel,
+}
 
 /// What routing reads from a client body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,27 +53,14 @@ struct StreamOptions {
 
 impl RoutingFields {
     /// Reads the routing fields; a malformed body or a missing model is a 400 that says what is wrong.
-    pub fn parse(body: &[u8]) -> Result<RoutingFields, ApiError> {
+    pub fn parse(body: &[u8]) -> Result<RoutingFields, FieldError> {
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::invalid(
-                "The request body is empty; expected a JSON object.",
-            ));
+            return Err(FieldError::Empty);
         }
-        let peek: Peek<'_> =
-            serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest {
-                message: format!("The request body is not valid JSON: {e}"),
-                param: None,
-                code: Some("invalid_json"),
-            })?;
+        let peek: Peek<'_> = serde_json::from_slice(body).map_err(FieldError::NotJson)?;
         let model = match peek.model {
             Some(m) if !m.trim().is_empty() => m.into_owned(),
-            _ => {
-                return Err(ApiError::InvalidRequest {
-                    message: "You must provide a model parameter.".into(),
-                    param: Some("model"),
-                    code: None,
-                })
-            }
+            _ => return Err(FieldError::NoModel),
         };
         Ok(RoutingFields {
             model,
@@ -84,16 +80,14 @@ pub fn upstream_body(
     body: &Bytes,
     upstream_model: Option<&str>,
     ask_usage: bool,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, RewriteError> {
     if upstream_model.is_none() && !ask_usage {
         return Ok(body.clone());
     }
-    let mut map: IndexMap<String, Box<RawValue>> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("The request body must be a JSON object: {e}")))?;
-    let raw = |v: &serde_json::Value| {
-        serde_json::value::to_raw_value(v)
-            .map_err(|e| ApiError::Internal(format!("re-encode: {e}")))
-    };
+    let mut map: IndexMap<String, Box<RawValue>> =
+        serde_json::from_slice(body).map_err(RewriteError::NotAnObject)?;
+    let raw =
+        |v: &serde_json::Value| serde_json::value::to_raw_value(v).map_err(RewriteError::Encode);
     if let Some(m) = upstream_model {
         map.insert(
             "model".into(),
@@ -116,7 +110,18 @@ pub fn upstream_body(
     }
     serde_json::to_vec(&map)
         .map(Bytes::from)
-        .map_err(|e| ApiError::Internal(format!("re-encode: {e}")))
+        .map_err(RewriteError::Encode)
+}
+
+/// Why a body could not be rewritten for an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    /// The body is not a JSON object (its top-level keys cannot be replaced).
+    #[error("the request body must be a JSON object: {0}")]
+    NotAnObject(serde_json::Error),
+    /// A replaced value could not be encoded again.
+    #[error("cannot encode the rewritten body: {0}")]
+    Encode(serde_json::Error),
 }
 
 /// Token counts as upstreams report them.

@@ -1,0 +1,227 @@
+//! One attempt at one profile: build the upstream body, send, classify the answer, and either answer the
+//! client (a whole body) or hand a stream to `stream`.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use switchyard_actors::outcome::{AttemptOutcome, FailureClass};
+use switchyard_actors::router::Pick;
+
+use super::failure::{AttemptEnd, AttemptFailure, Unsuitable};
+use super::guard::{wait_ack, AttemptGuard};
+use super::{
+    Proxy, ProxyRequest, ANTHROPIC_DEFAULT_MAX_TOKENS, MAX_ERROR_BYTES, MAX_RESPONSE_BYTES,
+};
+use crate::config::Provider;
+use crate::upstream::classify::{classify, error_detail, Verdict};
+use crate::upstream::UpstreamProfile;
+use crate::wire::anthropic::chat_request_to_messages;
+use crate::wire::openai::{response_usage, upstream_body, TokenUsage};
+use crate::wire::{client_error_body, response_body, Dialect};
+
+impl Proxy<'_> {
+    /// One attempt at `up`: the client's answer, or how the attempt ended without one.
+    pub(super) async fn attempt(
+        &self,
+        up: &UpstreamProfile,
+        req: &ProxyRequest,
+        pick: Pick,
+        attempt: u32,
+    ) -> Result<HttpResponse, AttemptEnd> {
+        let stream = req.fields.stream && req.endpoint.streams();
+        let body = match upstream_request_body(up, req, stream) {
+            Ok(b) => b,
+            Err(why) => {
+                pick.entry.release(pick.probe);
+                return Err(AttemptEnd::Skipped(why));
+            }
+        };
+        let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
+        let path = match up.provider {
+            Provider::OpenAi => req.endpoint.path(),
+            Provider::Anthropic => "/messages",
+        };
+        let sent = up.post(path, &req.request_id).body(body).send();
+        let resp = match tokio::time::timeout(up.timeouts.first_byte, sent).await {
+            Err(_) => {
+                return Err(guard.fail(AttemptFailure::new(
+                    FailureClass::Timeout,
+                    format!(
+                        "no response headers within {}",
+                        humantime::format_duration(up.timeouts.first_byte)
+                    ),
+                )))
+            }
+            Ok(Err(e)) => return Err(guard.fail(AttemptFailure::from(e))),
+            Ok(Ok(r)) => r,
+        };
+        guard.status = Some(resp.status().as_u16());
+        self.metrics()
+            .upstream_duration
+            .with_label_values(&[&**guard.entry.id()])
+            .observe(guard.started.elapsed().as_secs_f64());
+        if !resp.status().is_success() {
+            return self.answer_refusal(up, req, resp, guard).await;
+        }
+        let is_sse = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/event-stream"));
+        if stream && is_sse {
+            return self.relay_stream(up, req, resp, guard).await;
+        }
+        self.answer_whole(up, req, resp, guard).await
+    }
+
+    /// A non-2xx answer: the client's own fault is relayed as it is (in the client's dialect); anything
+    /// else is a failure of the profile, with its class.
+    async fn answer_refusal(
+        &self,
+        up: &UpstreamProfile,
+        req: &ProxyRequest,
+        resp: reqwest::Response,
+        mut guard: AttemptGuard,
+    ) -> Result<HttpResponse, AttemptEnd> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = read_body(resp, MAX_ERROR_BYTES, up.timeouts.idle)
+            .await
+            .unwrap_or_default();
+        match classify(status, &headers, &body) {
+            Verdict::ClientError => {
+                // Not the profile's fault: the client gets the upstream's answer as it is.
+                guard.finish(
+                    AttemptOutcome::Succeeded,
+                    "client_error",
+                    TokenUsage::default(),
+                    false,
+                );
+                let body = client_error_body(up.dialect(), req.dialect, body);
+                Ok(self.respond(status, "application/json", &guard).body(body))
+            }
+            Verdict::Failure { class, retry_after } => Err(guard.fail(AttemptFailure {
+                class,
+                retry_after,
+                detail: up.redact(&error_detail(status, &body)),
+                status: Some(status),
+            })),
+        }
+    }
+
+    /// A whole (non-streamed) 2xx answer: read, usage taken from it, translated for the client.
+    async fn answer_whole(
+        &self,
+        up: &UpstreamProfile,
+        req: &ProxyRequest,
+        resp: reqwest::Response,
+        mut guard: AttemptGuard,
+    ) -> Result<HttpResponse, AttemptEnd> {
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let body = match read_body(resp, MAX_RESPONSE_BYTES, up.timeouts.idle).await {
+            Ok(b) => b,
+            Err(f) => return Err(guard.fail(f)),
+        };
+        let garbage = |why: String| AttemptFailure {
+            status: Some(status),
+            ..AttemptFailure::new(FailureClass::Server, format!("HTTP {status}: {why}"))
+        };
+        let model = &req.fields.model;
+        // Usage is read from the OpenAI form: the upstream's own, or the translation of it.
+        let openai = match response_body(up.dialect(), Dialect::OpenAi, body, model) {
+            Ok(b) => b,
+            Err(why) => return Err(guard.fail(garbage(why.to_string()))),
+        };
+        let usage = match response_usage(&openai) {
+            Ok(u) => u,
+            Err(_) => return Err(guard.fail(garbage("body is not JSON".into()))),
+        };
+        let body = match response_body(Dialect::OpenAi, req.dialect, openai, model) {
+            Ok(b) => b,
+            Err(why) => return Err(guard.fail(garbage(why.to_string()))),
+        };
+        let content_type = if up.dialect() == req.dialect && req.dialect == Dialect::OpenAi {
+            content_type
+        } else {
+            "application/json".to_owned()
+        };
+        let ack = guard.finish(
+            AttemptOutcome::Succeeded,
+            "ok",
+            usage,
+            self.config.usage.durable,
+        );
+        wait_ack(ack).await;
+        Ok(self.respond(status, &content_type, &guard).body(body))
+    }
+}
+
+/// The body for `up`: the client's, renamed and asked for stream usage where needed, or translated to
+/// the upstream's dialect.
+fn upstream_request_body(
+    up: &UpstreamProfile,
+    req: &ProxyRequest,
+    stream: bool,
+) -> Result<Bytes, Unsuitable> {
+    let model = &req.fields.model;
+    match up.provider {
+        Provider::OpenAi => {
+            let ask_usage = stream && !req.fields.client_wants_usage;
+            Ok(upstream_body(
+                &req.body,
+                up.upstream_model(model),
+                ask_usage,
+            )?)
+        }
+        Provider::Anthropic => {
+            let upstream_model = up.upstream_model(model).unwrap_or(model);
+            let body =
+                chat_request_to_messages(&req.body, upstream_model, ANTHROPIC_DEFAULT_MAX_TOKENS)?;
+            Ok(Bytes::from(body))
+        }
+    }
+}
+
+/// Reads a whole body, at most `limit` bytes, with `idle` as the longest pause between chunks.
+async fn read_body(
+    resp: reqwest::Response,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, AttemptFailure> {
+    let mut stream = resp.bytes_stream();
+    let mut buf = BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                return Err(AttemptFailure::new(
+                    FailureClass::Timeout,
+                    "the body stalled past the idle timeout",
+                ))
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(_))) => {
+                return Err(AttemptFailure::new(
+                    FailureClass::StreamCut,
+                    "the connection broke while reading the body",
+                ))
+            }
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(AttemptFailure::new(
+                        FailureClass::Server,
+                        format!("the body exceeds {limit} bytes"),
+                    ));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! How an attempt ends without the client's answer, and the error the client gets when no profile
+//! answered: which profile failed or was skipped, and why.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_actors::health::StateName;
+use switchyard_actors::outcome::FailureClass;
+use switchyard_actors::router::SkipReason;
+
+use crate::error::ApiError;
+use crate::upstream::SendError;
+use crate::wire::anthropic::TranslateError;
+use crate::wire::openai::RewriteError;
+
+use super::Endpoint;
+
+impl From<SendError> for AttemptFailure {
+    fn from(e: SendError) -> AttemptFailure {
+        match e {
+            SendError::Transport(e) => transport_failure(&e),
+            // The credential could not be had: only a new login helps (auth), or the token endpoint is
+            // down for now (server, so the profile cools down and is tried again).
+            SendError::Credential { class, reason } => AttemptFailure::new(class, reason),
+        }
+    }
+}
+
+/// How an attempt ended without the client's answer.
+pub(super) enum AttemptEnd {
+    /// The upstream failed: counted against the profile.
+    Failed(AttemptFailure),
+    /// The profile cannot serve this request (a field it has no equivalent for): nothing was sent,
+    /// nothing is held against it.
+    Skipped(Unsuitable),
+}
+
+/// Why a profile cannot serve a request at all (not a failure of the profile).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unsuitable {
+    /// Its API has no such endpoint.
+    #[error("the Anthropic API has no {}", .0.path())]
+    NoEndpoint(Endpoint),
+    /// The body has a field its dialect cannot express.
+    #[error(transparent)]
+    Untranslatable(#[from] TranslateError),
+    /// The body could not be rewritten for it (model name, usage on streams).
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
+}
+
+/// What the failover loop learned so far: the profiles tried, how each failed, and the ones that could
+/// not serve the request or were skipped.
+#[derive(Default)]
+pub(super) struct Failover {
+    /// Profiles already picked (the router skips them).
+    pub(super) tried: Vec<Arc<str>>,
+    /// Attempts sent upstream (those that count against `max_attempts`).
+    pub(super) attempts: usize,
+    failures: Vec<(Arc<str>, AttemptFailure)>,
+    unsuitable: Vec<(Arc<str>, Unsuitable)>,
+    /// Why the router had nothing more to offer, when it ran out.
+    pub(super) skipped: Vec<(Arc<str>, SkipReason)>,
+}
+
+impl Failover {
+    /// Counts an attempt at `id`; its 1-based number.
+    pub(super) fn begin(&mut self, id: Arc<str>) -> u32 {
+        self.tried.push(id);
+        self.attempts += 1;
+        u32::try_from(self.attempts).unwrap_or(u32::MAX)
+    }
+
+    /// `id` cannot serve the request, found before anything was sent: it does not count as an attempt.
+    pub(super) fn unsuitable(&mut self, id: Arc<str>, why: Unsuitable) {
+        self.tried.push(id.clone());
+        self.unsuitable.push((id, why));
+    }
+
+    /// The attempt begun at `id` turned out not to be one (the body could not be built for it).
+    pub(super) fn not_attempted(&mut self, id: Arc<str>, why: Unsuitable) {
+        self.attempts -= 1;
+        self.unsuitable.push((id, why));
+    }
+
+    /// The attempt at `id` failed.
+    pub(super) fn failed(&mut self, id: Arc<str>, f: AttemptFailure) {
+        self.failures.push((id, f));
+    }
+
+    /// The class of the last failure, if any (for the failover metric).
+    pub(super) fn last_class(&self) -> Option<FailureClass> {
+        self.failures.last().map(|(_, f)| f.class)
+    }
+
+    /// The error when no profile answered.
+    pub(super) fn into_error(self, model: &str) -> ApiError {
+        exhausted_error(model, &self.failures, &self.unsuitable, &self.skipped)
+    }
+}
+
+/// How one attempt failed.
+pub(super) struct AttemptFailure {
+    pub(super) class: FailureClass,
+    pub(super) retry_after: Option<Duration>,
+    pub(super) detail: String,
+    pub(super) status: Option<u16>,
+}
+
+impl AttemptFailure {
+    pub(super) fn new(class: FailureClass, detail: impl Into<String>) -> AttemptFailure {
+        AttemptFailure {
+            class,
+            retry_after: None,
+            detail: detail.into(),
+            status: None,
+        }
+    }
+}
+
+/// A request that got no response: timed out, refused, or broken before the headers.
+pub(super) fn transport_failure(e: &reqwest::Error) -> AttemptFailure {
+    if e.is_timeout() {
+        AttemptFailure::new(FailureClass::Timeout, "timed out")
+    } else if e.is_connect() {
+        AttemptFailure::new(FailureClass::Connect, "cannot connect")
+    } else {
+        AttemptFailure::new(FailureClass::Connect, "connection failed before a response")
+    }
+}
+
+fn describe_skip(reason: &SkipReason) -> String {
+    match reason {
+        SkipReason::AlreadyTried => "already tried".to_owned(),
+        SkipReason::ProbeInFlight => "half_open (a probe is in flight)".to_owned(),
+        SkipReason::UpstreamLimit(until) => format!(
+            "at its provider's per-minute limit until {}",
+            humantime::format_rfc3339_seconds(*until)
+        ),
+        SkipReason::State(state, until) => match until {
+            Some(t) if *state != StateName::AuthFailed => {
+                format!(
+                    "{} until {}",
+                    state.as_str(),
+                    humantime::format_rfc3339_seconds(*t)
+                )
+            }
+            _ => state.as_str().to_owned(),
+        },
+    }
+}
+
+/// The error when no profile answered: 503 if none could be tried, else 504 when the last failure was a
+/// timeout, else 502. The message names each profile and why.
+fn exhausted_error(
+    model: &str,
+    failures: &[(Arc<str>, AttemptFailure)],
+    unsuitable: &[(Arc<str>, Unsuitable)],
+    skipped: &[(Arc<str>, SkipReason)],
+) -> ApiError {
+    let mut parts: Vec<String> = failures
+        .iter()
+        .map(|(id, f)| format!("{id}: {} ({})", f.class.as_str(), f.detail))
+        .collect();
+    parts.extend(
+        unsuitable
+            .iter()
+            .map(|(id, why)| format!("{id}: cannot serve this request, {why}")),
+    );
+    parts.extend(
+        skipped
+            .iter()
+            .filter(|(_, r)| *r != SkipReason::AlreadyTried)
+            .map(|(id, r)| format!("{id}: skipped, {}", describe_skip(r))),
+    );
+    let list = parts.join("; ");
+    match failures.last() {
+        // Every profile that could be asked refused the request's shape: that is the client's to fix.
+        None if !unsuitable.is_empty()
+            && skipped.iter().all(|(_, r)| *r == SkipReason::AlreadyTried) =>
+        {
+            ApiError::invalid(format!(
+                "No profile of model `{model}` can serve this request: {list}."
+            ))
+        }
+        None => ApiError::NoAvailableProfile(format!(
+            "No profile is available for model `{model}`: {list}."
+        )),
+        Some((_, f)) if matches!(f.class, FailureClass::Timeout) => ApiError::Timeout(format!(
+            "Every profile tried for model `{model}` failed, the last by timing out: {list}."
+        )),
+        Some(_) => ApiError::Upstream(format!(
+            "Every profile tried for model `{model}` failed: {list}."
+        )),
+    }
+}

@@ -1,0 +1,156 @@
+//! `AttemptGuard`: reports and records one attempt exactly once (success, failure, cut or abandonment),
+//! and settles the request's credit hold before its usage record is written.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use switchyard_actors::outcome::AttemptOutcome;
+use switchyard_actors::recorder::{Ack, RecordUsage, UsageRecorder};
+use switchyard_actors::router::{Pick, ProfileEntry};
+use switchyard_actors::store::{now_ms, UsageRecord};
+use tokio::sync::oneshot;
+
+use super::failure::{AttemptEnd, AttemptFailure};
+use super::{Proxy, ProxyRequest};
+use crate::limits::Hold;
+use crate::metrics::Metrics;
+use crate::wire::openai::TokenUsage;
+
+/// Reports and records one attempt exactly once; if dropped unfinished (the client left), it reports
+/// `Abandoned` so a held probe is released and the attempt is still counted.
+pub(super) struct AttemptGuard {
+    pub(super) entry: Arc<ProfileEntry>,
+    probe: bool,
+    recorder: Addr<UsageRecorder>,
+    pub(super) record: UsageRecord,
+    pub(super) started: Instant,
+    pub(super) status: Option<u16>,
+    done: bool,
+    metrics: Arc<Metrics>,
+    accounting: Option<Arc<Hold>>,
+}
+
+impl AttemptGuard {
+    pub(super) fn new(
+        proxy: &Proxy<'_>,
+        req: &ProxyRequest,
+        pick: Pick,
+        attempt: u32,
+        stream: bool,
+    ) -> AttemptGuard {
+        let record = UsageRecord {
+            ts_ms: 0,
+            request_id: req.request_id.clone(),
+            profile: pick.entry.id().to_string(),
+            model: req.fields.model.clone(),
+            account: req.account.clone(),
+            key_id: req.key_id.clone(),
+            outcome: String::new(),
+            status: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            latency_ms: 0,
+            attempt,
+            stream,
+        };
+        AttemptGuard {
+            entry: pick.entry,
+            probe: pick.probe,
+            recorder: proxy.shared.recorder.clone(),
+            record,
+            started: Instant::now(),
+            status: None,
+            done: false,
+            metrics: proxy.shared.metrics.clone(),
+            accounting: req.accounting.clone(),
+        }
+    }
+
+    pub(super) fn finish(
+        &mut self,
+        outcome: AttemptOutcome,
+        label: &str,
+        usage: TokenUsage,
+        want_ack: bool,
+    ) -> Option<oneshot::Receiver<Ack>> {
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        self.entry.report(outcome, self.probe);
+        self.entry
+            .note_tokens(usage.prompt_tokens + usage.completion_tokens);
+        let profile: &str = self.entry.id();
+        self.metrics
+            .attempts
+            .with_label_values(&[profile, label])
+            .inc();
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .tokens
+                    .with_label_values(&[&self.record.model, profile, kind])
+                    .inc_by(n);
+            }
+        }
+        let mut record = self.record.clone();
+        record.ts_ms = now_ms();
+        record.outcome = label.to_owned();
+        record.status = self.status;
+        record.prompt_tokens = usage.prompt_tokens;
+        record.completion_tokens = usage.completion_tokens;
+        record.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some(hold) = &self.accounting {
+            hold.attempt_finished(&record); // before the record, so its flush covers the ledger too
+        }
+        let (ack, rx) = if want_ack {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        // do_send: a usage record is never dropped for a full mailbox.
+        self.recorder.do_send(RecordUsage { record, ack });
+        rx
+    }
+
+    pub(super) fn fail(&mut self, f: AttemptFailure) -> AttemptEnd {
+        if f.status.is_some() {
+            self.status = f.status;
+        }
+        let outcome = AttemptOutcome::Failed {
+            class: f.class,
+            retry_after: f.retry_after,
+            detail: f.detail.clone(),
+        };
+        self.finish(outcome, f.class.as_str(), TokenUsage::default(), false);
+        AttemptEnd::Failed(f)
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(
+                AttemptOutcome::Abandoned,
+                "cancelled",
+                TokenUsage::default(),
+                false,
+            );
+        }
+    }
+}
+
+pub(super) async fn wait_ack(ack: Option<oneshot::Receiver<Ack>>) {
+    if let Some(rx) = ack {
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "usage record not durable"),
+            Err(_) => tracing::error!("usage recorder went away before acknowledging"),
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! A streamed answer: held until its first whole event (failover is still possible), then relayed event
+//! by event; a stream that breaks after bytes reached the client ends with an error event.
+
+use std::task::Poll;
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use switchyard_actors::outcome::{AttemptOutcome, FailureClass};
+
+use super::failure::{transport_failure, AttemptEnd, AttemptFailure};
+use super::guard::{wait_ack, AttemptGuard};
+use super::{Proxy, ProxyRequest};
+use crate::error::ApiError;
+use crate::metrics::InFlight;
+use crate::upstream::UpstreamProfile;
+use crate::wire::{StreamCodec, StreamFault};
+
+impl Proxy<'_> {
+    pub(super) async fn relay_stream(
+        &self,
+        up: &UpstreamProfile,
+        req: &ProxyRequest,
+        resp: reqwest::Response,
+        mut guard: AttemptGuard,
+    ) -> Result<HttpResponse, AttemptEnd> {
+        let durable = self.config.usage.durable;
+        let idle = up.timeouts.idle;
+        let mut relay = StreamCodec::new(
+            up.dialect(),
+            req.dialect,
+            &req.fields.model,
+            req.fields.client_wants_usage,
+        );
+        let mut upstream = resp.bytes_stream().boxed_local();
+        let first = loop {
+            match tokio::time::timeout(idle, upstream.next()).await {
+                Err(_) => {
+                    return Err(guard.fail(AttemptFailure::new(
+                        FailureClass::Timeout,
+                        "no stream chunk within the idle timeout",
+                    )))
+                }
+                Ok(None) => {
+                    return Err(guard.fail(AttemptFailure::new(
+                        FailureClass::StreamCut,
+                        "stream ended before any event",
+                    )))
+                }
+                Ok(Some(Err(e))) => return Err(guard.fail(transport_failure(&e))),
+                Ok(Some(Ok(chunk))) => match relay.push(&chunk) {
+                    // Nothing reached the client yet: fail over.
+                    Err(fault) => {
+                        return Err(guard.fail(AttemptFailure::new(
+                            FailureClass::Server,
+                            up.redact(&fault.to_string()),
+                        )))
+                    }
+                    Ok(p) if p.done => {
+                        let ack = guard.finish(
+                            AttemptOutcome::Succeeded,
+                            "ok",
+                            relay.usage().unwrap_or_default(),
+                            durable,
+                        );
+                        wait_ack(ack).await;
+                        let mut all = BytesMut::from(&p.forward[..]);
+                        all.extend_from_slice(&relay.done_bytes());
+                        return Ok(self
+                            .respond(200, "text/event-stream", &guard)
+                            .body(all.freeze()));
+                    }
+                    Ok(p) if !p.forward.is_empty() => break p.forward,
+                    Ok(_) => continue,
+                },
+            }
+        };
+        self.metrics()
+            .ttft
+            .with_label_values(&[&req.fields.model, &**guard.entry.id()])
+            .observe(req.started.elapsed().as_secs_f64());
+        let builder = self.respond(200, "text/event-stream", &guard);
+        let state = StreamState {
+            upstream,
+            relay,
+            first: Some(first),
+            stashed: None,
+            guard,
+            idle,
+            durable,
+            finished: false,
+            _in_flight: InFlight::start(&self.metrics().in_flight),
+        };
+        let mut builder = builder;
+        builder.insert_header(("cache-control", "no-cache"));
+        Ok(builder.streaming(futures_util::stream::unfold(state, StreamState::step)))
+    }
+}
+
+/// A streamed answer in flight: everything its next step needs.
+struct StreamState {
+    upstream: futures_util::stream::LocalBoxStream<'static, reqwest::Result<Bytes>>,
+    relay: StreamCodec,
+    first: Option<Bytes>,
+    /// The end of the upstream stream (or its error), seen while collecting chunks that were already
+    /// there: handled on the next step, after what was collected has been sent.
+    stashed: Option<Option<reqwest::Result<Bytes>>>,
+    guard: AttemptGuard,
+    idle: Duration,
+    durable: bool,
+    finished: bool,
+    _in_flight: InFlight,
+}
+
+type Step = Option<(Result<Bytes, actix_web::Error>, StreamState)>;
+
+impl StreamState {
+    /// The next piece for the client. After a chunk with events, the chunks that have already arrived
+    /// are taken too (without waiting), so events that came together leave in one write rather than one
+    /// write per event.
+    async fn step(mut self) -> Step {
+        if self.finished {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some((Ok(first), self));
+        }
+        let mut out = BytesMut::new();
+        loop {
+            let next = if out.is_empty() {
+                match self.stashed.take() {
+                    Some(item) => Ok(item),
+                    None => tokio::time::timeout(self.idle, self.upstream.next()).await,
+                }
+            } else {
+                match self.already_here().await {
+                    None => return Some((Ok(out.freeze()), self)),
+                    Some(Some(Ok(chunk))) => Ok(Some(Ok(chunk))),
+                    Some(end) => {
+                        self.stashed = Some(end);
+                        return Some((Ok(out.freeze()), self));
+                    }
+                }
+            };
+            match next {
+                Err(_) => {
+                    return self.cut(
+                        out,
+                        FailureClass::Timeout,
+                        "the upstream stream stalled past the idle timeout",
+                    )
+                }
+                Ok(None) => {
+                    return self.cut(
+                        out,
+                        FailureClass::StreamCut,
+                        "the upstream stream ended without [DONE]",
+                    )
+                }
+                Ok(Some(Err(_))) => {
+                    return self.cut(
+                        out,
+                        FailureClass::StreamCut,
+                        "the upstream connection broke mid-stream",
+                    )
+                }
+                Ok(Some(Ok(chunk))) => match self.relay.push(&chunk) {
+                    Err(StreamFault::Upstream(detail)) => {
+                        let said = format!("the upstream reported an error mid-stream: {detail}");
+                        return self.cut_with(out, FailureClass::Server, &detail, Some(said));
+                    }
+                    Err(fault) => return self.cut(out, FailureClass::Server, &fault.to_string()),
+                    Ok(p) if p.done => {
+                        let usage = self.relay.usage().unwrap_or_default();
+                        let ack =
+                            self.guard
+                                .finish(AttemptOutcome::Succeeded, "ok", usage, self.durable);
+                        wait_ack(ack).await;
+                        self.finished = true;
+                        out.extend_from_slice(&p.forward);
+                        out.extend_from_slice(&self.relay.done_bytes());
+                        return Some((Ok(out.freeze()), self));
+                    }
+                    Ok(p) => out.extend_from_slice(&p.forward),
+                },
+            }
+        }
+    }
+
+    /// The next upstream item if it is already here, without waiting for the network. hyper's connection
+    /// task decodes one chunk per turn, so it gets one turn (a yield) before the answer is "not yet".
+    async fn already_here(&mut self) -> Option<Option<reqwest::Result<Bytes>>> {
+        for turn in 0..2 {
+            let polled =
+                std::future::poll_fn(|cx| Poll::Ready(self.upstream.poll_next_unpin(cx))).await;
+            if let Poll::Ready(item) = polled {
+                return Some(item);
+            }
+            if turn == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        None
+    }
+
+    /// Ends a stream that broke after the client got bytes: what was collected (`out`), then an error
+    /// event, never a fake `[DONE]`.
+    fn cut(self, out: BytesMut, class: FailureClass, detail: &str) -> Step {
+        self.cut_with(out, class, detail, None)
+    }
+
+    /// Like `cut`, with the client's message given (`None`: one naming the profile and the detail).
+    fn cut_with(
+        mut self,
+        mut out: BytesMut,
+        class: FailureClass,
+        detail: &str,
+        message: Option<String>,
+    ) -> Step {
+        self.finished = true;
+        let profile = self.guard.entry.id().clone();
+        self.guard.fail(AttemptFailure::new(class, detail));
+        tracing::warn!(request_id = %self.guard.record.request_id, profile = %profile, class = class.as_str(), "stream cut after bytes reached the client");
+        let message = message
+            .unwrap_or_else(|| format!("profile {profile}: {detail}; the response is incomplete"));
+        let err = ApiError::Upstream(message);
+        out.extend_from_slice(&self.relay.error_event(&err.body(self.relay.client())));
+        Some((Ok(out.freeze()), self))
+    }
+}

@@ -1,0 +1,225 @@
+//! What handlers take from a request before they act: the caller (a gateway key, a JWT or the admin
+//! token), the one admin gate, the request id, and the body (bounded, then parsed as JSON).
+//!
+//! `Caller` and `Admin` are actix-web extractors, so a handler that names one in its arguments never
+//! runs for a request that fails the check; the refusal is an `ApiError`, rendered once.
+
+use actix_web::dev::Payload;
+use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{AuthError, Principal, KEY_PREFIX};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The request id of the current request (set by the middleware in `http::with_request_id`).
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+/// The request id stored by the middleware.
+pub fn request_id(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
+}
+
+/// The app state of a request (registered by `http::configure` on every app).
+pub fn app_state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("the app state is not registered".into()))
+}
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The bearer token of a request, from `Authorization: Bearer` or `X-API-Key`.
+pub fn presented_credential(req: &HttpRequest) -> Option<&str> {
+    if let Some(v) = req.headers().get(AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    req.headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// The client's IP address, for rate limits and the audit log.
+pub fn address(req: &HttpRequest) -> Option<String> {
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+/// The caller, if it presented a credential; a presented credential is always checked, even with
+/// `auth.required: false`.
+pub async fn principal(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<Option<Principal>, AuthError> {
+    let Some(given) = presented_credential(req) else {
+        return Ok(None);
+    };
+    if is_admin_token(state, given) {
+        return Ok(Some(Principal::admin_token()));
+    }
+    state
+        .auth
+        .authenticate(&state.config().auth, given)
+        .await
+        .map(Some)
+}
+
+fn is_admin_token(state: &AppState, given: &str) -> bool {
+    state
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), given.as_bytes()))
+}
+
+/// For the `/v1` proxy routes: the caller, or `None` when none is needed (`auth.required: false`).
+///
+/// With `auth.required: false` a credential that is not ours (neither a `sy_` key nor a JWT) is
+/// ignored: OpenAI SDKs insist on sending some API key, and local setups put a placeholder there.
+pub async fn client(state: &AppState, req: &HttpRequest) -> Result<Option<Principal>, ApiError> {
+    let required = state.config().auth.required;
+    if !required && presented_credential(req).is_some_and(|given| !looks_like_ours(state, given)) {
+        return Ok(None);
+    }
+    match principal(state, req).await? {
+        Some(p) => Ok(Some(p)),
+        None if required => Err(missing().into()),
+        None => Ok(None),
+    }
+}
+
+/// A gateway key, a JWT, or the admin token.
+fn looks_like_ours(state: &AppState, given: &str) -> bool {
+    given.starts_with(KEY_PREFIX) || given.split('.').count() == 3 || is_admin_token(state, given)
+}
+
+fn missing() -> AuthError {
+    AuthError::Unauthenticated(
+        "Missing credentials: send `Authorization: Bearer <key or token>` or `X-API-Key: <key>`."
+            .into(),
+    )
+}
+
+/// A signed-in caller (any valid credential): 401 without one.
+pub struct Caller(pub Principal);
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = app_state(&req)?;
+            let p = principal(&state, &req).await?.ok_or_else(missing)?;
+            Ok(Caller(p))
+        })
+    }
+}
+
+/// The one admin gate, for every admin route: 401 `authentication_error` without a credential (or with
+/// a wrong one), 403 `permission_error` for a valid credential without the admin role. While the admin
+/// token's variable is unset the admin API is disabled and refuses everyone, saying which variable.
+pub struct Admin(pub Principal);
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Admin, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = app_state(&req)?;
+            admin_gate(&state, &req).await.map(Admin)
+        })
+    }
+}
+
+async fn admin_gate(state: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
+    let disabled = state.admin_token.is_none().then(|| {
+        format!(
+            "The admin API is disabled: set {} to enable it.",
+            state.config().auth.admin_token_env
+        )
+    });
+    match principal(state, req).await? {
+        None => Err(ApiError::Unauthenticated(
+            disabled.unwrap_or_else(|| "Admin credentials required.".into()),
+        )),
+        Some(p) if !p.admin => Err(ApiError::Forbidden(
+            "This route needs the admin token or an admin credential.".into(),
+        )),
+        Some(_) if disabled.is_some() => Err(ApiError::Forbidden(disabled.unwrap_or_default())),
+        Some(p) => Ok(p),
+    }
+}
+
+/// Reads the body up to `limit` bytes; larger bodies are refused with 413 before reading them whole.
+pub async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::invalid(format!("Could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Largest body of the identity and billing APIs (small JSON objects); bounds what is read.
+pub const SMALL_BODY_LIMIT: usize = 64 * 1024;
+
+/// Reads and parses a small JSON body; an empty body reads as `{}`. Messages name fields, never echo
+/// values (a body may hold a password).
+pub async fn json_body<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    let bytes = read_limited(req, payload, SMALL_BODY_LIMIT).await?;
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        &bytes[..]
+    };
+    serde_json::from_slice(bytes).map_err(|e| {
+        let text = e.to_string();
+        let message = if text.starts_with("unknown field") || text.starts_with("missing field") {
+            format!("Invalid request body: {text}")
+        } else {
+            format!(
+                "Invalid request body: not the expected JSON (line {}, column {}).",
+                e.line(),
+                e.column()
+            )
+        };
+        ApiError::invalid(message)
+    })
+}

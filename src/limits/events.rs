@@ -1,0 +1,139 @@
+//! What a billing front end's events do to an account (the signed webhook delivers them): a tier set or
+//! cleared, credits added. Each event id is applied at most once.
+
+use serde::Deserialize;
+
+use super::{usd, LedgerError, Limits};
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// A billing front end's event.
+#[derive(Debug, Deserialize)]
+pub struct BillingEvent {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: EventData,
+}
+
+/// The fields the known event types read.
+#[derive(Debug, Deserialize)]
+pub struct EventData {
+    pub account: String,
+    pub tier: Option<String>,
+    pub amount_usd: Option<f64>,
+}
+
+/// What applying an event did, for the audit log.
+pub enum Applied {
+    /// The event was new and is applied; the detail says what it changed.
+    Done(String),
+    /// The event id was already processed: a replay, refused.
+    Replay,
+}
+
+/// Applies `event` once: a replay changes nothing, and an event that cannot be applied leaves its id
+/// unclaimed so a corrected delivery can follow.
+pub fn apply(
+    limits: &Limits,
+    config: &Config,
+    event: &BillingEvent,
+    now_secs: u64,
+) -> Result<Applied, ApiError> {
+    let claimed = limits
+        .ledger
+        .claim_event(&event.id, now_secs)
+        .map_err(|e| ApiError::Internal(format!("webhook: {e}")))?;
+    if !claimed {
+        return Ok(Applied::Replay);
+    }
+    match change(limits, config, event) {
+        Ok(detail) => Ok(Applied::Done(detail)),
+        Err(e) => {
+            if let Err(forget) = limits.ledger.forget_event(&event.id) {
+                tracing::error!(error = %forget, "cannot forget an unapplied billing event id");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn change(limits: &Limits, config: &Config, event: &BillingEvent) -> Result<String, ApiError> {
+    let account = &event.data.account;
+    match event.kind.as_str() {
+        "subscription.updated" => match &event.data.tier {
+            Some(t) => set_tier(limits, config, account, Some(t)).map(|()| format!("tier {t}")),
+            None => Err(ApiError::invalid("subscription.updated needs data.tier")),
+        },
+        "subscription.deleted" => {
+            set_tier(limits, config, account, None).map(|()| "tier cleared".into())
+        }
+        "credits.purchased" => match event.data.amount_usd {
+            Some(a) if a > 0.0 => {
+                let micros = usd_to_micros(a)?;
+                limits
+                    .ledger
+                    .adjust(account, micros, Some(format!("webhook {}", event.id)))
+                    .map_err(ledger_error)
+                    .map(|_| format!("credits {}", usd_signed(micros)))
+            }
+            _ => Err(ApiError::invalid(
+                "credits.purchased needs a positive data.amount_usd",
+            )),
+        },
+        other => Ok(format!("ignored event type {other}")),
+    }
+}
+
+/// Sets (or clears) an account's tier after checking the tier exists.
+pub fn set_tier(
+    limits: &Limits,
+    config: &Config,
+    account: &str,
+    tier: Option<&str>,
+) -> Result<(), ApiError> {
+    if let Some(t) = tier {
+        if !config.tiers.contains_key(t) {
+            return Err(ApiError::InvalidRequest {
+                message: format!("Unknown tier `{t}`: it is not under `tiers:`."),
+                param: Some("tier"),
+                code: None,
+            });
+        }
+    }
+    limits
+        .set_tier(account, tier)
+        .map_err(|e| ApiError::Internal(format!("tier: {e}")))
+}
+
+/// Dollars as micro-dollars; refused outside ±1e9 or when not finite.
+pub fn usd_to_micros(amount: f64) -> Result<i64, ApiError> {
+    if !amount.is_finite() || amount.abs() > 1e9 {
+        return Err(ApiError::InvalidRequest {
+            message: "`amount_usd` must be a number between -1e9 and 1e9.".into(),
+            param: Some("amount_usd"),
+            code: None,
+        });
+    }
+    // Bounded above, so the cast cannot wrap.
+    #[allow(clippy::cast_possible_truncation)]
+    Ok((amount * 1e6).round() as i64)
+}
+
+/// Signed micro-dollars as dollars (`-1.500000`).
+pub fn usd_signed(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    format!("{sign}{}", usd(micros.unsigned_abs()))
+}
+
+/// A ledger error for the admin API and the webhook.
+pub fn ledger_error(e: LedgerError) -> ApiError {
+    match e {
+        LedgerError::Insufficient { balance, needed } => ApiError::invalid(format!(
+            "The balance (${}) is smaller than the debit (${}).",
+            usd(balance),
+            usd(needed)
+        )),
+        LedgerError::Store(e) => ApiError::Internal(format!("ledger: {e}")),
+    }
+}
