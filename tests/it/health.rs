@@ -62,12 +62,12 @@ async fn wait_failures(server: &Server, id: &str, n: u64) -> serde_json::Value {
 }
 
 async fn reset(server: &Server, id: &str, token: Option<&str>) -> (u16, String) {
-    let mut req = client().post(server.url(&format!("/admin/profiles/{id}/reset")));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
+    let (status, _, text) = server
+        .post(&format!("/admin/profiles/{id}/reset"))
+        .maybe_bearer(token)
+        .send_text()
+        .await;
+    (status, text)
 }
 
 /// Makes the only profile of `m` fail once with `reply` and returns its admin object and the bounds

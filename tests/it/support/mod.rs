@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// `server.get(path)`, `server.post(path)`, ...: the request builder every helper below goes through.
+mod call;
+
 pub use switchyard_load_tests::{MockUpstream, ReceivedRequest, Reply};
 
 /// The admin token every test server gets.
@@ -392,14 +395,11 @@ pub async fn post(
     body: &serde_json::Value,
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, String) {
-    let mut req = client().post(server.url(path)).json(body);
+    let mut call = server.post(path).json(body);
     for (k, v) in headers {
-        req = req.header(*k, *v);
+        call = call.header(k, v);
     }
-    let resp = req.send().await.expect("send");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.text().await.expect("body"))
+    call.send_text().await
 }
 
 /// The admin profile list.
@@ -457,8 +457,8 @@ pub fn error_of(body: &str) -> serde_json::Value {
     e
 }
 
-/// An HTTP call with optional bearer and extra headers; returns status, headers and parsed JSON (or
-/// the text as a JSON string).
+/// An HTTP call with an optional bearer and body; returns status, headers and parsed JSON (or the text
+/// as a JSON string). The older spelling of `server.request(method, path)...send()`.
 pub async fn call(
     server: &Server,
     method: reqwest::Method,
@@ -466,19 +466,11 @@ pub async fn call(
     bearer: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-    let mut req = client().request(method, server.url(path));
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
+    let mut call = server.request(method, path).maybe_bearer(bearer);
     if let Some(body) = body {
-        req = req.json(&body);
+        call = call.json(body);
     }
-    let resp = req.send().await.expect("send");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    (status, headers, value)
+    call.send().await
 }
 
 /// An admin API call with the admin token; asserts a 2xx and returns the body.
