@@ -323,9 +323,10 @@ mod tests {
         for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
             let res = e.render(dialect);
             assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-            assert_eq!(res.headers()[RETRY_AFTER], "7");
-            assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
-            assert_eq!(res.headers()["x-ratelimit-limit"], "10");
+            let h = res.headers();
+            assert_eq!(h.get(RETRY_AFTER).unwrap(), "7");
+            assert_eq!(h.get("x-ratelimit-remaining").unwrap(), "0");
+            assert_eq!(h.get("x-ratelimit-limit").unwrap(), "10");
         }
     }
 

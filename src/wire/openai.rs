@@ -172,7 +172,10 @@ mod tests {
         ] {
             let e = RoutingFields::parse(body).unwrap_err();
             assert!(e.to_string().contains(needle), "{e}");
-            assert_eq!(e.kind(), "invalid_request_error");
+            assert_eq!(
+                crate::error::ApiError::from(e).kind(),
+                "invalid_request_error"
+            );
         }
     }
 

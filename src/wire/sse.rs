@@ -1,5 +1,9 @@
-//! Server-sent events as they pass through: split into whole events, read usage, drop the usage chunk a
-//! client did not ask for, and notice `[DONE]`. Bytes are forwarded as they arrive, never buffered whole.
+//! Server-sent events as they pass through. [`SseFramer`] is the one framer: it splits a byte stream in
+//! any chunking into whole events (LF, CRLF or CR line ends, a leading BOM, comments), scanning each
+//! byte once however the event is chopped, and keeps every event's bytes as they came so a relay can
+//! forward them untouched. [`SseRelay`] follows an OpenAI stream on top of it: reads usage, drops the
+//! usage chunk a client did not ask for, and notices `[DONE]`. Bytes are forwarded as they arrive, never
+//! buffered whole.
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -8,6 +12,165 @@ use crate::wire::openai::TokenUsage;
 
 /// Largest single event we hold while waiting for its end; a longer one is upstream garbage.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Too large an event was buffered without an end.
+#[derive(Debug, thiserror::Error)]
+#[error("an SSE event exceeded {MAX_EVENT_BYTES} bytes")]
+pub struct EventTooLarge;
+
+/// One whole event as it arrived, its blank end line included, so a relay can pass it on untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub raw: Bytes,
+}
+
+impl Frame {
+    /// The event's non-empty lines, without their ends.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        split_lines(&self.raw).filter(|l| !l.is_empty())
+    }
+
+    /// The event's fields as (name, value), comments left out; the value is what follows `name:` and
+    /// one optional space (a line without a colon is a field with an empty value).
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines().filter(|l| l[0] != b':').map(|line| {
+            match line.iter().position(|b| *b == b':') {
+                Some(i) => {
+                    let value = &line[i + 1..];
+                    (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+                }
+                None => (line, &line[line.len()..]),
+            }
+        })
+    }
+
+    /// The `data:` lines joined with `\n`; `None` when the event has no data field (a comment, a
+    /// keep-alive, an `event:` alone), which SSE does not dispatch.
+    pub fn data(&self) -> Option<Vec<u8>> {
+        let mut data: Option<Vec<u8>> = None;
+        for (name, value) in self.fields() {
+            if name == b"data" {
+                match &mut data {
+                    Some(d) => {
+                        d.push(b'\n');
+                        d.extend_from_slice(value);
+                    }
+                    None => data = Some(value.to_vec()),
+                }
+            }
+        }
+        data
+    }
+
+    /// The last `event:` field, if any.
+    pub fn event_name(&self) -> Option<&[u8]> {
+        self.fields()
+            .filter(|(name, _)| *name == b"event")
+            .map(|(_, v)| v)
+            .last()
+    }
+}
+
+/// Lines of `raw`, split at LF, CRLF or a lone CR.
+fn split_lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = raw;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
+            None => {
+                let line = rest;
+                rest = &rest[rest.len()..];
+                Some(line)
+            }
+            Some(i) => {
+                let term = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                let line = &rest[..i];
+                rest = &rest[i + term..];
+                Some(line)
+            }
+        }
+    })
+}
+
+/// Splits a byte stream into whole events.
+#[derive(Debug, Default)]
+pub struct SseFramer {
+    buf: BytesMut,
+    /// How much of `buf` has been scanned for line ends: a long event arriving in small pieces is
+    /// scanned once, not once per piece.
+    scanned: usize,
+    /// Where the line being scanned starts.
+    line_start: usize,
+    /// The stream's first bytes were seen (and a BOM dropped).
+    begun: bool,
+}
+
+impl SseFramer {
+    /// A framer at the start of a stream.
+    pub fn new() -> SseFramer {
+        SseFramer::default()
+    }
+
+    /// Takes one chunk; returns the events it completed, in order.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Frame>, EventTooLarge> {
+        self.buf.extend_from_slice(chunk);
+        if !self.begun {
+            if self.buf.len() < BOM.len() && BOM.starts_with(&self.buf) {
+                return Ok(Vec::new());
+            }
+            if self.buf.starts_with(BOM) {
+                let _ = self.buf.split_to(BOM.len());
+            }
+            self.begun = true;
+        }
+        let mut frames = Vec::new();
+        while let Some(rel) = self.buf[self.scanned..]
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')
+        {
+            let end = self.scanned + rel;
+            let term = if self.buf[end] == b'\r' {
+                match self.buf.get(end + 1) {
+                    // A CR at the very end may be the first half of a CRLF: wait for the next byte.
+                    None => {
+                        self.scanned = end;
+                        break;
+                    }
+                    Some(b'\n') => 2,
+                    Some(_) => 1,
+                }
+            } else {
+                1
+            };
+            let blank = end == self.line_start;
+            self.scanned = end + term;
+            self.line_start = self.scanned;
+            if blank {
+                frames.push(Frame {
+                    raw: self.buf.split_to(self.scanned).freeze(),
+                });
+                self.scanned = 0;
+                self.line_start = 0;
+            }
+        }
+        if !self.buf.is_empty() && self.scanned < self.buf.len() && self.buf[self.scanned] != b'\r'
+        {
+            self.scanned = self.buf.len();
+        }
+        if self.buf.len() > MAX_EVENT_BYTES {
+            return Err(EventTooLarge);
+        }
+        Ok(frames)
+    }
+}
 
 /// What one upstream chunk turned into.
 #[derive(Debug, Default)]
@@ -18,10 +181,10 @@ pub struct Passed {
     pub done: bool,
 }
 
-/// Follows one SSE stream.
+/// Follows one OpenAI SSE stream.
 #[derive(Debug)]
 pub struct SseRelay {
-    buf: BytesMut,
+    framer: SseFramer,
     /// Drop the `choices: []` + `usage` chunk: we asked for it, the client did not.
     hide_usage_chunk: bool,
     usage: Option<TokenUsage>,
@@ -36,48 +199,11 @@ struct ChunkPeek {
     usage: Option<TokenUsage>,
 }
 
-/// An event's end: a blank line.
-fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some((i, i + 2));
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, i + 3));
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-/// The concatenated `data:` payload of an event.
-fn event_data(event: &[u8]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-        }
-    }
-    data
-}
-
-/// Too large an event was buffered without an end.
-#[derive(Debug, thiserror::Error)]
-#[error("an SSE event exceeded {MAX_EVENT_BYTES} bytes")]
-pub struct EventTooLarge;
-
 impl SseRelay {
     /// A relay; `hide_usage_chunk` when the client did not ask for usage but we did.
     pub fn new(hide_usage_chunk: bool) -> SseRelay {
         SseRelay {
-            buf: BytesMut::new(),
+            framer: SseFramer::new(),
             hide_usage_chunk,
             usage: None,
             done: false,
@@ -86,12 +212,10 @@ impl SseRelay {
 
     /// Takes one upstream chunk; returns the whole events to forward.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Passed, EventTooLarge> {
-        self.buf.extend_from_slice(chunk);
         let mut out = BytesMut::new();
         let mut saw_done = false;
-        while let Some((end, next)) = event_end(&self.buf) {
-            let event = self.buf.split_to(next).freeze();
-            let data = event_data(&event[..end]);
+        for frame in self.framer.push(chunk)? {
+            let data = frame.data().unwrap_or_default();
             if data == b"[DONE]" {
                 saw_done = true;
                 self.done = true;
@@ -108,17 +232,13 @@ impl SseRelay {
                     }
                 }
             }
-            out.extend_from_slice(&event);
-        }
-        if self.buf.len() > MAX_EVENT_BYTES {
-            return Err(EventTooLarge);
+            out.extend_from_slice(&frame.raw);
         }
         Ok(Passed {
             forward: out.freeze(),
             done: saw_done,
         })
     }
-
     /// The usage the stream reported, if any.
     pub fn usage(&self) -> Option<TokenUsage> {
         self.usage
@@ -189,6 +309,54 @@ mod tests {
         let p = r.push(b": keep-alive\r\n\r\ndata: [DONE]\r\n\r\n").unwrap();
         assert_eq!(&p.forward[..], b": keep-alive\r\n\r\n");
         assert!(p.done && r.is_done());
+    }
+
+    const MIXED: &[u8] =
+        b"\xEF\xBB\xBF: keep-alive\n\nevent: a\r\ndata: 1\r\ndata:2\r\n\r\ndata: x\r\rdata\n\n";
+
+    fn frames_of(chunks: &[&[u8]]) -> Vec<Frame> {
+        let mut f = SseFramer::new();
+        chunks.iter().flat_map(|c| f.push(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn one_framer_for_every_line_end_a_bom_and_any_split() {
+        let whole = frames_of(&[MIXED]);
+        let raw: Vec<u8> = whole.iter().flat_map(|f| f.raw.to_vec()).collect();
+        assert_eq!(raw, &MIXED[3..], "every byte but the BOM is kept, in order");
+        let data: Vec<_> = whole.iter().map(Frame::data).collect();
+        assert_eq!(
+            data,
+            vec![
+                None,
+                Some(b"1\n2".to_vec()),
+                Some(b"x".to_vec()),
+                Some(Vec::new())
+            ]
+        );
+        assert_eq!(whole[1].event_name(), Some(&b"a"[..]));
+        for cut in 0..=MIXED.len() {
+            let (a, b) = MIXED.split_at(cut);
+            assert_eq!(frames_of(&[a, b]), whole, "split at {cut}");
+        }
+        let bytes: Vec<&[u8]> = MIXED.chunks(1).collect();
+        assert_eq!(frames_of(&bytes), whole, "one byte at a time");
+    }
+
+    #[test]
+    fn a_long_unfinished_event_is_scanned_once() {
+        let mut f = SseFramer::new();
+        f.push(b"data: ").unwrap();
+        for _ in 0..100 {
+            f.push(&[b'x'; 1000]).unwrap();
+            assert_eq!(
+                f.scanned,
+                f.buf.len(),
+                "what was scanned is not scanned again"
+            );
+        }
+        let done = f.push(b"\n\n").unwrap();
+        assert_eq!(done[0].data().map(|d| d.len()), Some(100_000));
     }
 
     #[test]

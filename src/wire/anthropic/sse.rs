@@ -1,13 +1,11 @@
-//! A server-sent-events reader that accepts bytes in any chunking (an event, a line or a UTF-8 character
-//! split across pushes; LF, CRLF or CR line ends; comments) and yields whole events, plus the writers
-//! for the two dialects we emit.
+//! Server-sent events for the translators: whole events from the one framer (`wire::sse::SseFramer`), as
+//! text, plus the writers for the two dialects we emit.
 
 use bytes::BytesMut;
 
 use super::TranslateError;
-
-/// Largest event (or line) held while waiting for its end; anything longer is upstream garbage.
-pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+use crate::wire::sse::SseFramer;
+pub use crate::wire::sse::MAX_EVENT_BYTES;
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,114 +16,37 @@ pub(super) struct SseEvent {
     pub data: String,
 }
 
+/// Events as text: events without data are not dispatched (SSE's rule), and a stream that is not
+/// UTF-8 is refused.
 #[derive(Debug, Default)]
 pub(super) struct SseParser {
-    /// Bytes of the line not yet ended.
-    buf: Vec<u8>,
-    /// How much of `buf` is known to hold no line end, so a long line arriving in small pieces is scanned
-    /// once rather than once per piece.
-    scanned: usize,
-    event: Option<String>,
-    data: String,
-    has_data: bool,
-    first_line: bool,
+    framer: SseFramer,
 }
 
 impl SseParser {
     pub fn new() -> Self {
-        SseParser {
-            first_line: true,
-            ..SseParser::default()
-        }
+        SseParser::default()
     }
 
     /// Takes one chunk; returns the events it completed.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, TranslateError> {
-        self.buf.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        let mut start = 0;
-        let mut from = self.scanned;
-        while let Some(rel) = self.buf[from..]
-            .iter()
-            .position(|b| *b == b'\n' || *b == b'\r')
-        {
-            let end = from + rel;
-            let term = if self.buf[end] == b'\r' {
-                match self.buf.get(end + 1) {
-                    // A CR at the very end may be the first half of a CRLF: wait for the next byte.
-                    None => break,
-                    Some(b'\n') => 2,
-                    Some(_) => 1,
-                }
-            } else {
-                1
+        let frames = self
+            .framer
+            .push(bytes)
+            .map_err(|e| TranslateError::BadUpstream(e.to_string()))?;
+        let mut events = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let Some(data) = frame.data() else { continue };
+            let text = |b: Vec<u8>| {
+                String::from_utf8(b)
+                    .map_err(|_| TranslateError::BadUpstream("stream is not UTF-8".into()))
             };
-            let line = std::str::from_utf8(&self.buf[start..end])
-                .map_err(|_| TranslateError::BadUpstream("stream is not UTF-8".into()))?;
-            let line = if self.first_line {
-                self.first_line = false;
-                line.strip_prefix('\u{feff}').unwrap_or(line)
-            } else {
-                line
-            };
-            if let Some(ev) =
-                Self::take_line(line, &mut self.event, &mut self.data, &mut self.has_data)
-            {
-                events.push(ev);
-            }
-            start = end + term;
-            from = start;
-        }
-        self.buf.drain(..start);
-        self.scanned = self
-            .buf
-            .len()
-            .saturating_sub(usize::from(self.buf.last() == Some(&b'\r')));
-        if self.buf.len() + self.data.len() > MAX_EVENT_BYTES {
-            return Err(TranslateError::BadUpstream(format!(
-                "an SSE event exceeded {MAX_EVENT_BYTES} bytes"
-            )));
-        }
-        Ok(events)
-    }
-
-    /// Applies one line (without its end) to the pending event; a blank line dispatches it.
-    fn take_line(
-        line: &str,
-        event: &mut Option<String>,
-        data: &mut String,
-        has_data: &mut bool,
-    ) -> Option<SseEvent> {
-        if line.is_empty() {
-            let name = event.take();
-            if !*has_data {
-                return None;
-            }
-            *has_data = false;
-            return Some(SseEvent {
-                event: name,
-                data: std::mem::take(data),
+            events.push(SseEvent {
+                event: frame.event_name().map(|n| text(n.to_vec())).transpose()?,
+                data: text(data)?,
             });
         }
-        if line.starts_with(':') {
-            return None;
-        }
-        let (name, value) = match line.split_once(':') {
-            Some((n, v)) => (n, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match name {
-            "event" => *event = Some(value.to_string()),
-            "data" => {
-                if *has_data {
-                    data.push('\n');
-                }
-                data.push_str(value);
-                *has_data = true;
-            }
-            _ => {} // id, retry and unknown fields mean nothing to a translator.
-        }
-        None
+        Ok(events)
     }
 }
 

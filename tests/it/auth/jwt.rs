@@ -360,10 +360,10 @@ async fn an_external_admin_reaches_admin_routes_and_a_user_does_not() {
     assert_eq!(created["created_by"], format!("jwt:{ISS}:root"));
     let (status, _, body) = server.get("/admin/keys").bearer(&user_token).send().await;
     assert_error(status, &body, 403, "permission_error");
-    let (status, _, _) = server
+    let (status, _, body) = server
         .get("/admin/profiles")
         .bearer(&user_token)
         .send()
         .await;
-    assert_eq!(status, 401);
+    assert_error(status, &body, 403, "permission_error");
 }

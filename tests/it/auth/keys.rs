@@ -175,8 +175,8 @@ async fn scopes_limit_models_and_admin_routes() {
     // Not an admin credential: refused on admin routes.
     let (status, _, body) = server.get("/admin/keys").bearer(&only_m).send().await;
     assert_error(status, &body, 403, "permission_error");
-    let (status, _, _) = server.get("/admin/profiles").bearer(&only_m).send().await;
-    assert_eq!(status, 401);
+    let (status, _, body) = server.get("/admin/profiles").bearer(&only_m).send().await;
+    assert_error(status, &body, 403, "permission_error");
 
     // A key with the `admin` scope is an admin credential everywhere.
     let (_, admin_key) = create_key(&server, json!({"name": "ops", "scopes": ["admin"]})).await;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
+mod admin_gate;
 mod audit;
 mod cli;
 mod jwt;
