@@ -22,7 +22,7 @@ use std::time::Duration;
 use actix::Supervisor;
 use actix_web::{web, HttpServer};
 use switchyard_actors::recorder::{FlushUsage, UsageRecorder};
-use switchyard_actors::router::{Router, RouterActor};
+use switchyard_actors::router::{spawn_session_sweeper, Router};
 use switchyard_actors::store::{Store, StoreError};
 
 use crate::config::Config;
@@ -88,16 +88,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         .sticky
         .ttl
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let (actor_router, actor_store, actor_metrics) =
-        (router.clone(), store.clone(), metrics.actors.clone());
-    let router_actor = Supervisor::start(move |_| {
-        RouterActor::new(
-            actor_router.clone(),
-            actor_store.clone(),
-            actor_metrics.clone(),
-            sweep_every,
-        )
-    });
+    spawn_session_sweeper(router.clone(), sweep_every);
     let limits = Arc::new(limits::Limits::new(&store, metrics.clone()).map_err(store_error)?);
     let (recorder_store, recorder_metrics, recorder_limits) =
         (store.clone(), metrics.actors.clone(), limits.clone());
@@ -122,7 +113,6 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         store: store.clone(),
         admin_token,
         metrics,
-        router_actor,
         generation: AtomicU64::new(0),
         reload_lock: tokio::sync::Mutex::new(()),
         auth: auth.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use serde::Serialize;
-use switchyard_actors::router::{Reload, ReloadSummary};
+use switchyard_actors::router::ReloadSummary;
 
 use crate::config::{self, ConfigErrors};
 use crate::state::AppState;
@@ -20,7 +20,8 @@ pub enum ReloadError {
     /// The new file is invalid; the old configuration stays.
     #[error("invalid configuration:\n{0}")]
     Invalid(ConfigErrors),
-    /// The router could not apply it (store failure); the old configuration stays.
+    /// The router could not apply it (a store failure while setting up a profile): nothing of the new
+    /// file took effect; the old configuration and routing table are back in place.
     #[error("cannot apply the configuration: {0}")]
     Apply(String),
 }
@@ -66,7 +67,7 @@ pub async fn reload(shared: &AppState, trigger: &str) -> Result<ReloadReport, Re
 async fn apply(
     shared: &AppState,
     path: &Path,
-    old: &config::Config,
+    old: &Arc<config::Config>,
 ) -> Result<ReloadReport, ReloadError> {
     let new = config::load_file(path).map_err(ReloadError::Invalid)?;
     let mut needs_restart = Vec::new();
@@ -85,12 +86,21 @@ async fn apply(
     // over by the worker's rebuild.
     shared.config.store(Arc::new(new));
     let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-    let summary: ReloadSummary = shared
-        .router_actor
-        .send(Reload(spec))
-        .await
-        .map_err(|e| ReloadError::Apply(e.to_string()))?
-        .map_err(|e| ReloadError::Apply(e.to_string()))?;
+    let summary: ReloadSummary =
+        match shared
+            .router
+            .reload(&spec, &shared.store, &shared.metrics.actors)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                // The router swaps its table only when every profile could be set up, so the old table
+                // still serves: put the old config back with it, under a new generation so workers that
+                // already rebuilt their clients from the new one rebuild them again.
+                shared.config.store(old.clone());
+                shared.generation.fetch_add(1, Ordering::AcqRel);
+                return Err(ReloadError::Apply(e.to_string()));
+            }
+        };
     Ok(ReloadReport {
         generation,
         added: summary.added,

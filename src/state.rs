@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use switchyard_actors::recorder::UsageRecorder;
-use switchyard_actors::router::{ModelSpec, ProfileSpec, Router, RouterActor, RouterSpec};
+use switchyard_actors::router::{ModelSpec, ProfileSpec, Router, RouterSpec};
 use switchyard_actors::store::Store;
 
 use crate::auth::AuthService;
@@ -25,12 +25,11 @@ pub struct AppState {
     /// `None` when the admin token's variable is unset: admin routes then refuse everyone.
     pub admin_token: Option<String>,
     pub metrics: Arc<Metrics>,
-    /// The one owner of routing-table changes (reloads, resets).
-    pub router_actor: Addr<RouterActor>,
     /// Bumped on every successful reload; workers rebuild their upstream clients when it moves.
     pub generation: AtomicU64,
     /// Serialises reloads (file watcher, SIGHUP and the admin endpoint may race): the config swap, the
-    /// generation bump and the routing table must move together.
+    /// generation bump and the routing table move together, and only `reload::reload` changes them.
+    /// A tokio mutex because it is held across the store writes of a routing-table change.
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Client identity: keys, accounts, tokens, audit. AppState by every worker (its caches are DashMaps).
     pub auth: Arc<AuthService>,

@@ -100,7 +100,7 @@ impl ActorMetrics {
         registry.register(Box::new(m.store_flush.clone()))?;
         // Series that may stay at zero for a process's life still appear in every scrape, so dashboards
         // and alerts see 0 rather than "no data".
-        for actor in ["profile", "router", "usage_recorder"] {
+        for actor in ["profile", "usage_recorder"] {
             m.restarts.with_label_values(&[actor]);
             m.mailbox_drops.with_label_values(&[actor]);
         }

@@ -5,15 +5,30 @@
 //! notification to self, which actix runs after the messages already queued.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::metrics::ActorMetrics;
-use crate::store::{ProfileCounters, Store, UsageRecord};
+use crate::store::{ProfileCounters, Store, StoreError, UsageRecord};
 
-/// The acknowledgement of a durable record: `Err` carries a secret-free message.
-pub type Ack = Result<(), String>;
+/// Why a usage record is not durable (shared by every ack of its batch, hence the `Arc`s).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// The batch could not be written.
+    #[error("cannot write usage records: {0}")]
+    Write(Arc<StoreError>),
+    /// A companion's queue (the credit ledger's) could not be written before the batch.
+    #[error("cannot write the ledger entries before the records: {0}")]
+    Companion(Arc<StoreError>),
+    /// The flush that would make the batch durable failed.
+    #[error("cannot flush the store: {0}")]
+    Flush(Arc<StoreError>),
+}
+
+/// The acknowledgement of a durable record.
+pub type Ack = Result<(), RecordError>;
 
 /// Records one attempt. With `ack`, the sender is answered once the record is flushed to disk.
 #[derive(Message)]
@@ -32,8 +47,8 @@ pub struct FlushUsage;
 /// transactions): written just before each batch of records, so the flush that acknowledges a record
 /// covers everything its request decided before it.
 pub trait BatchCompanion: Send + Sync + 'static {
-    /// Writes what is queued to the store (not yet flushed). The error is secret-free.
-    fn write_pending(&self) -> Result<(), String>;
+    /// Writes what is queued to the store (not yet flushed).
+    fn write_pending(&self) -> Result<(), StoreError>;
 }
 
 /// Writes the buffered records (sent to self; runs after the queued messages).
@@ -84,8 +99,11 @@ impl UsageRecorder {
         self
     }
 
-    fn write_companions(&self) -> Result<(), String> {
-        self.companions.iter().try_for_each(|c| c.write_pending())
+    fn write_companions(&self) -> Result<(), RecordError> {
+        self.companions
+            .iter()
+            .try_for_each(|c| c.write_pending())
+            .map_err(|e| RecordError::Companion(Arc::new(e)))
     }
 
     /// Starts one flush covering everything written so far; records arriving meanwhile wait for the next.
@@ -102,7 +120,7 @@ impl UsageRecorder {
         let fut = actix::fut::wrap_future::<_, Self>(async move { store.flush().await }).map(
             move |res, act, ctx| {
                 timer.observe_duration();
-                let ack: Ack = res.map_err(|e| e.to_string());
+                let ack: Ack = res.map_err(|e| RecordError::Flush(Arc::new(e)));
                 if let Err(e) = &ack {
                     tracing::error!(error = %e, "usage flush failed");
                 }
@@ -133,8 +151,8 @@ impl UsageRecorder {
         let written = self
             .store
             .append_usage_batch(&records)
-            .map_err(|e| e.to_string())
-            .and_then(|()| records.iter().try_for_each(|r| self.count(r)));
+            .and_then(|()| records.iter().try_for_each(|r| self.count(r)))
+            .map_err(|e| RecordError::Write(Arc::new(e)));
         let result = companions.and(written);
         match result {
             Ok(()) => self.pending.extend(acks),
@@ -150,14 +168,11 @@ impl UsageRecorder {
     }
 
     /// Adds a written record to its profile's counters.
-    fn count(&mut self, record: &UsageRecord) -> Result<(), String> {
+    fn count(&mut self, record: &UsageRecord) -> Result<(), StoreError> {
         let c = match self.counters.get_mut(&record.profile) {
             Some(c) => c,
             None => {
-                let loaded = self
-                    .store
-                    .load_counters(&record.profile)
-                    .map_err(|e| e.to_string())?;
+                let loaded = self.store.load_counters(&record.profile)?;
                 self.counters
                     .entry(record.profile.clone())
                     .or_insert(loaded)
@@ -254,7 +269,12 @@ impl Handler<FlushUsage> for UsageRecorder {
         self.write_buffer();
         self.save_counters();
         let store = self.store.clone();
-        Box::pin(async move { store.flush().await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            store
+                .flush()
+                .await
+                .map_err(|e| RecordError::Flush(Arc::new(e)))
+        })
     }
 }
 
@@ -368,13 +388,13 @@ mod tests {
     struct Companion {
         store: Store,
         calls: std::sync::atomic::AtomicUsize,
-        records_at_first_call: std::sync::Mutex<Option<usize>>,
+        records_at_first_call: parking_lot::Mutex<Option<usize>>,
     }
 
     impl BatchCompanion for Companion {
-        fn write_pending(&self) -> Result<(), String> {
+        fn write_pending(&self) -> Result<(), StoreError> {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut first = self.records_at_first_call.lock().unwrap();
+            let mut first = self.records_at_first_call.lock();
             if first.is_none() {
                 *first = Some(self.store.all_usage().unwrap().len());
             }
@@ -388,7 +408,7 @@ mod tests {
         let companion = std::sync::Arc::new(Companion {
             store: store.clone(),
             calls: std::sync::atomic::AtomicUsize::new(0),
-            records_at_first_call: std::sync::Mutex::new(None),
+            records_at_first_call: parking_lot::Mutex::new(None),
         });
         let addr = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap())
             .with_companion(companion.clone())
@@ -403,6 +423,6 @@ mod tests {
         rx.await.unwrap().unwrap();
         // Well before the 200 ms tick: the batch itself called it, ahead of its records.
         assert!(companion.calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
-        assert_eq!(*companion.records_at_first_call.lock().unwrap(), Some(0));
+        assert_eq!(*companion.records_at_first_call.lock(), Some(0));
     }
 }

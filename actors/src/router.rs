@@ -1,5 +1,7 @@
-//! Routing: the `Router` picks a profile per request without a mailbox round trip; the `RouterActor`
-//! supervises the profile actors, owns the table, and sweeps expired sticky sessions.
+//! Routing: the `Router` picks a profile per request without a mailbox round trip, from an arc-swapped
+//! table of profile entries whose `ProfileActor`s run under actix supervisors. The table changes only
+//! through `Router::reload`, which the proxy calls from one place (its reload path, under one lock); a
+//! plain task sweeps expired sticky sessions.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -182,7 +184,9 @@ impl Router {
 
     /// Swaps in a new configuration. Unchanged profiles keep their actor, state and counters; changed ones
     /// keep them too and get the new policy or credential; removed ones leave the table, and their actors
-    /// stop once the requests still holding them finish. Must run inside an actix system.
+    /// stop once the requests still holding them finish. Must run inside an actix system. Callers
+    /// serialise reloads (the proxy holds its reload lock): two at once would both start from the same
+    /// old table.
     pub fn reload(
         &self,
         spec: &RouterSpec,
@@ -521,79 +525,18 @@ fn skips(route: &ModelRoute, tried: &[Arc<str>], now: SystemTime) -> Vec<(Arc<st
         .collect()
 }
 
-/// Supervises routing: holds the shared `Router` (whose profile actors run under actix supervisors)
-/// and sweeps expired sticky sessions.
-pub struct RouterActor {
-    router: Arc<Router>,
-    store: Store,
-    metrics: ActorMetrics,
-    sweep_every: Duration,
-}
-
-impl RouterActor {
-    /// A supervisor for `router`, sweeping sessions every `sweep_every`.
-    pub fn new(
-        router: Arc<Router>,
-        store: Store,
-        metrics: ActorMetrics,
-        sweep_every: Duration,
-    ) -> RouterActor {
-        RouterActor {
-            router,
-            store,
-            metrics,
-            sweep_every,
-        }
-    }
-}
-
-/// Applies a new routing spec (config reload).
-#[derive(Message)]
-#[rtype(result = "Result<ReloadSummary, StoreError>")]
-pub struct Reload(pub RouterSpec);
-
-impl Handler<Reload> for RouterActor {
-    type Result = Result<ReloadSummary, StoreError>;
-
-    fn handle(&mut self, msg: Reload, _ctx: &mut Self::Context) -> Self::Result {
-        self.router.reload(&msg.0, &self.store, &self.metrics)
-    }
-}
-
-impl Actor for RouterActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.sweep_every, |act, _ctx| {
-            let left = act.router.sweep_sessions();
+/// Sweeps expired sticky sessions every `every`, for as long as the actix system runs. A plain task,
+/// not an actor: it has no state of its own and no messages, and nothing to restart.
+pub fn spawn_session_sweeper(router: Arc<Router>, every: Duration) {
+    actix::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let left = router.sweep_sessions();
             tracing::debug!(sessions = left, "swept sticky sessions");
-        });
-    }
-}
-
-impl Supervised for RouterActor {
-    fn restarting(&mut self, _ctx: &mut Self::Context) {
-        self.metrics.restarts.with_label_values(&["router"]).inc();
-    }
-}
-
-/// Resets one profile by id; false if there is no such profile.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct ResetProfileById(pub String);
-
-impl Handler<ResetProfileById> for RouterActor {
-    type Result = bool;
-
-    fn handle(&mut self, msg: ResetProfileById, _ctx: &mut Self::Context) -> bool {
-        match self.router.profile(&msg.0) {
-            Some(p) => {
-                p.reset();
-                true
-            }
-            None => false,
         }
-    }
+    });
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! index), `v1/refresh/<id>` and `v1/families/<id>`. Tree `audit` holds `v1/audit/<ts>/<seq>`, both in
 //! fixed-width hex so that keys sort by time. Records are JSON; secrets are stored only as SHA-256
 //! (keys, refresh tokens) or argon2id (passwords).
+// Raw sled is allowed here: identity's store file (see clippy.toml).
+#![allow(clippy::disallowed_types)]
 
 use serde::{Deserialize, Serialize};
 use switchyard_actors::store::{Store, StoreError};

@@ -15,6 +15,8 @@
 //! reservation lost in a crash is simply never taken. Grants and adjustments are written at once.
 //! (Stores written before this layout also have a `v1/balance/` key per account; it is read only for
 //! an account that has no transaction.)
+// Raw sled is allowed here: the ledger's store file (see clippy.toml).
+#![allow(clippy::disallowed_types)]
 
 use std::collections::HashMap;
 

@@ -402,10 +402,17 @@ impl Limits {
 
 /// The ledger's queued transactions ride with the usage recorder's batches.
 impl switchyard_actors::recorder::BatchCompanion for Limits {
-    fn write_pending(&self) -> Result<(), String> {
-        self.ledger
-            .write_pending()
-            .map_err(|e| format!("credit ledger: {e}"))
+    fn write_pending(&self) -> Result<(), StoreError> {
+        match self.ledger.write_pending() {
+            Ok(()) => Ok(()),
+            Err(LedgerError::Store(e)) => Err(e),
+            // Writing movements already decided never checks a balance; should it ever, the
+            // movements stay queued for the next batch.
+            Err(e @ LedgerError::Insufficient { .. }) => {
+                tracing::error!(error = %e, "credit ledger refused its queued movements");
+                Ok(())
+            }
+        }
     }
 }
 

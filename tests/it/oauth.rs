@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -131,7 +133,7 @@ async fn serve_oauth(mut conn: TcpStream, (state, refreshes, revoked, first_expi
             let code = format!("code-{}", uuid::Uuid::new_v4().simple());
             let redirect = query["redirect_uri"].clone();
             assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
-            state.lock().unwrap().codes.insert(
+            state.lock().codes.insert(
                 code.clone(),
                 (query["code_challenge"].clone(), redirect.clone()),
             );
@@ -142,7 +144,7 @@ async fn serve_oauth(mut conn: TcpStream, (state, refreshes, revoked, first_expi
             (302, vec![("location".into(), location)], String::new())
         }
         "/token" if form.get("grant_type").map(String::as_str) == Some("authorization_code") => {
-            let mut s = state.lock().unwrap();
+            let mut s = state.lock();
             s.exchanges += 1;
             let found = s.codes.remove(&form["code"]);
             let verified = found.as_ref().is_some_and(|(challenge, redirect)| {
@@ -172,7 +174,7 @@ async fn serve_oauth(mut conn: TcpStream, (state, refreshes, revoked, first_expi
             refreshes.fetch_add(1, Ordering::SeqCst);
             // Slow enough that concurrent requests pile up behind the refresh.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let mut s = state.lock().unwrap();
+            let mut s = state.lock();
             if revoked.load(Ordering::SeqCst)
                 || s.refresh_token.as_deref() != Some(form["refresh_token"].as_str())
             {
@@ -191,7 +193,7 @@ async fn serve_oauth(mut conn: TcpStream, (state, refreshes, revoked, first_expi
         }
         "/keys" => {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let mut s = state.lock().unwrap();
+            let mut s = state.lock();
             s.exchanges += 1;
             let (challenge, _) = s.codes.remove(v["code"].as_str().unwrap()).unwrap();
             assert_eq!(v["code_challenge_method"], "S256");
@@ -266,8 +268,8 @@ impl Login {
         let (pipe, sink) = (child.stderr.take().unwrap(), stderr.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&line);
-                sink.lock().unwrap().push('\n');
+                sink.lock().push_str(&line);
+                sink.lock().push('\n');
             }
         });
         Login {
@@ -283,9 +285,7 @@ impl Login {
             let line = self
                 .lines
                 .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| {
-                    panic!("no authorize URL; stderr: {}", self.stderr.lock().unwrap())
-                });
+                .unwrap_or_else(|_| panic!("no authorize URL; stderr: {}", self.stderr.lock()));
             if line.starts_with("http://") || line.starts_with("https://") {
                 return line;
             }
@@ -298,7 +298,7 @@ impl Login {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(50));
-                return (status.success(), self.stderr.lock().unwrap().clone());
+                return (status.success(), self.stderr.lock().clone());
             }
             assert!(Instant::now() < deadline, "login did not exit");
             std::thread::sleep(Duration::from_millis(20));
@@ -370,14 +370,14 @@ async fn login_runs_the_pkce_flow_and_requests_carry_the_access_token() {
     let mut server = stopped_server(&upstream, &oauth.auth_line(""));
     login_ok(&server).await;
     {
-        let s = oauth.state.lock().unwrap();
+        let s = oauth.state.lock();
         assert_eq!((s.exchanges, s.verifier_mismatches), (1, 0));
     }
     server.restart();
     let (status, headers, text) = chat(&server, &chat_body("m")).await;
     assert_eq!(status, 200, "{text}\n{}", server.logs());
     assert_eq!(headers["x-switchyard-profile"], "p");
-    let first_access = oauth.state.lock().unwrap().issued[0].clone();
+    let first_access = oauth.state.lock().issued[0].clone();
     assert_eq!(upstream.requests()[0].bearer(), Some(first_access.as_str()));
     assert_eq!(oauth.refreshes.load(Ordering::SeqCst), 0);
     assert!(!server.logs().contains(&first_access));
@@ -400,7 +400,7 @@ async fn a_callback_with_a_forged_state_is_refused() {
     assert!(!ok);
     assert!(stderr.contains("state does not match"), "{stderr}");
     assert_eq!(
-        oauth.state.lock().unwrap().exchanges,
+        oauth.state.lock().exchanges,
         0,
         "the forged code must not be exchanged"
     );
@@ -429,7 +429,7 @@ async fn an_expiring_token_is_refreshed_once_under_50_concurrent_requests_and_ne
         assert_eq!(status, 200, "{text}");
     }
     assert_eq!(oauth.refreshes.load(Ordering::SeqCst), 1);
-    let issued = oauth.state.lock().unwrap().issued.clone();
+    let issued = oauth.state.lock().issued.clone();
     let refreshed = issued.last().unwrap().clone();
     assert!(refreshed.starts_with("at-refreshed-"));
     let requests = upstream.requests();
@@ -500,7 +500,7 @@ async fn openrouter_style_login_stores_an_api_key() {
     server.restart();
     let (status, _, text) = chat(&server, &chat_body("m")).await;
     assert_eq!(status, 200, "{text}");
-    let key = oauth.state.lock().unwrap().issued[0].clone();
+    let key = oauth.state.lock().issued[0].clone();
     assert!(key.starts_with("sk-or-v1-"));
     assert_eq!(upstream.requests()[0].bearer(), Some(key.as_str()));
 }

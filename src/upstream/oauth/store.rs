@@ -1,5 +1,7 @@
 //! Upstream OAuth credentials in sled, sealed with the vault: tree `oauth`, key `v1/oauth/PROFILE`,
 //! value the sealed JSON of a [`StoredCredential`] (the profile id bound as associated data).
+// Raw sled is allowed here: the OAuth token store file (see clippy.toml).
+#![allow(clippy::disallowed_types)]
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -2,7 +2,9 @@
 //! a shared-secret issuer, the tokens that must be refused, and external admins on admin routes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -87,7 +89,7 @@ impl JwksServer {
                         }
                     }
                     h.fetch_add(1, Ordering::SeqCst);
-                    let body = b.lock().unwrap().clone();
+                    let body = b.lock().clone();
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
@@ -101,7 +103,7 @@ impl JwksServer {
     }
 
     fn set(&self, body: String) {
-        *self.body.lock().unwrap() = body;
+        *self.body.lock() = body;
     }
 
     fn hits(&self) -> usize {

@@ -4,7 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 // `server.get(path)`, `server.post(path)`, ...: the request builder every helper below goes through.
@@ -255,7 +257,7 @@ impl Server {
                             rest.chars().take_while(|c| !c.is_whitespace()).collect();
                         let _ = tx.send(addr);
                     }
-                    logs.lock().unwrap().push(clean);
+                    logs.lock().push(clean);
                 }
             });
         }
@@ -265,7 +267,7 @@ impl Server {
                 let _ = child.kill();
                 panic!(
                     "switchyard did not start; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
+                    logs.lock().join("\n")
                 );
             }
         };
@@ -286,7 +288,7 @@ impl Server {
 
     /// Every log line so far (stdout and stderr, ANSI stripped).
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
+        self.logs.lock().join("\n")
     }
 
     /// The process id.
