@@ -1,0 +1,111 @@
+//! The problems found in a configuration file, each `FILE:LINE:COLUMN: key.path: message`, and the
+//! [`Report`] that collects them while the file is parsed and validated.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use marked_yaml::Span;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is not inside the file (it could not be read).
+    pub line: usize,
+    /// 1-based; 0 when `line` is 0.
+    pub column: usize,
+    /// Key path of the offending node, e.g. `profiles[1].weight`; empty for YAML syntax errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a configuration file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    /// One error per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    /// The one error of a file that could not be read at all (no position inside it).
+    pub(super) fn unreadable(file: &Path, message: String) -> Self {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message,
+        }])
+    }
+}
+
+/// Collects errors for one file.
+pub(super) struct Report {
+    file: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl Report {
+    /// An empty report for `file`, the name used in every message.
+    pub(super) fn new(file: &Path) -> Self {
+        Report {
+            file: file.to_path_buf(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a problem at the start of `span`.
+    pub(super) fn at(&mut self, span: &Span, path: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = span.start().map_or((0, 0), |m| (m.line(), m.column()));
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// How many problems were recorded so far: compare before and after a group of checks to tell
+    /// whether it found any.
+    pub(super) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// `value` when it exists and nothing was reported; otherwise every problem, in file order.
+    pub(super) fn finish<T>(mut self, value: Option<T>) -> Result<T, ConfigErrors> {
+        match value {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ => {
+                // File order reads best; the checks themselves run section by section.
+                self.errors.sort_by_key(|e| (e.line, e.column));
+                Err(ConfigErrors(self.errors))
+            }
+        }
+    }
+}
+
+/// The line `span` starts on (0 when it has no position), for "first defined at line N".
+pub(super) fn line_of(span: &Span) -> usize {
+    span.start().map_or(0, |m| m.line())
+}
