@@ -2,11 +2,13 @@
 //! validated [`Config`].
 //!
 //! Every problem is reported at once, each as `FILE:LINE:COLUMN: key.path: message`. Only a YAML
-//! syntax error or a value of the wrong YAML type stops the load early (there is no tree or no raw
-//! value to check further); unknown keys are collected one by one and the rest is still checked.
+//! syntax error stops the load early (there is no tree to check further); unknown keys and values
+//! of the wrong YAML type are collected one by one, each taken out of the tree, and the rest is
+//! still checked. Problems under a value taken out are not reported: they would only repeat it.
 
 use std::path::Path;
 
+use marked_yaml::types::MarkedScalarNode;
 use marked_yaml::{LoadError, LoaderOptions, Marker, Node, Span};
 
 use super::raw::RawConfig;
@@ -29,8 +31,9 @@ pub fn load_str(source_name: &Path, yaml: &str) -> Result<Config, ConfigErrors> 
     report.finish(config)
 }
 
-/// Parses the YAML and deserializes it, recording unknown keys (all of them: each one found is
-/// removed from the tree and deserialization retried). `None` when nothing more can be checked.
+/// Parses the YAML and deserializes it, recording every unknown key and every value of the wrong
+/// type: each one found is reported, taken out of the tree and deserialization retried, so that the
+/// rest of the file is still checked. `None` when nothing more can be checked.
 fn parse(report: &mut Report, yaml: &str) -> Option<RawConfig> {
     // Some Windows editors start files with a byte-order mark; it is not part of the first key.
     let yaml = yaml.strip_prefix('\u{feff}').unwrap_or(yaml);
@@ -55,44 +58,62 @@ fn parse(report: &mut Report, yaml: &str) -> Option<RawConfig> {
         };
         let path = err.path().unwrap_or_default().to_owned();
         let found = locate(&root, &path);
-        match &*err {
-            marked_yaml::Error::UnknownFieldError(field, expected, _) => {
-                let key = found.key.filter(|_| found.complete);
-                let Some(key) = key else {
-                    // Cannot find the key in the tree: report where serde says and stop.
-                    report.at(&error_span(&err), path, unknown_key(field, expected));
-                    return None;
-                };
-                report.at(&key, path, unknown_key(field, expected));
-                if !remove_key(&mut root, &key) {
-                    return None;
+        if let marked_yaml::Error::UnknownFieldError(field, expected, _) = &*err {
+            let Some(key) = found.key() else {
+                // Cannot find the key in the tree: report where serde says and stop.
+                report.at(&error_span(&err), path, unknown_key(field, expected));
+                return None;
+            };
+            report.at(&key, path, unknown_key(field, expected));
+            let steps = found.steps;
+            if !neutralise(&mut root, &steps) {
+                return None;
+            }
+            continue;
+        }
+        if report.is_unreadable(&path) {
+            // The stand-in put there for a wrong value does not fit either (already reported).
+            return None;
+        }
+        let (span, message) = type_error(&err, &found);
+        report.at(&span, path.as_str(), message);
+        let Found {
+            steps, complete, ..
+        } = found;
+        if !complete || !neutralise(&mut root, &steps) {
+            return None;
+        }
+        report.mark_unreadable(path);
+    }
+}
+
+/// Where and what a value of the wrong type is, in the file's terms.
+fn type_error(err: &marked_yaml::FromNodeError, found: &Found<'_>) -> (Span, String) {
+    match &**err {
+        marked_yaml::Error::NotBoolean(span) => {
+            let found = scalar_text(found);
+            (*span, format!("expected true or false, found {found}"))
+        }
+        marked_yaml::Error::IntegerParseFailure(e, span) => {
+            let message = match e.kind() {
+                std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                    "number out of range".to_owned()
                 }
-            }
-            marked_yaml::Error::NotBoolean(span) => {
-                let found = scalar_text(&found);
-                report.at(span, path, format!("expected true or false, found {found}"));
-                return None;
-            }
-            marked_yaml::Error::IntegerParseFailure(e, span) => {
-                let message = match e.kind() {
-                    std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
-                        "number out of range".to_owned()
-                    }
-                    _ => format!("expected an integer, found {}", scalar_text(&found)),
-                };
-                report.at(span, path, message);
-                return None;
-            }
-            marked_yaml::Error::FloatParseFailure(e, span) => {
-                report.at(span, path, format!("expected a number ({e})"));
-                return None;
-            }
-            marked_yaml::Error::Other(message, _) => {
-                // serde names Rust types; say what the file should contain instead.
-                let message = message.replace("expected i64", "expected an integer");
-                report.at(found.node.span(), path, message);
-                return None;
-            }
+                _ => format!("expected an integer, found {}", scalar_text(found)),
+            };
+            (*span, message)
+        }
+        marked_yaml::Error::FloatParseFailure(e, span) => {
+            (*span, format!("expected a number ({e})"))
+        }
+        marked_yaml::Error::Other(message, _) => {
+            // serde names Rust types; say what the file should contain instead.
+            let message = message.replace("expected i64", "expected an integer");
+            (*found.node.span(), message)
+        }
+        // `parse` deals with unknown keys before it asks here.
+        marked_yaml::Error::UnknownFieldError(field, expected, span) => {
+            (*span, unknown_key(field, expected))
         }
     }
 }
@@ -147,27 +168,49 @@ fn load_error(report: &mut Report, e: LoadError) {
 struct Found<'a> {
     /// The deepest node reached.
     node: &'a Node,
-    /// The key of that node, when the last step went through a mapping.
-    key: Option<Span>,
+    /// How it was reached from the root.
+    steps: Vec<Step>,
     /// Whether the whole path was followed.
     complete: bool,
+}
+
+/// One step down the YAML tree.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Into the value of the mapping key at this position.
+    Key(Span),
+    /// Into a list entry.
+    Index(usize),
+}
+
+impl Found<'_> {
+    /// The key of the node found, when the whole path was followed and its last step went
+    /// through a mapping.
+    fn key(&self) -> Option<Span> {
+        match self.steps.last() {
+            Some(Step::Key(key)) if self.complete => Some(*key),
+            _ => None,
+        }
+    }
 }
 
 /// Follows `path` from `root`. marked-yaml's own lookup stops at a `Spanned` struct, so we walk
 /// the rendered path ourselves.
 fn locate<'a>(root: &'a Node, path: &str) -> Found<'a> {
     let mut node = root;
-    let mut key = None;
+    let mut steps = Vec::new();
     let mut rest = path;
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix('[') {
             let child = after.split_once(']').and_then(|(index, tail)| {
                 let index: usize = index.parse().ok()?;
-                Some((node.as_sequence()?.get(index)?, tail))
+                Some((node.as_sequence()?.get(index)?, index, tail))
             });
-            let Some((child, tail)) = child else { break };
+            let Some((child, index, tail)) = child else {
+                break;
+            };
             node = child;
-            key = None;
+            steps.push(Step::Index(index));
             rest = tail;
         } else {
             // A key may itself contain '.' or '[': take the longest key ending where a segment ends.
@@ -181,15 +224,58 @@ fn locate<'a>(root: &'a Node, path: &str) -> Found<'a> {
                 .max_by_key(|(k, _)| k.as_str().len());
             let Some((k, child)) = child else { break };
             node = child;
-            key = Some(*k.span());
+            steps.push(Step::Key(*k.span()));
             rest = &rest[k.as_str().len()..];
         }
         rest = rest.strip_prefix('.').unwrap_or(rest);
     }
     Found {
         node,
-        key,
+        steps,
         complete: rest.is_empty(),
+    }
+}
+
+/// The node `steps` lead to from `node`, to change it.
+fn node_mut<'a>(mut node: &'a mut Node, steps: &[Step]) -> Option<&'a mut Node> {
+    for step in steps {
+        node = match (step, node) {
+            (Step::Index(i), Node::Sequence(seq)) => seq.get_mut(*i)?,
+            (Step::Key(key), Node::Mapping(map)) => {
+                map.iter_mut()
+                    .find(|(k, _)| k.span().start() == key.start())?
+                    .1
+            }
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// Takes the node `steps` lead to out of the tree, so that deserializing can go on without it: a
+/// mapping entry is removed (the key then reads as absent), a list entry becomes an empty scalar
+/// (which reads as an empty mapping or string) so that the entries after it keep their index.
+/// False when there is no such node.
+fn neutralise(root: &mut Node, steps: &[Step]) -> bool {
+    let Some((last, parent)) = steps.split_last() else {
+        return false;
+    };
+    match (last, node_mut(root, parent)) {
+        (Step::Key(key), Some(Node::Mapping(map))) => {
+            let hit = map
+                .keys()
+                .find(|k| k.span().start() == key.start())
+                .cloned();
+            hit.is_some_and(|hit| map.remove(&hit).is_some())
+        }
+        (Step::Index(i), Some(Node::Sequence(seq))) => match seq.get_mut(*i) {
+            Some(entry) => {
+                *entry = Node::Scalar(MarkedScalarNode::new_empty(*entry.span()));
+                true
+            }
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -213,25 +299,6 @@ fn anchor_mappings_at_first_key(node: &mut Node) {
         }
         Node::Sequence(seq) => seq.iter_mut().for_each(anchor_mappings_at_first_key),
         Node::Scalar(_) => {}
-    }
-}
-
-/// Removes the mapping key that starts at `key`'s position; false if there is none.
-fn remove_key(node: &mut Node, key: &Span) -> bool {
-    match node {
-        Node::Mapping(map) => {
-            let hit = map
-                .keys()
-                .find(|k| k.span().start() == key.start())
-                .cloned();
-            if let Some(hit) = hit {
-                map.remove(&hit);
-                return true;
-            }
-            map.values_mut().any(|v| remove_key(v, key))
-        }
-        Node::Sequence(seq) => seq.iter_mut().any(|v| remove_key(v, key)),
-        Node::Scalar(_) => false,
     }
 }
 

@@ -63,6 +63,10 @@ impl ConfigErrors {
 pub(super) struct Report {
     file: PathBuf,
     errors: Vec<ConfigError>,
+    /// Key paths whose value had the wrong YAML type and was taken out of the tree. A problem at
+    /// or under one of them follows from that error (a required key now "missing", a stand-in
+    /// value "empty"), so it is not reported again.
+    unreadable: Vec<String>,
 }
 
 impl Report {
@@ -71,19 +75,38 @@ impl Report {
         Report {
             file: file.to_path_buf(),
             errors: Vec::new(),
+            unreadable: Vec::new(),
         }
     }
 
-    /// Records a problem at the start of `span`.
+    /// Records a problem at the start of `span`, unless `path` is at or under an unreadable value.
     pub(super) fn at(&mut self, span: &Span, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        if self.is_unreadable(&path) {
+            return;
+        }
         let (line, column) = span.start().map_or((0, 0), |m| (m.line(), m.column()));
         self.errors.push(ConfigError {
             file: self.file.clone(),
             line,
             column,
-            path: path.into(),
+            path,
             message: message.into(),
         });
+    }
+
+    /// Notes that the value at `path` had the wrong type (already reported) and was left out.
+    pub(super) fn mark_unreadable(&mut self, path: String) {
+        self.unreadable.push(path);
+    }
+
+    /// Whether the value at `path`, or one holding it, had the wrong type: then what the
+    /// validators see there is a stand-in, and a check that depends on it would only guess.
+    pub(super) fn is_unreadable(&self, path: &str) -> bool {
+        self.unreadable.iter().any(|bad| {
+            path.strip_prefix(bad.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
     }
 
     /// How many problems were recorded so far: compare before and after a group of checks to tell

@@ -49,12 +49,17 @@ pub(super) fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Co
         .map(|(i, p)| profile::profile(report, i, p, &mut ids, routing.timeouts))
         .collect();
 
+    // A profile whose id could not be read may be the one a model names: then "unknown profile"
+    // would be a guess, so the references are not checked.
+    let ids_known = !report.is_unreadable("profiles")
+        && (0..raw.profiles.len()).all(|i| !report.is_unreadable(&format!("profiles[{i}].id")));
+    let profile_ids = ids_known.then_some(&ids);
     let mut names: HashMap<String, usize> = HashMap::new();
     let models = raw
         .models
         .iter()
         .enumerate()
-        .map(|(i, m)| model(report, i, m, &mut names, &ids))
+        .map(|(i, m)| model(report, i, m, &mut names, profile_ids))
         .collect();
 
     Config {
@@ -432,8 +437,11 @@ fn issuer_keys(report: &mut Report, index: usize, raw: &Spanned<RawIssuer>) -> I
                 ("jwks_refetch_interval", &raw.jwks_refetch_interval),
                 ("jwks_max_age", &raw.jwks_max_age),
             ] {
-                if let Some(value) = value {
-                    report.at(value.span(), at(key), "only applies with jwks_url");
+                match value {
+                    // jwks_url was written, with the wrong type (and reported as such).
+                    Some(_) if report.is_unreadable(&at("jwks_url")) => {}
+                    Some(value) => report.at(value.span(), at(key), "only applies with jwks_url"),
+                    None => {}
                 }
             }
             IssuerKeys::SharedSecret {
@@ -446,20 +454,24 @@ fn issuer_keys(report: &mut Report, index: usize, raw: &Spanned<RawIssuer>) -> I
             IssuerKeys::SharedSecret { env: String::new() }
         }
         (None, None) => {
-            let message = "required key is missing (set jwks_url or shared_secret_env)";
-            report.at(raw.span(), at("jwks_url"), message);
+            // Unless one of the two was written with the wrong type (and reported as such).
+            if !report.is_unreadable(&at("shared_secret_env")) {
+                let message = "required key is missing (set jwks_url or shared_secret_env)";
+                report.at(raw.span(), at("jwks_url"), message);
+            }
             IssuerKeys::SharedSecret { env: String::new() }
         }
     }
 }
 
-/// One entry of `models:`: a unique name and defined profiles, each listed once.
+/// One entry of `models:`: a unique name and defined profiles, each listed once. `profile_ids` is
+/// `None` when some profile's id could not be read: then any name may be defined.
 fn model(
     report: &mut Report,
     index: usize,
     raw: &Spanned<RawModel>,
     names: &mut HashMap<String, usize>,
-    profile_ids: &HashMap<String, usize>,
+    profile_ids: Option<&HashMap<String, usize>>,
 ) -> ModelConfig {
     let at = |key: &str| format!("models[{index}].{key}");
 
@@ -497,7 +509,7 @@ fn model(
         Some(list) => {
             for (j, id) in list.iter().enumerate() {
                 let path = at(&format!("profiles[{j}]"));
-                if !profile_ids.contains_key(id.as_str()) {
+                if !profile_ids.is_none_or(|ids| ids.contains_key(id.as_str())) {
                     report.at(
                         id.span(),
                         path,

@@ -163,7 +163,11 @@ pub(super) fn cooldown(
         raw.max.as_ref(),
         default.max,
     );
-    if report.error_count() == errors_before && initial > max {
+    // A value that could not be read stands in as its default: comparing with that would guess.
+    let guessed = ["initial", "max"]
+        .iter()
+        .any(|key| report.is_unreadable(&format!("{path}.{key}")));
+    if report.error_count() == errors_before && !guessed && initial > max {
         let shown = |d: Duration| humantime::format_duration(d).to_string();
         // Point at whichever of the two the file wrote, initial first.
         if let Some(written) = &raw.initial {

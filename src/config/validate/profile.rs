@@ -323,7 +323,10 @@ fn profile_oauth(
             None
         }
         Some(c) => Some(c.to_string()),
-        None if returns == OAuthReturns::Tokens => {
+        // Unless `returns` was written with the wrong type: it may have said api_key.
+        None if returns == OAuthReturns::Tokens
+            && !report.is_unreadable(&auth_at(index, "returns")) =>
+        {
             let message = "required key is missing (optional only with returns: api_key)";
             report.at(raw.span(), auth_at(index, "client_id"), message);
             None
@@ -418,10 +421,15 @@ fn preset_keys(
     attribution(report, index, raw, preset, headers);
     let api_version = api_version(report, index, raw, preset);
 
+    // A credential written with the wrong type was reported as such; do not call it missing.
+    let unreadable = ["api_key_env", "api_key", "auth"]
+        .iter()
+        .any(|key| report.is_unreadable(&at(index, key)));
     if preset.needs_credential()
         && *api_key == ApiKeySource::None
         && raw.api_key.is_none()
         && raw.auth.is_none()
+        && !unreadable
     {
         let message =
             format!("provider {name} needs a credential: set api_key_env, api_key or auth");
