@@ -397,7 +397,6 @@ fn required_keys_point_at_their_entry() {
             "t.yaml:2:5: models[0].profiles: required key is missing",
             "t.yaml:4:5: profiles[0].id: required key is missing",
             "t.yaml:4:5: profiles[0].provider: required key is missing",
-            "t.yaml:4:5: profiles[0].base_url: required key is missing",
         ],
     );
 }

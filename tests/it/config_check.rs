@@ -73,12 +73,12 @@ fn every_fixture_fails_with_its_golden_lines() {
         let expected = std::fs::read_to_string(path.with_extension("expected")).unwrap();
         let (code, output) = check(&dir, name);
         assert_eq!(code, Some(1), "{name}: {output}");
-        for line in expected.lines() {
-            assert!(
-                output.lines().any(|l| l == line),
-                "{name}: missing line\n{line}\nin output\n{output}"
-            );
-        }
+        // Exactly these lines: an extra one is a problem reported twice or a cascade.
+        assert_eq!(
+            output.lines().collect::<Vec<_>>(),
+            expected.lines().collect::<Vec<_>>(),
+            "{name}: output\n{output}"
+        );
         checked += 1;
     }
     assert!(checked > 0);

@@ -150,7 +150,7 @@ fn preset(report: &mut Report, index: usize, raw: &Spanned<RawProfile>) -> Optio
 }
 
 /// `base_url`: an http(s) URL with a host, without its trailing slash; the preset's default when
-/// left out (Azure has none).
+/// left out (Azure has none, so there it is required).
 fn base_url(
     report: &mut Report,
     index: usize,
@@ -165,13 +165,12 @@ fn base_url(
             report.at(raw.span(), path, message);
             String::new()
         }
-        None => match preset.and_then(Preset::default_base_url) {
-            Some(url) => url.to_owned(),
-            None => {
-                report.at(raw.span(), path, "required key is missing");
-                String::new()
-            }
-        },
+        // Every other preset has a default. Without a known preset (`provider` missing or
+        // unknown, and reported as such) there is no telling whether base_url is needed.
+        None => preset
+            .and_then(Preset::default_base_url)
+            .unwrap_or_default()
+            .to_owned(),
         Some(url) => {
             let rest = url
                 .strip_prefix("https://")
@@ -302,19 +301,22 @@ fn profile_oauth(
         }
         Some(_) => {}
     }
+    // `None` when `returns` is unknown or unreadable (and reported): then whether client_id is
+    // required is a guess.
     let returns = match &raw.returns {
-        None => OAuthReturns::Tokens,
-        Some(r) if r.as_str() == "tokens" => OAuthReturns::Tokens,
-        Some(r) if r.as_str() == "api_key" => OAuthReturns::ApiKey,
+        None => Some(OAuthReturns::Tokens),
+        Some(r) if r.as_str() == "tokens" => Some(OAuthReturns::Tokens),
+        Some(r) if r.as_str() == "api_key" => Some(OAuthReturns::ApiKey),
         Some(r) => {
             let message = format!(
                 "unknown value {:?} (expected tokens or api_key)",
                 r.as_str()
             );
             report.at(r.span(), auth_at(index, "returns"), message);
-            OAuthReturns::Tokens
+            None
         }
     };
+    let returns = returns.filter(|_| !report.is_unreadable(&auth_at(index, "returns")));
     let authorize_url = oauth_url(report, index, raw, "authorize_url", &raw.authorize_url);
     let token_url = oauth_url(report, index, raw, "token_url", &raw.token_url);
     let client_id = match &raw.client_id {
@@ -323,10 +325,7 @@ fn profile_oauth(
             None
         }
         Some(c) => Some(c.to_string()),
-        // Unless `returns` was written with the wrong type: it may have said api_key.
-        None if returns == OAuthReturns::Tokens
-            && !report.is_unreadable(&auth_at(index, "returns")) =>
-        {
+        None if returns == Some(OAuthReturns::Tokens) => {
             let message = "required key is missing (optional only with returns: api_key)";
             report.at(raw.span(), auth_at(index, "client_id"), message);
             None
@@ -357,7 +356,7 @@ fn profile_oauth(
         client_id,
         scopes,
         redirect_port,
-        returns,
+        returns: returns.unwrap_or(OAuthReturns::Tokens),
     })
 }
 
