@@ -12,20 +12,58 @@ use marked_yaml::types::MarkedScalarNode;
 use marked_yaml::{LoadError, LoaderOptions, Marker, Node, Span};
 
 use super::raw::RawConfig;
-use super::report::{ConfigErrors, Report};
+use super::report::{ConfigError, ConfigErrors, EnvUse, Report};
 use super::validate::validate;
 use super::Config;
 
 /// Reads and validates the configuration file at `path`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    match std::fs::read_to_string(path) {
-        Ok(yaml) => load_str(path, &yaml),
-        Err(e) => Err(ConfigErrors::unreadable(path, format!("cannot read: {e}"))),
-    }
+    load_str(path, &read(path)?)
 }
 
 /// Validates `yaml`; `source_name` is the file name used in messages and kept as [`Config::source`].
 pub fn load_str(source_name: &Path, yaml: &str) -> Result<Config, ConfigErrors> {
+    load(source_name, yaml).map(|(config, _)| config)
+}
+
+/// A configuration that loaded, with what will not work in the current environment.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// As [`load_file`] returns it.
+    pub config: Config,
+    /// Valid settings that will not work as things stand (a profile whose key variable is unset),
+    /// in file order and in the same form as errors. Only `switchyard check` asks for them: `serve`
+    /// reports the state of each profile itself.
+    pub warnings: Vec<ConfigError>,
+}
+
+/// [`load_file`], and the warnings about the environment variables the file names.
+pub fn check_file(path: &Path) -> Result<Checked, ConfigErrors> {
+    check_str(path, &read(path)?, |name| std::env::var(name).ok())
+}
+
+/// [`check_file`] on text, with `env` for the environment (a variable's value, `None` if unset).
+pub(super) fn check_str(
+    source_name: &Path,
+    yaml: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Checked, ConfigErrors> {
+    let (config, env_uses) = load(source_name, yaml)?;
+    let warnings = env_uses
+        .iter()
+        .filter_map(|u| u.warning(env(u.variable()).as_deref()))
+        .collect();
+    Ok(Checked { config, warnings })
+}
+
+/// The file's text, or the one error saying why it cannot be read.
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::unreadable(path, format!("cannot read: {e}")))
+}
+
+/// Both stages: the validated config and the environment variables it relies on.
+fn load(source_name: &Path, yaml: &str) -> Result<(Config, Vec<EnvUse>), ConfigErrors> {
     let mut report = Report::new(source_name);
     let config = parse(&mut report, yaml).map(|raw| validate(&mut report, source_name, raw));
     report.finish(config)

@@ -22,7 +22,7 @@ mod tests;
 mod validate;
 mod values;
 
-pub use load::{load_file, load_str};
+pub use load::{check_file, load_file, load_str, Checked};
 pub use report::{ConfigError, ConfigErrors};
 pub use validate::OWN_ISSUER;
 

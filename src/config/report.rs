@@ -67,6 +67,39 @@ pub(super) struct Report {
     /// or under one of them follows from that error (a required key now "missing", a stand-in
     /// value "empty"), so it is not reported again.
     unreadable: Vec<String>,
+    /// The environment variables the file relies on; only `check` looks them up.
+    env_uses: Vec<EnvUse>,
+}
+
+/// An environment variable the configuration relies on, and where the file names it.
+pub(super) struct EnvUse {
+    /// The position and key path; `message` says what happens while the variable is unusable.
+    at: ConfigError,
+    variable: String,
+}
+
+impl EnvUse {
+    /// The warning for this use when `value` (the variable's value, `None` if unset) is unusable:
+    /// unset or blank, as `serve` judges a credential.
+    pub(super) fn warning(&self, value: Option<&str>) -> Option<ConfigError> {
+        let (variable, consequence) = (&self.variable, &self.at.message);
+        let message = match value {
+            None => format!("{variable} is not set; {consequence} until it is"),
+            Some(v) if v.trim().is_empty() => {
+                format!("{variable} is empty; {consequence} until it is set")
+            }
+            Some(_) => return None,
+        };
+        Some(ConfigError {
+            message,
+            ..self.at.clone()
+        })
+    }
+
+    /// The variable's name.
+    pub(super) fn variable(&self) -> &str {
+        &self.variable
+    }
 }
 
 impl Report {
@@ -76,6 +109,7 @@ impl Report {
             file: file.to_path_buf(),
             errors: Vec::new(),
             unreadable: Vec::new(),
+            env_uses: Vec::new(),
         }
     }
 
@@ -85,14 +119,35 @@ impl Report {
         if self.is_unreadable(&path) {
             return;
         }
+        let error = self.error(span, path, message.into());
+        self.errors.push(error);
+    }
+
+    /// Records that the value at `span` names `variable`, without which `consequence` (e.g. "this
+    /// profile will be skipped") happens.
+    pub(super) fn needs_env(
+        &mut self,
+        span: &Span,
+        path: String,
+        variable: &str,
+        consequence: &str,
+    ) {
+        let at = self.error(span, path, consequence.to_owned());
+        self.env_uses.push(EnvUse {
+            at,
+            variable: variable.to_owned(),
+        });
+    }
+
+    fn error(&self, span: &Span, path: String, message: String) -> ConfigError {
         let (line, column) = span.start().map_or((0, 0), |m| (m.line(), m.column()));
-        self.errors.push(ConfigError {
+        ConfigError {
             file: self.file.clone(),
             line,
             column,
             path,
-            message: message.into(),
-        });
+            message,
+        }
     }
 
     /// Notes that the value at `path` had the wrong type (already reported) and was left out.
@@ -115,10 +170,14 @@ impl Report {
         self.errors.len()
     }
 
-    /// `value` when it exists and nothing was reported; otherwise every problem, in file order.
-    pub(super) fn finish<T>(mut self, value: Option<T>) -> Result<T, ConfigErrors> {
+    /// `value` and the environment variables it relies on (in file order) when it exists and
+    /// nothing was reported; otherwise every problem, in file order.
+    pub(super) fn finish<T>(mut self, value: Option<T>) -> Result<(T, Vec<EnvUse>), ConfigErrors> {
         match value {
-            Some(value) if self.errors.is_empty() => Ok(value),
+            Some(value) if self.errors.is_empty() => {
+                self.env_uses.sort_by_key(|u| (u.at.line, u.at.column));
+                Ok((value, self.env_uses))
+            }
             _ => {
                 // File order reads best; the checks themselves run section by section.
                 self.errors.sort_by_key(|e| (e.line, e.column));

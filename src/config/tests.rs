@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::load::check_str;
 use super::values::{DEFAULT_COOLDOWN, DEFAULT_LOGIN};
 use super::*;
 
@@ -594,7 +595,32 @@ fn the_example_profiles_yaml_is_valid() {
 /// `.expected` files from the current output, to be reviewed before committing.
 #[test]
 fn fixtures_match_their_golden_output() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    goldens("tests/fixtures/config", |name, yaml| {
+        match load_str(Path::new(name), yaml) {
+            Ok(_) => "(no errors: a fixture must fail)".to_owned(),
+            Err(e) => format!("{e}\n"),
+        }
+    });
+}
+
+/// The same for `tests/fixtures/config/warnings/`: valid files, checked in an environment where
+/// no variable is set, compared with their warnings.
+#[test]
+fn warning_fixtures_match_their_golden_output() {
+    goldens(
+        "tests/fixtures/config/warnings",
+        |name, yaml| match check_str(Path::new(name), yaml, |_| None) {
+            Ok(c) if c.warnings.is_empty() => "(no warnings: a fixture must warn)".to_owned(),
+            Ok(c) => c.warnings.iter().map(|w| format!("{w}\n")).collect(),
+            Err(e) => format!("(errors: a warning fixture must be valid)\n{e}\n"),
+        },
+    );
+}
+
+/// Compares `render(NAME.yaml, its text)` with `NAME.expected` for each fixture in `dir` (relative
+/// to the crate), or writes the latter with `SWITCHYARD_BLESS=1`.
+fn goldens(dir: &str, render: impl Fn(&std::ffi::OsStr, &str) -> String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let bless = std::env::var_os("SWITCHYARD_BLESS").is_some();
     let mut yaml_files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -607,10 +633,7 @@ fn fixtures_match_their_golden_output() {
     for yaml_path in &yaml_files {
         let name = yaml_path.file_name().unwrap();
         let yaml = std::fs::read_to_string(yaml_path).unwrap();
-        let actual = match load_str(Path::new(name), &yaml) {
-            Ok(_) => "(no errors: a fixture must fail)".to_owned(),
-            Err(e) => format!("{e}\n"),
-        };
+        let actual = render(name, &yaml);
         let expected_path = yaml_path.with_extension("expected");
         if bless {
             std::fs::write(&expected_path, &actual).unwrap();
@@ -636,4 +659,31 @@ fn fixtures_match_their_golden_output() {
             );
         }
     }
+}
+
+#[test]
+fn only_check_looks_up_key_variables_and_a_blank_one_is_unusable_too() {
+    let yaml = format!("{PROFILE}    api_key_env: KEY\n");
+    let env = |value: Option<&'static str>| move |_: &str| value.map(str::to_owned);
+    let warnings = |value| {
+        check_str(Path::new("t.yaml"), &yaml, env(value))
+            .unwrap()
+            .warnings
+    };
+    let lines =
+        |value| -> Vec<String> { warnings(value).iter().map(ToString::to_string).collect() };
+    assert_eq!(
+        lines(None),
+        ["t.yaml:5:18: profiles[0].api_key_env: KEY is not set; this profile will be skipped until it is"]
+    );
+    assert_eq!(
+        lines(Some(" ")),
+        ["t.yaml:5:18: profiles[0].api_key_env: KEY is empty; this profile will be skipped until it is set"]
+    );
+    assert!(warnings(Some("sk-x")).is_empty());
+    // Loading alone (what `serve` does) has no warnings to give: it returns only the config.
+    assert_eq!(
+        load(&yaml).profiles[0].api_key,
+        ApiKeySource::Env("KEY".into())
+    );
 }

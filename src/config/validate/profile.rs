@@ -203,7 +203,13 @@ fn api_key(report: &mut Report, index: usize, raw: &RawProfile) -> ApiKeySource 
             report.at(key.span(), at(index, "api_key"), message);
             ApiKeySource::None
         }
-        (Some(name), None) => ApiKeySource::Env(name),
+        (Some(name), None) => {
+            if let Some(written) = &raw.api_key_env {
+                let consequence = "this profile will be skipped";
+                report.needs_env(written.span(), at(index, "api_key_env"), &name, consequence);
+            }
+            ApiKeySource::Env(name)
+        }
         (None, Some(key)) if key.is_empty() => {
             let message = "must not be empty (leave api_key out to send no key)";
             report.at(key.span(), at(index, "api_key"), message);
