@@ -219,9 +219,10 @@ fn main() -> ExitCode {
             let cfg = match config::load_file(&config) {
                 Ok(c) => c,
                 Err(errors) => {
+                    // Once, through the log, in the format the operator chose: a bare line beside
+                    // each entry repeated it, and broke JSON logs.
                     for e in &errors.0 {
                         tracing::error!("{e}");
-                        eprintln!("{e}");
                     }
                     return ExitCode::FAILURE;
                 }

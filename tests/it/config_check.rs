@@ -186,3 +186,38 @@ fn every_warning_fixture_passes_with_its_golden_warnings() {
     }
     assert!(checked > 0);
 }
+
+#[test]
+fn serve_reports_each_config_error_once() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(fixtures())
+        .args(["serve", "--config", "multi_error.yaml", "--data-dir"])
+        .arg(data.path())
+        .env_remove("SWITCHYARD_CONFIG")
+        .env_remove("SWITCHYARD_LISTEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run switchyard: {e}"));
+    // An invalid config must stop serve at once; never leave a server behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve did not exit on an invalid config");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    let expected = std::fs::read_to_string(fixtures().join("multi_error.expected")).unwrap();
+    for line in expected.lines() {
+        // `FILE:LINE:COLUMN: key.path:` is the same in a text or a JSON log line (no quotes).
+        let position = line.splitn(5, ": ").take(2).collect::<Vec<_>>().join(": ");
+        let times = text.lines().filter(|l| l.contains(&position)).count();
+        assert_eq!(times, 1, "{position} printed {times} times in\n{text}");
+    }
+}
