@@ -181,13 +181,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match config::load_file(&config) {
-            Ok(c) => {
+        Command::Check { config } => match config::check_file(&config) {
+            Ok(checked) => {
+                // Valid, so still a success; each warning line says what will not work yet.
+                for warning in &checked.warnings {
+                    eprintln!("{warning}");
+                }
+                let warnings = match checked.warnings.len() {
+                    0 => String::new(),
+                    1 => " (1 warning)".to_owned(),
+                    n => format!(" ({n} warnings)"),
+                };
                 println!(
-                    "OK: {}: {} profiles, {} models",
+                    "OK: {}: {} profiles, {} models{warnings}",
                     config.display(),
-                    c.profiles.len(),
-                    c.models.len()
+                    checked.config.profiles.len(),
+                    checked.config.models.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -210,9 +219,10 @@ fn main() -> ExitCode {
             let cfg = match config::load_file(&config) {
                 Ok(c) => c,
                 Err(errors) => {
+                    // Once, through the log, in the format the operator chose: a bare line beside
+                    // each entry repeated it, and broke JSON logs.
                     for e in &errors.0 {
                         tracing::error!("{e}");
-                        eprintln!("{e}");
                     }
                     return ExitCode::FAILURE;
                 }

@@ -12,10 +12,19 @@ pub use switchyard_actors::policy::{
     BreakerSettings, CooldownPolicy, HealthPolicy, Strategy, UpstreamLimits,
 };
 
+// Stage 1 (`load`: YAML -> `raw`) feeds stage 2 (`validate`), which parses values with `values`;
+// every stage records its problems in a `report::Report`.
 mod load;
 mod raw;
+mod report;
+#[cfg(test)]
+mod tests;
+mod validate;
+mod values;
 
-pub use load::{load_file, load_str, ConfigError, ConfigErrors, OWN_ISSUER};
+pub use load::{check_file, load_file, load_str, Checked};
+pub use report::{ConfigError, ConfigErrors};
+pub use validate::OWN_ISSUER;
 
 /// A fully validated configuration.
 #[derive(Debug, Clone)]
