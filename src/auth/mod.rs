@@ -313,30 +313,6 @@ impl AuthService {
         }
     }
 
-    /// Like `authenticate`, without network: an external token is checked only against keys already
-    /// cached. For synchronous callers (admin checks).
-    pub fn authenticate_cached(
-        &self,
-        config: &AuthConfig,
-        token: &str,
-    ) -> Result<Principal, AuthError> {
-        match self.begin(config, token)? {
-            Step::Done(p) => Ok(p),
-            Step::Jwks {
-                issuer,
-                cache,
-                kid,
-                alg,
-            } => match cache.cached(kid.as_deref(), Duration::MAX) {
-                KeyLookup::Found(key) => {
-                    let id = jwt::verify_with_key(token, alg, &key, issuer)?;
-                    Ok(external_principal(issuer, id))
-                }
-                KeyLookup::Unknown => Err(unauth("Token signing key not found (unknown kid).")),
-            },
-        }
-    }
-
     /// Everything that needs no network: keys, our own tokens, shared-secret issuers, and JWKS keys
     /// that are cached and fresh.
     fn begin<'c>(&self, config: &'c AuthConfig, token: &str) -> Result<Step<'c>, AuthError> {

@@ -9,6 +9,7 @@ mod config_check;
 mod dashboard;
 mod durability;
 mod health;
+mod layout;
 mod limits;
 mod oauth;
 mod operations;
