@@ -43,3 +43,95 @@ async fn an_absurd_retry_after_fails_over_and_cools_the_profile_down() {
     assert_eq!(headers["x-switchyard-attempts"], "1");
     assert_eq!((a.request_count(), b.request_count()), (1, 2));
 }
+
+// --- sign-in ---------------------------------------------------------------------------------------
+
+/// Every audit entry, following the cursors.
+async fn all_audit(server: &Server) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/admin/audit?limit=100&cursor={c}"),
+            None => "/admin/audit?limit=100".to_owned(),
+        };
+        let page = admin(server, reqwest::Method::GET, &path, None).await;
+        out.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// The per-account limit is a budget of password checks, taken before argon2 runs: a burst of wrong
+/// passwords for one account gets exactly `max_failures_per_account` checks, however many run at once.
+/// (The address limit is set above the burst, so only the account limit is at work; every request
+/// comes from 127.0.0.1.)
+#[tokio::test]
+async fn concurrent_wrong_passwords_get_no_more_checks_than_the_account_limit() {
+    const LIMIT: usize = 5;
+    const BURST: usize = 40;
+    let mock = MockUpstream::start_named("a").await;
+    let mut config = ConfigBuilder::default()
+        .profile("a", &mock)
+        .model("m", &["a"]);
+    config.extra_auth_yaml = vec![
+        "login:".into(),
+        format!("  max_failures_per_account: {LIMIT}"),
+        "  max_attempts_per_address: 1000".into(),
+        "  window: 10m".into(),
+    ];
+    let server = Server::start(&config);
+    let account = serde_json::json!({"email": "victim@example.com", "password": "the-right-password",
+                                     "role": "user", "tier": "free"});
+    admin(
+        &server,
+        reqwest::Method::POST,
+        "/admin/accounts",
+        Some(account),
+    )
+    .await;
+
+    let attempts = (0..BURST).map(|i| {
+        let body =
+            serde_json::json!({"email": "victim@example.com", "password": format!("guess-{i}")});
+        call(
+            &server,
+            reqwest::Method::POST,
+            "/auth/login",
+            None,
+            Some(body),
+        )
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|(status, _, _)| status)
+        .collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (checked, refused),
+        (LIMIT, BURST - LIMIT),
+        "statuses: {statuses:?}"
+    );
+    // The audit log says the same: a `login_failed` only after a password check, a `login_blocked`
+    // for a refusal before one.
+    let audit = all_audit(&server).await;
+    let count = |event: &str| audit.iter().filter(|e| e["event"] == event).count();
+    assert_eq!(count("login_failed"), LIMIT);
+    assert_eq!(count("login_blocked"), BURST - LIMIT);
+
+    // The right password is refused too while the account's budget is spent.
+    let body = serde_json::json!({"email": "victim@example.com", "password": "the-right-password"});
+    let (status, _, _) = call(
+        &server,
+        reqwest::Method::POST,
+        "/auth/login",
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 429);
+}
