@@ -455,8 +455,11 @@ async fn billing_webhook(
         );
         return Err(ApiError::Unauthenticated(format!("Webhook refused: {e}.")));
     }
-    let event: WebhookEvent = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("Invalid event: {e}")))?;
+    let Some(event) = webhook::handled_event::<WebhookEvent>(&body)
+        .map_err(|e| ApiError::invalid(format!("Invalid event: {e}")))?
+    else {
+        return Ok(HttpResponse::Ok().json(json!({"received": true, "ignored": true})));
+    };
     // Claim the id atomically: of two identical deliveries racing, exactly one gets through.
     let seen = shared
         .limits

@@ -135,3 +135,85 @@ async fn concurrent_wrong_passwords_get_no_more_checks_than_the_account_limit() 
     .await;
     assert_eq!(status, 429);
 }
+
+// --- billing webhook -------------------------------------------------------------------------------
+
+/// Delivers `body` to the billing webhook, signed now with `secret`.
+async fn deliver(server: &Server, secret: &str, body: &serde_json::Value) -> (u16, String) {
+    use switchyard::limits::webhook;
+    let body = body.to_string();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let resp = client()
+        .post(server.url("/billing/webhook"))
+        .header("content-type", "application/json")
+        .header(
+            webhook::SIGNATURE_HEADER,
+            webhook::sign(secret.as_bytes(), now, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+async fn balance(server: &Server, account: &str) -> serde_json::Value {
+    let path = format!("/admin/accounts/{account}/credits");
+    admin(server, reqwest::Method::GET, &path, None).await["balance_micros"].clone()
+}
+
+/// A billing provider sends every event type it has; the ones the webhook does not act on are
+/// acknowledged (2xx, or the provider retries them for days) and change nothing, while a handled type
+/// still needs its fields.
+#[tokio::test]
+async fn the_webhook_acknowledges_event_types_it_does_not_handle() {
+    use switchyard::limits::webhook;
+    const SECRET: &str = "whsec-hardening-0123456789";
+    let mock = MockUpstream::start_named("a").await;
+    let server = Server::start_with_env(
+        &ConfigBuilder::default()
+            .profile("a", &mock)
+            .model("m", &["a"]),
+        &[(webhook::SECRET_ENV, SECRET)],
+    );
+    let ignored = [
+        serde_json::json!({"id": "evt_inv", "type": "invoice.paid",
+                           "data": {"object": {"id": "in_1", "amount_paid": 500}}}),
+        serde_json::json!({"id": "evt_cus", "type": "customer.created"}),
+        serde_json::json!({"id": "evt_sub", "type": "subscription.trial_will_end",
+                           "data": {"customer": "cus_1"}}),
+    ];
+    for event in &ignored {
+        let (status, text) = deliver(&server, SECRET, event).await;
+        assert_eq!(status, 200, "{event}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (&v["received"], &v["ignored"]),
+            (&true.into(), &true.into()),
+            "{text}"
+        );
+    }
+
+    // Handled types are still validated, and nothing was credited by the ignored ones.
+    let no_account = serde_json::json!({"id": "evt_bad", "type": "credits.purchased",
+                                        "data": {"amount_usd": 2.0}});
+    let (status, text) = deliver(&server, SECRET, &no_account).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("account"), "{text}");
+    let no_amount = serde_json::json!({"id": "evt_bad2", "type": "credits.purchased",
+                                       "data": {"account": "shop"}});
+    assert_eq!(deliver(&server, SECRET, &no_amount).await.0, 400);
+    assert_eq!(balance(&server, "shop").await, 0);
+    let buy = serde_json::json!({"id": "evt_buy", "type": "credits.purchased",
+                                 "data": {"account": "shop", "amount_usd": 2.0}});
+    let (status, text) = deliver(&server, SECRET, &buy).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(balance(&server, "shop").await, 2_000_000);
+
+    // A body that is not an event at all is still refused.
+    let (status, text) = deliver(&server, SECRET, &serde_json::json!({"id": "evt_x"})).await;
+    assert_eq!(status, 400, "{text}");
+}
