@@ -217,3 +217,176 @@ async fn the_webhook_acknowledges_event_types_it_does_not_handle() {
     let (status, text) = deliver(&server, SECRET, &serde_json::json!({"id": "evt_x"})).await;
     assert_eq!(status, 400, "{text}");
 }
+
+// --- a damaged store -------------------------------------------------------------------------------
+
+/// What `highwater.json` in the server's data directory says.
+fn mark_of(server: &Server) -> serde_json::Value {
+    let path = server.data_dir().join("highwater.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Moves every entry of `from` (the data directory) except the mark into `to`.
+fn move_store(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "highwater.json" {
+            std::fs::rename(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Copies a directory tree, but never a high-water mark: a restore brings back the store's files.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() == "highwater.json" {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Runs the binary with `args` in the server's directory until it exits; panics if it is still running
+/// after 30 s (a `serve` that started instead of refusing). Returns whether it succeeded and its output.
+fn run_to_exit(server: &Server, args: &[&str]) -> (bool, String) {
+    use std::process::{Command, Stdio};
+    let out_path = server.path().join("run.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .current_dir(server.path())
+        .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("NO_COLOR", "1")
+        .env_remove("SWITCHYARD_LISTEN")
+        .env_remove("SWITCHYARD_DATA_DIR")
+        .env_remove("SWITCHYARD_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{args:?} did not exit:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.success(),
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+    )
+}
+
+async fn traffic(server: &Server, n: usize) {
+    for _ in 0..n {
+        let (status, _, body) = chat(server, &chat_body("m")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// A store that comes back holding less than was written (an older copy restored, or its files gone)
+/// is refused at start with one line naming what is missing and the way out; `switchyard store
+/// accept-current` is that way out. A fresh data directory starts as before.
+#[tokio::test]
+async fn a_store_behind_its_high_water_mark_is_refused_until_accepted() {
+    let mock = MockUpstream::start_named("a").await;
+    let mut server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &mock)
+            .model("m", &["a"]),
+    );
+    // Fresh: it started, and wrote a mark of nothing.
+    assert_eq!(mark_of(&server)["usage_records"], 0);
+    for name in ["k1", "k2", "k3"] {
+        let key = serde_json::json!({"name": name, "account": "acme"});
+        admin(&server, reqwest::Method::POST, "/admin/keys", Some(key)).await;
+    }
+    for amount in [5.0, 2.5] {
+        let credit = serde_json::json!({"amount_usd": amount});
+        let path = "/admin/accounts/acme/credits";
+        admin(&server, reqwest::Method::POST, path, Some(credit)).await;
+    }
+    traffic(&server, 10).await;
+    let exit = server.terminate().expect("exit status");
+    assert!(exit.success(), "{exit:?}");
+    let mark = mark_of(&server);
+    assert_eq!(
+        (
+            &mark["usage_records"],
+            &mark["ledger_transactions"],
+            &mark["keys"]
+        ),
+        (&10.into(), &2.into(), &3.into()),
+        "{mark}"
+    );
+    let backup = server.path().join("backup");
+    copy_tree(&server.data_dir(), &backup);
+
+    server.restart();
+    traffic(&server, 5).await;
+    server.terminate();
+    assert_eq!(mark_of(&server)["usage_records"], 15);
+
+    // The older copy comes back.
+    let serve = ["serve", "--config", "profiles.yaml", "--log-format", "text"];
+    move_store(&server.data_dir(), &server.path().join("newer"));
+    copy_tree(&backup, &server.data_dir());
+    let (ok, out) = run_to_exit(&server, &serve);
+    assert!(!ok, "started on an older copy:\n{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{out}"));
+    assert!(line.contains("usage records 10 < 15"), "{line}");
+    assert!(
+        line.contains("switchyard store accept-current --data-dir"),
+        "{line}"
+    );
+    assert!(!line.contains("keys"), "{line}");
+
+    // The store's files are gone, the mark is not.
+    move_store(&server.data_dir(), &server.path().join("older"));
+    let (ok, out) = run_to_exit(&server, &serve);
+    assert!(!ok, "started on an empty store:\n{out}");
+    let line = out.lines().find(|l| l.starts_with("error:")).unwrap();
+    for missing in [
+        "usage records 0 < 15",
+        "ledger transactions 0 < 2",
+        "keys 0 < 3",
+        "id counter",
+    ] {
+        assert!(line.contains(missing), "{missing}: {line}");
+    }
+
+    // The operator restores what they can (here: the older copy) and accepts it.
+    move_store(&server.path().join("older"), &server.data_dir());
+    let data_dir = server.data_dir().display().to_string();
+    let (ok, out) = run_to_exit(
+        &server,
+        &["store", "accept-current", "--data-dir", &data_dir],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("10 usage records"), "{out}");
+    assert_eq!(mark_of(&server)["usage_records"], 10);
+    server.restart();
+    traffic(&server, 1).await;
+    assert_eq!(admin_profile(&server, "a").await["requests"], 11);
+}
