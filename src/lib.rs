@@ -74,6 +74,22 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     };
     let store = Store::open_with_cache(&opts.data_dir, config.server.store_cache_bytes)
         .map_err(store_error)?;
+    // A store that comes back holding less than its high-water mark lost data: refuse it before
+    // anything reads it (see actors/src/highwater.rs; the same counts as `switchyard store`).
+    let held = switchyard_actors::highwater::Counts {
+        usage_records: store.count_usage_records().map_err(store_error)?,
+        ledger_transactions: limits::credits::count_transactions(&store).map_err(store_error)?,
+        keys: auth::store::AuthStore::open(&store)
+            .and_then(|a| a.count_keys())
+            .map_err(store_error)?,
+        id_counter: store.next_id().map_err(store_error)?,
+    };
+    if !store
+        .arm_high_water(&opts.data_dir, held)
+        .map_err(store_error)?
+    {
+        tracing::info!(?held, "no high-water mark in the data directory: wrote one");
+    }
     let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
     let auth = Arc::new(
         auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?,
@@ -174,6 +190,10 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     }
     if let Err(e) = store.flush_blocking() {
         tracing::error!(error = %e, "final flush failed");
+    }
+    // Last: the mark may only say what the flushes above made durable.
+    if let Err(e) = store.mark_high_water() {
+        tracing::error!(error = %e, "cannot write the store's high-water mark");
     }
     Ok(())
 }

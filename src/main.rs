@@ -1,5 +1,6 @@
 //! The `switchyard` command: `serve` runs the proxy, `check` validates a config, `keys` manages client
-//! keys through the admin API of a running proxy.
+//! keys through the admin API of a running proxy, `store accept-current` re-arms a store refused at
+//! start for holding less than its high-water mark.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -77,6 +78,12 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Operate on the store in the data directory. Stop the server first: the store allows one
+    /// process per directory.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Manage client API keys through the admin API of a running proxy (admin token from
     /// SWITCHYARD_ADMIN_TOKEN, or the variable the config's auth.admin_token_env names).
     Keys {
@@ -93,6 +100,21 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Accept what the store holds now as its high-water mark, so that `serve` starts on it again.
+    /// For after a refusal ("it holds less than its high-water mark"), once what can be restored from
+    /// a backup has been: whatever is still missing is then lost for good.
+    AcceptCurrent {
+        /// The configuration file, read only for server.data_dir when --data-dir is not given.
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = "profiles.yaml")]
+        config: PathBuf,
+        /// Data directory of the sled store (overrides server.data_dir).
+        #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -181,6 +203,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Store { command } => match store_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match config::check_file(&config) {
             Ok(checked) => {
                 // Valid, so still a success; each warning line says what will not work yet.
@@ -245,6 +274,54 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Runs `switchyard store accept-current`: rewrites the high-water mark from what the store holds.
+fn store_command(command: StoreCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use switchyard_actors::highwater;
+    let StoreCommand::AcceptCurrent { config, data_dir } = command;
+    let data_dir = match data_dir {
+        Some(d) => d,
+        None => {
+            config::load_file(&config)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .server
+                .data_dir
+        }
+    };
+    let store = switchyard_actors::store::Store::open(&data_dir).with_context(|| {
+        format!(
+            "cannot open the store in {} (is `switchyard serve` running on it? stop it first)",
+            data_dir.display()
+        )
+    })?;
+    // The same counts `serve` compares at start.
+    let held = highwater::Counts {
+        usage_records: store.count_usage_records()?,
+        ledger_transactions: switchyard::limits::credits::count_transactions(&store)?,
+        keys: switchyard::auth::store::AuthStore::open(&store)?.count_keys()?,
+        id_counter: store.next_id()?,
+    };
+    let before = highwater::read(&data_dir).ok().flatten();
+    // The id handed out above is durable before a mark names it.
+    store.flush_blocking()?;
+    highwater::write(&data_dir, &held)?;
+    let describe = |c: &highwater::Counts| {
+        format!(
+            "{} usage records, {} ledger transactions, {} keys",
+            c.usage_records, c.ledger_transactions, c.keys
+        )
+    };
+    println!(
+        "{}: the high-water mark now says {}",
+        data_dir.join(highwater::FILE).display(),
+        describe(&held)
+    );
+    if let Some(before) = before {
+        println!("it said {}", describe(&before));
+    }
+    Ok(())
 }
 
 /// Runs `switchyard login PROFILE`: the OAuth2 PKCE flow, tokens sealed into the store.

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod health;
+pub mod highwater;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;

@@ -3,9 +3,15 @@
 //!
 //! Records are buffered while the mailbox has more, then written as one batch: the batch write is a
 //! notification to self, which actix runs after the messages already queued.
+//!
+//! It also keeps the store's high-water mark current: on its tick, at most once a second, it writes
+//! what the flushes that completed meanwhile cover (its own, and those of auth and billing), off the
+//! actor's thread. Only when nothing flushed what was written (`usage.durable: false`) does it flush
+//! for the mark itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -51,6 +57,10 @@ pub trait BatchCompanion: Send + Sync + 'static {
     fn write_pending(&self) -> Result<(), StoreError>;
 }
 
+/// How often at most the high-water mark is rewritten: one small file, fsync'd, rather than one per
+/// flush (under load there are hundreds of those a second).
+pub const MARK_EVERY: Duration = Duration::from_secs(1);
+
 /// Writes the buffered records (sent to self; runs after the queued messages).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -73,6 +83,9 @@ pub struct UsageRecorder {
     /// Acks waiting for the next flush.
     pending: Vec<oneshot::Sender<Ack>>,
     flushing: bool,
+    /// A write of the high-water mark is under way.
+    marking: bool,
+    last_mark: Option<Instant>,
     metrics: ActorMetrics,
 }
 
@@ -89,6 +102,8 @@ impl UsageRecorder {
             dirty: Vec::new(),
             pending: Vec::new(),
             flushing: false,
+            marking: false,
+            last_mark: None,
             metrics,
         }
     }
@@ -188,6 +203,39 @@ impl UsageRecorder {
         Ok(())
     }
 
+    /// Rewrites the high-water mark when completed flushes cover more than it says, at most every
+    /// `MARK_EVERY`; flushes first only when written records are covered by no flush at all.
+    fn maybe_mark(&mut self, ctx: &mut Context<Self>) {
+        if self.marking || self.last_mark.is_some_and(|t| t.elapsed() < MARK_EVERY) {
+            return;
+        }
+        let hw = self.store.high_water();
+        let flush_first = !hw.is_ahead(&hw.covered());
+        if flush_first && !hw.is_ahead(&hw.written()) {
+            return;
+        }
+        self.marking = true;
+        let store = self.store.clone();
+        let work = async move {
+            if flush_first {
+                store.flush().await.map_err(|e| e.to_string())?;
+            }
+            tokio::task::spawn_blocking(move || store.mark_high_water())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(work).map(|res, act, _ctx| {
+                act.marking = false;
+                act.last_mark = Some(Instant::now());
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "cannot write the store's high-water mark");
+                }
+            }),
+        );
+    }
+
     /// Writes the counters that changed since the last call.
     fn save_counters(&mut self) {
         for profile in std::mem::take(&mut self.dirty) {
@@ -210,11 +258,12 @@ impl Actor for UsageRecorder {
             self.write_queued = true;
             ctx.notify(WriteBatch);
         }
-        ctx.run_interval(std::time::Duration::from_millis(200), |act, _| {
+        ctx.run_interval(std::time::Duration::from_millis(200), |act, ctx| {
             if let Err(e) = act.write_companions() {
                 tracing::error!(error = %e, "cannot write queued ledger entries");
             }
-            act.save_counters()
+            act.save_counters();
+            act.maybe_mark(ctx);
         });
     }
 
@@ -234,6 +283,7 @@ impl Supervised for UsageRecorder {
             .inc();
         self.counters.clear();
         self.flushing = false;
+        self.marking = false;
         self.write_queued = false;
     }
 }
@@ -382,6 +432,51 @@ mod tests {
         });
         addr.send(FlushUsage).await.unwrap().unwrap();
         assert_eq!(store.all_usage().unwrap().len(), 1);
+    }
+
+    /// Polls the mark in `dir` until it counts `n` usage records.
+    async fn mark_reaches(dir: &std::path::Path, n: u64) -> crate::highwater::Counts {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mark = crate::highwater::read(dir).unwrap().unwrap();
+            if mark.usage_records >= n {
+                return mark;
+            }
+            assert!(Instant::now() < deadline, "the mark stayed at {mark:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn the_high_water_mark_follows_the_flushes_acked_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .arm_high_water(dir.path(), crate::highwater::Counts::default())
+            .unwrap();
+        let addr = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap()).start();
+        let (tx, rx) = oneshot::channel();
+        addr.send(RecordUsage {
+            record: rec("f", "ok"),
+            ack: Some(tx),
+        })
+        .await
+        .unwrap();
+        rx.await.unwrap().unwrap();
+        let first = mark_reaches(dir.path(), 1).await;
+        assert_eq!(first.usage_records, 1);
+        // Records nobody waits for (`usage.durable: false`) are flushed for the mark.
+        for _ in 0..3 {
+            addr.send(RecordUsage {
+                record: rec("f", "ok"),
+                ack: None,
+            })
+            .await
+            .unwrap();
+        }
+        let second = mark_reaches(dir.path(), 4).await;
+        assert_eq!(second.usage_records, 4);
+        assert!(second.id_counter > first.id_counter, "{first:?} {second:?}");
     }
 
     /// Counts its calls and notes how many usage records were in the store at the first one.

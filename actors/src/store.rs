@@ -6,15 +6,20 @@
 //! insert costs far more than serialising a record, and the recorder sees records in bursts. Records of
 //! one batch lie within `USAGE_BATCH_SPAN_MS` of the batch's key, so a time range is read from that much
 //! before its start. Stores written before batching keep their one-record values under `v1/usage/`.
+//!
+//! Every store carries the live side of its high-water mark (`highwater.rs`): writers of records that
+//! only grow count them there, and the usage recorder writes the mark after its flushes.
 // Raw sled is allowed here: this is the store (see clippy.toml).
 #![allow(clippy::disallowed_types)]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::health::HealthView;
+use crate::highwater::{self, Counts, HighWater};
 
 /// A store failure; the message never contains record contents.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,8 @@ pub enum StoreError {
     },
     #[error("encode: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    HighWater(#[from] highwater::HighWaterError),
 }
 
 /// One attempt at one upstream, as recorded for usage reporting.
@@ -73,6 +80,8 @@ pub struct Store {
     db: sled::Db,
     usage: sled::Tree,
     profiles: sled::Tree,
+    /// Shared by every clone, like the sled handles: one set of counts per open store.
+    high_water: Arc<HighWater>,
 }
 
 /// One record per value (the layout before batching; still read).
@@ -115,6 +124,7 @@ impl Store {
             db,
             usage,
             profiles,
+            high_water: Arc::new(HighWater::default()),
         })
     }
 
@@ -147,9 +157,54 @@ impl Store {
             let seq = self.db.generate_id()?;
             self.usage
                 .insert(format!("{USAGE_PREFIX}{min:016x}/{seq:016x}"), value)?;
+            self.high_water.add_usage_records(n as u64);
             rest = &rest[n..];
         }
         Ok(())
+    }
+
+    /// How many usage records the store holds (every value is read, none decoded: for start-up).
+    pub fn count_usage_records(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for item in self.usage.iter() {
+            let (k, v) = item?;
+            n += if k.starts_with(USAGE_PREFIX.as_bytes()) {
+                count_lines(&v)
+            } else {
+                1
+            };
+        }
+        Ok(n)
+    }
+
+    /// The counts of the high-water mark: written records are added by their writers.
+    pub fn high_water(&self) -> &HighWater {
+        &self.high_water
+    }
+
+    /// A fresh value of sled's monotonic id counter.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Refuses the store when it holds less than the high-water mark in `dir` says was written;
+    /// otherwise starts the counts from `held` and writes the mark there from now on. Returns whether
+    /// there was a mark (none in a fresh data directory, or one from before marks existed).
+    pub fn arm_high_water(&self, dir: &Path, held: Counts) -> Result<bool, StoreError> {
+        let had_mark = highwater::check(dir, &held)?;
+        self.high_water.arm(dir, held)?;
+        Ok(had_mark)
+    }
+
+    /// Writes the mark with what completed flushes cover (blocking: a small file and two fsyncs); a
+    /// no-op when that adds nothing or the mark is not armed. Returns whether it wrote.
+    pub fn mark_high_water(&self) -> Result<bool, StoreError> {
+        let covered = self.high_water.covered();
+        if !self.high_water.is_ahead(&covered) {
+            return Ok(false);
+        }
+        let id = self.db.generate_id()?;
+        Ok(self.high_water.mark(covered, id)?)
     }
 
     /// Usage records with `from_ms <= ts_ms < to_ms`, oldest first.
@@ -231,13 +286,17 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let written = self.high_water.written();
         self.db.flush_async().await?;
+        self.high_water.flushed(written);
         Ok(())
     }
 
     /// Blocking flush, for shutdown.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let written = self.high_water.written();
         self.db.flush()?;
+        self.high_water.flushed(written);
         Ok(())
     }
 
@@ -259,6 +318,14 @@ fn span_prefix(records: &[UsageRecord]) -> (u64, usize) {
         (min, max) = (lo, hi);
     }
     (min, records.len())
+}
+
+/// The non-empty lines of a JSON Lines value.
+pub fn count_lines(value: &[u8]) -> u64 {
+    value
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .count() as u64
 }
 
 fn decode(key: &[u8], value: &[u8]) -> Result<UsageRecord, StoreError> {
@@ -357,6 +424,24 @@ mod tests {
         let got: Vec<u64> = s.all_usage().unwrap().iter().map(|r| r.ts_ms).collect();
         assert_eq!(got, vec![1_000, 2_000, 3_000]);
         assert_eq!(s.usage_between(1_500, 2_500).unwrap(), vec![old]);
+    }
+
+    #[test]
+    fn usage_records_are_counted_in_both_layouts_and_as_written() {
+        let s = Store::temporary().unwrap();
+        s.usage
+            .insert(
+                format!("{USAGE_PREFIX_V1}{:016x}/{:016x}", 2_000, 7),
+                serde_json::to_vec(&rec(2_000, "ok")).unwrap(),
+            )
+            .unwrap();
+        let batch: Vec<_> = [1_000, 1_000 + USAGE_BATCH_SPAN_MS + 1, 3_000]
+            .iter()
+            .map(|&ts| rec(ts, "ok"))
+            .collect();
+        s.append_usage_batch(&batch).unwrap();
+        assert_eq!(s.count_usage_records().unwrap(), 4);
+        assert_eq!(s.high_water().written().usage_records, 3);
     }
 
     #[test]

@@ -66,6 +66,21 @@ impl Reply {
         }
     }
 
+    /// 429 with OpenAI's rate-limit body and one retry header sent as it is, however absurd
+    /// (`Retry-After: 1e300`, `retry-after-ms: -1`...): for tests of how the proxy reads it.
+    pub fn rate_limited_header(name: &str, value: &str) -> Reply {
+        Reply::Status {
+            status: 429,
+            headers: vec![(name.to_owned(), value.to_owned())],
+            body: openai_error(
+                "Rate limit reached",
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
+            ),
+        }
+    }
+
     /// 429 with OpenAI's real out-of-credit body (`type` and `code` are `insufficient_quota`).
     pub fn insufficient_quota() -> Reply {
         Reply::status(

@@ -323,10 +323,12 @@ impl AuthService {
                 });
             }
         }
-        let blocked =
+        // The attempt is counted before the password is checked: counted after, every attempt of a
+        // concurrent burst passes the check before any is counted, and all of them reach argon2.
+        let taken =
             self.login_failures
-                .blocked(&email, limits.max_failures_per_account, limits.window);
-        if let Some(retry_after) = blocked {
+                .try_take(&email, limits.max_failures_per_account, limits.window);
+        if let Err(retry_after) = taken {
             let detail = Some("too many failed attempts for this account".to_owned());
             self.audit(
                 AuditEvent::LoginBlocked,
@@ -352,7 +354,6 @@ impl AuthService {
         let account = match account {
             Some(a) if matches && !a.disabled => a,
             other => {
-                self.login_failures.hit(&email, limits.window);
                 let (target, why) = match &other {
                     None => (target, "unknown email"),
                     Some(a) if matches => (Some(format!("account:{}", a.id)), "account disabled"),

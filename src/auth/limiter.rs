@@ -1,4 +1,5 @@
-//! Sign-in rate limits: fixed windows counting failures per account and attempts per client address.
+//! Sign-in rate limits: fixed windows budgeting password checks per account and counting attempts per
+//! client address.
 //!
 //! A fixed window is coarse (a burst can straddle two windows) but needs one small entry per key and
 //! no timer; for slowing down password guessing that is enough.
@@ -17,16 +18,38 @@ pub struct FixedWindow {
 }
 
 impl FixedWindow {
-    /// How long until `key` may try again, if it has used up `limit` in the current `window`.
-    pub fn blocked(&self, key: &str, limit: u32, window: Duration) -> Option<Duration> {
-        let entry = self.windows.get(key)?;
-        let (start, count) = *entry;
-        let left = window.checked_sub(start.elapsed())?;
-        (count >= limit).then_some(left)
+    /// Takes one of `limit` events for `key` in the current `window`, or says how long until the window
+    /// ends when none is left (and counts nothing then). Check and count happen under the entry's lock,
+    /// so of any number of concurrent callers at most `limit` get `Ok` per window: a budget taken before
+    /// the work it limits, not a tally added after it.
+    pub fn try_take(&self, key: &str, limit: u32, window: Duration) -> Result<(), Duration> {
+        let mut entry = self.current(key, window);
+        let (start, count) = &mut *entry;
+        if *count >= limit {
+            return Err(window.saturating_sub(start.elapsed()));
+        }
+        *count = count.saturating_add(1);
+        Ok(())
     }
 
-    /// Counts one event for `key`.
-    pub fn hit(&self, key: &str, window: Duration) {
+    /// Counts one event and says whether `key` is now over `limit` (and for how long), under one lock.
+    pub fn hit_and_check(&self, key: &str, limit: u32, window: Duration) -> Option<Duration> {
+        let mut entry = self.current(key, window);
+        let (start, count) = &mut *entry;
+        *count = count.saturating_add(1);
+        (*count > limit).then(|| window.saturating_sub(start.elapsed()))
+    }
+
+    pub fn reset(&self, key: &str) {
+        self.windows.remove(key);
+    }
+
+    /// `key`'s entry, locked, restarted when its window has ended.
+    fn current(
+        &self,
+        key: &str,
+        window: Duration,
+    ) -> dashmap::mapref::one::RefMut<'_, String, (Instant, u32)> {
         if self.windows.len() > SWEEP_ABOVE {
             self.windows
                 .retain(|_, (start, _)| start.elapsed() < window);
@@ -40,19 +63,7 @@ impl FixedWindow {
             *start = Instant::now();
             *count = 0;
         }
-        *count = count.saturating_add(1);
-    }
-
-    /// Counts one event and says whether `key` is now over `limit` (and for how long).
-    pub fn hit_and_check(&self, key: &str, limit: u32, window: Duration) -> Option<Duration> {
-        self.hit(key, window);
-        let entry = self.windows.get(key)?;
-        let (start, count) = *entry;
-        (count > limit).then(|| window.saturating_sub(start.elapsed()))
-    }
-
-    pub fn reset(&self, key: &str) {
-        self.windows.remove(key);
+        entry
     }
 }
 
@@ -61,19 +72,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blocks_at_the_limit_until_the_window_ends() {
+    fn takes_up_to_the_limit_until_the_window_ends() {
         let w = FixedWindow::default();
         let window = Duration::from_millis(200);
-        assert_eq!(w.blocked("a", 2, window), None);
-        w.hit("a", window);
-        assert_eq!(w.blocked("a", 2, window), None);
-        w.hit("a", window);
-        assert!(w.blocked("a", 2, window).is_some());
-        assert_eq!(w.blocked("b", 2, window), None);
+        assert_eq!(w.try_take("a", 2, window), Ok(()));
+        assert_eq!(w.try_take("a", 2, window), Ok(()));
+        assert!(w.try_take("a", 2, window).is_err());
+        assert_eq!(w.try_take("b", 2, window), Ok(()));
         std::thread::sleep(window);
-        assert_eq!(w.blocked("a", 2, window), None);
+        assert_eq!(w.try_take("a", 2, window), Ok(()));
         w.reset("a");
         assert_eq!(w.hit_and_check("a", 1, window), None);
         assert!(w.hit_and_check("a", 1, window).is_some());
+    }
+
+    #[test]
+    fn concurrent_takers_never_get_more_than_the_limit() {
+        let w = FixedWindow::default();
+        let window = Duration::from_secs(60);
+        let granted = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        if w.try_take("a", 5, window).is_ok() {
+                            granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.into_inner(), 5);
     }
 }

@@ -228,7 +228,10 @@ pub struct AuthService {
     families: DashMap<String, bool>,
     /// JWKS caches by URL.
     issuers: DashMap<String, Arc<IssuerKeyCache>>,
+    /// Password checks per email and window, taken before argon2 runs (a success gives them back): a
+    /// budget, so a concurrent burst of guesses gets no more checks than the limit.
     login_failures: FixedWindow,
+    /// Sign-in attempts of any outcome per client address and window.
     login_attempts: FixedWindow,
     /// Serialises read-modify-write of key records (admin changes, last-used persistence).
     key_writes: parking_lot::Mutex<()>,

@@ -216,18 +216,36 @@ impl AuthStore {
 
     // --- keys ---------------------------------------------------------------------------------
 
+    /// How many keys the store holds, revoked and expired ones included (for the high-water mark).
+    pub fn count_keys(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for item in self.tree.scan_prefix(KEYS).keys() {
+            item.map_err(StoreError::from)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.get(&format!("{KEYS}{id}"))
     }
 
-    /// Inserts or replaces a key (and its account index entry).
+    /// Inserts or replaces a key (and its account index entry). A new key counts toward the store's
+    /// high-water mark (keys are revoked, never deleted).
     pub fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         if let Some(account) = &key.account {
             self.tree
                 .insert(format!("{ACCOUNT_KEYS}{account}/{}", key.id), &[][..])
                 .map_err(StoreError::from)?;
         }
-        self.put(&format!("{KEYS}{}", key.id), key)
+        let previous = self
+            .tree
+            .insert(format!("{KEYS}{}", key.id), serde_json::to_vec(key)?)
+            .map_err(StoreError::from)?;
+        if previous.is_none() {
+            self.store.high_water().add_keys(1);
+        }
+        Ok(())
     }
 
     /// Every key, in id order.
@@ -572,5 +590,9 @@ mod tests {
         assert_eq!(key_status(&k, 5), "expired");
         k.revoked_ms = Some(1);
         assert_eq!(key_status(&k, 5), "revoked");
+        // A replaced key is still one key, for the high-water mark too.
+        s.put_key(&k).unwrap();
+        assert_eq!(s.count_keys().unwrap(), 2);
+        assert_eq!(s.store.high_water().written().keys, 2);
     }
 }

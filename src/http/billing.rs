@@ -135,8 +135,11 @@ async fn billing_webhook(req: HttpRequest, payload: web::Payload, state: State) 
         .map(|d| d.as_secs())
         .unwrap_or(0);
     verify_signature(&state, &req, secret.as_bytes(), &body, now)?;
-    let event: BillingEvent = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("Invalid event: {e}")))?;
+    let Some(event) = webhook::handled_event::<BillingEvent>(&body)
+        .map_err(|e| ApiError::invalid(format!("Invalid event: {e}")))?
+    else {
+        return Ok(HttpResponse::Ok().json(json!({"received": true, "ignored": true})));
+    };
     let detail = match events::apply(&state.limits, &state.config(), &event, now)? {
         Applied::Done(detail) => detail,
         Applied::Replay => {

@@ -90,9 +90,10 @@ pub struct Ledger {
     unwritten: Mutex<Vec<(u64, Transaction)>>,
     /// Held while a batch is written, so batches reach the store in the order they were decided.
     write_order: Mutex<()>,
-    /// The store's id generator: orders transactions written within the same millisecond, and stays
-    /// unique across restarts (a per-process counter would reuse keys after a quick restart).
-    ids: sled::Db,
+    /// The store: its id generator orders transactions written within the same millisecond and stays
+    /// unique across restarts (a per-process counter would reuse keys after a quick restart), and its
+    /// high-water mark counts the transactions written.
+    store: Store,
 }
 
 /// What the ledger knows of one account, as on disk.
@@ -122,8 +123,22 @@ fn grant_key(account: &str) -> String {
     format!("v1/grant/{}", hex(account))
 }
 
+/// Transactions, in batches: `v1/tx/<hex account>/<ts>/<seq>`.
+const TX_PREFIX: &str = "v1/tx/";
+
 fn tx_prefix(account: &str) -> String {
-    format!("v1/tx/{}/", hex(account))
+    format!("{TX_PREFIX}{}/", hex(account))
+}
+
+/// How many transactions the store's ledger holds (every batch read, none decoded: for the high-water
+/// mark at start).
+pub fn count_transactions(store: &Store) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for item in store.open_tree(TREE)?.scan_prefix(TX_PREFIX) {
+        let (_, v) = item?;
+        n += switchyard_actors::store::count_lines(&v);
+    }
+    Ok(n)
 }
 
 /// `2026-11`: the UTC month a grant belongs to.
@@ -169,7 +184,7 @@ impl Ledger {
             accounts: Mutex::new(HashMap::new()),
             unwritten: Mutex::new(Vec::new()),
             write_order: Mutex::new(()),
-            ids: store.db().clone(),
+            store: store.clone(),
         })
     }
 
@@ -289,7 +304,7 @@ impl Ledger {
             needed: amount.unsigned_abs(),
         })?;
         let ts_ms = now_ms();
-        let seq = self.ids.generate_id()?;
+        let seq = self.store.db().generate_id()?;
         let tx = Transaction {
             id: format!("tx_{ts_ms:013}_{seq:06}"),
             ts_ms,
@@ -364,6 +379,9 @@ impl Ledger {
             first.ts_ms
         );
         self.tree.insert(key.as_bytes(), value)?;
+        self.store
+            .high_water()
+            .add_ledger_transactions(group.len() as u64);
         Ok(())
     }
 
@@ -537,6 +555,20 @@ mod tests {
             .iter()
             .map(|t| t.amount_micros)
             .sum()
+    }
+
+    #[test]
+    fn written_transactions_are_counted_for_the_high_water_mark() {
+        let store = Store::temporary().unwrap();
+        let l = Ledger::open(&store).unwrap();
+        l.adjust("a", 1_000, None).unwrap();
+        let r = l.reserve("a", None, 400, "r1", "m").unwrap();
+        l.settle(&r, 100).unwrap();
+        l.adjust("b", 5, None).unwrap();
+        l.write_pending().unwrap();
+        let n = l.transactions("a").unwrap().len() + l.transactions("b").unwrap().len();
+        assert_eq!(count_transactions(&store).unwrap(), n as u64);
+        assert_eq!(store.high_water().written().ledger_transactions, n as u64);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The billing webhook's signature: Stripe-style `t=<unix seconds>,v1=<hex HMAC-SHA256>` over
-//! `"<t>.<body>"`, with a timestamp tolerance, and a record of seen event ids so a replay is refused.
+//! `"<t>.<body>"`, with a timestamp tolerance, and a record of seen event ids so a replay is refused;
+//! and which event types it acts on (every other one is acknowledged and ignored).
 
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -20,6 +23,34 @@ pub enum SignatureError {
     Stale,
     #[error("the signature does not match")]
     Mismatch,
+}
+
+/// The event types the webhook acts on. A billing provider sends many more (`invoice.paid`,
+/// `customer.created`...) to the same endpoint, and retries any it does not get a 2xx for.
+pub const HANDLED_EVENTS: &[&str] = &[
+    "subscription.updated",
+    "subscription.deleted",
+    "credits.purchased",
+];
+
+/// What every delivery has, whatever its type.
+#[derive(Deserialize)]
+struct Envelope {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// A verified delivery's event as `T` when its type is one of [`HANDLED_EVENTS`] (all of `T`'s fields
+/// then required); `Ok(None)` for any other type, which is to be acknowledged and ignored. A body
+/// without a string `id` and `type` is an error whatever it holds.
+pub fn handled_event<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, serde_json::Error> {
+    let envelope: Envelope = serde_json::from_slice(body)?;
+    if !HANDLED_EVENTS.contains(&envelope.kind.as_str()) {
+        tracing::debug!(id = %envelope.id, kind = %envelope.kind, "billing webhook: event type ignored");
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map(Some)
 }
 
 /// HMAC-SHA256 (RFC 2104), written out over `sha2` rather than adding a crate for twenty lines.
@@ -87,6 +118,36 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8], now: u64) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Credit {
+        #[serde(rename = "type")]
+        kind: String,
+        data: CreditData,
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct CreditData {
+        account: String,
+    }
+
+    #[test]
+    fn unhandled_types_are_ignored_and_handled_ones_validated() {
+        let parse = |body: &str| handled_event::<Credit>(body.as_bytes());
+        for ignored in [
+            r#"{"id":"e1","type":"invoice.paid","data":{"object":{}}}"#,
+            r#"{"id":"e2","type":"customer.created"}"#,
+        ] {
+            assert_eq!(parse(ignored).unwrap(), None, "{ignored}");
+        }
+        let ok = parse(r#"{"id":"e3","type":"credits.purchased","data":{"account":"a"}}"#);
+        assert_eq!(ok.unwrap().unwrap().data.account, "a");
+        let missing = parse(r#"{"id":"e4","type":"credits.purchased","data":{}}"#);
+        assert!(missing.unwrap_err().to_string().contains("account"));
+        for not_an_event in [r#"{"id":"e5"}"#, r#"{"type":"invoice.paid"}"#, "[]", "x"] {
+            assert!(parse(not_an_event).is_err(), "{not_an_event}");
+        }
+    }
 
     #[test]
     fn hmac_matches_rfc_4231_case_2() {

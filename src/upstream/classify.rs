@@ -93,22 +93,42 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Verdict {
     }
 }
 
-/// The upstream's `retry-after-ms` or `Retry-After` (seconds or an HTTP date), when sensible.
+/// The longest cooldown an upstream's retry hint can ask for: the default `billing_cooldown.max`. A
+/// longer hint is clamped to it, so no header value, however absurd, reaches duration arithmetic that
+/// can overflow (`Duration::from_secs_f64` panics above `u64::MAX` seconds).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The upstream's `retry-after-ms` or `Retry-After` (seconds or an HTTP date), at most
+/// [`MAX_RETRY_AFTER`]. A value that is not a non-negative number or a date (`-5`, `NaN`, `inf`, `soon`)
+/// counts as absent; an unusable `retry-after-ms` leaves the way to `Retry-After`.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
-    {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+    let number = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+    if let Some(d) = number("retry-after-ms").and_then(|ms| clamped_secs(ms / 1000.0)) {
+        return Some(d);
+    }
+    if let Some(secs) = number("retry-after") {
+        return clamped_secs(secs);
     }
     let raw = headers.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(secs) = raw.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
     let when = httpdate::parse_http_date(raw).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+/// `secs` as a duration of at most [`MAX_RETRY_AFTER`]; `None` for NaN, infinities and negatives.
+fn clamped_secs(secs: f64) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    // Compared as floats first: converting a huge value is what panics.
+    Some(if secs >= MAX_RETRY_AFTER.as_secs_f64() {
+        MAX_RETRY_AFTER
+    } else {
+        Duration::from_secs_f64(secs)
+    })
 }
 
 /// A short, secret-free description of an upstream error body for operators: its message, truncated.
@@ -167,6 +187,55 @@ mod tests {
             Verdict::Failure {
                 class: FailureClass::RateLimited,
                 retry_after: Some(Duration::from_millis(1500))
+            }
+        );
+    }
+
+    #[test]
+    fn absurd_retry_after_is_clamped_and_garbage_is_absent() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ra = |pairs: &[(&'static str, &str)]| retry_after(&h(pairs), now);
+        for huge in ["99999999999999999999", "1e300", "1e20", "86401"] {
+            assert_eq!(
+                ra(&[("retry-after", huge)]),
+                Some(MAX_RETRY_AFTER),
+                "{huge}"
+            );
+        }
+        assert_eq!(ra(&[("retry-after-ms", "1e30")]), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            ra(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(ra(&[("retry-after", "86400")]), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            ra(&[("retry-after", "0.25")]),
+            Some(Duration::from_millis(250))
+        );
+        for garbage in ["-5", "-1e300", "NaN", "nan", "inf", "-inf", "infinity", ""] {
+            assert_eq!(ra(&[("retry-after", garbage)]), None, "{garbage:?}");
+            assert_eq!(ra(&[("retry-after-ms", garbage)]), None, "ms {garbage:?}");
+        }
+        // A garbage `retry-after-ms` leaves the way to a sensible `Retry-After`.
+        assert_eq!(
+            ra(&[("retry-after-ms", "NaN"), ("retry-after", "7")]),
+            Some(Duration::from_secs(7))
+        );
+        // And the whole classification survives them.
+        let v = classify(429, &h(&[("retry-after", "1e300")]), b"");
+        assert_eq!(
+            v,
+            Verdict::Failure {
+                class: FailureClass::RateLimited,
+                retry_after: Some(MAX_RETRY_AFTER)
+            }
+        );
+        let v = classify(503, &h(&[("retry-after-ms", "1e30")]), b"");
+        assert_eq!(
+            v,
+            Verdict::Failure {
+                class: FailureClass::Server,
+                retry_after: Some(MAX_RETRY_AFTER)
             }
         );
     }

@@ -157,22 +157,45 @@ async fn exactly_the_limit_gets_through_under_concurrency() {
     );
 }
 
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until at most 200 ms after the start of a `len_ms` window (windows are aligned to the epoch)
+/// and returns that start.
+async fn just_after_window_start(len_ms: u64) -> u64 {
+    let deadline = epoch_ms() + 20 * len_ms;
+    loop {
+        let now = epoch_ms();
+        if now % len_ms < 200 {
+            return now - now % len_ms;
+        }
+        assert!(now < deadline, "never woke up near a window start");
+        tokio::time::sleep(Duration::from_millis(len_ms - now % len_ms)).await;
+    }
+}
+
+/// Runs `call`, returning the epoch milliseconds just before it was sent and just after its answer:
+/// the server saw it somewhere in between.
+async fn timed<T>(call: impl std::future::Future<Output = T>) -> (u64, T, u64) {
+    let sent = epoch_ms();
+    let answer = call.await;
+    (sent, answer, epoch_ms())
+}
+
 #[tokio::test]
 async fn headers_count_down_and_retry_after_is_honest() {
+    const WINDOW_MS: u64 = 5_000;
     let mock = MockUpstream::start_named("a").await;
     let server = server_with(&mock, &[]).await;
     let key = new_key(&server, "small", "tiny").await;
-    // Windows are aligned to the epoch: start early in one so all four calls share it.
-    loop {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
-        if ms % 5000 < 1000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Start just after a window boundary, so the four calls below share one window with 4.8 s to
+    // spare, and judge every later answer against that window's end, not against a rounded
+    // Retry-After: where the calls fall within their second no longer matters.
+    let window_end = just_after_window_start(WINDOW_MS).await + WINDOW_MS;
     let chat = || {
         call(
             &server,
@@ -204,19 +227,50 @@ async fn headers_count_down_and_retry_after_is_honest() {
     )
     .await;
     assert_eq!((s, header(&h, "x-ratelimit-remaining")), (404, 0));
-    let (s, h, body) = chat().await;
+    let (sent, (s, h, body), answered) = timed(chat()).await;
+    assert!(
+        answered < window_end,
+        "four calls took more than a {WINDOW_MS} ms window"
+    );
     assert_eq!(s, 429, "{body}");
     assert_eq!(header(&h, "x-ratelimit-remaining"), 0);
+    // Honest: the time left in the window when the server answered, rounded up to whole seconds.
     let retry = header(&h, "retry-after");
-    assert!((1..=5).contains(&retry), "{retry}");
+    let left_secs = |at: u64| (window_end - at).div_ceil(1000).max(1);
+    assert!(
+        (left_secs(answered)..=left_secs(sent)).contains(&retry),
+        "Retry-After {retry} s, with {}..{} ms left in the window",
+        window_end - answered,
+        window_end - sent
+    );
     assert_eq!(retry, header(&h, "x-ratelimit-reset"));
-    // Still refused just before, admitted once Retry-After has passed.
-    tokio::time::sleep(Duration::from_millis(retry * 1000 - 900)).await;
-    assert_eq!(chat().await.0, 429);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (s, h, _) = chat().await;
-    assert_eq!((s, header(&h, "x-ratelimit-remaining")), (200, 2));
-    assert_eq!(mock.request_count(), 2);
+
+    // Still refused just before the window ends...
+    tokio::time::sleep(Duration::from_millis(
+        (window_end - 400).saturating_sub(epoch_ms()),
+    ))
+    .await;
+    let (_, (s, _, body), late) = timed(chat()).await;
+    let counted_late = match s {
+        429 => false,
+        // Only when the machine was so slow that the call may have reached the next window.
+        200 if late >= window_end => true,
+        _ => panic!("{s} {late} ms before the window's end: {body}"),
+    };
+    // ...and admitted once Retry-After has passed since the refusal's answer.
+    tokio::time::sleep(Duration::from_millis(
+        (answered + retry * 1000).saturating_sub(epoch_ms()),
+    ))
+    .await;
+    let (s, h, body) = chat().await;
+    assert_eq!(s, 200, "{body}");
+    let remaining = header(&h, "x-ratelimit-remaining");
+    if counted_late {
+        assert!((1..=2).contains(&remaining), "{remaining}");
+    } else {
+        assert_eq!(remaining, 2);
+    }
+    assert_eq!(mock.request_count(), 2 + usize::from(counted_late));
 }
 
 #[tokio::test]

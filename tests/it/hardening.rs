@@ -1,0 +1,392 @@
+//! Hostile or broken input from outside: absurd upstream headers.
+
+use std::time::{Duration, SystemTime};
+
+use crate::support::*;
+
+/// A `Retry-After` far beyond any sensible cooldown neither panics the worker nor leaves the profile
+/// healthy: the request fails over, and the profile cools down for the clamped maximum (24 h).
+#[tokio::test]
+async fn an_absurd_retry_after_fails_over_and_cools_the_profile_down() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    a.push(Reply::rate_limited_header("retry-after", "1e300"));
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .model_with_strategy("m", &["a", "b"], "priority"),
+    );
+    let (status, headers, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-profile"], "b");
+    assert_eq!(headers["x-switchyard-attempts"], "2");
+
+    let p = wait_state(&server, "a", "cooldown", Duration::from_secs(5)).await;
+    let until = p["cooldown_until"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{p}"));
+    let until = humantime::parse_rfc3339_weak(until).unwrap();
+    let left = until.duration_since(SystemTime::now()).unwrap();
+    let day = Duration::from_secs(24 * 60 * 60);
+    assert!(
+        left > day - Duration::from_secs(60) && left <= day,
+        "cooldown of {left:?}: {p}"
+    );
+
+    // The next request skips `a` without asking it.
+    let (status, headers, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-profile"], "b");
+    assert_eq!(headers["x-switchyard-attempts"], "1");
+    assert_eq!((a.request_count(), b.request_count()), (1, 2));
+}
+
+// --- sign-in ---------------------------------------------------------------------------------------
+
+/// Every audit entry, following the cursors.
+async fn all_audit(server: &Server) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/admin/audit?limit=100&cursor={c}"),
+            None => "/admin/audit?limit=100".to_owned(),
+        };
+        let page = admin(server, reqwest::Method::GET, &path, None).await;
+        out.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// The per-account limit is a budget of password checks, taken before argon2 runs: a burst of wrong
+/// passwords for one account gets exactly `max_failures_per_account` checks, however many run at once.
+/// (The address limit is set above the burst, so only the account limit is at work; every request
+/// comes from 127.0.0.1.)
+#[tokio::test]
+async fn concurrent_wrong_passwords_get_no_more_checks_than_the_account_limit() {
+    const LIMIT: usize = 5;
+    const BURST: usize = 40;
+    let mock = MockUpstream::start_named("a").await;
+    let mut config = ConfigBuilder::default()
+        .profile("a", &mock)
+        .model("m", &["a"]);
+    config.extra_auth_yaml = vec![
+        "login:".into(),
+        format!("  max_failures_per_account: {LIMIT}"),
+        "  max_attempts_per_address: 1000".into(),
+        "  window: 10m".into(),
+    ];
+    let server = Server::start(&config);
+    let account = serde_json::json!({"email": "victim@example.com", "password": "the-right-password",
+                                     "role": "user", "tier": "free"});
+    admin(
+        &server,
+        reqwest::Method::POST,
+        "/admin/accounts",
+        Some(account),
+    )
+    .await;
+
+    let attempts = (0..BURST).map(|i| {
+        let body =
+            serde_json::json!({"email": "victim@example.com", "password": format!("guess-{i}")});
+        call(
+            &server,
+            reqwest::Method::POST,
+            "/auth/login",
+            None,
+            Some(body),
+        )
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|(status, _, _)| status)
+        .collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (checked, refused),
+        (LIMIT, BURST - LIMIT),
+        "statuses: {statuses:?}"
+    );
+    // The audit log says the same: a `login_failed` only after a password check, a `login_blocked`
+    // for a refusal before one.
+    let audit = all_audit(&server).await;
+    let count = |event: &str| audit.iter().filter(|e| e["event"] == event).count();
+    assert_eq!(count("login_failed"), LIMIT);
+    assert_eq!(count("login_blocked"), BURST - LIMIT);
+
+    // The right password is refused too while the account's budget is spent.
+    let body = serde_json::json!({"email": "victim@example.com", "password": "the-right-password"});
+    let (status, _, _) = call(
+        &server,
+        reqwest::Method::POST,
+        "/auth/login",
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 429);
+}
+
+// --- billing webhook -------------------------------------------------------------------------------
+
+/// Delivers `body` to the billing webhook, signed now with `secret`.
+async fn deliver(server: &Server, secret: &str, body: &serde_json::Value) -> (u16, String) {
+    use switchyard::limits::webhook;
+    let body = body.to_string();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let resp = client()
+        .post(server.url("/billing/webhook"))
+        .header("content-type", "application/json")
+        .header(
+            webhook::SIGNATURE_HEADER,
+            webhook::sign(secret.as_bytes(), now, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+async fn balance(server: &Server, account: &str) -> serde_json::Value {
+    let path = format!("/admin/accounts/{account}/credits");
+    admin(server, reqwest::Method::GET, &path, None).await["balance_micros"].clone()
+}
+
+/// A billing provider sends every event type it has; the ones the webhook does not act on are
+/// acknowledged (2xx, or the provider retries them for days) and change nothing, while a handled type
+/// still needs its fields.
+#[tokio::test]
+async fn the_webhook_acknowledges_event_types_it_does_not_handle() {
+    use switchyard::limits::webhook;
+    const SECRET: &str = "whsec-hardening-0123456789";
+    let mock = MockUpstream::start_named("a").await;
+    let server = Server::start_with_env(
+        &ConfigBuilder::default()
+            .profile("a", &mock)
+            .model("m", &["a"]),
+        &[(webhook::SECRET_ENV, SECRET)],
+    );
+    let ignored = [
+        serde_json::json!({"id": "evt_inv", "type": "invoice.paid",
+                           "data": {"object": {"id": "in_1", "amount_paid": 500}}}),
+        serde_json::json!({"id": "evt_cus", "type": "customer.created"}),
+        serde_json::json!({"id": "evt_sub", "type": "subscription.trial_will_end",
+                           "data": {"customer": "cus_1"}}),
+    ];
+    for event in &ignored {
+        let (status, text) = deliver(&server, SECRET, event).await;
+        assert_eq!(status, 200, "{event}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (&v["received"], &v["ignored"]),
+            (&true.into(), &true.into()),
+            "{text}"
+        );
+    }
+
+    // Handled types are still validated, and nothing was credited by the ignored ones.
+    let no_account = serde_json::json!({"id": "evt_bad", "type": "credits.purchased",
+                                        "data": {"amount_usd": 2.0}});
+    let (status, text) = deliver(&server, SECRET, &no_account).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("account"), "{text}");
+    let no_amount = serde_json::json!({"id": "evt_bad2", "type": "credits.purchased",
+                                       "data": {"account": "shop"}});
+    assert_eq!(deliver(&server, SECRET, &no_amount).await.0, 400);
+    assert_eq!(balance(&server, "shop").await, 0);
+    let buy = serde_json::json!({"id": "evt_buy", "type": "credits.purchased",
+                                 "data": {"account": "shop", "amount_usd": 2.0}});
+    let (status, text) = deliver(&server, SECRET, &buy).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(balance(&server, "shop").await, 2_000_000);
+
+    // A body that is not an event at all is still refused.
+    let (status, text) = deliver(&server, SECRET, &serde_json::json!({"id": "evt_x"})).await;
+    assert_eq!(status, 400, "{text}");
+}
+
+// --- a damaged store -------------------------------------------------------------------------------
+
+/// What `highwater.json` in the server's data directory says.
+fn mark_of(server: &Server) -> serde_json::Value {
+    let path = server.data_dir().join("highwater.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Moves every entry of `from` (the data directory) except the mark into `to`.
+fn move_store(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "highwater.json" {
+            std::fs::rename(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Copies a directory tree, but never a high-water mark: a restore brings back the store's files.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() == "highwater.json" {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Runs the binary with `args` in the server's directory until it exits; panics if it is still running
+/// after 30 s (a `serve` that started instead of refusing). Returns whether it succeeded and its output.
+fn run_to_exit(server: &Server, args: &[&str]) -> (bool, String) {
+    use std::process::{Command, Stdio};
+    let out_path = server.path().join("run.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .current_dir(server.path())
+        .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("NO_COLOR", "1")
+        .env_remove("SWITCHYARD_LISTEN")
+        .env_remove("SWITCHYARD_DATA_DIR")
+        .env_remove("SWITCHYARD_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{args:?} did not exit:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.success(),
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+    )
+}
+
+async fn traffic(server: &Server, n: usize) {
+    for _ in 0..n {
+        let (status, _, body) = chat(server, &chat_body("m")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// A store that comes back holding less than was written (an older copy restored, or its files gone)
+/// is refused at start with one line naming what is missing and the way out; `switchyard store
+/// accept-current` is that way out. A fresh data directory starts as before.
+#[tokio::test]
+async fn a_store_behind_its_high_water_mark_is_refused_until_accepted() {
+    let mock = MockUpstream::start_named("a").await;
+    let mut server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &mock)
+            .model("m", &["a"]),
+    );
+    // Fresh: it started, and wrote a mark of nothing.
+    assert_eq!(mark_of(&server)["usage_records"], 0);
+    for name in ["k1", "k2", "k3"] {
+        let key = serde_json::json!({"name": name, "account": "acme"});
+        admin(&server, reqwest::Method::POST, "/admin/keys", Some(key)).await;
+    }
+    for amount in [5.0, 2.5] {
+        let credit = serde_json::json!({"amount_usd": amount});
+        let path = "/admin/accounts/acme/credits";
+        admin(&server, reqwest::Method::POST, path, Some(credit)).await;
+    }
+    traffic(&server, 10).await;
+    let exit = server.terminate().expect("exit status");
+    assert!(exit.success(), "{exit:?}");
+    let mark = mark_of(&server);
+    assert_eq!(
+        (
+            &mark["usage_records"],
+            &mark["ledger_transactions"],
+            &mark["keys"]
+        ),
+        (&10.into(), &2.into(), &3.into()),
+        "{mark}"
+    );
+    let backup = server.path().join("backup");
+    copy_tree(&server.data_dir(), &backup);
+
+    server.restart();
+    traffic(&server, 5).await;
+    server.terminate();
+    assert_eq!(mark_of(&server)["usage_records"], 15);
+
+    // The older copy comes back.
+    let serve = ["serve", "--config", "profiles.yaml", "--log-format", "text"];
+    move_store(&server.data_dir(), &server.path().join("newer"));
+    copy_tree(&backup, &server.data_dir());
+    let (ok, out) = run_to_exit(&server, &serve);
+    assert!(!ok, "started on an older copy:\n{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{out}"));
+    assert!(line.contains("usage records 10 < 15"), "{line}");
+    assert!(
+        line.contains("switchyard store accept-current --data-dir"),
+        "{line}"
+    );
+    assert!(!line.contains("keys"), "{line}");
+
+    // The store's files are gone, the mark is not.
+    move_store(&server.data_dir(), &server.path().join("older"));
+    let (ok, out) = run_to_exit(&server, &serve);
+    assert!(!ok, "started on an empty store:\n{out}");
+    let line = out.lines().find(|l| l.starts_with("error:")).unwrap();
+    for missing in [
+        "usage records 0 < 15",
+        "ledger transactions 0 < 2",
+        "keys 0 < 3",
+        "id counter",
+    ] {
+        assert!(line.contains(missing), "{missing}: {line}");
+    }
+
+    // The operator restores what they can (here: the older copy) and accepts it.
+    move_store(&server.path().join("older"), &server.data_dir());
+    let data_dir = server.data_dir().display().to_string();
+    let (ok, out) = run_to_exit(
+        &server,
+        &["store", "accept-current", "--data-dir", &data_dir],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("10 usage records"), "{out}");
+    assert_eq!(mark_of(&server)["usage_records"], 10);
+    server.restart();
+    traffic(&server, 1).await;
+    assert_eq!(admin_profile(&server, "a").await["requests"], 11);
+}
