@@ -270,6 +270,8 @@ impl From<FieldError> for ApiError {
             FieldError::Empty => (None, None),
             FieldError::NotJson(_) => (None, Some("invalid_json")),
             FieldError::NoModel => (Some("model"), None),
+            FieldError::Duplicate(key) => (Some(*key), Some("duplicate_field")),
+            FieldError::NotATokenCount(key) => (Some(*key), Some("invalid_type")),
         };
         ApiError::InvalidRequest {
             message: e.to_string(),

@@ -17,7 +17,7 @@ use crate::limits::{CallKind, RateStatus, Subject};
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
 use crate::wire::anthropic::messages_request_to_chat;
-use crate::wire::openai::RoutingFields;
+use crate::wire::openai::{refuse_duplicates, RoutingFields};
 use crate::wire::Dialect;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -99,7 +99,13 @@ async fn model_call(
         let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
         let body = match dialect {
             Dialect::OpenAi => body,
-            Dialect::Anthropic => Bytes::from(messages_request_to_chat(&body)?.0),
+            Dialect::Anthropic => {
+                let chat = messages_request_to_chat(&body)?.0;
+                // The translation keeps a duplicated key's last value and sends one; refused anyway,
+                // like on the OpenAI routes, so no route reads a duplicated key.
+                refuse_duplicates(&body)?;
+                Bytes::from(chat)
+            }
         };
         let upstreams = workers.current(&config, generation);
         let proxy = Proxy {
@@ -135,7 +141,7 @@ async fn forward(
         proxy.config,
         subject.as_ref(),
         &fields.model,
-        &body,
+        (&body, fields.max_tokens),
         embeddings,
         &request_id,
     )?;

@@ -334,7 +334,7 @@ impl Limits {
         config: &Config,
         subject: Option<&Subject>,
         model: &str,
-        body: &[u8],
+        (body, asked): (&[u8], Option<u64>),
         embeddings: bool,
         request_id: &str,
     ) -> Result<Option<Arc<Hold>>, Box<Refusal>> {
@@ -342,7 +342,7 @@ impl Limits {
         if subject.is_none() && price.is_none() {
             return Ok(None);
         }
-        let asked = requested_max_tokens(body);
+        // `asked` was read strictly by `RoutingFields::parse`: an integer, given once, or a 400 there.
         let cap = subject.and_then(|s| s.tier.max_tokens_per_request);
         if let (Some(asked), Some(cap), Some(s)) = (asked, cap, subject) {
             if asked > cap {
@@ -493,20 +493,6 @@ pub fn usd(micros: u64) -> String {
     format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
-/// `max_tokens` (or `max_completion_tokens`) of an OpenAI request body.
-fn requested_max_tokens(body: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct MaxTokens {
-        max_tokens: Option<u64>,
-        max_completion_tokens: Option<u64>,
-    }
-    let m: MaxTokens = serde_json::from_slice(body).ok()?;
-    m.max_tokens
-        .into_iter()
-        .chain(m.max_completion_tokens)
-        .max()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,8 +559,6 @@ mod tests {
         };
         assert_eq!(cost_micros(p, 10, 10), 8);
         assert_eq!(usd(1_500_000), "1.500000");
-        assert_eq!(requested_max_tokens(br#"{"max_tokens": 9}"#), Some(9));
-        assert_eq!(requested_max_tokens(br#"{"model": "x"}"#), None);
     }
 
     #[test]

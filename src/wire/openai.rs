@@ -18,6 +18,15 @@ pub enum FieldError {
     NotJson(serde_json::Error),
     #[error("You must provide a model parameter.")]
     NoModel,
+    /// A routing or token field given twice: the proxy and the upstream could read different values
+    /// (serde keeps the first or refuses, most upstreams keep the last), so it is refused for everyone.
+    #[error("`{0}` appears more than once in the request body; send it once.")]
+    Duplicate(&'static str),
+    /// `max_tokens` / `max_completion_tokens` that is not a JSON integer in 0..=2^64-1 (`100.0`, `1e2`,
+    /// `"100"`, `-1`, `18446744073709551616`): the limits and the credit reservation read it as a
+    /// number of tokens, so it must be one.
+    #[error("`{0}` must be a non-negative integer (at most 18446744073709551615) written without a fraction or exponent.")]
+    NotATokenCount(&'static str),
 }
 
 /// What routing reads from a client body.
@@ -29,18 +38,21 @@ pub struct RoutingFields {
     pub user: Option<String>,
     /// The client itself asked for `stream_options.include_usage`.
     pub client_wants_usage: bool,
+    /// The larger of `max_tokens` and `max_completion_tokens`, when either is given (not `null`).
+    pub max_tokens: Option<u64>,
 }
 
-#[derive(Deserialize)]
+/// The top-level keys routing reads; every other key is skipped without being built.
+#[derive(Default)]
 struct Peek<'a> {
-    #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
-    #[serde(default)]
     stream: Option<bool>,
-    #[serde(borrow, default)]
     user: Option<Cow<'a, str>>,
-    #[serde(default)]
     stream_options: Option<StreamOptions>,
+    max_tokens: Option<&'a RawValue>,
+    max_completion_tokens: Option<&'a RawValue>,
+    /// The first read key that appeared twice (reported after the parse, as a typed error).
+    duplicate: Option<&'static str>,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +63,153 @@ struct StreamOptions {
     _rest: IgnoredAny,
 }
 
+/// The keys `Peek` reads, recognised without allocating (escaped keys included).
+#[derive(Clone, Copy)]
+enum Key {
+    Model,
+    Stream,
+    User,
+    StreamOptions,
+    MaxTokens,
+    MaxCompletionTokens,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Key, E> {
+                Ok(match k {
+                    "model" => Key::Model,
+                    "stream" => Key::Stream,
+                    "user" => Key::User,
+                    "stream_options" => Key::StreamOptions,
+                    "max_tokens" => Key::MaxTokens,
+                    "max_completion_tokens" => Key::MaxCompletionTokens,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl Key {
+    fn name(self) -> &'static str {
+        match self {
+            Key::Model => "model",
+            Key::Stream => "stream",
+            Key::User => "user",
+            Key::StreamOptions => "stream_options",
+            Key::MaxTokens => "max_tokens",
+            Key::MaxCompletionTokens => "max_completion_tokens",
+            Key::Other => "",
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Peek<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Peek<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Peek<'a>, A::Error> {
+                let mut p = Peek::default();
+                let mut seen = [false; 6];
+                while let Some(key) = map.next_key::<Key>()? {
+                    let index = match key {
+                        Key::Model => {
+                            p.model = map.next_value::<Option<BorrowedStr<'de>>>()?.map(|s| s.0);
+                            0
+                        }
+                        Key::Stream => {
+                            p.stream = map.next_value()?;
+                            1
+                        }
+                        Key::User => {
+                            p.user = map.next_value::<Option<BorrowedStr<'de>>>()?.map(|s| s.0);
+                            2
+                        }
+                        Key::StreamOptions => {
+                            p.stream_options = map.next_value()?;
+                            3
+                        }
+                        Key::MaxTokens => {
+                            p.max_tokens = map.next_value()?;
+                            4
+                        }
+                        Key::MaxCompletionTokens => {
+                            p.max_completion_tokens = map.next_value()?;
+                            5
+                        }
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if std::mem::replace(&mut seen[index], true) {
+                        p.duplicate.get_or_insert(key.name());
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A string borrowed from the body when it has no escapes (serde's own `Cow` always copies).
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = BorrowedStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                s: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// A token count exactly as JSON wrote it: digits only (no sign, fraction, exponent or quotes), within
+/// `u64`. `null` is `None`, as if absent (OpenAI treats it so).
+fn token_count(raw: Option<&RawValue>, field: &'static str) -> Result<Option<u64>, FieldError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(FieldError::NotATokenCount(field));
+    }
+    text.parse::<u64>()
+        .map(Some)
+        .map_err(|_| FieldError::NotATokenCount(field))
+}
+
 impl RoutingFields {
     /// Reads the routing fields; a malformed body or a missing model is a 400 that says what is wrong.
     pub fn parse(body: &[u8]) -> Result<RoutingFields, FieldError> {
@@ -58,6 +217,11 @@ impl RoutingFields {
             return Err(FieldError::Empty);
         }
         let peek: Peek<'_> = serde_json::from_slice(body).map_err(FieldError::NotJson)?;
+        if let Some(key) = peek.duplicate {
+            return Err(FieldError::Duplicate(key));
+        }
+        let max_tokens = token_count(peek.max_tokens, "max_tokens")?;
+        let max_completion = token_count(peek.max_completion_tokens, "max_completion_tokens")?;
         let model = match peek.model {
             Some(m) if !m.trim().is_empty() => m.into_owned(),
             _ => return Err(FieldError::NoModel),
@@ -70,8 +234,17 @@ impl RoutingFields {
                 .stream_options
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+            max_tokens: max_tokens.into_iter().chain(max_completion).max(),
         })
     }
+}
+
+/// Refuses a body that gives a key routing or the limits read (`model`, `stream`, `max_tokens`, ...)
+/// more than once; for bodies that are translated rather than parsed by `RoutingFields::parse`.
+pub fn refuse_duplicates(body: &[u8]) -> Result<(), FieldError> {
+    let peek: Peek<'_> = serde_json::from_slice(body).map_err(FieldError::NotJson)?;
+    peek.duplicate
+        .map_or(Ok(()), |key| Err(FieldError::Duplicate(key)))
 }
 
 /// The body to send upstream: the client's bytes untouched unless the model must be renamed or the stream
@@ -177,6 +350,51 @@ mod tests {
                 "invalid_request_error"
             );
         }
+    }
+
+    #[test]
+    fn token_limits_are_integers_given_once() {
+        let f =
+            RoutingFields::parse(br#"{"model":"m","max_tokens":100,"max_completion_tokens":7}"#)
+                .unwrap();
+        assert_eq!(f.max_tokens, Some(100));
+        let f = RoutingFields::parse(br#"{"model":"m","max_tokens":null}"#).unwrap();
+        assert_eq!(f.max_tokens, None);
+        let f =
+            RoutingFields::parse(br#"{"model":"m","max_completion_tokens":18446744073709551615}"#)
+                .unwrap();
+        assert_eq!(f.max_tokens, Some(u64::MAX));
+        for (body, param) in [
+            (&br#"{"model":"m","max_tokens":100.0}"#[..], "max_tokens"),
+            (br#"{"model":"m","max_tokens":1e2}"#, "max_tokens"),
+            (br#"{"model":"m","max_tokens":"100"}"#, "max_tokens"),
+            (br#"{"model":"m","max_tokens":-1}"#, "max_tokens"),
+            (
+                br#"{"model":"m","max_tokens":18446744073709551616}"#,
+                "max_tokens",
+            ),
+            (
+                br#"{"model":"m","max_completion_tokens":[1]}"#,
+                "max_completion_tokens",
+            ),
+            (
+                br#"{"model":"m","max_tokens":10,"max_tokens":100}"#,
+                "max_tokens",
+            ),
+            (
+                br#"{"model":"m","max_tokens":10,"max_\u0074okens":100}"#,
+                "max_tokens",
+            ),
+            (br#"{"model":"m","model":"n"}"#, "model"),
+        ] {
+            let e = crate::error::ApiError::from(RoutingFields::parse(body).unwrap_err());
+            let v: serde_json::Value =
+                serde_json::from_str(&e.body(crate::wire::Dialect::OpenAi)).unwrap();
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+            assert_eq!(v["error"]["param"], param, "{v}");
+        }
+        assert!(refuse_duplicates(br#"{"max_tokens":1,"x":{"max_tokens":2}}"#).is_ok());
+        assert!(refuse_duplicates(br#"{"max_tokens":1,"max_tokens":2}"#).is_err());
     }
 
     #[test]

@@ -321,6 +321,68 @@ async fn max_tokens_above_the_tier_is_refused_with_400() {
 }
 
 #[tokio::test]
+async fn max_tokens_in_any_other_spelling_is_refused_naming_the_field() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let capped = new_key(&server, "spell-co", "capped").await;
+    let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+    for (field, value) in [
+        ("max_tokens", "100.0"),
+        ("max_tokens", "1e2"),
+        ("max_tokens", r#""100""#),
+        ("max_tokens", "18446744073709551616"),
+        ("max_tokens", "-1"),
+        ("max_completion_tokens", "100.0"),
+        ("max_tokens", "10,\"max_tokens\":100"),
+        ("max_completion_tokens", "10,\"max_completion_tokens\":100"),
+    ] {
+        let body = format!(r#"{{"model":"m",{msgs},"{field}":{value}}}"#);
+        let (s, _, text) = server
+            .post("/v1/chat/completions")
+            .bearer(&capped)
+            .raw_json(&body)
+            .send_text()
+            .await;
+        assert_eq!(s, 400, "{body} -> {text}");
+        let e = error_of(&text);
+        assert_eq!(e["type"], "invalid_request_error", "{text}");
+        assert_eq!(e["param"], field, "{text}");
+    }
+    // /v1/messages: the translation reads `max_tokens` strictly too, and a duplicate is refused.
+    for value in ["100.0", "1e2", r#""100""#, "10,\"max_tokens\":100"] {
+        let body = format!(r#"{{"model":"m",{msgs},"max_tokens":{value}}}"#);
+        let (s, _, text) = server
+            .post("/v1/messages")
+            .bearer(&capped)
+            .raw_json(&body)
+            .send_text()
+            .await;
+        assert_eq!(s, 400, "{body} -> {text}");
+        assert!(text.contains("max_tokens"), "{text}");
+    }
+    // Metered or not, a duplicate is ambiguous: refused without any key or tier too.
+    let mut open = ConfigBuilder::default()
+        .profile("a", &mock)
+        .model("m", &["a"]);
+    open.auth_required = false;
+    let open = Server::start(&open);
+    let (s, _, text) = open
+        .post("/v1/chat/completions")
+        .raw_json(r#"{"model":"m","messages":[],"max_tokens":1,"max_tokens":2}"#)
+        .send_text()
+        .await;
+    assert_eq!(
+        (s, error_of(&text)["param"].as_str()),
+        (400, Some("max_tokens"))
+    );
+    assert_eq!(
+        mock.request_count(),
+        0,
+        "nothing refused reached the upstream"
+    );
+}
+
+#[tokio::test]
 async fn the_daily_token_budget_refuses_once_spent() {
     let mock = MockUpstream::start_named("a").await;
     let server = server_with(&mock, &[]).await;
