@@ -30,6 +30,7 @@ pub mod names {
     pub const RATE_LIMITED: &str = "switchyard_rate_limited_total";
     pub const CREDIT_REFUSALS: &str = "switchyard_credit_refusals_total";
     pub const COST: &str = "switchyard_cost_usd_total";
+    pub const USAGE_MISSING: &str = "switchyard_usage_missing_total";
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -69,6 +70,9 @@ pub struct Metrics {
     pub credit_refusals: IntCounter,
     /// `{model, profile}`: USD charged for answered requests, from the configured prices.
     pub cost: CounterVec,
+    /// `{model, profile}`: answers (or cut streams) charged by estimate because the upstream
+    /// reported no usage.
+    pub usage_missing: IntCounterVec,
 }
 
 impl Metrics {
@@ -169,6 +173,11 @@ impl Metrics {
             &["model", "profile"],
         )?;
         registry.register(Box::new(cost.clone()))?;
+        let usage_missing = counter(
+            names::USAGE_MISSING,
+            "Answers charged by an estimate because the upstream reported no usage, by model and profile.",
+            &["model", "profile"],
+        )?;
         Ok(Arc::new(Metrics {
             registry,
             actors,
@@ -187,6 +196,7 @@ impl Metrics {
             rate_limited,
             credit_refusals,
             cost,
+            usage_missing,
         }))
     }
 

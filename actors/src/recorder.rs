@@ -347,6 +347,7 @@ mod tests {
             latency_ms: 0,
             attempt: 1,
             stream: false,
+            usage_estimated: false,
         }
     }
 

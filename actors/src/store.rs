@@ -58,6 +58,10 @@ pub struct UsageRecord {
     /// 1 for the first profile tried.
     pub attempt: u32,
     pub stream: bool,
+    /// The token counts are Switchyard's estimate (the upstream reported no usage, or the stream was
+    /// cut or cancelled before it did): see the README's "Credits". Absent in older records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage_estimated: bool,
 }
 
 impl UsageRecord {
@@ -362,6 +366,7 @@ mod tests {
             latency_ms: 3,
             attempt: 1,
             stream: false,
+            usage_estimated: false,
         }
     }
 

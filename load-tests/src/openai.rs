@@ -110,6 +110,58 @@ pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> 
     }
 }
 
+/// The same answer with every trace of usage removed: the `usage` key of a body or event (and of an
+/// Anthropic `message`), and the OpenAI usage chunk (`choices: []`) altogether.
+pub(crate) fn without_usage(resp: Response) -> Response {
+    fn strip(v: &mut Value) {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("usage");
+            if let Some(m) = o.get_mut("message").and_then(Value::as_object_mut) {
+                m.remove("usage");
+            }
+        }
+    }
+    match resp {
+        Response::Fixed { status, body } => {
+            let body = match serde_json::from_str::<Value>(&body) {
+                Ok(mut v) => {
+                    strip(&mut v);
+                    v.to_string()
+                }
+                Err(_) => body,
+            };
+            Response::Fixed { status, body }
+        }
+        Response::Stream { events } => Response::Stream {
+            events: events
+                .into_iter()
+                .filter_map(|ev| {
+                    let mut lines = Vec::new();
+                    for line in ev.lines().filter(|l| !l.is_empty()) {
+                        match line
+                            .strip_prefix("data: ")
+                            .map(serde_json::from_str::<Value>)
+                        {
+                            Some(Ok(mut v)) => {
+                                if v.get("choices")
+                                    .and_then(Value::as_array)
+                                    .is_some_and(Vec::is_empty)
+                                {
+                                    return None;
+                                }
+                                strip(&mut v);
+                                lines.push(format!("data: {v}"));
+                            }
+                            _ => lines.push(line.to_owned()),
+                        }
+                    }
+                    Some(format!("{}\n\n", lines.join("\n")))
+                })
+                .collect(),
+        },
+    }
+}
+
 /// The SSE events a streaming request to `path` gets (chat shape unless `path` is `/completions`); used
 /// by the stream faults, which stream whatever the request asked for.
 pub(crate) fn stream_events(path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> Vec<String> {

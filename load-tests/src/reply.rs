@@ -35,6 +35,10 @@ pub enum Reply {
     Reset,
     /// 200 with a `application/json` content type and a body that is not JSON (upstream garbage).
     Garbage,
+    /// Like `Echo`, but the answer carries no usage at all (no `usage` key in a body, no usage chunk
+    /// in a stream, even when `stream_options.include_usage` asked for one): some OpenAI-compatible
+    /// servers do this.
+    NoUsage,
 }
 
 impl Reply {

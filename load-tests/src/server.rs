@@ -186,6 +186,18 @@ async fn respond(
     };
     let keep = req.keep_alive;
     match reply {
+        Reply::NoUsage => {
+            match openai::without_usage(openai::echo(&req.method, &req.target, &req.body, &ctx)) {
+                Response::Fixed { status, body } => {
+                    conn.write_fixed(status, &json_headers(&shared.name), body.as_bytes(), keep)
+                        .await?;
+                    Ok(Flow::KeepAlive)
+                }
+                Response::Stream { events } => {
+                    stream(conn, shared, &events, Duration::ZERO, None, keep).await
+                }
+            }
+        }
         Reply::Echo => match openai::echo(&req.method, &req.target, &req.body, &ctx) {
             Response::Fixed { status, body } => {
                 conn.write_fixed(status, &json_headers(&shared.name), body.as_bytes(), keep)

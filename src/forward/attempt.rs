@@ -18,7 +18,7 @@ use crate::config::Provider;
 use crate::upstream::classify::{classify, error_detail, Verdict};
 use crate::upstream::UpstreamProfile;
 use crate::wire::anthropic::chat_request_to_messages;
-use crate::wire::openai::{response_usage, upstream_body, TokenUsage};
+use crate::wire::openai::{response_usage, upstream_body};
 use crate::wire::{client_error_body, response_body, Dialect};
 
 impl Proxy<'_> {
@@ -93,12 +93,7 @@ impl Proxy<'_> {
         match classify(status, &headers, &body) {
             Verdict::ClientError => {
                 // Not the profile's fault: the client gets the upstream's answer as it is.
-                guard.finish(
-                    AttemptOutcome::Succeeded,
-                    "client_error",
-                    TokenUsage::default(),
-                    false,
-                );
+                guard.finish(AttemptOutcome::Succeeded, "client_error", None, false);
                 let body = client_error_body(up.dialect(), req.dialect, body);
                 Ok(self.respond(status, "application/json", &guard).body(body))
             }
@@ -148,6 +143,7 @@ impl Proxy<'_> {
             Ok(b) => b,
             Err(why) => return Err(guard.fail(garbage(why.to_string()))),
         };
+        guard.relayed(usage.text_bytes);
         let content_type = if up.dialect() == req.dialect && req.dialect == Dialect::OpenAi {
             content_type
         } else {
@@ -156,7 +152,7 @@ impl Proxy<'_> {
         let ack = guard.finish(
             AttemptOutcome::Succeeded,
             "ok",
-            usage,
+            usage.reported,
             self.config.usage.durable,
         );
         wait_ack(ack).await;

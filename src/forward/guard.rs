@@ -29,6 +29,11 @@ pub(super) struct AttemptGuard {
     done: bool,
     metrics: Arc<Metrics>,
     accounting: Option<Arc<Hold>>,
+    /// The request body's size: the input side of an estimate.
+    input_bytes: u64,
+    /// Bytes of answer text handed to the client so far; `None` until the answer started reaching it
+    /// (before that the attempt can still fail over and costs the client nothing).
+    text_bytes: Option<u64>,
 }
 
 impl AttemptGuard {
@@ -53,6 +58,7 @@ impl AttemptGuard {
             latency_ms: 0,
             attempt,
             stream,
+            usage_estimated: false,
         };
         AttemptGuard {
             entry: pick.entry,
@@ -64,6 +70,24 @@ impl AttemptGuard {
             done: false,
             metrics: proxy.shared.metrics.clone(),
             accounting: req.accounting.clone(),
+            input_bytes: u64::try_from(req.body.len()).unwrap_or(u64::MAX),
+            text_bytes: None,
+        }
+    }
+
+    /// The answer is reaching the client, `text_bytes` of its text so far: from here on, an ending
+    /// without usage (a cut, a cancel, no usage block) is charged by estimate.
+    pub(super) fn relayed(&mut self, text_bytes: u64) {
+        self.text_bytes = Some(text_bytes);
+    }
+
+    /// The usage charged when the upstream reported none: a quarter of the request body's bytes for
+    /// input, a quarter of the relayed text's bytes for output, each rounded up (about four bytes a
+    /// token for English text and JSON; the body's size already bounds the reservation's input).
+    fn estimate(&self) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self.input_bytes.div_ceil(4),
+            completion_tokens: self.text_bytes.unwrap_or(0).div_ceil(4),
         }
     }
 
@@ -71,13 +95,27 @@ impl AttemptGuard {
         &mut self,
         outcome: AttemptOutcome,
         label: &str,
-        usage: TokenUsage,
+        usage: Option<TokenUsage>,
         want_ack: bool,
     ) -> Option<oneshot::Receiver<Ack>> {
         if self.done {
             return None;
         }
         self.done = true;
+        // Who pays: an answer (whole, or a stream's end), or a client error as the upstream sent it.
+        let answered = matches!(label, "ok" | "client_error");
+        let (usage, estimated) = match usage {
+            Some(u) => (u, false),
+            None if answered && label != "client_error" => (self.estimate(), true),
+            None => (TokenUsage::default(), false),
+        };
+        if estimated && label == "ok" {
+            self.metrics
+                .usage_missing
+                .with_label_values(&[self.record.model.as_str(), self.entry.id()])
+                .inc();
+            tracing::warn!(request_id = %self.record.request_id, profile = %self.entry.id(), prompt_tokens = usage.prompt_tokens, completion_tokens = usage.completion_tokens, "the upstream reported no usage: charging an estimate");
+        }
         self.entry.report(outcome, self.probe);
         self.entry
             .note_tokens(usage.prompt_tokens + usage.completion_tokens);
@@ -90,7 +128,7 @@ impl AttemptGuard {
             ("prompt", usage.prompt_tokens),
             ("completion", usage.completion_tokens),
         ] {
-            if n > 0 {
+            if n > 0 && !estimated {
                 self.metrics
                     .tokens
                     .with_label_values(&[&self.record.model, profile, kind])
@@ -103,9 +141,10 @@ impl AttemptGuard {
         record.status = self.status;
         record.prompt_tokens = usage.prompt_tokens;
         record.completion_tokens = usage.completion_tokens;
+        record.usage_estimated = estimated;
         record.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Some(hold) = &self.accounting {
-            hold.attempt_finished(&record); // before the record, so its flush covers the ledger too
+            hold.attempt_finished(&record, answered); // before the record, so its flush covers the ledger too
         }
         let (ack, rx) = if want_ack {
             let (tx, rx) = oneshot::channel();
@@ -119,6 +158,7 @@ impl AttemptGuard {
     }
 
     pub(super) fn fail(&mut self, f: AttemptFailure) -> AttemptEnd {
+        let usage = None;
         if f.status.is_some() {
             self.status = f.status;
         }
@@ -127,7 +167,7 @@ impl AttemptGuard {
             retry_after: f.retry_after,
             detail: f.detail.clone(),
         };
-        self.finish(outcome, f.class.as_str(), TokenUsage::default(), false);
+        self.finish(outcome, f.class.as_str(), usage, false);
         AttemptEnd::Failed(f)
     }
 }
@@ -135,12 +175,7 @@ impl AttemptGuard {
 impl Drop for AttemptGuard {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(
-                AttemptOutcome::Abandoned,
-                "cancelled",
-                TokenUsage::default(),
-                false,
-            );
+            self.finish(AttemptOutcome::Abandoned, "cancelled", None, false);
         }
     }
 }

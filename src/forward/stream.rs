@@ -58,12 +58,9 @@ impl Proxy<'_> {
                         )))
                     }
                     Ok(p) if p.done => {
-                        let ack = guard.finish(
-                            AttemptOutcome::Succeeded,
-                            "ok",
-                            relay.usage().unwrap_or_default(),
-                            durable,
-                        );
+                        guard.relayed(relay.text_bytes());
+                        let ack =
+                            guard.finish(AttemptOutcome::Succeeded, "ok", relay.usage(), durable);
                         wait_ack(ack).await;
                         let mut all = BytesMut::from(&p.forward[..]);
                         all.extend_from_slice(&relay.done_bytes());
@@ -172,7 +169,8 @@ impl StreamState {
                     }
                     Err(fault) => return self.cut(out, FailureClass::Server, &fault.to_string()),
                     Ok(p) if p.done => {
-                        let usage = self.relay.usage().unwrap_or_default();
+                        let usage = self.relay.usage();
+                        self.guard.relayed(self.relay.text_bytes());
                         let ack =
                             self.guard
                                 .finish(AttemptOutcome::Succeeded, "ok", usage, self.durable);

@@ -429,13 +429,12 @@ pub struct Hold {
 }
 
 impl Hold {
-    /// Called for every finished attempt. The first answered one (`ok`, or a `client_error` the client
-    /// gets as it is) settles the reservation to its real cost and counts its tokens; failed attempts
-    /// leave it for the next profile, and a request nobody answered releases it on drop.
-    pub fn attempt_finished(&self, r: &UsageRecord) {
-        if !matches!(r.outcome.as_str(), "ok" | "client_error")
-            || self.settled.swap(true, Ordering::AcqRel)
-        {
+    /// Called for every finished attempt. The first `answered` one (`ok`, a `client_error` the client
+    /// gets as it is, or a stream cut or cancelled after its text reached the client) settles the
+    /// reservation to the cost of `r`'s tokens (reported, or estimated by the guard) and counts them;
+    /// failed attempts leave it for the next profile, and a request nobody answered releases it on drop.
+    pub fn attempt_finished(&self, r: &UsageRecord, answered: bool) {
+        if !answered || self.settled.swap(true, Ordering::AcqRel) {
             return;
         }
         let tokens = r.prompt_tokens.saturating_add(r.completion_tokens);

@@ -125,6 +125,12 @@ impl StreamCodec {
         })
     }
 
+    /// Bytes of text (content, reasoning, tool calls) in the events relayed so far, counted in OpenAI
+    /// form: what the stream is charged for when it reports no usage.
+    pub fn text_bytes(&self) -> u64 {
+        self.relay.text_bytes()
+    }
+
     /// The dialect the client is answered in.
     pub fn client(&self) -> Dialect {
         match self.encode {

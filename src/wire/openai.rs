@@ -306,16 +306,161 @@ pub struct TokenUsage {
     pub completion_tokens: u64,
 }
 
+/// What a complete (non-streamed) answer says about its cost: the usage it reported, if any, and the
+/// bytes of text it carries (for an estimate when it reported none; see `TextLen`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnswerUsage {
+    pub reported: Option<TokenUsage>,
+    pub text_bytes: u64,
+}
+
 #[derive(Deserialize)]
 struct UsageOnly {
     #[serde(default)]
     usage: Option<TokenUsage>,
+    #[serde(default)]
+    choices: Option<Vec<ChoiceText>>,
 }
 
-/// Reads `usage` from a complete (non-streamed) answer; `Err` when the body is not a JSON object at all.
-pub fn response_usage(body: &[u8]) -> Result<TokenUsage, serde_json::Error> {
-    let u: UsageOnly = serde_json::from_slice(body)?;
-    Ok(u.usage.unwrap_or_default())
+#[derive(Deserialize)]
+struct UsageAlone {
+    #[serde(default)]
+    usage: Option<TokenUsage>,
+}
+
+/// Reads `usage` (and the text's size) from a complete answer; `Err` when the body is not a JSON object.
+pub fn response_usage(body: &[u8]) -> Result<AnswerUsage, serde_json::Error> {
+    // Choices shaped oddly are not measured, but never make the answer unreadable.
+    let u: UsageOnly = serde_json::from_slice(body).or_else(|_| {
+        serde_json::from_slice::<UsageAlone>(body).map(|u| UsageOnly {
+            usage: u.usage,
+            choices: None,
+        })
+    })?;
+    Ok(AnswerUsage {
+        reported: u.usage,
+        text_bytes: u.choices.as_deref().map_or(0, text_bytes),
+    })
+}
+
+/// The text of one choice, in an answer (`message`) or a stream chunk (`delta`), or a legacy
+/// completion's `text`: what an estimate counts when the upstream reports no usage.
+#[derive(Deserialize)]
+pub(crate) struct ChoiceText {
+    #[serde(default, alias = "delta")]
+    message: Option<MessageText>,
+    #[serde(default)]
+    text: TextLen,
+}
+
+#[derive(Deserialize)]
+struct MessageText {
+    #[serde(default)]
+    content: TextLen,
+    #[serde(default)]
+    reasoning_content: TextLen,
+    #[serde(default)]
+    reasoning: TextLen,
+    #[serde(default)]
+    refusal: TextLen,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallText>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallText {
+    #[serde(default)]
+    function: Option<FunctionText>,
+}
+
+#[derive(Deserialize)]
+struct FunctionText {
+    #[serde(default)]
+    name: TextLen,
+    #[serde(default)]
+    arguments: TextLen,
+}
+
+impl ChoiceText {
+    /// A choice with no text.
+    pub(crate) const EMPTY: ChoiceText = ChoiceText {
+        message: None,
+        text: TextLen(0),
+    };
+}
+
+/// The bytes of text in `choices`: content, reasoning, refusal, and tool call names and arguments.
+pub(crate) fn text_bytes(choices: &[ChoiceText]) -> u64 {
+    choices
+        .iter()
+        .map(|c| {
+            let m = c.message.as_ref().map_or(0, |m| {
+                let calls = m.tool_calls.as_deref().unwrap_or_default().iter();
+                let calls: u64 = calls
+                    .filter_map(|t| t.function.as_ref())
+                    .map(|f| f.name.0 + f.arguments.0)
+                    .sum();
+                m.content.0 + m.reasoning_content.0 + m.reasoning.0 + m.refusal.0 + calls
+            });
+            m + c.text.0
+        })
+        .sum()
+}
+
+/// The UTF-8 length of a string value, read without keeping the string; any other value (an array of
+/// content parts, a number, `null`) counts 0 rather than failing the answer it is part of.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TextLen(pub u64);
+
+impl<'de> Deserialize<'de> for TextLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TextLen;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TextLen, E> {
+                Ok(TextLen(s.len() as u64))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TextLen, E> {
+                Ok(TextLen(0))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TextLen, E> {
+                Ok(TextLen(0))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<TextLen, E> {
+                Ok(TextLen(0))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TextLen, E> {
+                Ok(TextLen(0))
+            }
+            fn visit_unit<E>(self) -> Result<TextLen, E> {
+                Ok(TextLen(0))
+            }
+            fn visit_none<E>(self) -> Result<TextLen, E> {
+                Ok(TextLen(0))
+            }
+            fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<TextLen, D2::Error> {
+                TextLen::deserialize(d)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TextLen, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(TextLen(0))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TextLen, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(TextLen(0))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(test)]
@@ -432,13 +577,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            u,
-            TokenUsage {
+            u.reported,
+            Some(TokenUsage {
                 prompt_tokens: 3,
                 completion_tokens: 5
-            }
+            })
         );
         assert!(response_usage(b"<html>oops</html>").is_err());
-        assert_eq!(response_usage(b"{}").unwrap(), TokenUsage::default());
+        assert_eq!(response_usage(b"{}").unwrap(), AnswerUsage::default());
+        // No usage: the text is measured instead, whatever shape the content has.
+        let u = response_usage(
+            r#"{"choices":[{"message":{"role":"assistant","content":"h\u00e9llo","tool_calls":[{"function":{"name":"f","arguments":"{}"}}]}},{"message":{"content":[{"type":"text","text":"x"}]}},{"text":"abc"}]}"#.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            u,
+            AnswerUsage {
+                reported: None,
+                text_bytes: 6 + 1 + 2 + 3
+            }
+        );
     }
 }

@@ -8,7 +8,7 @@
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
-use crate::wire::openai::TokenUsage;
+use crate::wire::openai::{text_bytes, ChoiceText, TokenUsage};
 
 /// Largest single event we hold while waiting for its end; a longer one is upstream garbage.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
@@ -188,11 +188,22 @@ pub struct SseRelay {
     /// Drop the `choices: []` + `usage` chunk: we asked for it, the client did not.
     hide_usage_chunk: bool,
     usage: Option<TokenUsage>,
+    /// Bytes of text in the events forwarded so far (content, reasoning, tool calls): what is charged
+    /// when the stream reports no usage or is cut before it does.
+    text_bytes: u64,
     done: bool,
 }
 
 #[derive(Deserialize)]
 struct ChunkPeek {
+    #[serde(default)]
+    choices: Option<Vec<ChoiceText>>,
+    #[serde(default)]
+    usage: Option<TokenUsage>,
+}
+
+#[derive(Deserialize)]
+struct UsagePeek {
     #[serde(default)]
     choices: Option<Vec<serde::de::IgnoredAny>>,
     #[serde(default)]
@@ -206,6 +217,7 @@ impl SseRelay {
             framer: SseFramer::new(),
             hide_usage_chunk,
             usage: None,
+            text_bytes: 0,
             done: false,
         }
     }
@@ -221,12 +233,24 @@ impl SseRelay {
                 self.done = true;
                 continue;
             }
-            if !self.done && !data.is_empty() && memchr_usage(&data) {
-                if let Ok(peek) = serde_json::from_slice::<ChunkPeek>(&data) {
+            // Every chunk is read (its text measured), not only those that mention usage: a stream
+            // that never reports usage is charged by its text.
+            if !self.done && data.first() == Some(&b'{') {
+                // A chunk whose choices are shaped oddly still has its usage read.
+                let peek = serde_json::from_slice::<ChunkPeek>(&data).or_else(|_| {
+                    serde_json::from_slice::<UsagePeek>(&data).map(|u| ChunkPeek {
+                        choices: u
+                            .choices
+                            .map(|c| c.into_iter().map(|_| ChoiceText::EMPTY).collect()),
+                        usage: u.usage,
+                    })
+                });
+                if let Ok(peek) = peek {
+                    let choices = peek.choices.as_deref().unwrap_or_default();
+                    self.text_bytes += text_bytes(choices);
                     if let Some(u) = peek.usage {
                         self.usage = Some(u);
-                        let no_choices = peek.choices.as_ref().is_none_or(|c| c.is_empty());
-                        if self.hide_usage_chunk && no_choices {
+                        if self.hide_usage_chunk && choices.is_empty() {
                             continue;
                         }
                     }
@@ -242,6 +266,11 @@ impl SseRelay {
     /// The usage the stream reported, if any.
     pub fn usage(&self) -> Option<TokenUsage> {
         self.usage
+    }
+
+    /// Bytes of text in the events forwarded so far.
+    pub fn text_bytes(&self) -> u64 {
+        self.text_bytes
     }
 
     /// Whether `[DONE]` was seen.
@@ -260,16 +289,29 @@ impl SseRelay {
     }
 }
 
-fn memchr_usage(data: &[u8]) -> bool {
-    data.windows(7).any(|w| w == b"\"usage\"")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const ROLE: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}],\"usage\":null}\n\n";
     const USAGE: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":6,\"total_tokens\":10}}\n\n";
+
+    #[test]
+    fn measures_the_text_of_every_forwarded_chunk() {
+        let mut r = SseRelay::new(true);
+        let content = "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n";
+        let tool = "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"arguments\":\"{}\"}}]}}]}\n\n";
+        let odd = "data: {\"choices\":[{\"delta\":{\"tool_calls\":{}}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        r.push(format!("{ROLE}{content}{tool}").as_bytes()).unwrap();
+        assert_eq!(r.text_bytes(), 7);
+        assert_eq!(r.usage(), None);
+        r.push(odd.as_bytes()).unwrap();
+        assert_eq!(
+            r.usage().map(|u| u.completion_tokens),
+            Some(2),
+            "odd choices, usage still read"
+        );
+    }
 
     #[test]
     fn forwards_whole_events_across_chunk_boundaries() {

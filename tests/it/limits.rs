@@ -878,3 +878,94 @@ async fn the_tier_caps_self_service_keys() {
         "the refusal names the limit: {v}"
     );
 }
+
+/// The text a chat stream carried to the client (every `delta.content`).
+fn streamed_content(text: &str) -> String {
+    text.split("\n\n")
+        .filter_map(|ev| ev.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|e| {
+            e["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The settles and releases the ledger holds for one request: (kind, amount).
+async fn movements_of(server: &Server, account: &str, request_id: &str) -> Vec<(String, i64)> {
+    credits(server, account).await["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["request_id"] == request_id && t["kind"] != "reserve")
+        .map(|t| {
+            (
+                t["kind"].as_str().unwrap().to_owned(),
+                t["amount_micros"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `ceil(n / 4)` tokens at 1000 micro-USD each: the documented estimate.
+fn estimate_micros(bytes: usize) -> i64 {
+    (bytes as i64 + 3) / 4 * 1000
+}
+
+#[tokio::test]
+async fn an_answer_without_usage_is_charged_an_estimate_and_counted() {
+    let mock = MockUpstream::start_named("a").await;
+    mock.set_default(Reply::NoUsage);
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "silent", "metered").await;
+    let path = "/admin/accounts/silent/credits";
+    admin(
+        &server,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"amount_usd": 1})),
+    )
+    .await;
+    let mut balance = 1_000_000;
+    for (i, stream) in [false, true].into_iter().enumerate() {
+        let body = chat_req("m", json!({"max_tokens": 10, "stream": stream}));
+        let rid = format!("no-usage-{i}");
+        let (s, _, text) = server
+            .post("/v1/chat/completions")
+            .bearer(&key)
+            .header("x-request-id", &rid)
+            .json(&body)
+            .send_text()
+            .await;
+        assert_eq!(s, 200, "{text}");
+        assert!(!text.contains("\"usage\""), "the mock sent usage: {text}");
+        let answer = if stream {
+            streamed_content(&text)
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(answer, "mock reply from a");
+        // Input: a quarter of the body's bytes; output: a quarter of the text's, each rounded up.
+        let cost = estimate_micros(serde_json::to_vec(&body).unwrap().len())
+            + estimate_micros(answer.len());
+        balance -= cost;
+        assert_eq!(
+            balance_matching_log(&server, "silent").await,
+            balance,
+            "stream {stream}"
+        );
+        let moved = movements_of(&server, "silent", &rid).await;
+        assert_eq!(moved.len(), 1, "{moved:?}");
+        assert_eq!(moved[0].0, "settle", "{moved:?}");
+        assert!(server.logs().contains(&rid), "no warning names {rid}");
+    }
+    let metrics = server.get("/metrics").send_text().await.2;
+    assert!(
+        metrics.contains("switchyard_usage_missing_total{model=\"m\",profile=\"a\"} 2"),
+        "{metrics}"
+    );
+}
