@@ -102,8 +102,9 @@ impl AttemptGuard {
             return None;
         }
         self.done = true;
-        // Who pays: an answer (whole, or a stream's end), or a client error as the upstream sent it.
-        let answered = matches!(label, "ok" | "client_error");
+        // Who pays: an answer (whole, or a stream's end), a client error as the upstream sent it, or a
+        // stream cut or cancelled after its text started reaching the client.
+        let answered = matches!(label, "ok" | "client_error") || self.text_bytes.is_some();
         let (usage, estimated) = match usage {
             Some(u) => (u, false),
             None if answered && label != "client_error" => (self.estimate(), true),
@@ -158,7 +159,16 @@ impl AttemptGuard {
     }
 
     pub(super) fn fail(&mut self, f: AttemptFailure) -> AttemptEnd {
-        let usage = None;
+        self.fail_with_usage(f, None)
+    }
+
+    /// A failure that may still be charged: a stream cut after its text reached the client, with the
+    /// usage it reported before the cut, if any.
+    pub(super) fn fail_with_usage(
+        &mut self,
+        f: AttemptFailure,
+        usage: Option<TokenUsage>,
+    ) -> AttemptEnd {
         if f.status.is_some() {
             self.status = f.status;
         }

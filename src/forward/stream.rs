@@ -78,6 +78,8 @@ impl Proxy<'_> {
             .with_label_values(&[&req.fields.model, &**guard.entry.id()])
             .observe(req.started.elapsed().as_secs_f64());
         let builder = self.respond(200, "text/event-stream", &guard);
+        // From here the answer belongs to the client: any ending is charged for the text it got.
+        guard.relayed(relay.text_bytes());
         let state = StreamState {
             upstream,
             relay,
@@ -123,6 +125,8 @@ impl StreamState {
         if let Some(first) = self.first.take() {
             return Some((Ok(first), self));
         }
+        // Asked for more: everything relayed before was handed to the connection.
+        self.guard.relayed(self.relay.text_bytes());
         let mut out = BytesMut::new();
         loop {
             let next = if out.is_empty() {
@@ -218,7 +222,10 @@ impl StreamState {
     ) -> Step {
         self.finished = true;
         let profile = self.guard.entry.id().clone();
-        self.guard.fail(AttemptFailure::new(class, detail));
+        // `out` goes to the client with the error event: charged with the rest (see the guard).
+        self.guard.relayed(self.relay.text_bytes());
+        self.guard
+            .fail_with_usage(AttemptFailure::new(class, detail), self.relay.usage());
         tracing::warn!(request_id = %self.guard.record.request_id, profile = %profile, class = class.as_str(), "stream cut after bytes reached the client");
         let message = message
             .unwrap_or_else(|| format!("profile {profile}: {detail}; the response is incomplete"));

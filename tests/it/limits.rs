@@ -969,3 +969,94 @@ async fn an_answer_without_usage_is_charged_an_estimate_and_counted() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_cut_stream_is_charged_for_the_text_that_reached_the_client() {
+    let mock = MockUpstream::start_named("a").await;
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "cutoff", "metered").await;
+    let path = "/admin/accounts/cutoff/credits";
+    admin(
+        &server,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"amount_usd": 1})),
+    )
+    .await;
+    mock.push(Reply::CutStream { after: 3 });
+    let body = chat_req("m", json!({"max_tokens": 10, "stream": true}));
+    let (s, _, text) = server
+        .post("/v1/chat/completions")
+        .bearer(&key)
+        .header("x-request-id", "cut-1")
+        .json(&body)
+        .send_text()
+        .await;
+    assert_eq!(s, 200, "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    let delivered = streamed_content(&text);
+    assert!(!delivered.is_empty(), "{text}");
+    let cost = estimate_micros(serde_json::to_vec(&body).unwrap().len())
+        + estimate_micros(delivered.len());
+    assert_eq!(
+        balance_matching_log(&server, "cutoff").await,
+        1_000_000 - cost
+    );
+    let moved = movements_of(&server, "cutoff", "cut-1").await;
+    assert_eq!(
+        moved.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+        ["settle"]
+    );
+
+    // A client that leaves mid-stream pays for the input and at most the whole answer's text; never
+    // nothing. The ledger is polled: the server notices the departure on its next write.
+    admin(
+        &server,
+        reqwest::Method::POST,
+        "/admin/profiles/a/reset",
+        None,
+    )
+    .await;
+    mock.push(Reply::SlowStream {
+        gap: Duration::from_millis(200),
+    });
+    let resp = client()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("x-request-id", "cancel-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut resp = resp;
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(resp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let moved = loop {
+        let moved = movements_of(&server, "cutoff", "cancel-1").await;
+        if !moved.is_empty() {
+            break moved;
+        }
+        assert!(std::time::Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].0, "settle", "{moved:?}");
+    let c = credits(&server, "cutoff").await;
+    let reserved = c["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["request_id"] == "cancel-1" && t["kind"] == "reserve")
+        .unwrap()["amount_micros"]
+        .as_i64()
+        .unwrap();
+    let charged = -reserved - moved[0].1;
+    let input = estimate_micros(serde_json::to_vec(&body).unwrap().len());
+    assert!(
+        (input..=input + estimate_micros("mock reply from a".len())).contains(&charged),
+        "charged {charged}, input {input}"
+    );
+}
