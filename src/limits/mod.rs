@@ -150,6 +150,10 @@ pub struct Limits {
     /// (subject, limit name) -> window. A plain mutex: the critical section is a hash lookup and an
     /// add, and one lock makes checking several limits and counting them a single atomic step.
     windows: Mutex<HashMap<(String, &'static str), Window>>,
+    /// Subject -> daily-budget tokens reserved by its calls in flight. Kept apart from the day's
+    /// window (a reservation made before midnight is released after it), and only ever locked while
+    /// `windows` is held, so checking the budget and reserving from it is one step.
+    held_tokens: Mutex<HashMap<String, u64>>,
     pub ledger: Ledger,
     /// Account -> tier set through the admin API or the billing webhook; read on every call, so cached.
     tier_overrides: DashMap<String, String>,
@@ -164,6 +168,7 @@ impl Limits {
             ledger.tier_overrides()?.into_iter().collect();
         Ok(Limits {
             windows: Mutex::new(HashMap::new()),
+            held_tokens: Mutex::new(HashMap::new()),
             ledger,
             tier_overrides,
             metrics,
@@ -261,9 +266,11 @@ impl Limits {
         }
         if let Some(limit) = s.tier.tokens_per_day {
             let w = Window::current(windows.get(&(s.id.clone(), "tokens")).copied(), now, day_ms);
-            let reset = w.reset_secs(now);
-            status.tokens = Some((limit, limit.saturating_sub(w.count), reset));
-            if w.count >= limit && full.is_none() {
+            let held = self.held_tokens.lock().get(&s.id).copied().unwrap_or(0);
+            let used = w.count.saturating_add(held);
+            let reset = token_retry(&w, held, limit, now);
+            status.tokens = Some((limit, limit.saturating_sub(used), w.reset_secs(now)));
+            if used >= limit && full.is_none() {
                 full = Some(("tokens", limit, reset));
             }
         }
@@ -314,8 +321,8 @@ impl Limits {
         })
     }
 
-    /// Counts tokens used against the subject's daily budget.
-    fn add_tokens(&self, subject: &str, tokens: u64) {
+    /// Counts tokens used against the subject's daily budget, and gives back what its call held.
+    fn add_tokens(&self, subject: &str, tokens: u64, held: u64) {
         let now = now_ms();
         let day_ms = u64::try_from(DAY.as_millis()).unwrap_or(u64::MAX);
         let key = (subject.to_owned(), "tokens");
@@ -323,6 +330,44 @@ impl Limits {
         let mut w = Window::current(windows.get(&key).copied(), now, day_ms);
         w.count = w.count.saturating_add(tokens);
         windows.insert(key, w);
+        self.unhold_locked(subject, held);
+    }
+
+    fn unhold_locked(&self, subject: &str, held: u64) {
+        let mut all = self.held_tokens.lock();
+        if let Some(h) = all.get_mut(subject) {
+            *h = h.saturating_sub(held);
+            if *h == 0 {
+                all.remove(subject);
+            }
+        }
+    }
+
+    /// Reserves a call's estimate against the daily token budget: admitted while the tokens counted
+    /// today plus those held by calls in flight are below the budget, holding the estimate capped at
+    /// what remains (so a call larger than the rest still gets through when nothing else is in flight).
+    /// Returns what it holds.
+    fn hold_tokens(&self, s: &Subject, limit: u64, estimate: u64) -> Result<u64, Box<Refusal>> {
+        let now = now_ms();
+        let day_ms = u64::try_from(DAY.as_millis()).unwrap_or(u64::MAX);
+        let windows = self.windows.lock();
+        let w = Window::current(windows.get(&(s.id.clone(), "tokens")).copied(), now, day_ms);
+        let mut all = self.held_tokens.lock();
+        let held = all.get(&s.id).copied().unwrap_or(0);
+        let used = w.count.saturating_add(held);
+        if used >= limit {
+            let retry = token_retry(&w, held, limit, now);
+            drop(all);
+            drop(windows);
+            let rate = RateStatus {
+                requests: None,
+                tokens: Some((limit, 0, w.reset_secs(now))),
+            };
+            return Err(self.rate_refusal(s, "tokens", limit, retry, rate));
+        }
+        let take = estimate.clamp(1, limit - used);
+        *all.entry(s.id.clone()).or_insert(0) += take;
+        Ok(take)
     }
 
     /// Checks `max_tokens` against the tier and reserves the request's largest possible cost. The hold
@@ -352,6 +397,28 @@ impl Limits {
                 ))));
             }
         }
+        // Every prompt token is at least one byte of the body: the body's size bounds the input.
+        let input = u64::try_from(body.len()).unwrap_or(u64::MAX);
+        let output = if embeddings {
+            0
+        } else {
+            asked.or(cap).unwrap_or(DEFAULT_MAX_OUTPUT)
+        };
+        // The daily budget is held before credits, and given back below if credits refuse.
+        let tokens_held = match subject.and_then(|s| s.tier.tokens_per_day.map(|l| (s, l))) {
+            Some((s, limit)) => {
+                // About four bytes a token, like the estimate charged when usage is missing.
+                Some(self.hold_tokens(s, limit, input.div_ceil(4).saturating_add(output))?)
+            }
+            None => None,
+        };
+        let give_back = |e| {
+            if let (Some(s), Some(held)) = (subject, tokens_held) {
+                let _windows = self.windows.lock();
+                self.unhold_locked(&s.id, held);
+            }
+            e
+        };
         let mut reservation = None;
         let metered = subject.and_then(|s| {
             s.tier
@@ -359,13 +426,6 @@ impl Limits {
                 .and_then(|m| s.account.as_ref().map(|a| (s, a, m)))
         });
         if let (Some((s, account, monthly)), Some(price)) = (metered, price) {
-            let output = if embeddings {
-                0
-            } else {
-                asked.or(cap).unwrap_or(DEFAULT_MAX_OUTPUT)
-            };
-            // Every prompt token is at least one byte of the body: the body's size bounds the input.
-            let input = u64::try_from(body.len()).unwrap_or(u64::MAX);
             let micros = cost_micros(price, input, output);
             match self
                 .ledger
@@ -374,17 +434,17 @@ impl Limits {
                 Ok(r) => reservation = Some(r),
                 Err(LedgerError::Insufficient { balance, needed }) => {
                     self.metrics.credit_refusals.inc();
-                    return Err(Box::new(Refusal::Insufficient(format!(
+                    return Err(give_back(Box::new(Refusal::Insufficient(format!(
                         "Your credits (${}) cannot cover this request (up to ${}). Lower max_tokens, \
                          add credits or upgrade from the `{}` tier.",
                         usd(balance),
                         usd(needed),
                         s.tier_name
-                    ))));
+                    )))));
                 }
                 Err(LedgerError::Store(e)) => {
                     tracing::error!(error = %e, "credit reservation failed");
-                    return Err(Box::new(Refusal::Store(e.to_string())));
+                    return Err(give_back(Box::new(Refusal::Store(e.to_string()))));
                 }
             }
         }
@@ -393,6 +453,7 @@ impl Limits {
             subject: subject
                 .filter(|s| s.tier.tokens_per_day.is_some())
                 .map(|s| s.id.clone()),
+            tokens_held: tokens_held.unwrap_or(0),
             price,
             reservation: Mutex::new(reservation),
             settled: AtomicBool::new(false),
@@ -422,6 +483,8 @@ pub struct Hold {
     limits: Arc<Limits>,
     /// Whose daily token budget the answer's tokens count against.
     subject: Option<String>,
+    /// Tokens of that budget held until the answer settles (or the hold is dropped).
+    tokens_held: u64,
     price: Option<ModelPrice>,
     /// Taken by the first answer (settled) or on drop (released).
     reservation: Mutex<Option<Reservation>>,
@@ -438,8 +501,8 @@ impl Hold {
             return;
         }
         let tokens = r.prompt_tokens.saturating_add(r.completion_tokens);
-        if let (Some(subject), true) = (&self.subject, tokens > 0) {
-            self.limits.add_tokens(subject, tokens);
+        if let Some(subject) = &self.subject {
+            self.limits.add_tokens(subject, tokens, self.tokens_held);
         }
         let cost = self
             .price
@@ -468,11 +531,25 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
+        if let (Some(subject), false) = (&self.subject, *self.settled.get_mut()) {
+            let _windows = self.limits.windows.lock();
+            self.limits.unhold_locked(subject, self.tokens_held);
+        }
         if let Some(res) = self.reservation.get_mut().take() {
             if let Err(e) = self.limits.ledger.release(&res) {
                 tracing::error!(error = %e, "credit release failed");
             }
         }
+    }
+}
+
+/// Seconds until a spent token budget may have room: the day's end when today's tokens alone spend
+/// it, else 1 (calls in flight hold the rest, and give back what they do not use when they end).
+fn token_retry(w: &Window, held: u64, limit: u64, now: u64) -> u64 {
+    if w.count >= limit || held == 0 {
+        w.reset_secs(now)
+    } else {
+        1
     }
 }
 
@@ -543,11 +620,38 @@ mod tests {
     fn the_token_budget_refuses_once_spent() {
         let l = limits();
         let s = subject(tier(None, None, Duration::from_secs(3600)));
-        l.add_tokens(&s.id, 100);
+        l.add_tokens(&s.id, 100, 0);
         let refused = ApiError::from(*l.admit(&s, CallKind::Llm).unwrap_err());
         assert!(
             matches!(refused, ApiError::RateLimited { code, .. } if code == "rate_limit_exceeded")
         );
+    }
+
+    #[test]
+    fn calls_in_flight_hold_the_daily_budget() {
+        let l = limits();
+        let mut t = tier(None, None, Duration::from_secs(3600));
+        t.tokens_per_day = Some(50);
+        let s = subject(t);
+        assert_eq!(l.hold_tokens(&s, 50, 23).unwrap(), 23);
+        assert_eq!(l.hold_tokens(&s, 50, 23).unwrap(), 23);
+        assert_eq!(
+            l.hold_tokens(&s, 50, 23).unwrap(),
+            4,
+            "capped at what remains"
+        );
+        let refused = l.hold_tokens(&s, 50, 23).unwrap_err();
+        let Refusal::RateLimited { retry_after, .. } = *refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(retry_after, 1, "held, not spent: retry soon");
+        assert!(
+            l.admit(&s, CallKind::Llm).is_err(),
+            "admission sees the holds too"
+        );
+        // The first call settles at 7 real tokens: 16 come back.
+        l.add_tokens(&s.id, 7, 23);
+        assert_eq!(l.hold_tokens(&s, 50, 100).unwrap(), 16);
     }
 
     #[test]

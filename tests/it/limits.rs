@@ -30,6 +30,9 @@ tiers:
   thin:
     requests_per_hour: 100
     tokens_per_day: 10
+  daily50:
+    requests_per_hour: 1000
+    tokens_per_day: 50
   metered:
     max_tokens_per_request: 20
     monthly_credits: 0
@@ -424,6 +427,57 @@ async fn the_daily_token_budget_refuses_once_spent() {
         .as_str()
         .unwrap()
         .contains("tokens per day"));
+}
+
+#[tokio::test]
+async fn concurrent_calls_cannot_overspend_the_daily_token_budget() {
+    let mock = MockUpstream::start_named("a").await;
+    mock.set_default(Reply::delayed(Duration::from_millis(300)));
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "crowd50", "daily50").await;
+    let body = chat_req("m", json!({"max_tokens": 5}));
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (url, key, body) = (
+                server.url("/v1/chat/completions"),
+                key.clone(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                let resp = client()
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let v: Value = resp.json().await.unwrap();
+                (status, v["usage"]["total_tokens"].as_u64().unwrap_or(0))
+            })
+        })
+        .collect();
+    let (mut admitted, mut refused, mut spent) = (0, 0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, tokens) => {
+                admitted += 1;
+                spent += tokens;
+            }
+            (429, _) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let per_call = spent / admitted.max(1);
+    eprintln!("daily budget 50: admitted {admitted} of 40, {spent} tokens ({per_call} a call)");
+    assert_eq!(admitted + refused, 40);
+    // What the budget allows: whole calls while anything remains; the last one may cross it.
+    assert!(
+        admitted <= 50 / per_call + 1,
+        "admitted {admitted}, {spent} tokens at {per_call} a call"
+    );
+    assert!(spent <= 50 + per_call, "spent {spent}");
+    assert_eq!(mock.request_count(), admitted as usize);
 }
 
 #[tokio::test]
