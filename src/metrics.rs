@@ -31,6 +31,7 @@ pub mod names {
     pub const CREDIT_REFUSALS: &str = "switchyard_credit_refusals_total";
     pub const COST: &str = "switchyard_cost_usd_total";
     pub const USAGE_MISSING: &str = "switchyard_usage_missing_total";
+    pub const UNPRICED: &str = "switchyard_unpriced_requests_total";
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -73,6 +74,9 @@ pub struct Metrics {
     /// `{model, profile}`: answers (or cut streams) charged by estimate because the upstream
     /// reported no usage.
     pub usage_missing: IntCounterVec,
+    /// `{model, outcome}`: metered calls for a model `pricing:` does not list; outcome = default
+    /// (charged at `pricing_default`) | refused (403).
+    pub unpriced: IntCounterVec,
 }
 
 impl Metrics {
@@ -178,6 +182,11 @@ impl Metrics {
             "Answers charged by an estimate because the upstream reported no usage, by model and profile.",
             &["model", "profile"],
         )?;
+        let unpriced = counter(
+            names::UNPRICED,
+            "Metered calls for a model without a price: charged at pricing_default, or refused.",
+            &["model", "outcome"],
+        )?;
         Ok(Arc::new(Metrics {
             registry,
             actors,
@@ -197,6 +206,7 @@ impl Metrics {
             credit_refusals,
             cost,
             usage_missing,
+            unpriced,
         }))
     }
 

@@ -348,6 +348,10 @@ mod tests {
             attempt: 1,
             stream: false,
             usage_estimated: false,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
+            reasoning_tokens: 0,
         }
     }
 

@@ -62,6 +62,19 @@ pub struct UsageRecord {
     /// cut or cancelled before it did): see the README's "Credits". Absent in older records.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub usage_estimated: bool,
+    /// Of `prompt_tokens`: read from the provider's cache. The four detail counts are absent (0) in
+    /// older records and in records of upstreams that do not report them.
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Of `prompt_tokens`: written to the cache (5-minute lifetime).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    /// Of `prompt_tokens`: written to the cache (1-hour lifetime).
+    #[serde(default)]
+    pub cache_write_1h_tokens: u64,
+    /// Of `completion_tokens`: reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 impl UsageRecord {
@@ -367,6 +380,10 @@ mod tests {
             attempt: 1,
             stream: false,
             usage_estimated: false,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
+            reasoning_tokens: 0,
         }
     }
 

@@ -41,8 +41,39 @@ pub struct Config {
     pub profiles: Vec<ProfileConfig>,
     /// `tiers:` what each tier may do (see `limits`); empty = no limits.
     pub tiers: IndexMap<String, TierConfig>,
-    /// `pricing:` model name -> price; unpriced models cost nothing.
+    /// `pricing:` model name (as clients ask for it) -> price.
     pub pricing: IndexMap<String, ModelPrice>,
+    /// `pricing_default:` for a model without a price, on a metered tier (without it such a model
+    /// is refused there).
+    pub pricing_default: Option<ModelPrice>,
+}
+
+impl Config {
+    /// The price of `model` answered by `profile`: the profile's own, else `pricing:`'s, else
+    /// `pricing_default`.
+    pub fn price(&self, model: &str, profile: Option<&str>) -> Option<ModelPrice> {
+        profile
+            .and_then(|id| self.profiles.iter().find(|p| p.id == id))
+            .and_then(|p| p.pricing.get(model).copied())
+            .or_else(|| self.pricing.get(model).copied())
+            .or(self.pricing_default)
+    }
+
+    /// The highest price any profile may charge for `model`, rate by rate (what a reservation
+    /// covers before the answering profile is known); `None` when nothing prices it.
+    pub fn max_price(&self, model: &str) -> Option<ModelPrice> {
+        self.profiles
+            .iter()
+            .filter_map(|p| p.pricing.get(model).copied())
+            .chain(self.price(model, None))
+            .reduce(ModelPrice::max)
+    }
+
+    /// Whether `pricing:` or a profile lists `model` (as opposed to `pricing_default` covering it).
+    pub fn lists_price(&self, model: &str) -> bool {
+        self.pricing.contains_key(model)
+            || self.profiles.iter().any(|p| p.pricing.contains_key(model))
+    }
 }
 
 /// One entry of `tiers:`. `None` = unlimited.
@@ -64,11 +95,59 @@ pub struct TierConfig {
     pub rate_window: Duration,
 }
 
-/// One entry of `pricing:`, USD per million tokens.
+/// One entry of `pricing:`, USD per million tokens. The optional rates of the file default as
+/// documented on `RawPrice`, so a two-rate entry charges what it always did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelPrice {
     pub input_per_million: f64,
     pub output_per_million: f64,
+    pub cached_input_per_million: f64,
+    pub cache_write_per_million: f64,
+    pub cache_write_1h_per_million: f64,
+    pub reasoning_per_million: f64,
+}
+
+impl ModelPrice {
+    /// Two rates, the others following them (input for the cache, output for reasoning).
+    pub fn flat(input_per_million: f64, output_per_million: f64) -> ModelPrice {
+        ModelPrice {
+            input_per_million,
+            output_per_million,
+            cached_input_per_million: input_per_million,
+            cache_write_per_million: input_per_million,
+            cache_write_1h_per_million: input_per_million,
+            reasoning_per_million: output_per_million,
+        }
+    }
+
+    /// Rate by rate, the higher of two prices.
+    pub fn max(self, o: ModelPrice) -> ModelPrice {
+        ModelPrice {
+            input_per_million: self.input_per_million.max(o.input_per_million),
+            output_per_million: self.output_per_million.max(o.output_per_million),
+            cached_input_per_million: self
+                .cached_input_per_million
+                .max(o.cached_input_per_million),
+            cache_write_per_million: self.cache_write_per_million.max(o.cache_write_per_million),
+            cache_write_1h_per_million: self
+                .cache_write_1h_per_million
+                .max(o.cache_write_1h_per_million),
+            reasoning_per_million: self.reasoning_per_million.max(o.reasoning_per_million),
+        }
+    }
+
+    /// The highest rate a prompt token can cost (what a reservation charges per input token).
+    pub fn max_input(&self) -> f64 {
+        self.input_per_million
+            .max(self.cached_input_per_million)
+            .max(self.cache_write_per_million)
+            .max(self.cache_write_1h_per_million)
+    }
+
+    /// The highest rate a completion token can cost.
+    pub fn max_output(&self) -> f64 {
+        self.output_per_million.max(self.reasoning_per_million)
+    }
 }
 
 /// `server:`
@@ -351,6 +430,8 @@ pub struct ProfileConfig {
     pub oauth: Option<OAuthConfig>,
     /// `limits:` the provider's per-minute limits on this credential (the router skips a profile at them).
     pub limits: UpstreamLimits,
+    /// `pricing:` client model name -> the price of this profile's answer (over the top-level one).
+    pub pricing: IndexMap<String, ModelPrice>,
 }
 
 /// A profile's `auth: {type: oauth2, ...}`: the authorization-code flow with PKCE (S256).

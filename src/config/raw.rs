@@ -27,6 +27,8 @@ pub(crate) struct RawConfig {
     pub tiers: IndexMap<String, RawTier>,
     /// `pricing:` model name -> prices.
     pub pricing: IndexMap<String, Spanned<RawPrice>>,
+    /// `pricing_default:` the price of a model `pricing:` does not list, on metered tiers.
+    pub pricing_default: Option<Spanned<RawPrice>>,
 }
 
 /// One entry of `tiers:`; every limit is optional (absent = unlimited).
@@ -50,6 +52,14 @@ pub(crate) struct RawTier {
 pub(crate) struct RawPrice {
     pub input_per_million: Option<Spanned<f64>>,
     pub output_per_million: Option<Spanned<f64>>,
+    /// Prompt tokens read from the provider's cache (default: `input_per_million`).
+    pub cached_input_per_million: Option<Spanned<f64>>,
+    /// Prompt tokens written to the cache, 5-minute lifetime (default: `input_per_million`).
+    pub cache_write_per_million: Option<Spanned<f64>>,
+    /// Prompt tokens written to the cache, 1-hour lifetime (default: `cache_write_per_million`).
+    pub cache_write_1h_per_million: Option<Spanned<f64>>,
+    /// Reasoning tokens, a part of the completion (default: `output_per_million`).
+    pub reasoning_per_million: Option<Spanned<f64>>,
 }
 
 /// `server:`
@@ -205,6 +215,9 @@ pub(crate) struct RawProfile {
     pub auth: Option<Spanned<RawProfileAuth>>,
     /// The provider's own per-minute limits on this credential.
     pub limits: RawProfileLimits,
+    /// Client model name -> the price of this profile's answer to it (its upstream model), over
+    /// the top-level `pricing:`.
+    pub pricing: IndexMap<String, Spanned<RawPrice>>,
 }
 
 /// A profile's `limits:`.

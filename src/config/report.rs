@@ -75,6 +75,7 @@ pub(super) struct Report {
 pub(super) struct EnvUse {
     /// The position and key path; `message` says what happens while the variable is unusable.
     at: ConfigError,
+    /// Empty for a warning that does not depend on the environment (see `Report::warn`).
     variable: String,
 }
 
@@ -83,6 +84,9 @@ impl EnvUse {
     /// unset or blank, as `serve` judges a credential.
     pub(super) fn warning(&self, value: Option<&str>) -> Option<ConfigError> {
         let (variable, consequence) = (&self.variable, &self.at.message);
+        if variable.is_empty() {
+            return Some(self.at.clone());
+        }
         let message = match value {
             None => format!("{variable} is not set; {consequence} until it is"),
             Some(v) if v.trim().is_empty() => {
@@ -136,6 +140,16 @@ impl Report {
         self.env_uses.push(EnvUse {
             at,
             variable: variable.to_owned(),
+        });
+    }
+
+    /// Records a valid setting that will not work as the file stands (`check` shows it with the
+    /// environment's warnings; it needs no variable).
+    pub(super) fn warn(&mut self, span: &Span, path: String, message: String) {
+        let at = self.error(span, path, message);
+        self.env_uses.push(EnvUse {
+            at,
+            variable: String::new(),
         });
     }
 

@@ -235,7 +235,7 @@ fn unknown_keys_point_at_the_key_and_all_are_reported() {
         &format!("routing:\n  sticky:\n    ttl: 1m\n    enable: true\n{PROFILE}    colour: red\n    timeouts: {{idel: 1s}}\n"),
         &[
             r#"t.yaml:4:5: routing.sticky.enable: unknown key "enable" (did you mean "enabled"?)"#,
-            r#"t.yaml:9:5: profiles[0].colour: unknown key "colour" (expected one of: id, provider, base_url, api_key_env, api_key, priority, weight, model_map, timeouts, headers, app_url, app_name, api_version, auth, limits)"#,
+            r#"t.yaml:9:5: profiles[0].colour: unknown key "colour" (expected one of: id, provider, base_url, api_key_env, api_key, priority, weight, model_map, timeouts, headers, app_url, app_name, api_version, auth, limits, pricing)"#,
             r#"t.yaml:10:16: profiles[0].timeouts.idel: unknown key "idel" (did you mean "idle"?)"#,
         ],
     );
@@ -414,6 +414,46 @@ fn tiers_and_pricing_are_read() {
     assert_eq!(free.rate_window, Duration::from_secs(5));
     assert_eq!(c.tiers["open"].rate_window, Duration::from_secs(3600));
     assert_eq!(c.pricing["m"].output_per_million, 2.0);
+    // The two-rate form: the cache at the input rate, reasoning at the output rate.
+    assert_eq!(c.pricing["m"], crate::config::ModelPrice::flat(0.15, 2.0));
+    assert_eq!(c.pricing_default, None);
+}
+
+#[test]
+fn a_price_table_with_cache_reasoning_defaults_and_profile_overrides() {
+    let c = load(
+        "models:\n  - name: m\n    profiles: [a, b]\nprofiles:\n  - id: a\n    provider: ollama\n  - id: b\n    provider: ollama\n    pricing:\n      m: {input_per_million: 5, output_per_million: 1}\npricing:\n  m:\n    input_per_million: 1\n    cached_input_per_million: 0.1\n    cache_write_per_million: 1.25\n    output_per_million: 4\n    reasoning_per_million: 8\npricing_default:\n  input_per_million: 9\n  output_per_million: 9\n",
+    );
+    let m = c.pricing["m"];
+    assert_eq!(
+        (
+            m.cached_input_per_million,
+            m.cache_write_per_million,
+            m.cache_write_1h_per_million
+        ),
+        (0.1, 1.25, 1.25),
+        "the 1-hour write defaults to the 5-minute one"
+    );
+    assert_eq!(m.reasoning_per_million, 8.0);
+    assert_eq!(c.price("m", Some("a")), Some(m));
+    assert_eq!(
+        c.price("m", Some("b")).map(|p| p.input_per_million),
+        Some(5.0)
+    );
+    assert_eq!(c.price("zzz", None).map(|p| p.input_per_million), Some(9.0));
+    let max = c.max_price("m").unwrap();
+    assert_eq!((max.input_per_million, max.output_per_million), (5.0, 4.0));
+    assert!(c.lists_price("m") && !c.lists_price("zzz"));
+    let e = load_str(
+        Path::new("t.yaml"),
+        "pricing:\n  m:\n    input_per_million: 1\n    output_per_million: 1\n    reasoning_per_million: -1\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("pricing.m.reasoning_per_million: must be >= 0"),
+        "{e}"
+    );
 }
 
 #[test]

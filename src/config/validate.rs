@@ -62,7 +62,7 @@ pub(super) fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Co
         .map(|(i, m)| model(report, i, m, &mut names, profile_ids))
         .collect();
 
-    Config {
+    let config = Config {
         source: source.to_path_buf(),
         server,
         auth,
@@ -71,7 +71,45 @@ pub(super) fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Co
         models,
         profiles,
         tiers: tiers(report, &raw.tiers),
-        pricing: pricing(report, &raw.pricing),
+        pricing: pricing(report, "pricing", &raw.pricing),
+        pricing_default: raw
+            .pricing_default
+            .as_ref()
+            .map(|p| price(report, "pricing_default", p)),
+    };
+    warn_unpriced(report, &raw, &config);
+    config
+}
+
+/// A model without a price is refused to metered tiers (unless `pricing_default` covers it): `check`
+/// says so for each one.
+fn warn_unpriced(report: &mut Report, raw: &RawConfig, config: &Config) {
+    let metered: Vec<&str> = config
+        .tiers
+        .iter()
+        .filter(|(_, t)| t.monthly_credits_micros.is_some())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if metered.is_empty() || config.pricing_default.is_some() {
+        return;
+    }
+    for (i, m) in raw.models.iter().enumerate() {
+        let Some(spanned) = m.name.as_ref() else {
+            continue;
+        };
+        let name = spanned.as_str();
+        if !config.lists_price(name) {
+            let tiers = metered.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>();
+            report.warn(
+                spanned.span(),
+                format!("models[{i}].name"),
+                format!(
+                    "`{name}` has no price, so the metered tiers ({}) are refused it; price it under \
+                     `pricing:` or set `pricing_default`",
+                    tiers.join(", ")
+                ),
+            );
+        }
     }
 }
 
@@ -214,36 +252,66 @@ fn tiers(report: &mut Report, raw: &IndexMap<String, RawTier>) -> IndexMap<Strin
     out
 }
 
-/// `pricing:` both prices required, non-negative.
-fn pricing(
+/// `pricing:` (and a profile's): every entry through `price`.
+pub(super) fn pricing(
     report: &mut Report,
+    prefix: &str,
     raw: &IndexMap<String, Spanned<RawPrice>>,
 ) -> IndexMap<String, ModelPrice> {
-    let mut out = IndexMap::new();
-    for (model, p) in raw {
-        let path = format!("pricing.{model}");
-        let mut price = |key: &str, v: Option<&Spanned<f64>>| match v {
-            None => {
-                report.at(p.span(), format!("{path}.{key}"), "is required");
-                0.0
-            }
-            Some(v) if !v.is_finite() || **v < 0.0 => {
-                report.at(v.span(), format!("{path}.{key}"), "must be >= 0");
-                0.0
-            }
-            Some(v) => **v,
-        };
-        let input_per_million = price("input_per_million", p.input_per_million.as_ref());
-        let output_per_million = price("output_per_million", p.output_per_million.as_ref());
-        out.insert(
-            model.clone(),
-            ModelPrice {
-                input_per_million,
-                output_per_million,
-            },
-        );
+    raw.iter()
+        .map(|(model, p)| {
+            (
+                model.clone(),
+                price(report, &format!("{prefix}.{model}"), p),
+            )
+        })
+        .collect()
+}
+
+/// One price: `input_per_million` and `output_per_million` required, every rate non-negative.
+pub(super) fn price(report: &mut Report, path: &str, p: &Spanned<RawPrice>) -> ModelPrice {
+    let mut rate = |key: &str, v: Option<&Spanned<f64>>, default: Option<f64>| match (v, default) {
+        (None, Some(d)) => d,
+        (None, None) => {
+            report.at(p.span(), format!("{path}.{key}"), "is required");
+            0.0
+        }
+        (Some(v), _) if !v.is_finite() || **v < 0.0 => {
+            report.at(v.span(), format!("{path}.{key}"), "must be >= 0");
+            0.0
+        }
+        (Some(v), _) => **v,
+    };
+    let input = rate("input_per_million", p.input_per_million.as_ref(), None);
+    let output = rate("output_per_million", p.output_per_million.as_ref(), None);
+    let cached = rate(
+        "cached_input_per_million",
+        p.cached_input_per_million.as_ref(),
+        Some(input),
+    );
+    let write = rate(
+        "cache_write_per_million",
+        p.cache_write_per_million.as_ref(),
+        Some(input),
+    );
+    let write_1h = rate(
+        "cache_write_1h_per_million",
+        p.cache_write_1h_per_million.as_ref(),
+        Some(write),
+    );
+    let reasoning = rate(
+        "reasoning_per_million",
+        p.reasoning_per_million.as_ref(),
+        Some(output),
+    );
+    ModelPrice {
+        input_per_million: input,
+        output_per_million: output,
+        cached_input_per_million: cached,
+        cache_write_per_million: write,
+        cache_write_1h_per_million: write_1h,
+        reasoning_per_million: reasoning,
     }
-    out
 }
 
 /// `auth:`

@@ -59,6 +59,10 @@ impl AttemptGuard {
             attempt,
             stream,
             usage_estimated: false,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
+            reasoning_tokens: 0,
         };
         AttemptGuard {
             entry: pick.entry,
@@ -85,10 +89,10 @@ impl AttemptGuard {
     /// input, a quarter of the relayed text's bytes for output, each rounded up (about four bytes a
     /// token for English text and JSON; the body's size already bounds the reservation's input).
     fn estimate(&self) -> TokenUsage {
-        TokenUsage {
-            prompt_tokens: self.input_bytes.div_ceil(4),
-            completion_tokens: self.text_bytes.unwrap_or(0).div_ceil(4),
-        }
+        TokenUsage::new(
+            self.input_bytes.div_ceil(4),
+            self.text_bytes.unwrap_or(0).div_ceil(4),
+        )
     }
 
     pub(super) fn finish(
@@ -143,6 +147,10 @@ impl AttemptGuard {
         record.prompt_tokens = usage.prompt_tokens;
         record.completion_tokens = usage.completion_tokens;
         record.usage_estimated = estimated;
+        record.cached_tokens = usage.cached_tokens;
+        record.cache_write_tokens = usage.cache_write_tokens;
+        record.cache_write_1h_tokens = usage.cache_write_1h_tokens;
+        record.reasoning_tokens = usage.reasoning_tokens;
         record.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Some(hold) = &self.accounting {
             hold.attempt_finished(&record, answered); // before the record, so its flush covers the ledger too

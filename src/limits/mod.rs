@@ -26,6 +26,7 @@ use crate::auth::Principal;
 use crate::config::{Config, ModelPrice, TierConfig};
 use crate::error::{ApiError, RateHeaders};
 use crate::metrics::Metrics;
+use crate::wire::openai::TokenUsage;
 pub use credits::{Ledger, LedgerError, Reservation, Transaction};
 
 /// The tier used for callers whose tier is unset or unknown, when the config defines it.
@@ -103,6 +104,9 @@ pub enum Refusal {
     /// The account's credits cannot cover the request (402).
     #[error("{0}")]
     Insufficient(String),
+    /// A metered tier asked for a model with no price (403).
+    #[error("{0}")]
+    Unpriced(String),
     /// The ledger failed (500); logged where it happened.
     #[error("credit reservation failed: {0}")]
     Store(String),
@@ -127,6 +131,7 @@ impl From<Refusal> for ApiError {
                 code: Some("max_tokens_exceeded"),
             },
             Refusal::Insufficient(message) => ApiError::InsufficientQuota(message),
+            Refusal::Unpriced(message) => ApiError::Forbidden(message),
             Refusal::Store(detail) => ApiError::Internal(detail),
         }
     }
@@ -383,7 +388,12 @@ impl Limits {
         embeddings: bool,
         request_id: &str,
     ) -> Result<Option<Arc<Hold>>, Box<Refusal>> {
-        let price = config.pricing.get(model).copied();
+        let price = config.max_price(model);
+        let profile_prices: Vec<(String, ModelPrice)> = config
+            .profiles
+            .iter()
+            .filter_map(|p| p.pricing.get(model).map(|price| (p.id.clone(), *price)))
+            .collect();
         if subject.is_none() && price.is_none() {
             return Ok(None);
         }
@@ -425,8 +435,28 @@ impl Limits {
                 .monthly_credits_micros
                 .and_then(|m| s.account.as_ref().map(|a| (s, a, m)))
         });
+        // A metered caller never gets a model for free: without a price (nor `pricing_default`)
+        // it is refused. Only configured models get here with a label (others are 404s later).
+        if let (Some((s, _, _)), true) = (metered, config.models.iter().any(|m| m.name == model)) {
+            let listed = config.lists_price(model);
+            if !listed {
+                let how = if price.is_some() {
+                    "default"
+                } else {
+                    "refused"
+                };
+                self.metrics.unpriced.with_label_values(&[model, how]).inc();
+            }
+            if price.is_none() {
+                return Err(give_back(Box::new(Refusal::Unpriced(format!(
+                    "The model `{model}` has no price, so the `{}` tier cannot use it. Ask the \
+                     operator to price it.",
+                    s.tier_name
+                )))));
+            }
+        }
         if let (Some((s, account, monthly)), Some(price)) = (metered, price) {
-            let micros = cost_micros(price, input, output);
+            let micros = max_cost_micros(price, input, output);
             match self
                 .ledger
                 .reserve(account, Some(monthly), micros, request_id, model)
@@ -454,7 +484,8 @@ impl Limits {
                 .filter(|s| s.tier.tokens_per_day.is_some())
                 .map(|s| s.id.clone()),
             tokens_held: tokens_held.unwrap_or(0),
-            price,
+            price: config.price(model, None),
+            profile_prices,
             reservation: Mutex::new(reservation),
             settled: AtomicBool::new(false),
         })))
@@ -485,7 +516,9 @@ pub struct Hold {
     subject: Option<String>,
     /// Tokens of that budget held until the answer settles (or the hold is dropped).
     tokens_held: u64,
+    /// The model's price, and the profiles that price it their own way.
     price: Option<ModelPrice>,
+    profile_prices: Vec<(String, ModelPrice)>,
     /// Taken by the first answer (settled) or on drop (released).
     reservation: Mutex<Option<Reservation>>,
     settled: AtomicBool,
@@ -504,10 +537,13 @@ impl Hold {
         if let Some(subject) = &self.subject {
             self.limits.add_tokens(subject, tokens, self.tokens_held);
         }
-        let cost = self
-            .price
-            .map(|p| cost_micros(p, r.prompt_tokens, r.completion_tokens))
-            .unwrap_or(0);
+        let price = self
+            .profile_prices
+            .iter()
+            .find(|(id, _)| *id == r.profile)
+            .map(|(_, p)| *p)
+            .or(self.price);
+        let cost = price.map(|p| cost_micros(p, &record_usage(r))).unwrap_or(0);
         let charged = match self.reservation.lock().take() {
             Some(res) => match self.limits.ledger.settle(&res, cost) {
                 Ok(c) => c,
@@ -553,15 +589,51 @@ fn token_retry(w: &Window, held: u64, limit: u64, now: u64) -> u64 {
     }
 }
 
-/// The cost of a request in whole micro-USD, rounded up. Prices are USD per million tokens, so a price
-/// times a token count is micro-USD.
-pub fn cost_micros(p: ModelPrice, input: u64, output: u64) -> u64 {
+/// The cost of an answer in whole micro-USD, rounded up. Prices are USD per million tokens, so a price
+/// times a token count is micro-USD. Cache reads and writes are parts of the prompt and reasoning a
+/// part of the completion, each at its own rate; the rest at the input and output rates.
+pub fn cost_micros(p: ModelPrice, u: &TokenUsage) -> u64 {
+    let cache = u
+        .cached_tokens
+        .saturating_add(u.cache_write_tokens)
+        .saturating_add(u.cache_write_1h_tokens);
+    micros_of(&[
+        (p.input_per_million, u.prompt_tokens.saturating_sub(cache)),
+        (p.cached_input_per_million, u.cached_tokens),
+        (p.cache_write_per_million, u.cache_write_tokens),
+        (p.cache_write_1h_per_million, u.cache_write_1h_tokens),
+        (
+            p.output_per_million,
+            u.completion_tokens.saturating_sub(u.reasoning_tokens),
+        ),
+        (p.reasoning_per_million, u.reasoning_tokens),
+    ])
+}
+
+/// The most `input` prompt tokens and `output` completion tokens can cost, whatever their kind.
+pub fn max_cost_micros(p: ModelPrice, input: u64, output: u64) -> u64 {
+    micros_of(&[(p.max_input(), input), (p.max_output(), output)])
+}
+
+fn micros_of(parts: &[(f64, u64)]) -> u64 {
     #[allow(clippy::cast_precision_loss)]
-    let micros = p.input_per_million * input as f64 + p.output_per_million * output as f64;
+    let micros: f64 = parts.iter().map(|(rate, n)| rate * *n as f64).sum();
     // Non-negative and finite by validation; `as` saturates.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let micros = micros.ceil() as u64;
     micros
+}
+
+/// A usage record's tokens as the price list reads them.
+pub fn record_usage(r: &UsageRecord) -> TokenUsage {
+    TokenUsage {
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        cached_tokens: r.cached_tokens,
+        cache_write_tokens: r.cache_write_tokens,
+        cache_write_1h_tokens: r.cache_write_1h_tokens,
+        reasoning_tokens: r.reasoning_tokens,
+    }
 }
 
 /// `1.234567`: micro-USD as dollars.
@@ -656,11 +728,28 @@ mod tests {
 
     #[test]
     fn costs_round_up_to_micro_usd() {
+        let p = ModelPrice::flat(0.15, 0.6);
+        assert_eq!(cost_micros(p, &TokenUsage::new(10, 10)), 8);
+        // Cache reads, writes and reasoning at their own rates; the rest at input and output.
         let p = ModelPrice {
-            input_per_million: 0.15,
-            output_per_million: 0.6,
+            input_per_million: 1.0,
+            output_per_million: 10.0,
+            cached_input_per_million: 0.1,
+            cache_write_per_million: 1.25,
+            cache_write_1h_per_million: 2.0,
+            reasoning_per_million: 20.0,
         };
-        assert_eq!(cost_micros(p, 10, 10), 8);
+        let u = TokenUsage {
+            prompt_tokens: 1000,
+            completion_tokens: 100,
+            cached_tokens: 500,
+            cache_write_tokens: 200,
+            cache_write_1h_tokens: 100,
+            reasoning_tokens: 40,
+        };
+        // 200*1 + 500*0.1 + 200*1.25 + 100*2 + 60*10 + 40*20
+        assert_eq!(cost_micros(p, &u), 200 + 50 + 250 + 200 + 600 + 800);
+        assert_eq!(max_cost_micros(p, 10, 10), 20 + 200);
         assert_eq!(usd(1_500_000), "1.500000");
     }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use switchyard_actors::store::{now_ms, Store, UsageRecord};
 
-use super::{cost_micros, usd, Limits};
+use super::{cost_micros, record_usage, usd, Limits};
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::error::ApiError;
@@ -76,9 +76,8 @@ pub fn report(
     let mut total = Row::default();
     for r in records {
         let cost = config
-            .pricing
-            .get(&r.model)
-            .map(|p| cost_micros(*p, r.prompt_tokens, r.completion_tokens))
+            .price(&r.model, Some(&r.profile))
+            .map(|p| cost_micros(p, &record_usage(r)))
             .unwrap_or(0);
         let answered = u64::from(matches!(r.outcome.as_str(), "ok" | "client_error"));
         for row in [rows.entry(key(r)).or_default(), &mut total] {

@@ -118,10 +118,7 @@ impl StreamCodec {
             self.decode
                 .as_ref()
                 .and_then(|d| d.usage())
-                .map(|u| TokenUsage {
-                    prompt_tokens: u.prompt_tokens,
-                    completion_tokens: u.completion_tokens,
-                })
+                .map(|u| TokenUsage::new(u.prompt_tokens, u.completion_tokens))
         })
     }
 
@@ -240,13 +237,7 @@ mod tests {
             !text.contains("\"choices\":[]"),
             "usage chunk the client did not ask for"
         );
-        assert_eq!(
-            c.usage(),
-            Some(TokenUsage {
-                prompt_tokens: 7,
-                completion_tokens: 3
-            })
-        );
+        assert_eq!(c.usage(), Some(TokenUsage::new(7, 3)));
         assert_eq!(&c.done_bytes()[..], b"data: [DONE]\n\n");
     }
 
@@ -280,12 +271,6 @@ mod tests {
         assert!(text.contains("event: message_start"), "{text}");
         assert!(text.contains("\"text\":\"Hello\""), "{text}");
         assert!(text.contains("event: message_stop"), "{text}");
-        assert_eq!(
-            c.usage(),
-            Some(TokenUsage {
-                prompt_tokens: 2,
-                completion_tokens: 1
-            })
-        );
+        assert_eq!(c.usage(), Some(TokenUsage::new(2, 1)));
     }
 }

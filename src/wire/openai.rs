@@ -297,13 +297,80 @@ pub enum RewriteError {
     Encode(serde_json::Error),
 }
 
-/// Token counts as upstreams report them.
+/// Token counts as upstreams report them, in OpenAI's form: the cache and reasoning counts are parts
+/// of `prompt_tokens` and `completion_tokens`, read from `prompt_tokens_details.cached_tokens` (and
+/// `cache_write_tokens` / `cache_write_1h_tokens`, as OpenRouter and the Anthropic translation
+/// report writes) and `completion_tokens_details.reasoning_tokens`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "RawTokenUsage")]
 pub struct TokenUsage {
-    #[serde(default)]
     pub prompt_tokens: u64,
-    #[serde(default)]
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`: read from the provider's prompt cache.
+    pub cached_tokens: u64,
+    /// Of `prompt_tokens`: written to the cache with a 5-minute lifetime.
+    pub cache_write_tokens: u64,
+    /// Of `prompt_tokens`: written to the cache with a 1-hour lifetime.
+    pub cache_write_1h_tokens: u64,
+    /// Of `completion_tokens`: reasoning.
+    pub reasoning_tokens: u64,
+}
+
+impl TokenUsage {
+    /// Prompt and completion tokens only (the detail counts 0).
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens,
+            completion_tokens,
+            ..TokenUsage::default()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawTokenUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_1h_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<RawTokenUsage> for TokenUsage {
+    fn from(r: RawTokenUsage) -> TokenUsage {
+        let p = r.prompt_tokens_details.as_ref();
+        let detail = |f: fn(&PromptDetails) -> Option<u64>| p.and_then(f).unwrap_or(0);
+        TokenUsage {
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            cached_tokens: detail(|d| d.cached_tokens),
+            cache_write_tokens: detail(|d| d.cache_write_tokens),
+            cache_write_1h_tokens: detail(|d| d.cache_write_1h_tokens),
+            reasoning_tokens: r
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// What a complete (non-streamed) answer says about its cost: the usage it reported, if any, and the
@@ -571,18 +638,36 @@ mod tests {
     }
 
     #[test]
+    fn cache_and_reasoning_tokens_are_read_from_the_details() {
+        let u = response_usage(
+            br#"{"usage":{"prompt_tokens":100,"completion_tokens":50,"prompt_tokens_details":{"cached_tokens":60,"cache_write_tokens":30,"cache_write_1h_tokens":10},"completion_tokens_details":{"reasoning_tokens":20}}}"#,
+        )
+        .unwrap()
+        .reported
+        .unwrap();
+        assert_eq!(
+            (
+                u.cached_tokens,
+                u.cache_write_tokens,
+                u.cache_write_1h_tokens,
+                u.reasoning_tokens
+            ),
+            (60, 30, 10, 20)
+        );
+        let u = response_usage(br#"{"usage":{"prompt_tokens":1,"prompt_tokens_details":null}}"#)
+            .unwrap()
+            .reported
+            .unwrap();
+        assert_eq!(u, TokenUsage::new(1, 0));
+    }
+
+    #[test]
     fn usage_of_a_complete_answer() {
         let u = response_usage(
             br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#,
         )
         .unwrap();
-        assert_eq!(
-            u.reported,
-            Some(TokenUsage {
-                prompt_tokens: 3,
-                completion_tokens: 5
-            })
-        );
+        assert_eq!(u.reported, Some(TokenUsage::new(3, 5)));
         assert!(response_usage(b"<html>oops</html>").is_err());
         assert_eq!(response_usage(b"{}").unwrap(), AnswerUsage::default());
         // No usage: the text is measured instead, whatever shape the content has.

@@ -328,13 +328,7 @@ mod tests {
         let p = r.push(all.as_bytes()).unwrap();
         assert_eq!(&p.forward[..], ROLE.as_bytes());
         assert!(p.done);
-        assert_eq!(
-            r.usage(),
-            Some(TokenUsage {
-                prompt_tokens: 4,
-                completion_tokens: 6
-            })
-        );
+        assert_eq!(r.usage(), Some(TokenUsage::new(4, 6)));
     }
 
     #[test]

@@ -1114,3 +1114,77 @@ async fn a_cut_stream_is_charged_for_the_text_that_reached_the_client() {
         "charged {charged}, input {input}"
     );
 }
+
+#[tokio::test]
+async fn metered_tiers_are_refused_unpriced_models_and_pay_the_answering_profiles_price() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    let mut config = ConfigBuilder::default()
+        .profile("a", &a)
+        .profile_with(
+            "b",
+            &b.base_url(),
+            &[
+                "api_key: \"sk-b\"",
+                "pricing: {p: {input_per_million: 3000, output_per_million: 3000}}",
+            ],
+        )
+        .model("m", &["a"])
+        .model("n", &["a"])
+        .model("p", &["b"]);
+    config.auth_required = true;
+    config.max_attempts = 1;
+    config.extra_yaml = TIERS.lines().map(str::to_owned).collect();
+    let server = Server::start(&config);
+    let key = new_key(&server, "pricey", "metered").await;
+    let path = "/admin/accounts/pricey/credits";
+    admin(
+        &server,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"amount_usd": 1})),
+    )
+    .await;
+
+    // `n` has no price and there is no pricing_default: never free for a metered tier.
+    let (s, _, body) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat_req("n", json!({"max_tokens": 5}))),
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    let e = error_of(&body.to_string());
+    assert_eq!(e["type"], "permission_error");
+    assert!(
+        e["message"].as_str().unwrap().contains("`n` has no price"),
+        "{e}"
+    );
+    assert_eq!(a.request_count(), 0);
+    assert_eq!(balance_matching_log(&server, "pricey").await, 1_000_000);
+
+    // `p` is priced only by profile b: 3000 micro-USD a token.
+    let (s, _, body) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat_req("p", json!({"max_tokens": 5}))),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let tokens = body["usage"]["total_tokens"].as_i64().unwrap();
+    assert_eq!(
+        balance_matching_log(&server, "pricey").await,
+        1_000_000 - tokens * 3000
+    );
+    let metrics = server.get("/metrics").send_text().await.2;
+    assert!(
+        metrics.contains("switchyard_unpriced_requests_total{model=\"n\",outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
+}

@@ -67,6 +67,7 @@ pub(super) fn profile(
         .as_ref()
         .and_then(|a| profile_oauth(report, index, a, &raw.api_key, &raw.api_key_env));
     let api_version = preset_keys(report, index, raw, preset, &api_key, &mut headers);
+    let pricing = super::pricing(report, &at(index, "pricing"), &raw.pricing);
 
     ProfileConfig {
         id,
@@ -77,6 +78,7 @@ pub(super) fn profile(
         priority,
         weight,
         model_map: raw.model_map.clone(),
+        pricing,
         timeouts,
         headers,
         api_version,

@@ -513,20 +513,43 @@ pub(super) fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     }
 }
 
-/// Prompt tokens in OpenAI terms count cache reads and writes, which Anthropic reports apart.
-pub(super) fn prompt_tokens(usage: Option<&Obj>) -> (u64, u64) {
-    let cached = count(usage, "cache_read_input_tokens");
-    let prompt =
-        count(usage, "input_tokens") + count(usage, "cache_creation_input_tokens") + cached;
-    (prompt, cached)
+/// Anthropic's prompt counts in OpenAI terms: `prompt` counts cache reads and writes, which Anthropic
+/// reports apart (`cache_read_input_tokens`, `cache_creation_input_tokens`, split by lifetime in
+/// `cache_creation.ephemeral_{5m,1h}_input_tokens`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct PromptTokens {
+    pub prompt: u64,
+    pub cached: u64,
+    /// Cache writes with a 5-minute lifetime (all writes when the split is not reported).
+    pub write: u64,
+    pub write_1h: u64,
 }
 
-pub(super) fn openai_usage(prompt: u64, completion: u64, cached: u64) -> Value {
+pub(super) fn prompt_tokens(usage: Option<&Obj>) -> PromptTokens {
+    let cached = count(usage, "cache_read_input_tokens");
+    let writes = count(usage, "cache_creation_input_tokens");
+    let split = usage
+        .and_then(|u| u.get("cache_creation"))
+        .and_then(Value::as_object);
+    let write_1h = count(split, "ephemeral_1h_input_tokens").min(writes);
+    PromptTokens {
+        prompt: count(usage, "input_tokens") + writes + cached,
+        cached,
+        write: writes - write_1h,
+        write_1h,
+    }
+}
+
+pub(super) fn openai_usage(p: PromptTokens, completion: u64) -> Value {
     json!({
-        "prompt_tokens": prompt,
+        "prompt_tokens": p.prompt,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": { "cached_tokens": cached },
+        "total_tokens": p.prompt + completion,
+        "prompt_tokens_details": {
+            "cached_tokens": p.cached,
+            "cache_write_tokens": p.write,
+            "cache_write_1h_tokens": p.write_1h,
+        },
     })
 }
 
@@ -602,7 +625,7 @@ pub fn messages_response_to_chat(body: &[u8], client_model: &str) -> Result<Vec<
         message.insert("tool_calls".into(), Value::Array(tool_calls));
     }
     let usage = opt_obj(&resp, "usage", "").map_err(bad)?;
-    let (prompt, cached) = prompt_tokens(usage);
+    let prompt = prompt_tokens(usage);
     let completion = count(usage, "output_tokens");
     let out = json!({
         "id": chat_id(opt_str(&resp, "id", "").map_err(bad)?),
@@ -615,7 +638,7 @@ pub fn messages_response_to_chat(body: &[u8], client_model: &str) -> Result<Vec<
             "logprobs": null,
             "finish_reason": finish_reason(opt_str(&resp, "stop_reason", "").map_err(bad)?),
         }],
-        "usage": openai_usage(prompt, completion, cached),
+        "usage": openai_usage(prompt, completion),
     });
     Ok(out.to_string().into_bytes())
 }

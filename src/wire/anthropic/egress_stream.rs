@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
-use super::egress::{chat_id, finish_reason, openai_usage, prompt_tokens};
+use super::egress::{chat_id, finish_reason, openai_usage, prompt_tokens, PromptTokens};
 use super::json::{count, field, parse_upstream, Obj};
 use super::sse::{write_data, SseEvent, SseParser};
 use super::{unix_now, StreamError, StreamUsage, TranslateError};
@@ -30,8 +30,7 @@ pub struct MessagesStreamToChat {
     tool_index: HashMap<u64, usize>,
     role_sent: bool,
     finish_sent: bool,
-    prompt_tokens: u64,
-    cached_tokens: u64,
+    prompt: PromptTokens,
     completion_tokens: u64,
     usage_seen: bool,
     finished: bool,
@@ -51,8 +50,7 @@ impl MessagesStreamToChat {
             tool_index: HashMap::new(),
             role_sent: false,
             finish_sent: false,
-            prompt_tokens: 0,
-            cached_tokens: 0,
+            prompt: PromptTokens::default(),
             completion_tokens: 0,
             usage_seen: false,
             finished: false,
@@ -89,7 +87,7 @@ impl MessagesStreamToChat {
     /// Token counts reported so far (final after `message_stop`); `None` before any were seen.
     pub fn usage(&self) -> Option<StreamUsage> {
         self.usage_seen.then_some(StreamUsage {
-            prompt_tokens: self.prompt_tokens,
+            prompt_tokens: self.prompt.prompt,
             completion_tokens: self.completion_tokens,
         })
     }
@@ -183,11 +181,7 @@ impl MessagesStreamToChat {
                     chunk.insert("choices".into(), json!([]));
                     chunk.insert(
                         "usage".into(),
-                        openai_usage(
-                            self.prompt_tokens,
-                            self.completion_tokens,
-                            self.cached_tokens,
-                        ),
+                        openai_usage(self.prompt, self.completion_tokens),
                     );
                     write_data(out, &Value::Object(chunk).to_string());
                 }
@@ -231,7 +225,7 @@ impl MessagesStreamToChat {
         .iter()
         .any(|k| field(u, k).is_some())
         {
-            (self.prompt_tokens, self.cached_tokens) = prompt_tokens(Some(u));
+            self.prompt = prompt_tokens(Some(u));
         }
         if field(u, "output_tokens").is_some() {
             self.completion_tokens = count(Some(u), "output_tokens");
