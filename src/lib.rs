@@ -134,6 +134,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         auth: auth.clone(),
         limits,
     });
+    spawn_lease_sweeper(shared.clone());
     let factory_shared = shared.clone();
     let mut server = HttpServer::new(move || {
         let upstreams = match WorkerUpstreams::new(
@@ -196,4 +197,28 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         tracing::error!(error = %e, "cannot write the store's high-water mark");
     }
     Ok(())
+}
+
+/// Releases the reservations a stopped process left open once their lease runs out: at start, then
+/// every `credits.reservation_lease` / 2 (between 1 s and 1 min), with the lease of the config in force.
+fn spawn_lease_sweeper(shared: web::Data<AppState>) {
+    actix_web::rt::spawn(async move {
+        loop {
+            let lease = shared.config().usage.reservation_lease;
+            match shared
+                .limits
+                .ledger
+                .release_expired(lease, switchyard_actors::store::now_ms())
+            {
+                Ok(released) => {
+                    for tx in &released {
+                        tracing::warn!(account = %tx.account, request_id = tx.request_id.as_deref().unwrap_or_default(), micros = tx.amount_micros, "released a reservation left open by a stopped process");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot release expired reservations"),
+            }
+            let every = (lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            tokio::time::sleep(every).await;
+        }
+    });
 }

@@ -270,6 +270,9 @@ pub struct Timeouts {
 pub struct UsageConfig {
     /// `usage.durable` (default true): a response is sent only after its usage record is flushed to disk.
     pub durable: bool,
+    /// `credits.reservation_lease` (default 10m): a reservation a crashed process left open is released
+    /// once this long has passed since it was made.
+    pub reservation_lease: Duration,
 }
 
 /// One entry of `models:`.

@@ -21,6 +21,7 @@ pub(crate) struct RawConfig {
     pub auth: RawAuth,
     pub routing: RawRouting,
     pub usage: RawUsage,
+    pub credits: RawCredits,
     pub models: Vec<Spanned<RawModel>>,
     pub profiles: Vec<Spanned<RawProfile>>,
     /// `tiers:` tier name -> limits.
@@ -175,6 +176,14 @@ pub(crate) struct RawTimeouts {
 #[serde(deny_unknown_fields, default, expecting = "a mapping")]
 pub(crate) struct RawUsage {
     pub durable: Option<bool>,
+}
+
+/// `credits:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawCredits {
+    /// How long a reservation left open by a process that is gone stays spent (default 10m).
+    pub reservation_lease: Option<Text>,
 }
 
 /// One entry of `models:`.

@@ -39,6 +39,12 @@ pub(super) fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Co
     let routing = routing(report, &raw.routing);
     let usage = UsageConfig {
         durable: raw.usage.durable.unwrap_or(true),
+        reservation_lease: duration(
+            report,
+            "credits.reservation_lease",
+            raw.credits.reservation_lease.as_ref(),
+            Duration::from_secs(600),
+        ),
     };
 
     let mut ids: HashMap<String, usize> = HashMap::new();

@@ -28,6 +28,25 @@ use switchyard_actors::store::{now_ms, Store, StoreError};
 const TIER_PREFIX: &str = "v1/tier/";
 /// Seen billing event ids, kept so a replay is refused.
 const EVENT_PREFIX: &str = "v1/webhook/";
+/// Open reservations: `v1/lease/<reserve transaction id>` -> `Lease`, removed when settled or
+/// released; what a crash leaves here is released once its lease has run out.
+const LEASE_PREFIX: &str = "v1/lease/";
+
+/// A reservation as stored until it is settled or released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The `reserve` transaction's id.
+    pub tx: String,
+    pub account: String,
+    pub micros: u64,
+    pub request_id: String,
+    pub model: String,
+    pub created_ms: u64,
+    /// `created_ms` + the lease configured when it was made.
+    pub expires_ms: u64,
+    /// The process that made it: a running process only releases leases of processes before it.
+    pub boot: String,
+}
 
 /// The sled tree holding balances, transactions, monthly grants and tier overrides.
 pub const TREE: &str = "billing";
@@ -38,7 +57,8 @@ pub struct Transaction {
     pub id: String,
     pub ts_ms: u64,
     pub account: String,
-    /// `grant` (monthly credits), `adjust` (admin or webhook), `reserve`, `settle`, `release`.
+    /// `grant` (monthly credits), `adjust` (admin or webhook), `reserve`, `settle`, `release`,
+    /// `lease_expired` (a reservation a stopped process left open, given back after its lease).
     pub kind: String,
     pub amount_micros: i64,
     /// The balance right after this movement.
@@ -46,6 +66,9 @@ pub struct Transaction {
     pub request_id: Option<String>,
     pub model: Option<String>,
     pub note: Option<String>,
+    /// For `settle`, `release` and `lease_expired`: the `reserve` transaction it closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
 }
 
 /// Credits set aside for one request until it is settled or released.
@@ -55,6 +78,8 @@ pub struct Reservation {
     pub micros: u64,
     pub request_id: String,
     pub model: String,
+    /// The `reserve` transaction's id (its lease's key).
+    pub tx: String,
 }
 
 /// Why credits could not be reserved.
@@ -94,6 +119,8 @@ pub struct Ledger {
     /// unique across restarts (a per-process counter would reuse keys after a quick restart), and its
     /// high-water mark counts the transactions written.
     store: Store,
+    /// This process's id on its leases.
+    boot: String,
 }
 
 /// What the ledger knows of one account, as on disk.
@@ -185,6 +212,7 @@ impl Ledger {
             unwritten: Mutex::new(Vec::new()),
             write_order: Mutex::new(()),
             store: store.clone(),
+            boot: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -283,8 +311,22 @@ impl Ledger {
         meta: (Option<&str>, Option<&str>, Option<String>),
         decide: impl FnOnce(u64) -> Result<i64, LedgerError>,
     ) -> Result<Transaction, LedgerError> {
+        self.closing(account, kind, meta, None, decide)
+    }
+
+    /// `movement`, for one that closes the reservation whose `reserve` transaction is `reservation`.
+    fn closing(
+        &self,
+        account: &str,
+        kind: &str,
+        meta: (Option<&str>, Option<&str>, Option<String>),
+        reservation: Option<&str>,
+        decide: impl FnOnce(u64) -> Result<i64, LedgerError>,
+    ) -> Result<Transaction, LedgerError> {
         self.with_account(account, |state| {
-            self.movement_locked(state, account, kind, meta, decide)
+            self.movement_locked(state, account, kind, meta, decide, |t| {
+                t.reservation = reservation.map(str::to_owned);
+            })
         })
     }
 
@@ -295,6 +337,7 @@ impl Ledger {
         kind: &str,
         (request_id, model, note): (Option<&str>, Option<&str>, Option<String>),
         decide: impl FnOnce(u64) -> Result<i64, LedgerError>,
+        finish: impl FnOnce(&mut Transaction),
     ) -> Result<Transaction, LedgerError> {
         let balance = state.balance;
         let amount = decide(balance)?;
@@ -315,7 +358,10 @@ impl Ledger {
             request_id: request_id.map(str::to_owned),
             model: model.map(str::to_owned),
             note,
+            reservation: None,
         };
+        let mut tx = tx;
+        finish(&mut tx);
         // Queued, not written: see the module's comment.
         self.unwritten.lock().push((seq, tx.clone()));
         state.balance = after;
@@ -406,6 +452,7 @@ impl Ledger {
                 "grant",
                 (None, None, Some(format!("monthly credits for {label}"))),
                 |_| Ok(i64::try_from(top_up).unwrap_or(0)),
+                |_| {},
             )?;
         }
         // The grant's transaction before the month that records it: a crash between them grants again
@@ -417,15 +464,16 @@ impl Ledger {
     }
 
     /// Sets `micros` aside for a request, after this month's grant; refused when the balance is short.
+    /// The reservation is stored with a lease of `lease` (see `release_expired`).
     pub fn reserve(
         &self,
         account: &str,
         monthly: Option<u64>,
         micros: u64,
-        request_id: &str,
-        model: &str,
+        (request_id, model): (&str, &str),
+        lease: std::time::Duration,
     ) -> Result<Reservation, LedgerError> {
-        self.with_account(account, |state| {
+        let tx = self.with_account(account, |state| {
             if let Some(monthly) = monthly {
                 self.grant_locked(state, account, monthly)?;
             }
@@ -443,20 +491,94 @@ impl Ledger {
                     }
                     Ok(-i64::try_from(micros).unwrap_or(i64::MAX))
                 },
+                |_| {},
             )
         })?;
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let stored = Lease {
+            tx: tx.id.clone(),
+            account: account.to_owned(),
+            micros,
+            request_id: request_id.to_owned(),
+            model: model.to_owned(),
+            created_ms: tx.ts_ms,
+            expires_ms: tx.ts_ms.saturating_add(lease_ms),
+            boot: self.boot.clone(),
+        };
+        // Not flushed here: whichever flush makes the reserve durable covers its lease (one sled log),
+        // and a lease whose reserve never reached disk is dropped at the check.
+        self.tree.insert(
+            format!("{LEASE_PREFIX}{}", tx.id),
+            serde_json::to_vec(&stored)?,
+        )?;
         Ok(Reservation {
             account: account.to_owned(),
             micros,
             request_id: request_id.to_owned(),
             model: model.to_owned(),
+            tx: tx.id,
         })
+    }
+
+    fn drop_lease(&self, tx: &str) {
+        if let Err(e) = self.tree.remove(format!("{LEASE_PREFIX}{tx}")) {
+            tracing::error!(error = %e, tx, "cannot remove a settled reservation's lease");
+        }
+    }
+
+    /// Releases the reservations that processes before this one left open, once their lease has run
+    /// out: `lease` from their creation, or the lease stored with them if shorter. Each one becomes a
+    /// `lease_expired` transaction giving the amount back. A lease whose reserve never reached disk
+    /// (or that was already closed) is only removed. Returns the transactions written.
+    pub fn release_expired(
+        &self,
+        lease: std::time::Duration,
+        now_ms: u64,
+    ) -> Result<Vec<Transaction>, LedgerError> {
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let mut released = Vec::new();
+        for item in self.tree.scan_prefix(LEASE_PREFIX) {
+            let (key, value) = item?;
+            let l: Lease = serde_json::from_slice(&value)?;
+            let expires = l.expires_ms.min(l.created_ms.saturating_add(lease_ms));
+            if l.boot == self.boot || expires > now_ms {
+                continue;
+            }
+            let history = self.transactions(&l.account)?;
+            let reserved = history.iter().any(|t| t.id == l.tx && t.kind == "reserve");
+            let closed = history
+                .iter()
+                .any(|t| t.reservation.as_deref() == Some(l.tx.as_str()));
+            if reserved && !closed {
+                let tx = self.closing(
+                    &l.account,
+                    "lease_expired",
+                    (
+                        Some(&l.request_id),
+                        Some(&l.model),
+                        Some(format!(
+                            "reservation {} left open by a process that stopped; released after its lease",
+                            l.tx
+                        )),
+                    ),
+                    Some(&l.tx),
+                    |_| Ok(i64::try_from(l.micros).unwrap_or(i64::MAX)),
+                )?;
+                released.push(tx);
+            }
+            self.write_pending()?;
+            self.tree.remove(key)?;
+        }
+        if !released.is_empty() {
+            self.store.db().flush()?;
+        }
+        Ok(released)
     }
 
     /// Charges the real cost: refunds what was set aside beyond it, or takes the excess (as far as the
     /// balance goes; the rest is noted, never overdrawn). Returns the micro-USD actually charged.
     pub fn settle(&self, r: &Reservation, cost: u64) -> Result<u64, LedgerError> {
-        let tx = self.movement(
+        let tx = self.closing(
             &r.account,
             "settle",
             (
@@ -464,23 +586,27 @@ impl Ledger {
                 Some(&r.model),
                 Some(format!("cost {cost} micro-USD")),
             ),
+            Some(&r.tx),
             |balance| {
                 let extra = cost.saturating_sub(r.micros).min(balance);
                 let refund = r.micros.saturating_sub(cost);
                 Ok(i64::try_from(refund).unwrap_or(i64::MAX) - i64::try_from(extra).unwrap_or(0))
             },
         )?;
+        self.drop_lease(&r.tx);
         Ok(u64::try_from(i128::from(r.micros) - i128::from(tx.amount_micros)).unwrap_or(0))
     }
 
     /// Gives a reservation back in full (the request failed upstream or was never sent).
     pub fn release(&self, r: &Reservation) -> Result<(), LedgerError> {
-        self.movement(
+        self.closing(
             &r.account,
             "release",
             (Some(&r.request_id), Some(&r.model), None),
+            Some(&r.tx),
             |_| Ok(i64::try_from(r.micros).unwrap_or(i64::MAX)),
         )?;
+        self.drop_lease(&r.tx);
         Ok(())
     }
 
@@ -545,6 +671,8 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
     fn ledger() -> Ledger {
         Ledger::open(&Store::temporary().unwrap()).unwrap()
     }
@@ -562,7 +690,7 @@ mod tests {
         let store = Store::temporary().unwrap();
         let l = Ledger::open(&store).unwrap();
         l.adjust("a", 1_000, None).unwrap();
-        let r = l.reserve("a", None, 400, "r1", "m").unwrap();
+        let r = l.reserve("a", None, 400, ("r1", "m"), LEASE).unwrap();
         l.settle(&r, 100).unwrap();
         l.adjust("b", 5, None).unwrap();
         l.write_pending().unwrap();
@@ -575,15 +703,15 @@ mod tests {
     fn reserve_settle_release_keep_the_log_equal_to_the_balance() {
         let l = ledger();
         l.adjust("a", 1_000, None).unwrap();
-        let r = l.reserve("a", None, 600, "r1", "m").unwrap();
+        let r = l.reserve("a", None, 600, ("r1", "m"), LEASE).unwrap();
         assert_eq!(l.balance("a").unwrap(), 400);
         assert!(matches!(
-            l.reserve("a", None, 600, "r2", "m"),
+            l.reserve("a", None, 600, ("r2", "m"), LEASE),
             Err(LedgerError::Insufficient { balance: 400, .. })
         ));
         assert_eq!(l.settle(&r, 250).unwrap(), 250);
         assert_eq!(l.balance("a").unwrap(), 750);
-        let r = l.reserve("a", None, 700, "r3", "m").unwrap();
+        let r = l.reserve("a", None, 700, ("r3", "m"), LEASE).unwrap();
         l.release(&r).unwrap();
         assert_eq!(l.balance("a").unwrap(), 750);
         assert_eq!(sum(&l, "a"), 750);
@@ -593,7 +721,7 @@ mod tests {
     fn a_cost_above_the_reservation_never_overdraws() {
         let l = ledger();
         l.adjust("a", 100, None).unwrap();
-        let r = l.reserve("a", None, 80, "r", "m").unwrap();
+        let r = l.reserve("a", None, 80, ("r", "m"), LEASE).unwrap();
         // 20 left; the real cost is 500: only 80 + 20 can be charged.
         assert_eq!(l.settle(&r, 500).unwrap(), 100);
         assert_eq!(l.balance("a").unwrap(), 0);
@@ -603,9 +731,9 @@ mod tests {
     #[test]
     fn the_monthly_grant_tops_up_once() {
         let l = ledger();
-        l.reserve("a", Some(1_000), 100, "r", "m").unwrap();
+        l.reserve("a", Some(1_000), 100, ("r", "m"), LEASE).unwrap();
         assert_eq!(l.balance("a").unwrap(), 900);
-        l.reserve("a", Some(1_000), 100, "r", "m").unwrap();
+        l.reserve("a", Some(1_000), 100, ("r", "m"), LEASE).unwrap();
         assert_eq!(l.balance("a").unwrap(), 800);
         assert_eq!(sum(&l, "a"), 800);
     }
@@ -617,7 +745,10 @@ mod tests {
         let handles: Vec<_> = (0..32)
             .map(|i| {
                 let l = l.clone();
-                std::thread::spawn(move || l.reserve("a", None, 100, &format!("r{i}"), "m").is_ok())
+                std::thread::spawn(move || {
+                    l.reserve("a", None, 100, (&format!("r{i}"), "m"), LEASE)
+                        .is_ok()
+                })
             })
             .collect();
         let ok = handles
@@ -636,7 +767,7 @@ mod tests {
         let store = Store::temporary().unwrap();
         {
             let l = Ledger::open(&store).unwrap();
-            l.reserve("a", Some(1_000), 100, "r", "m").unwrap();
+            l.reserve("a", Some(1_000), 100, ("r", "m"), LEASE).unwrap();
             l.adjust("b", 42, None).unwrap();
             l.write_pending().unwrap();
         }
@@ -644,7 +775,8 @@ mod tests {
         assert_eq!(l.balance("a").unwrap(), 900);
         assert_eq!(l.balance("b").unwrap(), 42);
         // This month's grant was given before the restart: it is not given again.
-        l.reserve("a", Some(1_000), 100, "r2", "m").unwrap();
+        l.reserve("a", Some(1_000), 100, ("r2", "m"), LEASE)
+            .unwrap();
         assert_eq!(l.balance("a").unwrap(), 800);
         assert_eq!(sum(&l, "a"), 800);
     }
@@ -658,9 +790,13 @@ mod tests {
         let tx_values = || l.tree.scan_prefix("v1/tx/").filter_map(Result::ok).count();
         assert_eq!(tx_values(), 2, "adjustments are written at once");
         for i in 0..5 {
-            let r = l.reserve("a", None, 10, &format!("a{i}"), "m").unwrap();
+            let r = l
+                .reserve("a", None, 10, (&format!("a{i}"), "m"), LEASE)
+                .unwrap();
             l.settle(&r, 5).unwrap();
-            let r = l.reserve("b", None, 10, &format!("b{i}"), "m").unwrap();
+            let r = l
+                .reserve("b", None, 10, (&format!("b{i}"), "m"), LEASE)
+                .unwrap();
             l.release(&r).unwrap();
         }
         assert_eq!(tx_values(), 2, "request movements wait for a batch");
@@ -677,15 +813,59 @@ mod tests {
         {
             let l = Ledger::open(&store).unwrap();
             l.adjust("a", 1_000, None).unwrap();
-            let r = l.reserve("a", None, 300, "r1", "m").unwrap();
+            let r = l.reserve("a", None, 300, ("r1", "m"), LEASE).unwrap();
             l.settle(&r, 100).unwrap();
             l.write_pending().unwrap();
             // A crash here: this reservation never reached the store.
-            l.reserve("a", None, 500, "r2", "m").unwrap();
+            l.reserve("a", None, 500, ("r2", "m"), LEASE).unwrap();
         }
         let l = Ledger::open(&store).unwrap();
         assert_eq!(l.balance("a").unwrap(), 900);
         assert_eq!(sum(&l, "a"), 900);
+    }
+
+    #[test]
+    fn a_stopped_process_leaves_leases_that_the_next_one_releases() {
+        let store = Store::temporary().unwrap();
+        let now = now_ms();
+        {
+            let l = Ledger::open(&store).unwrap();
+            l.adjust("a", 1_000, None).unwrap();
+            let open = l.reserve("a", None, 300, ("open", "m"), LEASE).unwrap();
+            let done = l.reserve("a", None, 200, ("done", "m"), LEASE).unwrap();
+            l.settle(&done, 50).unwrap();
+            l.write_pending().unwrap();
+            // Its own leases are never released by the process that holds them.
+            let later = now + 3_600_000;
+            assert!(l.release_expired(LEASE, later).unwrap().is_empty());
+            // This one's reserve never reaches the store: its lease must not refund anything.
+            l.reserve("a", None, 100, ("lost", "m"), LEASE).unwrap();
+            l.unwritten.lock().clear();
+            assert_eq!(open.micros, 300);
+        }
+        let l = Ledger::open(&store).unwrap();
+        assert_eq!(l.balance("a").unwrap(), 1_000 - 300 - 50);
+        // Not yet expired under the configured lease.
+        assert!(l.release_expired(LEASE, now).unwrap().is_empty());
+        let released = l
+            .release_expired(std::time::Duration::ZERO, now + 1)
+            .unwrap();
+        assert_eq!(released.len(), 1, "{released:?}");
+        assert_eq!(
+            (released[0].kind.as_str(), released[0].amount_micros),
+            ("lease_expired", 300)
+        );
+        assert_eq!(l.balance("a").unwrap(), 950);
+        assert_eq!(sum(&l, "a"), 950);
+        assert_eq!(
+            l.tree.scan_prefix(LEASE_PREFIX).count(),
+            0,
+            "every lease handled"
+        );
+        assert!(l
+            .release_expired(std::time::Duration::ZERO, now + 2)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -457,10 +457,13 @@ impl Limits {
         }
         if let (Some((s, account, monthly)), Some(price)) = (metered, price) {
             let micros = max_cost_micros(price, input, output);
-            match self
-                .ledger
-                .reserve(account, Some(monthly), micros, request_id, model)
-            {
+            match self.ledger.reserve(
+                account,
+                Some(monthly),
+                micros,
+                (request_id, model),
+                config.usage.reservation_lease,
+            ) {
                 Ok(r) => reservation = Some(r),
                 Err(LedgerError::Insufficient { balance, needed }) => {
                     self.metrics.credit_refusals.inc();

@@ -1188,3 +1188,81 @@ async fn metered_tiers_are_refused_unpriced_models_and_pay_the_answering_profile
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_reservation_left_open_by_a_crash_is_released_after_its_lease() {
+    let mock = MockUpstream::start_named("a").await;
+    mock.set_default(Reply::Hang);
+    let mut config = ConfigBuilder::default()
+        .profile("a", &mock)
+        .model("m", &["a"]);
+    config.auth_required = true;
+    config.max_attempts = 1;
+    config.timeouts.1 = "60s".into();
+    config.extra_yaml = TIERS.lines().map(str::to_owned).collect();
+    let mut server = Server::start(&config);
+    let key = new_key(&server, "crashy", "metered").await;
+    let path = "/admin/accounts/crashy/credits";
+    admin(
+        &server,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"amount_usd": 1})),
+    )
+    .await;
+    let url = server.url("/v1/chat/completions");
+    let hanging = tokio::spawn(async move {
+        let _ = client()
+            .post(url)
+            .bearer_auth(key)
+            .header("x-request-id", "hung-1")
+            .json(&chat_req("m", json!({"max_tokens": 10})))
+            .send()
+            .await;
+    });
+    assert!(mock.wait_for_requests(1, Duration::from_secs(10)).await);
+    // An adjustment is written and flushed at once, the queued reserve with it: the crash below
+    // then finds the reservation on disk.
+    admin(
+        &server,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"amount_usd": 1})),
+    )
+    .await;
+    let before = balance_matching_log(&server, "crashy").await;
+    assert!(before < 2_000_000, "the reservation is taken: {before}");
+    server.kill9();
+    hanging.abort();
+
+    // A short lease for the restart: the reservation is long past it.
+    let mut yaml = std::fs::read_to_string(&server.config_path).unwrap();
+    yaml.push_str("credits:\n  reservation_lease: 1s\n");
+    std::fs::write(&server.config_path, yaml).unwrap();
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while balance_matching_log(&server, "crashy").await != 2_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reservation never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = credits(&server, "crashy").await;
+    let released: Vec<&Value> = c["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "lease_expired")
+        .collect();
+    assert_eq!(released.len(), 1, "{c}");
+    assert_eq!(released[0]["request_id"], "hung-1");
+    assert_eq!(
+        released[0]["amount_micros"].as_i64().unwrap(),
+        2_000_000 - before
+    );
+    assert!(released[0]["reservation"]
+        .as_str()
+        .unwrap()
+        .starts_with("tx_"));
+}
