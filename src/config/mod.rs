@@ -266,13 +266,25 @@ pub struct Timeouts {
 }
 
 /// `usage:`
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UsageConfig {
     /// `usage.durable` (default true): a response is sent only after its usage record is flushed to disk.
     pub durable: bool,
     /// `credits.reservation_lease` (default 10m): a reservation a crashed process left open is released
     /// once this long has passed since it was made.
     pub reservation_lease: Duration,
+    /// `credits.notify`: threshold notices, when configured.
+    pub notify: Option<NotifyConfig>,
+}
+
+/// `credits.notify:` a webhook POSTed once per account, UTC month and threshold when the account's
+/// used share of its monthly credits reaches the threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyConfig {
+    pub url: String,
+    /// Ascending, each in (0, 1].
+    pub thresholds: Vec<f64>,
+    pub secret_env: String,
 }
 
 /// One entry of `models:`.

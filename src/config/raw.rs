@@ -184,6 +184,20 @@ pub(crate) struct RawUsage {
 pub(crate) struct RawCredits {
     /// How long a reservation left open by a process that is gone stays spent (default 10m).
     pub reservation_lease: Option<Text>,
+    /// Threshold notices: a signed webhook when an account has used these fractions of its month.
+    pub notify: Option<Spanned<RawNotify>>,
+}
+
+/// `credits.notify:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawNotify {
+    /// Required: where notices are POSTed.
+    pub url: Option<Text>,
+    /// Fractions of the monthly credits, each in (0, 1] (default 0.8, 0.95, 1.0).
+    pub thresholds: Option<Vec<Spanned<f64>>>,
+    /// The variable holding the signing secret (default `SWITCHYARD_BILLING_WEBHOOK_SECRET`).
+    pub secret_env: Option<Text>,
 }
 
 /// One entry of `models:`.

@@ -12,7 +12,8 @@ use indexmap::IndexMap;
 use marked_yaml::Spanned;
 
 use super::raw::{
-    RawAuth, RawConfig, RawIssuer, RawModel, RawPrice, RawRouting, RawServer, RawTier, Text,
+    RawAuth, RawConfig, RawIssuer, RawModel, RawNotify, RawPrice, RawRouting, RawServer, RawTier,
+    Text,
 };
 use super::report::{line_of, Report};
 use super::values::{
@@ -24,8 +25,8 @@ use super::values::{
 };
 use super::{
     AuthConfig, BreakerSettings, ClaimMapping, Config, HealthPolicy, IssuerConfig, IssuerKeys,
-    LoginLimits, ModelConfig, ModelPrice, ProfileConfig, RoutingConfig, ServerConfig, StickyConfig,
-    Strategy, TierConfig, UsageConfig,
+    LoginLimits, ModelConfig, ModelPrice, NotifyConfig, ProfileConfig, RoutingConfig, ServerConfig,
+    StickyConfig, Strategy, TierConfig, UsageConfig,
 };
 
 /// The `iss` of Switchyard's own access tokens; an external issuer cannot take it.
@@ -45,6 +46,7 @@ pub(super) fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Co
             raw.credits.reservation_lease.as_ref(),
             Duration::from_secs(600),
         ),
+        notify: raw.credits.notify.as_ref().map(|n| notify(report, n)),
     };
 
     let mut ids: HashMap<String, usize> = HashMap::new();
@@ -85,6 +87,56 @@ pub(super) fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Co
     };
     warn_unpriced(report, &raw, &config);
     config
+}
+
+/// `credits.notify:` an http(s) URL and thresholds in (0, 1].
+fn notify(report: &mut Report, raw: &Spanned<RawNotify>) -> NotifyConfig {
+    let url = match &raw.url {
+        None => {
+            report.at(raw.span(), "credits.notify.url", "is required");
+            String::new()
+        }
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            report.at(
+                u.span(),
+                "credits.notify.url",
+                "must be an http:// or https:// URL",
+            );
+            String::new()
+        }
+        Some(u) => u.to_string(),
+    };
+    let mut thresholds = Vec::new();
+    match &raw.thresholds {
+        None => thresholds.extend([0.8, 0.95, 1.0]),
+        Some(list) => {
+            for (i, t) in list.iter().enumerate() {
+                if !(t.is_finite() && **t > 0.0 && **t <= 1.0) {
+                    report.at(
+                        t.span(),
+                        format!("credits.notify.thresholds[{i}]"),
+                        "must be > 0 and <= 1",
+                    );
+                } else {
+                    thresholds.push(**t);
+                }
+            }
+        }
+    }
+    thresholds.sort_by(f64::total_cmp);
+    thresholds.dedup();
+    NotifyConfig {
+        url,
+        thresholds,
+        secret_env: raw
+            .secret_env
+            .as_ref()
+            // The billing webhook's variable (`limits::webhook::SECRET_ENV`): one secret signs both.
+            .map_or_else(
+                || "SWITCHYARD_BILLING_WEBHOOK_SECRET".to_owned(),
+                |s| s.to_string(),
+            ),
+    }
 }
 
 /// A model without a price is refused to metered tiers (unless `pricing_default` covers it): `check`

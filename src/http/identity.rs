@@ -101,8 +101,19 @@ async fn logout(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
 // --- the caller's own ----------------------------------------------------------------------------
 
 async fn me(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
-    let work =
-        async { Ok(HttpResponse::Ok().json(state.auth.me(&state.config().auth, &caller.0)?)) };
+    let work = async {
+        let config = state.config();
+        let me = state.auth.me(&config.auth, &caller.0)?;
+        let mut v = serde_json::to_value(me).map_err(|e| ApiError::Internal(e.to_string()))?;
+        // The credits as the threshold notices see them, for the extension's usage view.
+        if caller.0.account.is_some() {
+            v["credits"] = state
+                .limits
+                .credit_view(&config, &caller.0)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        Ok(HttpResponse::Ok().json(v))
+    };
     metered(&state, &caller, work).await
 }
 

@@ -32,6 +32,9 @@ const EVENT_PREFIX: &str = "v1/webhook/";
 /// released; what a crash leaves here is released once its lease has run out.
 const LEASE_PREFIX: &str = "v1/lease/";
 
+/// Threshold notices sent: `v1/notice/<hex account>/<month>/<threshold in permille>`.
+const NOTICE_PREFIX: &str = "v1/notice/";
+
 /// A reservation as stored until it is settled or released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -252,6 +255,42 @@ impl Ledger {
     pub fn forget_event(&self, id: &str) -> Result<(), StoreError> {
         self.tree.remove(format!("{EVENT_PREFIX}{id}"))?;
         Ok(())
+    }
+
+    /// Claims the notice for `account` crossing `permille`/1000 of its credits in `month`: of two
+    /// racing claims exactly one gets `true`, and a claimed notice is never claimed again (written and
+    /// flushed before the notice is sent: a crash in between loses that notice, never doubles it).
+    pub fn claim_notice(
+        &self,
+        account: &str,
+        month: &str,
+        permille: u32,
+    ) -> Result<bool, StoreError> {
+        let key = format!("{NOTICE_PREFIX}{}/{month}/{permille:04}", hex(account));
+        let claimed = self
+            .tree
+            .compare_and_swap(key, None as Option<&[u8]>, Some(&b"1"[..]))?
+            .is_ok();
+        if claimed {
+            self.tree.flush()?;
+        }
+        Ok(claimed)
+    }
+
+    /// The thresholds (in permille) whose notice `account` was sent in `month`, ascending.
+    pub fn notices(&self, account: &str, month: &str) -> Result<Vec<u32>, StoreError> {
+        let prefix = format!("{NOTICE_PREFIX}{}/{month}/", hex(account));
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            if let Some(p) = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|p| p.parse().ok())
+            {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
     /// The account's balance in micro-USD (0 when it never had credits).

@@ -375,6 +375,70 @@ impl Limits {
         Ok(take)
     }
 
+    /// The account's credits as `/v1/me` and the threshold notices show them: balance, monthly
+    /// credits, fraction used, configured thresholds and those whose notice was sent this month.
+    pub fn credit_view(
+        &self,
+        config: &Config,
+        p: &Principal,
+    ) -> Result<serde_json::Value, LedgerError> {
+        let Some(account) = &p.account else {
+            return Ok(serde_json::Value::Null);
+        };
+        let balance = self.ledger.balance(account)?;
+        let monthly = self
+            .subject(config, Some(p))
+            .and_then(|s| s.tier.monthly_credits_micros);
+        let thresholds = config.usage.notify.as_ref().map(|n| n.thresholds.clone());
+        let crossed: Vec<f64> = self
+            .ledger
+            .notices(account, &credits::month_of(now_ms()))?
+            .into_iter()
+            .map(|p| f64::from(p) / 1000.0)
+            .collect();
+        Ok(serde_json::json!({
+            "balance_usd": usd(balance),
+            "monthly_credits_usd": monthly.map(usd),
+            "fraction_used": monthly.map(|m| fraction_used(balance, m)),
+            "thresholds": thresholds,
+            "thresholds_crossed": crossed,
+        }))
+    }
+
+    /// Sends the notices of every threshold `account` has now reached, once per UTC month each.
+    fn notify_thresholds(&self, account: &str, monthly: u64, n: &crate::config::NotifyConfig) {
+        let balance = match self.ledger.balance(account) {
+            Ok(b) => b,
+            Err(e) => return tracing::error!(error = %e, "cannot read a balance for its notices"),
+        };
+        let used = fraction_used(balance, monthly);
+        let month = credits::month_of(now_ms());
+        for t in n.thresholds.iter().filter(|t| used >= **t) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let permille = (t * 1000.0).round() as u32;
+            match self.ledger.claim_notice(account, &month, permille) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record a credit notice");
+                    continue;
+                }
+            }
+            let body = serde_json::json!({
+                "type": "credits.threshold_crossed",
+                "account": account,
+                "month": month,
+                "threshold": t,
+                "fraction_used": used,
+                "balance_usd": usd(balance),
+                "monthly_credits_usd": usd(monthly),
+            })
+            .to_string();
+            let secret = std::env::var(&n.secret_env).ok().filter(|s| !s.is_empty());
+            actix_web::rt::spawn(webhook::deliver(n.url.clone(), secret, body));
+        }
+    }
+
     /// Checks `max_tokens` against the tier and reserves the request's largest possible cost. The hold
     /// settles to the real cost when an attempt answers (see `Hold::attempt_finished`) and gives the
     /// reservation back if none does.
@@ -489,6 +553,10 @@ impl Limits {
             tokens_held: tokens_held.unwrap_or(0),
             price: config.price(model, None),
             profile_prices,
+            notice: metered.and_then(|(_, account, monthly)| {
+                let n = config.usage.notify.clone()?;
+                (monthly > 0).then(|| (account.clone(), monthly, n))
+            }),
             reservation: Mutex::new(reservation),
             settled: AtomicBool::new(false),
         })))
@@ -519,6 +587,8 @@ pub struct Hold {
     subject: Option<String>,
     /// Tokens of that budget held until the answer settles (or the hold is dropped).
     tokens_held: u64,
+    /// The metered account and its monthly credits, when threshold notices are configured.
+    notice: Option<(String, u64, crate::config::NotifyConfig)>,
     /// The model's price, and the profiles that price it their own way.
     price: Option<ModelPrice>,
     profile_prices: Vec<(String, ModelPrice)>,
@@ -557,6 +627,9 @@ impl Hold {
             },
             None => cost,
         };
+        if let Some((account, monthly, notify)) = &self.notice {
+            self.limits.notify_thresholds(account, *monthly, notify);
+        }
         if charged > 0 {
             #[allow(clippy::cast_precision_loss)]
             self.limits
@@ -580,6 +653,14 @@ impl Drop for Hold {
             }
         }
     }
+}
+
+/// The share of `monthly` an account has used: (monthly - balance) / monthly, between 0 and 1 (credits
+/// bought above the month's grant count as unused).
+fn fraction_used(balance: u64, monthly: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let f = monthly.saturating_sub(balance) as f64 / monthly.max(1) as f64;
+    f.clamp(0.0, 1.0)
 }
 
 /// Seconds until a spent token budget may have room: the day's end when today's tokens alone spend

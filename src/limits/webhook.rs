@@ -115,6 +115,33 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8], now: u64) -> Result<(), 
     }
 }
 
+/// POSTs `body` (JSON) to `url`, signed like the billing webhook (`switchyard-signature: t=..,v1=..`
+/// over `t.body` with `secret`). Logs the outcome; one try, 10 s at most.
+pub async fn deliver(url: String, secret: Option<String>, body: String) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut req = reqwest::Client::new()
+        .post(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .header("content-type", "application/json");
+    match &secret {
+        Some(s) => req = req.header(SIGNATURE_HEADER, sign(s.as_bytes(), t, body.as_bytes())),
+        None => tracing::warn!("credit notice sent unsigned: its secret variable is not set"),
+    }
+    match req.body(body).send().await {
+        Ok(r) if r.status().is_success() => {
+            tracing::info!(status = r.status().as_u16(), "credit notice delivered")
+        }
+        Ok(r) => tracing::warn!(
+            status = r.status().as_u16(),
+            "credit notice refused by its receiver"
+        ),
+        Err(e) => tracing::warn!(error = %e, "credit notice not delivered"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

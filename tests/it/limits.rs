@@ -33,6 +33,8 @@ tiers:
   daily50:
     requests_per_hour: 1000
     tokens_per_day: 50
+  monthly:
+    monthly_credits: 1
   metered:
     max_tokens_per_request: 20
     monthly_credits: 0
@@ -1265,4 +1267,109 @@ async fn a_reservation_left_open_by_a_crash_is_released_after_its_lease() {
         .as_str()
         .unwrap()
         .starts_with("tx_"));
+}
+
+#[tokio::test]
+async fn crossing_a_share_of_the_monthly_credits_posts_one_signed_notice_per_month() {
+    let (mock, receiver) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("notices").await,
+    );
+    let mut config = ConfigBuilder::default()
+        .profile("a", &mock)
+        .model("m", &["a"]);
+    config.auth_required = true;
+    config.max_attempts = 1;
+    config.extra_yaml = TIERS.lines().map(str::to_owned).collect();
+    config.extra_yaml.extend([
+        "credits:".to_owned(),
+        "  notify:".to_owned(),
+        format!("    url: \"{}/notices\"", receiver.base_url()),
+        "    thresholds: [0.8, 0.5]".to_owned(),
+    ]);
+    let mut server = Server::start_with_env(&config, &[(webhook::SECRET_ENV, WEBHOOK_SECRET)]);
+    let key = new_key(&server, "spender", "monthly").await;
+    let chat = |server: &Server| {
+        let (server_url, key) = (server.url("/v1/chat/completions"), key.clone());
+        async move {
+            let resp = client()
+                .post(server_url)
+                .bearer_auth(key)
+                .json(&chat_req("m", json!({"max_tokens": 5})))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    };
+    let path = "/admin/accounts/spender/credits";
+    let set_balance = |server: &Server, to: i64| {
+        let server_url = server.url(path);
+        async move {
+            let c: Value = client()
+                .get(&server_url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let delta = to - c["balance_micros"].as_i64().unwrap();
+            let usd = delta as f64 / 1e6;
+            let resp = client()
+                .post(&server_url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"amount_usd": usd}))
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success());
+        }
+    };
+    chat(&server).await; // the month's grant: 1 USD
+    set_balance(&server, 501_000).await;
+    chat(&server).await; // used crosses 0.5
+    assert!(receiver.wait_for_requests(1, Duration::from_secs(10)).await);
+    chat(&server).await; // still above 0.5: no second notice
+    set_balance(&server, 201_000).await;
+    chat(&server).await; // crosses 0.8
+    assert!(receiver.wait_for_requests(2, Duration::from_secs(10)).await);
+    // Sent ones are remembered across a restart.
+    server.terminate();
+    server.restart();
+    chat(&server).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = receiver.requests();
+    assert_eq!(got.len(), 2, "one notice per threshold and month");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (r, threshold) in got.iter().zip([0.5, 0.8]) {
+        assert_eq!(r.path, "/v1/notices");
+        let sig = &r
+            .headers
+            .iter()
+            .find(|(n, _)| n == webhook::SIGNATURE_HEADER)
+            .unwrap()
+            .1;
+        webhook::verify(WEBHOOK_SECRET.as_bytes(), sig, &r.body, now).unwrap();
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["type"], "credits.threshold_crossed");
+        assert_eq!(v["account"], "spender");
+        assert_eq!(v["threshold"], threshold);
+        assert!(v["fraction_used"].as_f64().unwrap() >= threshold, "{v}");
+    }
+    let (s, _, me) = call(&server, reqwest::Method::GET, "/v1/me", Some(&key), None).await;
+    assert_eq!(s, 200, "{me}");
+    let c = &me["credits"];
+    assert_eq!(c["monthly_credits_usd"], "1.000000", "{me}");
+    assert_eq!(c["thresholds"], json!([0.5, 0.8]));
+    assert_eq!(c["thresholds_crossed"], json!([0.5, 0.8]));
+    assert!(c["fraction_used"].as_f64().unwrap() > 0.8, "{me}");
+    assert!(
+        c["balance_usd"].as_str().unwrap().starts_with("0.1"),
+        "{me}"
+    );
 }
