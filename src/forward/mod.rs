@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::limits::Hold;
 use crate::metrics::{status_class, InFlight, Metrics};
 use crate::state::AppState;
-use crate::upstream::Upstreams;
+use crate::upstream::{UpstreamProfile, Upstreams};
 use crate::wire::openai::RoutingFields;
 use crate::wire::Dialect;
 
@@ -72,6 +72,26 @@ pub struct ProxyRequest {
     pub dialect: Dialect,
     /// Credits and token budget: settled by the first answered attempt, released when dropped unsettled.
     pub accounting: Option<Arc<Hold>>,
+    /// The client's own request, when it speaks a dialect some profiles speak natively (Anthropic
+    /// Messages): those profiles get it untouched but for `model`; others get `body` (translated).
+    pub native: Option<NativeRequest>,
+}
+
+/// A client's request as it came, for a profile that speaks its dialect.
+#[derive(Debug, Clone)]
+pub struct NativeRequest {
+    pub body: Bytes,
+    /// The query string as sent (`beta=true`), without the `?`.
+    pub query: String,
+    /// The dialect's own headers, forwarded as sent (`anthropic-beta`, `anthropic-version`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl ProxyRequest {
+    /// Whether `up` gets the client's request untouched (same dialect on both sides).
+    fn passes_through(&self, up: &UpstreamProfile) -> bool {
+        self.native.is_some() && up.dialect() == self.dialect
+    }
 }
 
 /// `max_tokens` sent to Anthropic when the client gave none (the Messages API requires it).

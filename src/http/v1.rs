@@ -12,7 +12,7 @@ use super::respond::{admit_other, reply};
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::forward::{Endpoint, Proxy, ProxyRequest};
+use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest};
 use crate::limits::{CallKind, RateStatus, Subject};
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
@@ -97,9 +97,12 @@ async fn model_call(
             .admit_principal(&config, principal.as_ref(), CallKind::Llm)?;
         rate = admission.rate;
         let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
-        let body = match dialect {
-            Dialect::OpenAi => body,
-            Dialect::Anthropic => Bytes::from(messages_request_to_chat(&body)?.0),
+        let (body, native) = match dialect {
+            Dialect::OpenAi => (body, None),
+            Dialect::Anthropic => {
+                let chat = Bytes::from(messages_request_to_chat(&body)?.0);
+                (chat, Some(native_request(&req, body)))
+            }
         };
         let upstreams = workers.current(&config, generation);
         let proxy = Proxy {
@@ -108,7 +111,7 @@ async fn model_call(
             upstreams: &upstreams,
         };
         let who = (principal, admission.subject);
-        forward(&proxy, call, &req, body, who).await
+        forward(&proxy, call, &req, (body, native), who).await
     }
     .await;
     reply(&rate, dialect, result)
@@ -119,7 +122,7 @@ async fn forward(
     proxy: &Proxy<'_>,
     call: Call,
     req: &HttpRequest,
-    body: Bytes,
+    (body, native): (Bytes, Option<NativeRequest>),
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
     let fields = RoutingFields::parse(&body)?;
@@ -150,18 +153,53 @@ async fn forward(
         started: call.started,
         dialect: call.dialect,
         accounting,
+        native,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
 }
 
-/// The sticky-session key: `X-Session-Id`, else the body's `user`.
+/// The headers that name a client's session, first found wins: ours, then the coding agents' own
+/// (Claude Code's, Codex's session and thread ids).
+const SESSION_HEADERS: [&str; 4] = [
+    "x-session-id",
+    "x-claude-code-session-id",
+    "session-id",
+    "thread-id",
+];
+
+/// The sticky-session key: the first session header, else the body's `prompt_cache_key` (Codex), else
+/// its `user`.
 fn session_key(req: &HttpRequest, fields: &RoutingFields) -> Option<String> {
-    req.headers()
-        .get("x-session-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
+    SESSION_HEADERS
+        .iter()
+        .find_map(|name| {
+            req.headers()
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        })
+        .or_else(|| fields.prompt_cache_key.clone())
         .or_else(|| fields.user.clone())
+}
+
+/// The Anthropic headers a Messages client sends that its upstream must see as sent.
+const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+
+/// An Anthropic client's request as it came, for Anthropic profiles.
+fn native_request(req: &HttpRequest, body: Bytes) -> NativeRequest {
+    let headers = ANTHROPIC_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let v = req.headers().get(*name)?.to_str().ok()?;
+            Some((*name, v.to_owned()))
+        })
+        .collect();
+    NativeRequest {
+        body,
+        query: req.query_string().to_owned(),
+        headers,
+    }
 }
 
 /// 403 when the caller's scopes do not include `model`.
@@ -180,6 +218,22 @@ fn may_use(principal: Option<&Principal>, model: &str) -> bool {
 
 fn model_object(name: &str) -> serde_json::Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard"})
+}
+
+/// Anthropic's model list: `{"data": [{"type": "model", "id", "display_name", "created_at"}], ...}`.
+fn anthropic_model_list(names: &[&str]) -> serde_json::Value {
+    let data: Vec<_> = names
+        .iter()
+        .map(|n| {
+            json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})
+        })
+        .collect();
+    json!({
+        "data": data,
+        "has_more": false,
+        "first_id": names.first(),
+        "last_id": names.last(),
+    })
 }
 
 /// The models a caller may use, among `config`'s.
@@ -201,9 +255,12 @@ async fn list_models(req: HttpRequest, state: State) -> HttpResponse {
         let principal = extract::client(&state, &req).await?;
         rate = admit_other(&state, principal.as_ref())?.rate;
         let config = state.config();
-        let data: Vec<_> = usable_models(&config, principal.as_ref())
-            .map(model_object)
-            .collect();
+        let names: Vec<&str> = usable_models(&config, principal.as_ref()).collect();
+        // Claude Code discovers a gateway's models with `anthropic-version` set: answer in its shape.
+        if req.headers().contains_key("anthropic-version") {
+            return Ok(HttpResponse::Ok().json(anthropic_model_list(&names)));
+        }
+        let data: Vec<_> = names.into_iter().map(model_object).collect();
         Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
     }
     .await;

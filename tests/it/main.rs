@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agents;
 mod anthropic;
 mod auth;
 mod config_check;
