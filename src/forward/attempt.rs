@@ -49,7 +49,7 @@ impl Proxy<'_> {
         let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
         let path = match up.provider {
             Provider::OpenAi => req.endpoint.path(),
-            Provider::Anthropic => "/messages",
+            Provider::Anthropic => req.endpoint.anthropic_path().unwrap_or("/messages"),
         };
         let sent = match native {
             Some(n) => up.post_native(path, &n.query, &req.request_id, &n.headers),

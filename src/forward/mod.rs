@@ -39,20 +39,40 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's `/v1/messages/count_tokens`: only Anthropic profiles answer it.
+    CountTokens,
 }
 
 impl Endpoint {
-    /// The path under the profile's base URL.
+    /// The path under an OpenAI-compatible profile's base URL.
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::CountTokens => "/messages/count_tokens",
+        }
+    }
+
+    /// The path under an Anthropic profile's base URL, when the Messages API has the endpoint.
+    pub fn anthropic_path(self) -> Option<&'static str> {
+        match self {
+            Endpoint::ChatCompletions => Some("/messages"),
+            Endpoint::CountTokens => Some("/messages/count_tokens"),
+            Endpoint::Completions | Endpoint::Embeddings => None,
+        }
+    }
+
+    /// Whether `provider`'s API has this endpoint.
+    fn served_by(self, provider: Provider) -> bool {
+        match provider {
+            Provider::Anthropic => self.anthropic_path().is_some(),
+            Provider::OpenAi => self != Endpoint::CountTokens,
         }
     }
 
     pub(crate) fn streams(self) -> bool {
-        !matches!(self, Endpoint::Embeddings)
+        !matches!(self, Endpoint::Embeddings | Endpoint::CountTokens)
     }
 }
 
@@ -193,7 +213,7 @@ impl Proxy<'_> {
                 pick.entry.report(AttemptOutcome::Abandoned, pick.probe);
                 return Err(ApiError::Internal(format!("profile {id} has no upstream")));
             };
-            if up.provider == Provider::Anthropic && req.endpoint != Endpoint::ChatCompletions {
+            if !req.endpoint.served_by(up.provider) {
                 pick.entry.release(pick.probe);
                 failover.unsuitable(id, Unsuitable::NoEndpoint(req.endpoint));
                 continue;

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::extract::{self, read_limited};
 use super::respond::{admit_other, reply};
 use crate::auth::Principal;
-use crate::config::Config;
+use crate::config::{Config, Provider};
 use crate::error::ApiError;
 use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest};
 use crate::limits::{CallKind, RateStatus, Subject};
@@ -25,6 +25,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/completions", web::post().to(completions))
         .route("/v1/embeddings", web::post().to(embeddings))
         .route("/v1/messages", web::post().to(messages))
+        .route("/v1/messages/count_tokens", web::post().to(count_tokens))
         .route("/v1/models", web::get().to(list_models))
         .route("/v1/models/{id:.*}", web::get().to(get_model));
 }
@@ -57,6 +58,13 @@ async fn embeddings(req: HttpRequest, body: web::Payload, s: State, w: Workers) 
 /// answer — body or stream — translated back. Errors come in Anthropic's shape.
 async fn messages(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
     let call = Call::new(Endpoint::ChatCompletions, Dialect::Anthropic);
+    model_call(call, req, body, &s, &w).await
+}
+
+/// `POST /v1/messages/count_tokens`: passed through to an Anthropic profile of the model; a model with
+/// none gets an estimate (see `estimated_count`).
+async fn count_tokens(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
+    let call = Call::new(Endpoint::CountTokens, Dialect::Anthropic);
     model_call(call, req, body, &s, &w).await
 }
 
@@ -128,15 +136,27 @@ async fn forward(
     let fields = RoutingFields::parse(&body)?;
     check_scope(principal.as_ref(), &fields.model)?;
     let request_id = extract::request_id(req);
+    let counting = call.endpoint == Endpoint::CountTokens;
+    if counting && !has_anthropic_profile(proxy.config, &fields.model) {
+        return estimated_count(
+            proxy.config,
+            &fields.model,
+            native.as_ref().map(|n| &n.body),
+        );
+    }
     let embeddings = call.endpoint == Endpoint::Embeddings;
-    let accounting = proxy.shared.limits.hold(
-        proxy.config,
-        subject.as_ref(),
-        &fields.model,
-        &body,
-        embeddings,
-        &request_id,
-    )?;
+    let accounting = match counting {
+        // Counting generates nothing: no credits are reserved or charged.
+        true => None,
+        false => proxy.shared.limits.hold(
+            proxy.config,
+            subject.as_ref(),
+            &fields.model,
+            &body,
+            embeddings,
+            &request_id,
+        )?,
+    };
     // Debug, like the per-attempt span: an info span is formatted on every request by the JSON layer
     // even when nothing is logged under it. Warnings on the forward path carry `request_id` themselves.
     let span = tracing::debug_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream);
@@ -156,6 +176,33 @@ async fn forward(
         native,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
+}
+
+fn has_anthropic_profile(config: &Config, model: &str) -> bool {
+    config.model(model).is_some_and(|m| {
+        m.profiles.iter().any(|id| {
+            config
+                .profile(id)
+                .is_some_and(|p| p.provider == Provider::Anthropic)
+        })
+    })
+}
+
+/// A token count for a model no Anthropic profile serves: a quarter of the request's bytes, rounded
+/// up (about what English text and JSON average), in Anthropic's shape. An unknown model is a 404.
+fn estimated_count(
+    config: &Config,
+    model: &str,
+    body: Option<&Bytes>,
+) -> Result<HttpResponse, ApiError> {
+    if config.model(model).is_none() {
+        return Err(ApiError::UnknownModel(model.to_owned()));
+    }
+    let bytes = body.map_or(0, |b| b.len());
+    let tokens = bytes.div_ceil(4);
+    Ok(HttpResponse::Ok()
+        .insert_header(("x-switchyard-estimate", "bytes/4"))
+        .json(json!({"input_tokens": tokens})))
 }
 
 /// The headers that name a client's session, first found wins: ours, then the coding agents' own

@@ -229,3 +229,69 @@ async fn models_answer_in_anthropic_shape_when_asked_with_anthropic_version() {
         .unwrap();
     assert_eq!(v["object"], "list", "OpenAI's shape otherwise");
 }
+
+#[tokio::test]
+async fn count_tokens_goes_to_an_anthropic_profile_and_is_estimated_without_one() {
+    let (a, o) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("o").await,
+    );
+    let cfg = anthropic_profile(ConfigBuilder::default(), "a", &a)
+        .profile("o", &o)
+        .model("claude-opus-4-8", &["o", "a"])
+        .model("gpt", &["o"]);
+    let server = Server::start(&cfg);
+    let body = json!({"model": "claude-opus-4-8", "messages": [{"role": "user", "content": "one two three"}]});
+    for path in [
+        "/v1/messages/count_tokens",
+        "/v1/messages/count_tokens?beta=true",
+    ] {
+        let resp = client()
+            .post(server.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["x-switchyard-profile"],
+            "a",
+            "only Anthropic counts"
+        );
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["input_tokens"], 3, "the upstream's own count");
+    }
+    let got = a.requests();
+    assert_eq!(got[0].path_only(), "/v1/messages/count_tokens");
+    assert_eq!(got[1].path, "/v1/messages/count_tokens?beta=true");
+    assert_eq!(
+        o.request_count(),
+        0,
+        "an OpenAI profile is never asked to count"
+    );
+    // A model without an Anthropic profile: an estimate, in Anthropic's shape.
+    let mut body = body.clone();
+    body["model"] = json!("gpt");
+    let resp = client()
+        .post(server.url("/v1/messages/count_tokens"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-estimate"], "bytes/4");
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["input_tokens"].as_u64().unwrap() > 0, "{v}");
+    // An unknown model: Anthropic's error shape.
+    body["model"] = json!("nope");
+    let resp = client()
+        .post(server.url("/v1/messages/count_tokens"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "not_found_error");
+}
