@@ -23,6 +23,8 @@ tiers:
   tiny:
     requests_per_hour: 3
     rate_window: 5s
+  trio:
+    requests_per_hour: 3
   onekey:
     max_keys: 1
   capped:
@@ -753,8 +755,10 @@ async fn usage_groups_add_up_to_the_raw_records() {
     assert_eq!(s, 403);
 }
 
+/// README, "Limits and credits": `/v1/me` and `/v1/keys` are not counted against `requests_per_hour`
+/// (nor refused over it), but answer with the tier's current `X-RateLimit-*`.
 #[tokio::test]
-async fn own_account_routes_count_against_the_tier_and_carry_the_headers() {
+async fn own_account_routes_are_not_counted_but_carry_the_headers() {
     let mock = MockUpstream::start_named("a").await;
     let server = server_with(&mock, &[]).await;
     let key = new_key(&server, "acc-me", "thin").await;
@@ -762,8 +766,43 @@ async fn own_account_routes_count_against_the_tier_and_carry_the_headers() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(header(&h, "x-ratelimit-limit"), 100);
     let first = header(&h, "x-ratelimit-remaining");
-    let (_, h, _) = call(&server, reqwest::Method::GET, "/v1/me", Some(&key), None).await;
-    assert_eq!(header(&h, "x-ratelimit-remaining"), first - 1);
+    assert_eq!(first, 100, "nothing counted yet");
+    // `/v1/keys` wants a signed-in session, not a key: refused, and not counted either.
+    for (path, want) in [("/v1/me", 200), ("/v1/keys", 403), ("/v1/me", 200)] {
+        let (status, h, v) = call(&server, reqwest::Method::GET, path, Some(&key), None).await;
+        assert_eq!(status, want, "{path}: {v}");
+        assert_eq!(header(&h, "x-ratelimit-remaining"), first, "{path}");
+    }
+    // A tier of 3 requests: many own-account calls, and the 3 counted calls are all still there.
+    let tiny = new_key(&server, "acc-trio", "trio").await;
+    for _ in 0..5 {
+        let (status, _, v) = call(&server, reqwest::Method::GET, "/v1/me", Some(&tiny), None).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    for n in 0..3 {
+        let (status, _, v) = call(
+            &server,
+            reqwest::Method::GET,
+            "/v1/models",
+            Some(&tiny),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "call {n}: {v}");
+    }
+    let (status, _, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/models",
+        Some(&tiny),
+        None,
+    )
+    .await;
+    assert_eq!(status, 429);
+    // Over the limit, the caller can still see its account.
+    let (status, h, v) = call(&server, reqwest::Method::GET, "/v1/me", Some(&tiny), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-ratelimit-remaining"), 0);
 }
 
 #[tokio::test]
