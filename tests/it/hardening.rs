@@ -390,3 +390,50 @@ async fn a_store_behind_its_high_water_mark_is_refused_until_accepted() {
     traffic(&server, 1).await;
     assert_eq!(admin_profile(&server, "a").await["requests"], 11);
 }
+
+// --- Retry-After when nothing is available ---------------------------------------------------------
+
+fn retry_after_of(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    h.get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+/// The only profile answering 429 is relayed as a 429 with the upstream's hint; while it cools, the 503
+/// says how long until it can be tried again (not always 1); a profile that only an operator can bring
+/// back (auth_failed) gets a 503 saying so, without a Retry-After.
+#[tokio::test]
+async fn retry_after_says_when_a_profile_can_be_tried_again() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    a.push(Reply::rate_limited(7));
+    b.push(Reply::unauthorized());
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .model("limited", &["a"])
+            .model("locked", &["b"]),
+    );
+    let (status, h, body) = chat(&server, &chat_body("limited")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(error_of(&body)["type"], "rate_limit_error", "{body}");
+    assert_eq!(retry_after_of(&h), Some(7), "{h:?}");
+
+    wait_state(&server, "a", "cooldown", Duration::from_secs(5)).await;
+    let (status, h, body) = chat(&server, &chat_body("limited")).await;
+    assert_eq!(status, 503, "{body}");
+    let secs = retry_after_of(&h).unwrap_or_else(|| panic!("{h:?}"));
+    assert!((6..=7).contains(&secs), "Retry-After {secs}: {body}");
+
+    let (status, _, body) = chat(&server, &chat_body("locked")).await;
+    assert_eq!(status, 502, "{body}");
+    wait_state(&server, "b", "auth_failed", Duration::from_secs(5)).await;
+    let (status, h, body) = chat(&server, &chat_body("locked")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry_after_of(&h), None, "{h:?}");
+    let msg = error_of(&body)["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("None recovers by itself"), "{msg}");
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+}
