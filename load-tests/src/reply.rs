@@ -38,6 +38,15 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// A redirect to `location` (an upstream that moved, or a `base_url` pointing at a login page).
+    pub fn redirect(code: u16, location: &str) -> Reply {
+        Reply::Status {
+            status: code,
+            headers: vec![("location".to_owned(), location.to_owned())],
+            body: String::new(),
+        }
+    }
+
     /// A fixed status with a body and no extra headers.
     pub fn status(code: u16, body: impl Into<String>) -> Reply {
         Reply::Status {

@@ -85,6 +85,9 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Verdict {
         401 | 403 => failure(FailureClass::Auth),
         400 if is_billing_body(body) => failure(FailureClass::Billing),
         408 | 504 => failure(FailureClass::Timeout),
+        // Redirects are never followed (a credential must not travel to wherever they point): a
+        // profile that answers one is misconfigured (`base_url`) or its service moved.
+        300..=399 => failure(FailureClass::Server),
         500..=599 => Verdict::Failure {
             class: FailureClass::Server,
             retry_after: retry_after(headers, SystemTime::now()),
@@ -129,6 +132,23 @@ fn clamped_secs(secs: f64) -> Option<Duration> {
     } else {
         Duration::from_secs_f64(secs)
     })
+}
+
+/// What an operator reads about a redirect: its status and where it pointed, since that is how to fix
+/// the profile's `base_url`.
+pub fn redirect_detail(status: u16, headers: &HeaderMap) -> String {
+    let location = headers.get(reqwest::header::LOCATION).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(300)
+            .collect::<String>()
+    });
+    match location {
+        Some(l) => {
+            format!("HTTP {status} redirect to {l} (redirects are not followed: check base_url)")
+        }
+        None => format!("HTTP {status} redirect without a Location (redirects are not followed)"),
+    }
 }
 
 /// A short, secret-free description of an upstream error body for operators: its message, truncated.
@@ -301,6 +321,22 @@ mod tests {
             classify(404, &HeaderMap::new(), b"{}"),
             Verdict::ClientError
         );
+    }
+
+    #[test]
+    fn redirects_are_server_failures_named_with_their_location() {
+        let hs = h(&[("location", "https://example.com/login")]);
+        assert_eq!(class(classify(302, &hs, b"")), FailureClass::Server);
+        assert_eq!(
+            class(classify(301, &HeaderMap::new(), b"")),
+            FailureClass::Server
+        );
+        let d = redirect_detail(302, &hs);
+        assert!(
+            d.contains("302") && d.contains("https://example.com/login"),
+            "{d}"
+        );
+        assert!(redirect_detail(307, &HeaderMap::new()).contains("307"));
     }
 
     #[test]

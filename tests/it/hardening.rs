@@ -437,3 +437,32 @@ async fn retry_after_says_when_a_profile_can_be_tried_again() {
     assert!(msg.contains("None recovers by itself"), "{msg}");
     assert_eq!((a.request_count(), b.request_count()), (1, 1));
 }
+
+// --- streams that open with an error, redirects, echoed keys ---------------------------------------
+
+/// An upstream redirect is not relayed as a bare 3xx: the profile cools down, the next one answers, and
+/// the admin API says where the redirect pointed.
+#[tokio::test]
+async fn an_upstream_redirect_fails_over_and_names_its_location() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    a.push(Reply::redirect(302, "https://login.example.com/sso"));
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .model_with_strategy("m", &["a", "b"], "priority"),
+    );
+    let (status, h, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h["x-switchyard-profile"], "b");
+    assert_eq!(h["x-switchyard-attempts"], "2");
+    let p = wait_state(&server, "a", "cooldown", Duration::from_secs(5)).await;
+    let last = p["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last.contains("302") && last.contains("https://login.example.com/sso"),
+        "{p}"
+    );
+}
