@@ -226,6 +226,7 @@ async fn respond(
             let events = openai::stream_events(&req.target, &req.body, &ctx);
             stream(conn, shared, &events, gap, None, keep).await
         }
+        Reply::Events { chunks, gap } => stream(conn, shared, &chunks, gap, None, keep).await,
         Reply::Reset => {
             // Dropping the socket with SO_LINGER 0 sends RST; the caller drops it on `Flow::Close`.
             conn.arm_reset()?;

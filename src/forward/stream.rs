@@ -14,8 +14,9 @@ use super::guard::{wait_ack, AttemptGuard};
 use super::{Proxy, ProxyRequest};
 use crate::error::ApiError;
 use crate::metrics::InFlight;
+use crate::upstream::classify::classify_stream_error;
 use crate::upstream::UpstreamProfile;
-use crate::wire::{StreamCodec, StreamFault};
+use crate::wire::{Relayed, StreamCodec, StreamFault};
 
 impl Proxy<'_> {
     pub(super) async fn relay_stream(
@@ -34,6 +35,8 @@ impl Proxy<'_> {
             req.fields.client_wants_usage,
         );
         let mut upstream = resp.bytes_stream().boxed_local();
+        // Comments and keep-alives before the first content event: held, since they commit nothing.
+        let mut held = BytesMut::new();
         let first = loop {
             match tokio::time::timeout(idle, upstream.next()).await {
                 Err(_) => {
@@ -57,6 +60,9 @@ impl Proxy<'_> {
                             up.redact(&fault.to_string()),
                         )))
                     }
+                    Ok(Relayed {
+                        fault: Some(fault), ..
+                    }) => return Err(guard.fail(first_event_failure(up, &fault))),
                     Ok(p) if p.done => {
                         let ack = guard.finish(
                             AttemptOutcome::Succeeded,
@@ -65,14 +71,18 @@ impl Proxy<'_> {
                             durable,
                         );
                         wait_ack(ack).await;
-                        let mut all = BytesMut::from(&p.forward[..]);
-                        all.extend_from_slice(&relay.done_bytes());
+                        held.extend_from_slice(&p.forward);
+                        held.extend_from_slice(&relay.done_bytes());
                         return Ok(self
                             .respond(200, "text/event-stream", &guard)
-                            .body(all.freeze()));
+                            .body(held.freeze()));
                     }
-                    Ok(p) if !p.forward.is_empty() => break p.forward,
-                    Ok(_) => continue,
+                    Ok(p) => {
+                        held.extend_from_slice(&p.forward);
+                        if p.content {
+                            break held.freeze();
+                        }
+                    }
                 },
             }
         };
@@ -166,9 +176,17 @@ impl StreamState {
                     )
                 }
                 Ok(Some(Ok(chunk))) => match self.relay.push(&chunk) {
-                    Err(StreamFault::Upstream(detail)) => {
-                        let said = format!("the upstream reported an error mid-stream: {detail}");
-                        return self.cut_with(out, FailureClass::Server, &detail, Some(said));
+                    Ok(Relayed {
+                        forward,
+                        fault: Some(fault),
+                        ..
+                    }) => {
+                        out.extend_from_slice(&forward);
+                        let class = match &fault {
+                            StreamFault::Upstream(body) => classify_stream_error(body),
+                            _ => FailureClass::Server,
+                        };
+                        return self.cut(out, class, &fault.to_string());
                     }
                     Err(fault) => return self.cut(out, FailureClass::Server, &fault.to_string()),
                     Ok(p) if p.done => {
@@ -228,4 +246,17 @@ impl StreamState {
         out.extend_from_slice(&self.relay.error_event(&err.body(self.relay.client())));
         Some((Ok(out.freeze()), self))
     }
+}
+
+/// An error event or unreadable data where the first event should be: a failure of the profile, of the
+/// class the error event names (like an HTTP error body), so the request fails over.
+fn first_event_failure(up: &UpstreamProfile, fault: &StreamFault) -> AttemptFailure {
+    let class = match fault {
+        StreamFault::Upstream(body) => classify_stream_error(body),
+        _ => FailureClass::Server,
+    };
+    AttemptFailure::new(
+        class,
+        up.redact(&format!("before the first event: {fault}")),
+    )
 }

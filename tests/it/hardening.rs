@@ -440,6 +440,59 @@ async fn retry_after_says_when_a_profile_can_be_tried_again() {
 
 // --- streams that open with an error, redirects, echoed keys ---------------------------------------
 
+fn stream_body(model: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "stream": true,
+                       "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+/// A 200 stream whose first event is an error object (OpenRouter's way), after a keep-alive comment, or
+/// data that is not JSON, is a failure of its class: the next profile answers, the client sees nothing
+/// of the first.
+#[tokio::test]
+async fn a_stream_opening_with_an_error_event_or_garbage_fails_over() {
+    let (a, b, c) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+        MockUpstream::start_named("c").await,
+    );
+    a.push(Reply::events([
+        ": OPENROUTER PROCESSING\n\n",
+        "data: {\"error\":{\"code\":429,\"message\":\"Rate limit exceeded upstream\"}}\n\n",
+        "data: [DONE]\n\n",
+    ]));
+    c.push(Reply::events(["data: {not json\n\n", "data: [DONE]\n\n"]));
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .profile("c", &c)
+            .model_with_strategy("m1", &["a", "b"], "priority")
+            .model_with_strategy("m2", &["c", "b"], "priority"),
+    );
+    for (model, first, class) in [("m1", "a", "rate_limited"), ("m2", "c", "server")] {
+        let (status, h, text) = chat(&server, &stream_body(model)).await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(h["x-switchyard-profile"], "b", "{model}: {text}");
+        assert_eq!(h["x-switchyard-attempts"], "2", "{model}");
+        assert!(
+            text.contains("mock reply from b") || text.contains("\"content\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("error") && !text.contains("OPENROUTER"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        let p = wait_state(&server, first, "cooldown", Duration::from_secs(5)).await;
+        let last = p["last_error"].as_str().unwrap_or_default();
+        assert!(last.starts_with(class), "{model}: {p}");
+    }
+    assert_eq!(
+        (a.request_count(), b.request_count(), c.request_count()),
+        (1, 2, 1)
+    );
+}
+
 /// An upstream redirect is not relayed as a bare 3xx: the profile cools down, the next one answers, and
 /// the admin API says where the redirect pointed.
 #[tokio::test]
