@@ -99,7 +99,10 @@ impl Proxy<'_> {
                     TokenUsage::default(),
                     false,
                 );
-                let body = client_error_body(up.dialect(), req.dialect, body);
+                // Upstreams quote the key they were sent back in their messages.
+                let body =
+                    up.redactor()
+                        .redact_bytes(client_error_body(up.dialect(), req.dialect, body));
                 Ok(self.respond(status, "application/json", &guard).body(body))
             }
             Verdict::Failure { class, retry_after } => {

@@ -15,7 +15,7 @@ use super::{Proxy, ProxyRequest};
 use crate::error::ApiError;
 use crate::metrics::InFlight;
 use crate::upstream::classify::classify_stream_error;
-use crate::upstream::UpstreamProfile;
+use crate::upstream::{Redactor, UpstreamProfile};
 use crate::wire::{Relayed, StreamCodec, StreamFault};
 
 impl Proxy<'_> {
@@ -100,6 +100,7 @@ impl Proxy<'_> {
             idle,
             durable,
             finished: false,
+            redactor: up.redactor(),
             _in_flight: InFlight::start(&self.metrics().in_flight),
         };
         let mut builder = builder;
@@ -120,6 +121,8 @@ struct StreamState {
     idle: Duration,
     durable: bool,
     finished: bool,
+    /// Masks the profile's credential in what an upstream error event says before it reaches the client.
+    redactor: Redactor,
     _in_flight: InFlight,
 }
 
@@ -223,25 +226,15 @@ impl StreamState {
     }
 
     /// Ends a stream that broke after the client got bytes: what was collected (`out`), then an error
-    /// event, never a fake `[DONE]`.
-    fn cut(self, out: BytesMut, class: FailureClass, detail: &str) -> Step {
-        self.cut_with(out, class, detail, None)
-    }
-
-    /// Like `cut`, with the client's message given (`None`: one naming the profile and the detail).
-    fn cut_with(
-        mut self,
-        mut out: BytesMut,
-        class: FailureClass,
-        detail: &str,
-        message: Option<String>,
-    ) -> Step {
+    /// event naming the profile and the (redacted) detail, never a fake `[DONE]`.
+    fn cut(mut self, mut out: BytesMut, class: FailureClass, detail: &str) -> Step {
         self.finished = true;
         let profile = self.guard.entry.id().clone();
-        self.guard.fail(AttemptFailure::new(class, detail));
+        // Upstreams quote the key they were sent in their error messages.
+        let detail = self.redactor.redact(detail);
+        self.guard.fail(AttemptFailure::new(class, detail.clone()));
         tracing::warn!(request_id = %self.guard.record.request_id, profile = %profile, class = class.as_str(), "stream cut after bytes reached the client");
-        let message = message
-            .unwrap_or_else(|| format!("profile {profile}: {detail}; the response is incomplete"));
+        let message = format!("profile {profile}: {detail}; the response is incomplete");
         let err = ApiError::Upstream(message);
         out.extend_from_slice(&self.relay.error_event(&err.body(self.relay.client())));
         Some((Ok(out.freeze()), self))

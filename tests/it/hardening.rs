@@ -445,6 +445,8 @@ fn stream_body(model: &str) -> serde_json::Value {
                        "messages": [{"role": "user", "content": "hello there"}]})
 }
 
+const CONTENT: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hi\"}}]}\n\n";
+
 /// A 200 stream whose first event is an error object (OpenRouter's way), after a keep-alive comment, or
 /// data that is not JSON, is a failure of its class: the next profile answers, the client sees nothing
 /// of the first.
@@ -518,4 +520,42 @@ async fn an_upstream_redirect_fails_over_and_names_its_location() {
         last.contains("302") && last.contains("https://login.example.com/sso"),
         "{p}"
     );
+}
+
+/// An upstream that quotes the key it was sent, in a client error relayed as it is or in an error event
+/// in the middle of a stream: the client never sees the key.
+#[tokio::test]
+async fn an_echoed_upstream_key_never_reaches_the_client() {
+    const KEY: &str = "plainsecretvalue42";
+    let a = MockUpstream::start_named("a").await;
+    let key_line = format!("api_key: \"{KEY}\"");
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile_with("a", &a.base_url(), &[key_line.as_str()])
+            .model("m", &["a"]),
+    );
+    let echo = serde_json::json!({"error": {"message": format!("The key {KEY} may not use this model"),
+        "type": "invalid_request_error", "param": null, "code": "model_not_allowed"}});
+    a.push(Reply::status(400, echo.to_string()));
+    let (status, _, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.contains(KEY), "{body}");
+    assert!(error_of(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("[redacted]"));
+
+    let event = format!(
+        "data: {{\"error\":{{\"type\":\"server_error\",\"message\":\"key {KEY} was revoked\"}}}}\n\n"
+    );
+    a.push(Reply::events([CONTENT.to_owned(), event]));
+    let (status, _, text) = chat(&server, &stream_body("m")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"content\":\"hi\""), "{text}");
+    assert!(!text.contains(KEY), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert_eq!(a.request_count(), 2);
+    let p = admin_profile(&server, "a").await;
+    assert!(!p.to_string().contains(KEY), "{p}");
 }
