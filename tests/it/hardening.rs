@@ -559,3 +559,125 @@ async fn an_echoed_upstream_key_never_reaches_the_client() {
     let p = admin_profile(&server, "a").await;
     assert!(!p.to_string().contains(KEY), "{p}");
 }
+
+// --- clients that leave ------------------------------------------------------------------------------
+
+/// The value of `switchyard_attempts_total` for `profile` and `outcome` (0 when absent).
+async fn attempts_metric(server: &Server, profile: &str, outcome: &str) -> u64 {
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (p, o) = (
+        format!("profile=\"{profile}\""),
+        format!("outcome=\"{outcome}\""),
+    );
+    text.lines()
+        .filter(|l| l.starts_with("switchyard_attempts_total{") && l.contains(&p) && l.contains(&o))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Polls until `profile` has a `cancelled` attempt; false after `within`.
+async fn wait_cancelled(server: &Server, profile: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if attempts_metric(server, profile, "cancelled").await >= 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A client that gives up while the first profile hangs is not failed over to the second profile:
+/// the attempt ends `cancelled` when the client leaves, long before the first-byte timeout.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_not_failed_over() {
+    use switchyard_actors::store::Store;
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    a.push(Reply::Hang);
+    let mut server = Server::start(&ConfigBuilder {
+        // first_byte 5 s: the client leaves at 0.4 s.
+        timeouts: ("2s".into(), "5s".into(), "5s".into()),
+        ..ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .model_with_strategy("m", &["a", "b"], "priority")
+    });
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(server.url("/v1/chat/completions"))
+        .header("x-request-id", "leaves-early")
+        .json(&chat_body("m"))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client was answered: {sent:?}");
+    assert!(
+        wait_cancelled(&server, "a", Duration::from_secs(3)).await,
+        "no cancelled attempt within 3 s"
+    );
+    assert_eq!(b.request_count(), 0, "failed over for a client that left");
+    server.terminate();
+    let store = Store::open(&server.data_dir()).unwrap();
+    let records = store.all_usage().unwrap();
+    drop(store);
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.request_id == "leaves-early")
+        .map(|r| (r.profile.as_str(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(mine, vec![("a", "cancelled")]);
+}
+
+/// A streaming client that disconnects after the first event: the upstream's connection is closed
+/// within the same event gap (not one or two events later), and the attempt is recorded.
+#[tokio::test]
+async fn a_stream_whose_client_leaves_closes_the_upstream_at_once() {
+    let gap = Duration::from_millis(300);
+    let a = MockUpstream::start_named("a").await;
+    a.push(Reply::SlowStream { gap });
+    let server = Server::start(&ConfigBuilder::default().profile("a", &a).model("m", &["a"]));
+    let mut resp = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&stream_body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(resp);
+    let left = std::time::Instant::now();
+    let deadline = left + Duration::from_secs(5);
+    let end = loop {
+        if let Some(end) = a.stream_ends().pop() {
+            break end;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream stream never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(!end.completed, "{end:?}");
+    let after = end.at.saturating_duration_since(left);
+    assert!(
+        after < gap,
+        "the upstream was closed {after:?} after the client left: {end:?}"
+    );
+    assert!(end.events_sent <= 2, "{end:?}");
+    assert!(wait_cancelled(&server, "a", Duration::from_secs(3)).await);
+}
