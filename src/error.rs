@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::wire::anthropic::TranslateError;
+use crate::wire::depth::TooDeep;
 use crate::wire::openai::FieldError;
 use crate::wire::Dialect;
 
@@ -281,6 +282,16 @@ impl From<FieldError> for ApiError {
             message: e.to_string(),
             param,
             code,
+        }
+    }
+}
+
+impl From<TooDeep> for ApiError {
+    fn from(e: TooDeep) -> ApiError {
+        ApiError::InvalidRequest {
+            message: e.to_string(),
+            param: None,
+            code: Some("json_too_deep"),
         }
     }
 }

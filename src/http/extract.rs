@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::{AuthError, Principal, KEY_PREFIX};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::wire::depth::{check_depth, MAX_JSON_DEPTH};
 
 /// The request id of the current request (set by the middleware in `http::with_request_id`).
 #[derive(Clone)]
@@ -204,6 +205,7 @@ pub async fn json_body<T: DeserializeOwned>(
     payload: web::Payload,
 ) -> Result<T, ApiError> {
     let bytes = read_limited(req, payload, SMALL_BODY_LIMIT).await?;
+    check_depth(&bytes, MAX_JSON_DEPTH)?;
     let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
     } else {

@@ -4,6 +4,7 @@
 //! (`/v1/messages`) is encoded out of it, bodies and streams alike. Pure code over bytes: no I/O, no config.
 
 pub mod anthropic;
+pub mod depth;
 pub mod openai;
 pub mod sse;
 

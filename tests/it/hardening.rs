@@ -681,3 +681,40 @@ async fn a_stream_whose_client_leaves_closes_the_upstream_at_once() {
     assert!(end.events_sent <= 2, "{end:?}");
     assert!(wait_cancelled(&server, "a", Duration::from_secs(3)).await);
 }
+
+// --- slow and deep request bodies ------------------------------------------------------------------
+
+/// A body nested deeper than the documented limit is refused with 400 naming the limit, on every JSON
+/// route of the client API, and never reaches an upstream.
+#[tokio::test]
+async fn a_deeply_nested_body_is_refused_before_forwarding() {
+    let a = MockUpstream::start_named("a").await;
+    let server = Server::start(&ConfigBuilder::default().profile("a", &a).model("m", &["a"]));
+    let depth = 100_000;
+    let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+    ] {
+        let body = format!(
+            r#"{{"model":"m","max_tokens":5,"messages":[{{"role":"user","content":{nested}}}],"input":"x","prompt":"x"}}"#
+        );
+        let resp = client()
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("128"), "{path}: {text}");
+    }
+    assert_eq!(a.request_count(), 0);
+    // A body at ordinary depth still goes through.
+    let (status, _, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 200, "{body}");
+}
