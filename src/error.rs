@@ -42,6 +42,9 @@ pub enum ApiError {
     /// 409: the request repeats one already applied (a webhook replay).
     #[error("{message}")]
     Conflict { message: String, code: &'static str },
+    /// 408: the body arrived too slowly (`server.body_idle_timeout`, `server.body_timeout`).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 413: the body exceeds `server.max_body_size`.
     #[error("Request body is larger than the limit of {limit} bytes.")]
     TooLarge { limit: usize },
@@ -144,6 +147,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. }
             | ApiError::TooLarge { .. }
+            | ApiError::RequestTimeout(_)
             | ApiError::Conflict { .. } => "invalid_request_error",
             ApiError::Unauthenticated(_) => "authentication_error",
             ApiError::InsufficientQuota(_) => "insufficient_quota",
@@ -162,6 +166,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. }
             | ApiError::TooLarge { .. }
+            | ApiError::RequestTimeout(_)
             | ApiError::Conflict { .. } => "invalid_request_error",
             ApiError::Unauthenticated(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
@@ -182,6 +187,7 @@ impl ApiError {
             ApiError::InsufficientQuota(_) => Some("insufficient_quota"),
             ApiError::UnknownModel(_) => Some("model_not_found"),
             ApiError::TooLarge { .. } => Some("request_too_large"),
+            ApiError::RequestTimeout(_) => Some("request_timeout"),
             ApiError::RateLimited { code, .. } => Some(code),
             ApiError::NoAvailableProfile { .. } => Some("no_available_profile"),
             ApiError::Upstream(_) => Some("upstream_error"),
@@ -257,6 +263,7 @@ impl ResponseError for ApiError {
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoAvailableProfile { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -376,6 +383,11 @@ mod tests {
             ),
             (ApiError::Upstream("x".into()), 502, "upstream_error"),
             (ApiError::Timeout("x".into()), 504, "timeout"),
+            (
+                ApiError::RequestTimeout("x".into()),
+                408,
+                "invalid_request_error",
+            ),
             (
                 ApiError::TooLarge { limit: 1 },
                 413,

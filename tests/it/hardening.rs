@@ -684,6 +684,77 @@ async fn a_stream_whose_client_leaves_closes_the_upstream_at_once() {
 
 // --- slow and deep request bodies ------------------------------------------------------------------
 
+/// Sends a request head declaring a 100-byte body, then one byte every `every` (never the whole body);
+/// returns the answer (head and JSON body), or `None` when none came within 5 s.
+async fn slow_body(server: &Server, path: &str, every: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+        server.addr
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    let dribble = tokio::spawn(async move {
+        // Stops at the first failed write: the server closed the connection.
+        while write.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(every).await;
+        }
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}}")) {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        (!got.is_empty()).then(|| String::from_utf8_lossy(&got).into_owned())
+    })
+    .await
+    .ok()
+    .flatten();
+    dribble.abort();
+    answer
+}
+
+/// A body that stalls longer than `server.body_idle_timeout`, or dribbles in for longer than
+/// `server.body_timeout`, gets 408 instead of holding its connection open.
+#[tokio::test]
+async fn a_slow_request_body_gets_408() {
+    let a = MockUpstream::start_named("a").await;
+    let mut config = ConfigBuilder::default().profile("a", &a).model("m", &["a"]);
+    config.extra_server_yaml = vec!["body_idle_timeout: 300ms".into(), "body_timeout: 1s".into()];
+    let server = Server::start(&config);
+    // Stalls after its first byte.
+    let answer = slow_body(&server, "/auth/login", Duration::from_secs(30)).await;
+    let answer = answer.unwrap_or_else(|| panic!("no answer within 5 s"));
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(answer.contains("stalled"), "{answer}");
+    // A byte every 100 ms never stalls, but never finishes either.
+    let started = std::time::Instant::now();
+    let answer = slow_body(&server, "/v1/chat/completions", Duration::from_millis(100)).await;
+    let answer = answer.unwrap_or_else(|| panic!("no answer within 5 s"));
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("took longer than 1s"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.request_count(), 0);
+    // The server still answers a body that arrives in time.
+    let resp = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&chat_body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 /// A body nested deeper than the documented limit is refused with 400 naming the limit, on every JSON
 /// route of the client API, and never reaches an upstream.
 #[tokio::test]
