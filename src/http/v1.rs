@@ -125,12 +125,7 @@ async fn forward(
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
     let fields = RoutingFields::parse(&body)?;
-    if !may_use(principal.as_ref(), &fields.model) {
-        return Err(ApiError::Forbidden(format!(
-            "This credential may not use the model `{}`.",
-            fields.model
-        )));
-    }
+    check_scope(principal.as_ref(), &fields.model)?;
     let request_id = extract::request_id(req);
     let embeddings = call.endpoint == Endpoint::Embeddings;
     let accounting = proxy.shared.limits.hold(
@@ -169,6 +164,16 @@ fn session_key(req: &HttpRequest, fields: &RoutingFields) -> Option<String> {
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or_else(|| fields.user.clone())
+}
+
+/// 403 when the caller's scopes do not include `model`.
+fn check_scope(principal: Option<&Principal>, model: &str) -> Result<(), ApiError> {
+    if may_use(principal, model) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "This credential may not use the model `{model}`."
+    )))
 }
 
 fn may_use(principal: Option<&Principal>, model: &str) -> bool {
