@@ -486,6 +486,52 @@ async fn streams_are_charged_and_failures_refunded() {
     assert_eq!(kinds, ["adjust", "reserve", "settle", "reserve", "release"]);
 }
 
+/// A client that leaves while the profile has not answered gets its credit hold back at once, not
+/// when the first-byte timeout (5 s here) ends the attempt for nobody.
+#[tokio::test]
+async fn a_client_that_leaves_gets_its_hold_released_at_once() {
+    let mock = MockUpstream::start_named("a").await;
+    mock.push(Reply::Hang);
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "leaver", "metered").await;
+    let path = "/admin/accounts/leaver/credits";
+    admin(
+        &server,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"amount_usd": 1})),
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_req("m", json!({"max_tokens": 10})))
+        .send()
+        .await;
+    assert!(sent.is_err(), "{sent:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let c = credits(&server, "leaver").await;
+        let kinds: Vec<String> = c["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["kind"].as_str().unwrap().to_owned())
+            .collect();
+        if kinds == ["adjust", "reserve", "release"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{kinds:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(balance_matching_log(&server, "leaver").await, 1_000_000);
+}
+
 fn signed(body: &str, t: u64, secret: &str) -> String {
     webhook::sign(secret.as_bytes(), t, body.as_bytes())
 }
