@@ -77,16 +77,6 @@ struct Event {
     message: Option<MessageBody>,
     #[serde(default)]
     usage: Option<Usage>,
-    #[serde(default)]
-    error: Option<ErrorBody>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    message: String,
 }
 
 /// Follows one Messages stream passed through as it came.
@@ -96,6 +86,8 @@ pub struct NativeStream {
     usage: Option<Usage>,
     /// The `message_stop` event, held back until the usage record is safe.
     stop: Option<Bytes>,
+    /// An event with data has been relayed: a response may be committed.
+    content: bool,
 }
 
 impl NativeStream {
@@ -104,27 +96,42 @@ impl NativeStream {
         NativeStream::default()
     }
 
-    /// Takes one upstream chunk: the whole events to forward, byte for byte.
+    /// Takes one upstream chunk: the whole events to forward, byte for byte. An `error` event (or
+    /// unreadable data before any content) ends it with `fault` set, the error object as it came.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
         let mut out = BytesMut::new();
         let mut done = false;
+        let mut content = false;
+        let mut fault = None;
         for frame in self.framer.push(chunk)? {
-            match self.read(&frame)? {
-                Step::Forward => out.extend_from_slice(&frame.raw),
+            match self.read(&frame) {
+                Step::Forward => {
+                    if frame.data().is_some() {
+                        content = true;
+                        self.content = true;
+                    }
+                    out.extend_from_slice(&frame.raw);
+                }
                 Step::Stop => {
                     self.stop = Some(frame.raw);
                     done = true;
+                }
+                Step::Fault(f) => {
+                    fault = Some(f);
+                    break;
                 }
             }
         }
         Ok(Relayed {
             forward: out.freeze(),
-            done,
+            done: done && fault.is_none(),
+            content,
+            fault,
         })
     }
 
     /// What one event means: only the few the proxy needs are parsed.
-    fn read(&mut self, frame: &Frame) -> Result<Step, StreamFault> {
+    fn read(&mut self, frame: &Frame) -> Step {
         let name = frame.event_name().map(<[u8]>::to_vec);
         let interesting = match name.as_deref() {
             Some(b"message_start" | b"message_delta" | b"message_stop" | b"error") => true,
@@ -133,38 +140,37 @@ impl NativeStream {
             None => frame.data().is_some(),
         };
         if !interesting {
-            return Ok(Step::Forward);
+            return Step::Forward;
         }
         let Some(data) = frame.data() else {
-            return Ok(Step::Forward);
+            return Step::Forward;
         };
-        let event: Event = serde_json::from_slice(&data).map_err(|e| {
-            StreamFault::Garbage(TranslateError::BadUpstream(format!(
-                "a Messages event is not JSON: {e}"
-            )))
-        })?;
+        let Ok(event) = serde_json::from_slice::<Event>(&data) else {
+            // Nothing a client could read, before it got anything: a failure of the profile. Later,
+            // the event is relayed as it came (the client's parser decides).
+            return match self.content {
+                false => Step::Fault(StreamFault::NotJson),
+                true => Step::Forward,
+            };
+        };
         match event.kind.as_str() {
             "message_start" => {
                 if let Some(u) = event.message.and_then(|m| m.usage) {
                     self.usage.get_or_insert_with(Usage::default).merge(u);
                 }
-                Ok(Step::Forward)
+                Step::Forward
             }
             "message_delta" => {
                 if let Some(u) = event.usage {
                     self.usage.get_or_insert_with(Usage::default).merge(u);
                 }
-                Ok(Step::Forward)
+                Step::Forward
             }
-            "message_stop" => Ok(Step::Stop),
-            "error" => {
-                let e = event.error.unwrap_or(ErrorBody {
-                    kind: "error".into(),
-                    message: String::new(),
-                });
-                Err(StreamFault::Upstream(format!("{}: {}", e.kind, e.message)))
-            }
-            _ => Ok(Step::Forward),
+            "message_stop" => Step::Stop,
+            // Anthropic's error event data is `{"type":"error","error":{...}}`: the error object the
+            // forwarder classifies like an HTTP error body.
+            "error" => Step::Fault(StreamFault::Upstream(Bytes::from(data))),
+            _ => Step::Forward,
         }
     }
 
@@ -187,6 +193,7 @@ impl NativeStream {
 enum Step {
     Forward,
     Stop,
+    Fault(StreamFault),
 }
 
 #[cfg(test)]
@@ -227,8 +234,13 @@ mod tests {
     fn an_error_event_is_an_upstream_fault() {
         let mut s = NativeStream::new();
         let ev = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
-        match s.push(ev.as_bytes()) {
-            Err(StreamFault::Upstream(d)) => assert_eq!(d, "overloaded_error: Overloaded"),
+        let r = s.push(ev.as_bytes()).unwrap();
+        assert!(r.forward.is_empty() && !r.done);
+        match r.fault {
+            Some(StreamFault::Upstream(body)) => {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["error"]["type"], "overloaded_error");
+            }
             other => panic!("{other:?}"),
         }
     }
