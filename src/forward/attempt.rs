@@ -211,7 +211,9 @@ fn upstream_request_body(
     let model = &req.fields.model;
     match up.provider {
         Provider::OpenAi => {
-            let ask_usage = stream && !req.fields.client_wants_usage;
+            // Chat streams report usage only when asked; a Responses stream always does.
+            let ask_usage =
+                stream && !req.fields.client_wants_usage && req.endpoint.is_chat_shaped();
             Ok(upstream_body(
                 &req.body,
                 up.upstream_model(model),
