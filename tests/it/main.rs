@@ -8,6 +8,7 @@ mod auth;
 mod config_check;
 mod dashboard;
 mod durability;
+mod first_run;
 mod hardening;
 mod health;
 mod layout;
