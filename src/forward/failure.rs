@@ -61,6 +61,8 @@ pub(super) struct Failover {
     unsuitable: Vec<(Arc<str>, Unsuitable)>,
     /// Why the router had nothing more to offer, when it ran out.
     pub(super) skipped: Vec<(Arc<str>, SkipReason)>,
+    /// Profiles of the model the loop never got to: `max_attempts` ran out first.
+    never_reached: Vec<Arc<str>>,
 }
 
 impl Failover {
@@ -88,6 +90,15 @@ impl Failover {
         self.failures.push((id, f));
     }
 
+    /// `max_attempts` ran out: every one of `profiles` not tried nor skipped was never reached.
+    pub(super) fn ran_out(&mut self, profiles: &[String]) {
+        self.never_reached = profiles
+            .iter()
+            .filter(|p| !self.tried.iter().any(|t| **t == ***p))
+            .map(|p| Arc::from(p.as_str()))
+            .collect();
+    }
+
     /// The class of the last failure, if any (for the failover metric).
     pub(super) fn last_class(&self) -> Option<FailureClass> {
         self.failures.last().map(|(_, f)| f.class)
@@ -95,7 +106,13 @@ impl Failover {
 
     /// The error when no profile answered.
     pub(super) fn into_error(self, model: &str) -> ApiError {
-        exhausted_error(model, &self.failures, &self.unsuitable, &self.skipped)
+        let ends = Ends {
+            failures: &self.failures,
+            unsuitable: &self.unsuitable,
+            skipped: &self.skipped,
+            never_reached: &self.never_reached,
+        };
+        exhausted_error(model, &ends)
     }
 }
 
@@ -137,27 +154,41 @@ fn describe_skip(reason: &SkipReason) -> String {
             "at its provider's per-minute limit until {}",
             humantime::format_rfc3339_seconds(*until)
         ),
-        SkipReason::State(state, until) => match until {
-            Some(t) if *state != StateName::AuthFailed => {
-                format!(
-                    "{} until {}",
-                    state.as_str(),
-                    humantime::format_rfc3339_seconds(*t)
-                )
+        SkipReason::State(state, until, why) => {
+            let mut s = state.as_str().to_owned();
+            if let (Some(t), false) = (until, *state == StateName::AuthFailed) {
+                s.push_str(&format!(" until {}", humantime::format_rfc3339_seconds(*t)));
             }
-            _ => state.as_str().to_owned(),
-        },
+            // The auth failure's own reason ("environment variable X is not set", "401 ..."), or the
+            // failure that put the profile in its state: what the operator has to fix or wait out.
+            match (why, *state == StateName::AuthFailed) {
+                (Some(w), true) => s.push_str(&format!(" ({w})")),
+                (Some(w), false) => s.push_str(&format!(" (last failure: {w})")),
+                (None, _) => {}
+            }
+            s
+        }
     }
+}
+
+/// How each profile of a request that got no answer ended, for its error message.
+#[derive(Clone, Copy)]
+struct Ends<'a> {
+    failures: &'a [(Arc<str>, AttemptFailure)],
+    unsuitable: &'a [(Arc<str>, Unsuitable)],
+    skipped: &'a [(Arc<str>, SkipReason)],
+    never_reached: &'a [Arc<str>],
 }
 
 /// The error when no profile answered: 503 if none could be tried, else 504 when the last failure was a
 /// timeout, else 502. The message names each profile and why.
-fn exhausted_error(
-    model: &str,
-    failures: &[(Arc<str>, AttemptFailure)],
-    unsuitable: &[(Arc<str>, Unsuitable)],
-    skipped: &[(Arc<str>, SkipReason)],
-) -> ApiError {
+fn exhausted_error(model: &str, ends: &Ends<'_>) -> ApiError {
+    let Ends {
+        failures,
+        unsuitable,
+        skipped,
+        never_reached,
+    } = *ends;
     let mut parts: Vec<String> = failures
         .iter()
         .map(|(id, f)| format!("{id}: {} ({})", f.class.as_str(), f.detail))
@@ -172,6 +203,11 @@ fn exhausted_error(
             .iter()
             .filter(|(_, r)| *r != SkipReason::AlreadyTried)
             .map(|(id, r)| format!("{id}: skipped, {}", describe_skip(r))),
+    );
+    parts.extend(
+        never_reached
+            .iter()
+            .map(|id| format!("{id}: never reached (max_attempts ran out first)")),
     );
     let list = parts.join("; ");
     match failures.last() {
@@ -192,5 +228,78 @@ fn exhausted_error(
         Some(_) => ApiError::Upstream(format!(
             "Every profile tried for model `{model}` failed: {list}."
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn message(e: ApiError) -> String {
+        match e {
+            ApiError::NoAvailableProfile(m) | ApiError::Upstream(m) => m,
+            other => panic!("unexpected error {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_skip_says_why_the_profile_is_unusable() {
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let skipped: Vec<(Arc<str>, SkipReason)> = vec![
+            (
+                "openai-main".into(),
+                SkipReason::State(
+                    StateName::AuthFailed,
+                    None,
+                    Some("environment variable OPENAI_API_KEY is not set".into()),
+                ),
+            ),
+            (
+                "b".into(),
+                SkipReason::State(
+                    StateName::BillingDisabled,
+                    Some(until),
+                    Some("billing: 402 payment required".into()),
+                ),
+            ),
+        ];
+        let ends = Ends {
+            failures: &[],
+            unsuitable: &[],
+            skipped: &skipped,
+            never_reached: &[],
+        };
+        let m = message(exhausted_error("m", &ends));
+        assert!(
+            m.contains(
+                "openai-main: skipped, auth_failed (environment variable OPENAI_API_KEY is not set)"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains(
+                "b: skipped, billing_disabled until 2027-01-15T08:00:00Z (last failure: billing: 402 payment required)"
+            ),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn profiles_left_when_max_attempts_ran_out_are_named() {
+        let failures = vec![(
+            Arc::<str>::from("a"),
+            AttemptFailure::new(FailureClass::Server, "500"),
+        )];
+        let ends = Ends {
+            failures: &failures,
+            unsuitable: &[],
+            skipped: &[],
+            never_reached: &["c".into()],
+        };
+        let m = message(exhausted_error("m", &ends));
+        assert!(m.contains("a: server (500)"), "{m}");
+        assert!(m.contains("c: never reached"), "{m}");
     }
 }

@@ -189,6 +189,11 @@ impl Proxy<'_> {
                 Err(AttemptEnd::Skipped(why)) => failover.not_attempted(id, why),
             }
         }
+        if failover.attempts >= max_attempts {
+            if let Some(m) = self.config.model(model) {
+                failover.ran_out(&m.profiles);
+            }
+        }
         Err(failover.into_error(model))
     }
 

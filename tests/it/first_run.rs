@@ -56,3 +56,49 @@ async fn a_busy_port_is_one_clear_error_and_exit_code_1_without_a_panic() {
     );
     assert!(text.contains("in use"), "{text}");
 }
+
+#[tokio::test]
+async fn a_503_names_the_unset_key_variable_of_each_skipped_profile() {
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile_with(
+                "openai-main",
+                "http://127.0.0.1:9/v1",
+                &["api_key_env: SWITCHYARD_TEST_NEVER_SET_KEY"],
+            )
+            .model("m", &["openai-main"]),
+    );
+    let (status, _, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 503, "{body}");
+    let msg = error_of(&body)["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains("openai-main: skipped, auth_failed (environment variable SWITCHYARD_TEST_NEVER_SET_KEY is not set)"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn profiles_max_attempts_left_untried_are_named_never_reached() {
+    let (a, b, c) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+        MockUpstream::start_named("c").await,
+    );
+    a.push(Reply::server_error());
+    b.push(Reply::server_error());
+    let server = Server::start(&ConfigBuilder {
+        max_attempts: 2,
+        ..ConfigBuilder::default()
+            .profile_with("a", &a.base_url(), &["api_key: \"k\"", "priority: 1"])
+            .profile_with("b", &b.base_url(), &["api_key: \"k\"", "priority: 2"])
+            .profile_with("c", &c.base_url(), &["api_key: \"k\"", "priority: 3"])
+            .model_with_strategy("m", &["a", "b", "c"], "priority")
+    });
+    let (status, _, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 502, "{body}");
+    let msg = error_of(&body)["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("a: server"), "{msg}");
+    assert!(msg.contains("b: server"), "{msg}");
+    assert!(msg.contains("c: never reached"), "{msg}");
+    assert_eq!(c.request_count(), 0);
+}
