@@ -238,11 +238,14 @@ pub enum Preset {
     Ollama,
     Vllm,
     Azure,
+    /// The built-in demo upstream: answers in-process, with no network and no key (see
+    /// `upstream::echo`). For trying the proxy and for tests; never a fallback for a real model.
+    Echo,
 }
 
 impl Preset {
     /// Every preset, in the order the README and error messages list them.
-    pub const ALL: [Preset; 10] = [
+    pub const ALL: [Preset; 11] = [
         Preset::OpenAi,
         Preset::Anthropic,
         Preset::OpenRouter,
@@ -253,6 +256,7 @@ impl Preset {
         Preset::Ollama,
         Preset::Vllm,
         Preset::Azure,
+        Preset::Echo,
     ];
 
     /// The profiles.yaml spelling.
@@ -268,6 +272,7 @@ impl Preset {
             Preset::Ollama => "ollama",
             Preset::Vllm => "vllm",
             Preset::Azure => "azure",
+            Preset::Echo => "echo",
         }
     }
 
@@ -297,6 +302,7 @@ impl Preset {
             Preset::DeepSeek => "https://api.deepseek.com/v1",
             Preset::Ollama => "http://127.0.0.1:11434/v1",
             Preset::Vllm => "http://127.0.0.1:8000/v1",
+            Preset::Echo => ECHO_BASE_URL,
             Preset::Azure => return None,
         })
     }
@@ -307,10 +313,13 @@ impl Preset {
     pub fn needs_credential(self) -> bool {
         !matches!(
             self,
-            Preset::OpenAi | Preset::Anthropic | Preset::Ollama | Preset::Vllm
+            Preset::OpenAi | Preset::Anthropic | Preset::Ollama | Preset::Vllm | Preset::Echo
         )
     }
 }
+
+/// What an echo profile shows as its `base_url`: it has none, it answers in-process.
+pub const ECHO_BASE_URL: &str = "builtin:echo";
 
 /// Where a profile's upstream credential comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -289,7 +289,7 @@ fn provider_must_be_openai_or_anthropic() {
     check(
         "profiles:\n  - id: a\n    provider: x\n    base_url: http://x\n",
         &[
-            r#"t.yaml:3:15: profiles[0].provider: unknown provider "x" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure)"#,
+            r#"t.yaml:3:15: profiles[0].provider: unknown provider "x" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure, echo)"#,
         ],
     );
 }
@@ -299,6 +299,8 @@ fn presets_fill_base_url_wire_format_and_attribution_headers() {
     let mut yaml = String::from("profiles:\n");
     for preset in Preset::ALL {
         let extra = match preset {
+            // Takes no key; checked on its own below.
+            Preset::Echo => continue,
             Preset::Azure => ", base_url: \"https://r.openai.azure.com/openai/deployments/d\", api_version: 2024-10-21",
             Preset::OpenRouter => ", app_url: \"https://example.org\", app_name: Ex",
             _ => "",
@@ -545,7 +547,7 @@ profiles:
             r#"t.yaml:8:19: models[0].profiles[1]: unknown profile "ghost""#,
             "t.yaml:13:13: profiles[0].weight: must be > 0",
             r#"t.yaml:14:9: profiles[1].id: duplicate profile id "a" (first defined at line 10)"#,
-            r#"t.yaml:15:15: profiles[1].provider: unknown provider "cohere" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure)"#,
+            r#"t.yaml:15:15: profiles[1].provider: unknown provider "cohere" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure, echo)"#,
         ],
     );
 }

@@ -3,6 +3,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+use switchyard_actors::store::Store;
+
 use crate::support::*;
 
 /// Runs `switchyard serve` with `args` in a fresh directory, expecting it to exit by itself;
@@ -101,4 +104,173 @@ async fn profiles_max_attempts_left_untried_are_named_never_reached() {
     assert!(msg.contains("b: server"), "{msg}");
     assert!(msg.contains("c: never reached"), "{msg}");
     assert_eq!(c.request_count(), 0);
+}
+
+/// The `data:` payloads of an SSE body, `[DONE]` included.
+fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_repository_config_answers_the_demo_model_in_every_dialect_with_no_key() {
+    let mut server = Server::start_repository_config();
+    let hello = json!({"model": "demo", "messages": [{"role": "user", "content": "hello there"}]});
+    let (status, headers, body) = post(
+        &server,
+        "/v1/chat/completions",
+        &hello,
+        &[("x-request-id", "demo-chat")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-profile"], "demo");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "echo: hello there");
+    assert_eq!(v["model"], "demo");
+    assert_eq!(
+        (
+            v["usage"]["prompt_tokens"].as_u64(),
+            v["usage"]["completion_tokens"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+
+    // Streamed, with the usage chunk the client asked for.
+    let stream = json!({"model": "demo", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "one two three"}]});
+    let (status, headers, text) = post(&server, "/v1/chat/completions", &stream, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "echo: one two three");
+    assert_eq!(
+        chunks.last().unwrap()["usage"]["completion_tokens"],
+        4,
+        "{text}"
+    );
+    // Not asked for: no usage chunk.
+    let plain = json!({"model": "demo", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, text) = post(&server, "/v1/chat/completions", &plain, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains("\"usage\""), "{text}");
+
+    let (status, _, body) = post(
+        &server,
+        "/v1/completions",
+        &json!({"model": "demo", "prompt": "say this"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["text"], "echo: say this");
+
+    let embed = json!({"model": "demo", "input": ["a b", "c"]});
+    let (status, _, body) = post(&server, "/v1/embeddings", &embed, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    let (_, _, again) = post(&server, "/v1/embeddings", &embed, &[]).await;
+    let w: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(v["data"], w["data"], "the same input, the same vectors");
+    assert_ne!(v["data"][0]["embedding"], v["data"][1]["embedding"]);
+
+    // Anthropic Messages, whole and streamed.
+    let messages = json!({"model": "demo", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "bonjour"}]});
+    let (status, _, body) = post(&server, "/v1/messages", &messages, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["type"], "message", "{body}");
+    assert_eq!(v["content"][0]["text"], "echo: bonjour", "{body}");
+    assert_eq!(v["usage"]["output_tokens"], 2, "{body}");
+    let mut streamed = messages.clone();
+    streamed["stream"] = json!(true);
+    let (status, _, text) = post(&server, "/v1/messages", &streamed, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let text_deltas: String = sse_data(&text)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter(|e| e["type"] == "content_block_delta")
+        .filter_map(|e| e["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text_deltas, "echo: bonjour", "{text}");
+    assert!(text.contains("message_stop"), "{text}");
+
+    // It is a provider like any other: recorded in usage with its tokens.
+    let exit = server.terminate().expect("exit status");
+    assert!(exit.success(), "{exit:?}");
+    let store = Store::open(&server.data_dir()).unwrap();
+    let records = store.all_usage().unwrap();
+    let chat = records
+        .iter()
+        .find(|r| r.request_id == "demo-chat")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(
+        (
+            chat.profile.as_str(),
+            chat.outcome.as_str(),
+            chat.prompt_tokens,
+            chat.completion_tokens
+        ),
+        ("demo", "ok", 2, 3),
+        "{chat:?}"
+    );
+}
+
+#[test]
+fn an_echo_profile_refuses_a_base_url_and_keys() {
+    let yaml = "models:\n  - {name: demo, profiles: [d]}\nprofiles:\n  - id: d\n    provider: echo\n    base_url: \"http://x\"\n    api_key: \"k\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(dir.path())
+        .args(["check", "--config", "p.yaml"])
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("profiles[0].base_url: provider echo answers in-process"),
+        "{text}"
+    );
+    assert!(
+        text.contains("profiles[0].api_key: provider echo is the built-in demo upstream"),
+        "{text}"
+    );
+    // And accepts none of them.
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "models:\n  - {name: demo, profiles: [d]}\nprofiles:\n  - {id: d, provider: echo}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(dir.path())
+        .args(["check", "--config", "p.yaml"])
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

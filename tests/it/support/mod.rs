@@ -204,6 +204,17 @@ impl Server {
         Server::spawn(dir, config_path, env)
     }
 
+    /// The repository's own profiles.yaml, copied into a fresh directory, on port 0; its providers'
+    /// key variables removed, as on a machine that has none.
+    pub fn start_repository_config() -> Server {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let config_path = dir.path().join("profiles.yaml");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles.yaml");
+        std::fs::copy(repo, &config_path).expect("copy profiles.yaml");
+        let env = vec![("SWITCHYARD_LISTEN".to_owned(), "127.0.0.1:0".to_owned())];
+        Server::spawn(dir, config_path, env)
+    }
+
     fn spawn(
         dir: Arc<tempfile::TempDir>,
         config_path: PathBuf,
@@ -224,6 +235,9 @@ impl Server {
             .env_remove("SWITCHYARD_LISTEN")
             .env_remove("SWITCHYARD_DATA_DIR")
             .env_remove("SWITCHYARD_CONFIG")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENROUTER_API_KEY")
+            .env_remove("GROQ_API_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
