@@ -274,3 +274,79 @@ fn an_echo_profile_refuses_a_base_url_and_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+async fn readiness(server: &Server) -> (u16, Value) {
+    let resp = client()
+        .get(server.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn ready_is_degraded_on_the_repository_config_without_keys_and_says_why_per_model() {
+    let server = Server::start_repository_config();
+    let (status, body) = readiness(&server).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["models"]["demo"]["ready"], true, "{body}");
+    assert_eq!(body["models"]["demo"]["usable"], json!(["demo"]), "{body}");
+    let gpt = &body["models"]["gpt-4o-mini"];
+    assert_eq!(gpt["ready"], false, "{body}");
+    let reason = gpt["reason"].as_str().unwrap();
+    assert!(
+        reason
+            .contains("openai-main: auth_failed (environment variable OPENAI_API_KEY is not set)")
+            && reason.contains("openrouter-backup: auth_failed"),
+        "{reason}"
+    );
+    let main = &body["profiles"]["openai-main"];
+    assert_eq!(
+        (&main["usable"], &main["state"]),
+        (&json!(false), &json!("auth_failed")),
+        "{body}"
+    );
+    assert_eq!(body["profiles"]["demo"]["usable"], true, "{body}");
+}
+
+#[tokio::test]
+async fn ready_is_ready_only_when_every_model_has_a_usable_profile() {
+    let mock = MockUpstream::start().await;
+    let all = ConfigBuilder::default()
+        .profile("a", &mock)
+        .profile_with("d", "", &["provider: echo"])
+        .model("m", &["a"])
+        .model("demo", &["d"]);
+    let server = Server::start(&all);
+    let (status, body) = readiness(&server).await;
+    assert_eq!((status, &body["status"]), (200, &json!("ready")), "{body}");
+    assert_eq!(
+        (&body["models_ready"], &body["models_total"]),
+        (&json!(2), &json!(2))
+    );
+    drop(server);
+
+    // No model can be served: 503, whatever the profiles outside the models do.
+    let none = ConfigBuilder::default()
+        .profile_with(
+            "k",
+            &mock.base_url(),
+            &["api_key_env: SWITCHYARD_TEST_NEVER_SET_KEY"],
+        )
+        .model("m", &["k"]);
+    let server = Server::start(&none);
+    let (status, body) = readiness(&server).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (503, &json!("unready")),
+        "{body}"
+    );
+    assert!(
+        body["models"]["m"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SWITCHYARD_TEST_NEVER_SET_KEY is not set"),
+        "{body}"
+    );
+}

@@ -161,10 +161,12 @@ impl ConfigBuilder {
             } else {
                 "    provider: openai\n".to_owned()
             };
-            y.push_str(&format!(
-                "  - id: {}\n{provider}    base_url: \"{}\"\n",
-                p.id, p.base_url
-            ));
+            // An empty base_url writes none (`provider: echo` refuses one).
+            let base_url = match p.base_url.as_str() {
+                "" => String::new(),
+                url => format!("    base_url: \"{url}\"\n"),
+            };
+            y.push_str(&format!("  - id: {}\n{provider}{base_url}", p.id));
             for line in &p.extra {
                 y.push_str(&format!("    {line}\n"));
             }
