@@ -689,3 +689,19 @@ fn only_check_looks_up_key_variables_and_a_blank_one_is_unusable_too() {
         ApiKeySource::Env("KEY".into())
     );
 }
+
+#[test]
+fn a_model_name_resolves_by_name_then_alias_then_longest_pattern() {
+    let c = load(
+        "models:\n  - {name: m, profiles: [a], aliases: [m2]}\n  - {name: \"or/*\", profiles: [a]}\n  - {name: \"or/x/*\", profiles: [a]}\n  - {name: or/x/y, profiles: [a]}\nprofiles:\n  - {id: a, provider: openai, api_key: k}\n",
+    );
+    let r = |n: &str| c.resolve(n).map(|r| (r.model.name.clone(), r.upstream));
+    assert_eq!(r("m"), Some(("m".into(), None)));
+    assert_eq!(r("m2"), Some(("m".into(), Some("m".into()))));
+    assert_eq!(r("or/a/b"), Some(("or/*".into(), Some("a/b".into()))));
+    assert_eq!(r("or/x/z"), Some(("or/x/*".into(), Some("z".into()))));
+    assert_eq!(r("or/x/y"), Some(("or/x/y".into(), None)));
+    assert_eq!(r("or/"), None);
+    assert_eq!(r("or/*"), None, "a pattern is not a name clients send");
+    assert_eq!(r("nope"), None);
+}

@@ -172,17 +172,14 @@ fn upstream_request_body(
     stream: bool,
 ) -> Result<Bytes, Unsuitable> {
     let model = &req.fields.model;
+    let renamed = up.upstream_model(model).or(req.upstream_model.as_deref());
     match up.provider {
         Provider::OpenAi => {
             let ask_usage = stream && !req.fields.client_wants_usage;
-            Ok(upstream_body(
-                &req.body,
-                up.upstream_model(model),
-                ask_usage,
-            )?)
+            Ok(upstream_body(&req.body, renamed, ask_usage)?)
         }
         Provider::Anthropic => {
-            let upstream_model = up.upstream_model(model).unwrap_or(model);
+            let upstream_model = renamed.unwrap_or(model);
             let body =
                 chat_request_to_messages(&req.body, upstream_model, ANTHROPIC_DEFAULT_MAX_TOKENS)?;
             Ok(Bytes::from(body))

@@ -60,6 +60,9 @@ impl Endpoint {
 pub struct ProxyRequest {
     pub endpoint: Endpoint,
     pub fields: RoutingFields,
+    /// The model name to send upstream when the profile's `model_map` does not rename it (an alias's
+    /// model, a pattern's rest of the name); `None`: the client's own.
+    pub upstream_model: Option<String>,
     pub body: Bytes,
     pub request_id: String,
     /// `X-Session-Id`, else the body's `user`.

@@ -122,7 +122,16 @@ async fn forward(
     body: Bytes,
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
-    let fields = RoutingFields::parse(&body)?;
+    let mut fields = RoutingFields::parse(&body)?;
+    // An alias or a pattern's match is routed, priced, scoped and counted as the model it names;
+    // an unknown name goes on as it is, for the router's 404.
+    let upstream_model = match proxy.config.resolve(&fields.model) {
+        Some(resolved) => {
+            fields.model = resolved.model.name.clone();
+            resolved.upstream
+        }
+        None => None,
+    };
     if !may_use(principal.as_ref(), &fields.model) {
         return Err(ApiError::Forbidden(format!(
             "This credential may not use the model `{}`.",
@@ -146,6 +155,7 @@ async fn forward(
         endpoint: call.endpoint,
         session: session_key(req, &fields),
         fields,
+        upstream_model,
         body,
         request_id,
         account: principal.as_ref().and_then(|p| p.account.clone()),
@@ -177,7 +187,8 @@ fn model_object(name: &str) -> serde_json::Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard"})
 }
 
-/// The models a caller may use, among `config`'s.
+/// The concrete model names a caller may use, among `config`'s: each model's name and aliases, in
+/// file order; patterns (`openrouter/*`) are left out, they name no model a client could list.
 fn usable_models<'a>(
     config: &'a Config,
     principal: Option<&'a Principal>,
@@ -185,8 +196,11 @@ fn usable_models<'a>(
     config
         .models
         .iter()
-        .map(|m| m.name.as_str())
-        .filter(move |m| may_use(principal, m))
+        .filter(move |m| may_use(principal, &m.name))
+        .flat_map(|m| {
+            let name = (!m.is_pattern()).then_some(m.name.as_str());
+            name.into_iter().chain(m.aliases.iter().map(String::as_str))
+        })
 }
 
 /// The models clients may ask for: the configured names, not the upstreams' lists.
@@ -211,10 +225,13 @@ async fn get_model(req: HttpRequest, id: web::Path<String>, state: State) -> Htt
         let principal = extract::client(&state, &req).await?;
         rate = admit_other(&state, principal.as_ref())?.rate;
         let config = state.config();
-        let found = usable_models(&config, principal.as_ref()).find(|m| *m == id.as_str());
-        match found {
-            Some(m) => Ok(HttpResponse::Ok().json(model_object(m))),
-            None => Err(ApiError::UnknownModel(id.into_inner())),
+        // Any name a request may use, a pattern's matches included, under the name asked for.
+        let usable = config
+            .resolve(id.as_str())
+            .is_some_and(|r| may_use(principal.as_ref(), &r.model.name));
+        match usable {
+            true => Ok(HttpResponse::Ok().json(model_object(id.as_str()))),
+            false => Err(ApiError::UnknownModel(id.into_inner())),
         }
     }
     .await;

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod aliases;
 mod anthropic;
 mod auth;
 mod config_check;

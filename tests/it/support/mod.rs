@@ -47,6 +47,8 @@ pub struct ConfigBuilder {
     pub models: Vec<(String, Vec<String>, Option<String>)>,
     /// Extra top-level YAML lines appended as they are (e.g. `tiers:` and `pricing:` sections).
     pub extra_yaml: Vec<String>,
+    /// (model name, its `aliases:`)
+    pub aliases: Vec<(String, Vec<String>)>,
 }
 
 impl Default for ConfigBuilder {
@@ -67,6 +69,7 @@ impl Default for ConfigBuilder {
             profiles: Vec::new(),
             models: Vec::new(),
             extra_yaml: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 }
@@ -99,6 +102,13 @@ impl ConfigBuilder {
             profiles.iter().map(|s| s.to_string()).collect(),
             None,
         ));
+        self
+    }
+
+    /// Gives model `name` these aliases.
+    pub fn aliases(mut self, name: &str, aliases: &[&str]) -> Self {
+        let list = aliases.iter().map(|a| format!("{a:?}")).collect();
+        self.aliases.push((name.into(), list));
         self
     }
 
@@ -151,6 +161,11 @@ impl ConfigBuilder {
             ));
             if let Some(s) = strategy {
                 y.push_str(&format!("    strategy: {s}\n"));
+            }
+            for (model, aliases) in &self.aliases {
+                if model == name {
+                    y.push_str(&format!("    aliases: [{}]\n", aliases.join(", ")));
+                }
             }
         }
         y.push_str("profiles:\n");
