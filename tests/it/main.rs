@@ -17,6 +17,7 @@ mod limits;
 mod oauth;
 mod operations;
 mod presets;
+mod readme;
 mod routing;
 mod smoke;
 mod wire;

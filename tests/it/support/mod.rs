@@ -224,11 +224,17 @@ impl Server {
     /// The repository's own profiles.yaml, copied into a fresh directory, on port 0; its providers'
     /// key variables removed, as on a machine that has none.
     pub fn start_repository_config() -> Server {
+        Server::start_repository_config_with_env(&[])
+    }
+
+    /// Like `start_repository_config`, with extra environment variables.
+    pub fn start_repository_config_with_env(extra: &[(String, String)]) -> Server {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let config_path = dir.path().join("profiles.yaml");
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles.yaml");
         std::fs::copy(repo, &config_path).expect("copy profiles.yaml");
-        let env = vec![("SWITCHYARD_LISTEN".to_owned(), "127.0.0.1:0".to_owned())];
+        let mut env = vec![("SWITCHYARD_LISTEN".to_owned(), "127.0.0.1:0".to_owned())];
+        env.extend_from_slice(extra);
         Server::spawn(dir, config_path, env)
     }
 
