@@ -1,4 +1,29 @@
 //! Switchyard: an actor-based, resilient, OpenAI-compatible LLM routing proxy.
+//!
+//! A map of the crate, one floor per line, lowest first. A module imports only from floors below its own
+//! (`tests/it/layout.rs` checks it), so each can be read and tested without the ones above.
+//!
+//! * [`wire`] — the wire formats, pure code over bytes: the client's and upstream's [`wire::Dialect`],
+//!   the routing fields of a body and its rewrite (`wire::openai`), the one SSE framer (`wire::sse`),
+//!   the Anthropic translation both ways (`wire::anthropic`).
+//! * [`error`] — [`error::ApiError`], every error a client can see, rendered once per dialect; and
+//!   [`metrics`], the Prometheus registry.
+//! * [`config`] — `profiles.yaml`: YAML with spans (`load`), raw serde types (`raw`), validation into
+//!   [`config::Config`] (`validate`, `values`), every problem reported at once (`report`).
+//! * [`auth`] — client identity: gateway keys, accounts, JWTs, JWKS, the audit log. [`upstream`] — the
+//!   profiles' side: per-worker HTTP clients, credentials (and OAuth tokens, `upstream::oauth`), the
+//!   classification of upstream answers (`upstream::classify`), and `provider: echo`, the built-in
+//!   demo upstream answered in-process (`upstream::echo`).
+//! * [`limits`] — tiers, rate windows, credit reservations and the ledger, usage reports, billing events.
+//! * [`state`] — [`state::AppState`], what every worker shares, and the router's view of a config.
+//! * [`forward`] — the failover loop, one attempt, the stream relay, the guard that records every
+//!   attempt once; [`reload`] — hot reload (the only place the config and routing table change).
+//! * [`http`] — routes and thin handlers: `extract` (caller, the admin gate, bodies), `respond`
+//!   (X-RateLimit-*), `v1`, `identity`, `billing`, `admin`.
+//! * this file — [`serve`], which wires them together; `main.rs` is the CLI.
+//!
+//! The actors (profile health, the router's table, the usage recorder, the sled store) live in the
+//! `switchyard-actors` crate, which has no web dependency.
 #![forbid(unsafe_code)]
 
 pub mod auth;

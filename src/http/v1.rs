@@ -123,21 +123,8 @@ async fn forward(
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = RoutingFields::parse(&body)?;
-    // An alias or a pattern's match is routed, priced, scoped and counted as the model it names;
-    // an unknown name goes on as it is, for the router's 404.
-    let upstream_model = match proxy.config.resolve(&fields.model) {
-        Some(resolved) => {
-            fields.model = resolved.model.name.clone();
-            resolved.upstream
-        }
-        None => None,
-    };
-    if !may_use(principal.as_ref(), &fields.model) {
-        return Err(ApiError::Forbidden(format!(
-            "This credential may not use the model `{}`.",
-            fields.model
-        )));
-    }
+    let upstream_model = resolve_model(proxy.config, &mut fields);
+    check_scope(principal.as_ref(), &fields.model)?;
     let request_id = extract::request_id(req);
     let embeddings = call.endpoint == Endpoint::Embeddings;
     let accounting = proxy.shared.limits.hold(
@@ -169,6 +156,15 @@ async fn forward(
     tracing::Instrument::instrument(proxy.forward(req), span).await
 }
 
+/// Renames `fields.model` to the model it resolves to: an alias or a pattern's match is routed,
+/// priced, scoped and counted as the model it names; an unknown name stays as it is, for the router's
+/// 404. Returns the name to send upstream when the profile's `model_map` does not rename it.
+fn resolve_model(config: &Config, fields: &mut RoutingFields) -> Option<String> {
+    let resolved = config.resolve(&fields.model)?;
+    fields.model = resolved.model.name.clone();
+    resolved.upstream
+}
+
 /// The sticky-session key: `X-Session-Id`, else the body's `user`.
 fn session_key(req: &HttpRequest, fields: &RoutingFields) -> Option<String> {
     req.headers()
@@ -177,6 +173,16 @@ fn session_key(req: &HttpRequest, fields: &RoutingFields) -> Option<String> {
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or_else(|| fields.user.clone())
+}
+
+/// 403 when the caller's scopes do not include `model`.
+fn check_scope(principal: Option<&Principal>, model: &str) -> Result<(), ApiError> {
+    if may_use(principal, model) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "This credential may not use the model `{model}`."
+    )))
 }
 
 fn may_use(principal: Option<&Principal>, model: &str) -> bool {
