@@ -5,7 +5,8 @@
 //!
 //! * [`wire`] — the wire formats, pure code over bytes: the client's and upstream's [`wire::Dialect`],
 //!   the routing fields of a body and its rewrite (`wire::openai`), the one SSE framer (`wire::sse`),
-//!   the Anthropic translation both ways (`wire::anthropic`).
+//!   the Anthropic translation both ways (`wire::anthropic`), the nesting-depth check of client
+//!   bodies (`wire::depth`).
 //! * [`error`] — [`error::ApiError`], every error a client can see, rendered once per dialect; and
 //!   [`metrics`], the Prometheus registry.
 //! * [`config`] — `profiles.yaml`: YAML with spans (`load`), raw serde types (`raw`), validation into
@@ -190,6 +191,12 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             }
         }
     })
+    // A client that closes its side has left: actix-web then drops the handler at once (its future, the
+    // upstream request or stream it holds, and the attempt's guard, which records `cancelled` and
+    // releases the credit hold) instead of going on until a write to the dead socket fails, one or two
+    // stream events later, or failing over to the next profile for nobody. The price: a client that
+    // half-closes after its request (rare; no SDK does) is taken as gone.
+    .h1_allow_half_closed(false)
     .shutdown_timeout(opts.shutdown_timeout.as_secs().max(1));
     if let Some(n) = opts.workers {
         server = server.workers(n);

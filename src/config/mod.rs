@@ -82,6 +82,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// `server.store_cache_size` (default 8 MiB): memory for sled's page cache. Read at start only.
     pub store_cache_bytes: u64,
+    /// `server.body_idle_timeout` (default 10s): the longest pause between two pieces of a request
+    /// body; a body that stalls longer gets 408.
+    pub body_idle_timeout: Duration,
+    /// `server.body_timeout` (default 60s): the longest a whole request body may take; 408 after it.
+    pub body_timeout: Duration,
 }
 
 /// `auth:`

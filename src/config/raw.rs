@@ -62,6 +62,10 @@ pub(crate) struct RawServer {
     pub max_body_size: Option<Text>,
     /// sled's page cache: a size like `max_body_size`.
     pub store_cache_size: Option<Text>,
+    /// Longest pause between two pieces of a request body.
+    pub body_idle_timeout: Option<Text>,
+    /// Longest a whole request body may take to arrive.
+    pub body_timeout: Option<Text>,
 }
 
 /// `auth:`

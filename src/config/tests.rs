@@ -542,7 +542,7 @@ profiles:
         yaml,
         &[
             r#"t.yaml:2:11: server.listen: invalid address "nowhere": invalid socket address syntax (e.g. 127.0.0.1:8080)"#,
-            r#"t.yaml:3:3: server.threads: unknown key "threads" (expected one of: listen, data_dir, max_body_size, store_cache_size)"#,
+            r#"t.yaml:3:3: server.threads: unknown key "threads" (expected one of: listen, data_dir, max_body_size, store_cache_size, body_idle_timeout, body_timeout)"#,
             "t.yaml:5:17: routing.max_attempts: must be >= 1",
             r#"t.yaml:8:19: models[0].profiles[1]: unknown profile "ghost""#,
             "t.yaml:13:13: profiles[0].weight: must be > 0",

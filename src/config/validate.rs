@@ -107,8 +107,25 @@ fn server(report: &mut Report, raw: &RawServer) -> ServerConfig {
             },
             None => switchyard_actors::store::DEFAULT_CACHE_BYTES,
         },
+        body_idle_timeout: duration(
+            report,
+            "server.body_idle_timeout",
+            raw.body_idle_timeout.as_ref(),
+            DEFAULT_BODY_IDLE_TIMEOUT,
+        ),
+        body_timeout: duration(
+            report,
+            "server.body_timeout",
+            raw.body_timeout.as_ref(),
+            DEFAULT_BODY_TIMEOUT,
+        ),
     }
 }
+
+/// `server.body_idle_timeout`: a client that sends nothing for this long is not sending a body.
+const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `server.body_timeout`: 10 MiB (the default body limit) at well under 1 Mbit/s still fits.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `routing:`
 fn routing(report: &mut Report, r: &RawRouting) -> RoutingConfig {

@@ -15,7 +15,7 @@ use super::{
     Proxy, ProxyRequest, ANTHROPIC_DEFAULT_MAX_TOKENS, MAX_ERROR_BYTES, MAX_RESPONSE_BYTES,
 };
 use crate::config::Provider;
-use crate::upstream::classify::{classify, error_detail, Verdict};
+use crate::upstream::classify::{classify, error_detail, redirect_detail, Verdict};
 use crate::upstream::UpstreamProfile;
 use crate::wire::anthropic::chat_request_to_messages;
 use crate::wire::openai::{response_usage, upstream_body, TokenUsage};
@@ -99,15 +99,25 @@ impl Proxy<'_> {
                     TokenUsage::default(),
                     false,
                 );
-                let body = client_error_body(up.dialect(), req.dialect, body);
+                // Upstreams quote the key they were sent back in their messages.
+                let body =
+                    up.redactor()
+                        .redact_bytes(client_error_body(up.dialect(), req.dialect, body));
                 Ok(self.respond(status, "application/json", &guard).body(body))
             }
-            Verdict::Failure { class, retry_after } => Err(guard.fail(AttemptFailure {
-                class,
-                retry_after,
-                detail: up.redact(&error_detail(status, &body)),
-                status: Some(status),
-            })),
+            Verdict::Failure { class, retry_after } => {
+                let detail = if (300..400).contains(&status) {
+                    redirect_detail(status, &headers)
+                } else {
+                    error_detail(status, &body)
+                };
+                Err(guard.fail(AttemptFailure {
+                    class,
+                    retry_after,
+                    detail: up.redact(&detail),
+                    status: Some(status),
+                }))
+            }
         }
     }
 

@@ -2,13 +2,13 @@
 //! answered: which profile failed or was skipped, and why.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use switchyard_actors::health::StateName;
 use switchyard_actors::outcome::FailureClass;
 use switchyard_actors::router::SkipReason;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, RateHeaders};
 use crate::upstream::SendError;
 use crate::wire::anthropic::TranslateError;
 use crate::wire::openai::RewriteError;
@@ -106,13 +106,13 @@ impl Failover {
 
     /// The error when no profile answered.
     pub(super) fn into_error(self, model: &str) -> ApiError {
-        let ends = Ends {
-            failures: &self.failures,
-            unsuitable: &self.unsuitable,
-            skipped: &self.skipped,
-            never_reached: &self.never_reached,
-        };
-        exhausted_error(model, &ends)
+        exhausted_error(
+            model,
+            &self.failures,
+            &self.unsuitable,
+            &self.skipped,
+            &self.never_reached,
+        )
     }
 }
 
@@ -171,24 +171,37 @@ fn describe_skip(reason: &SkipReason) -> String {
     }
 }
 
-/// How each profile of a request that got no answer ended, for its error message.
-#[derive(Clone, Copy)]
-struct Ends<'a> {
-    failures: &'a [(Arc<str>, AttemptFailure)],
-    unsuitable: &'a [(Arc<str>, Unsuitable)],
-    skipped: &'a [(Arc<str>, SkipReason)],
-    never_reached: &'a [Arc<str>],
+/// How long until the earliest skipped profile can be tried again by itself; `None` when none can
+/// (every one is `auth_failed`, which only an operator clears). A half-open profile whose probe is in
+/// flight, or a state without a known end, counts as "now".
+fn earliest_recovery(skipped: &[(Arc<str>, SkipReason)], now: SystemTime) -> Option<Duration> {
+    let left = |t: &SystemTime| t.duration_since(now).unwrap_or(Duration::ZERO);
+    skipped
+        .iter()
+        .filter_map(|(_, r)| match r {
+            SkipReason::AlreadyTried | SkipReason::State(StateName::AuthFailed, ..) => None,
+            SkipReason::State(_, Some(t), _) | SkipReason::UpstreamLimit(t) => Some(left(t)),
+            SkipReason::State(_, None, _) | SkipReason::ProbeInFlight => Some(Duration::ZERO),
+        })
+        .min()
 }
 
-/// The error when no profile answered: 503 if none could be tried, else 504 when the last failure was a
-/// timeout, else 502. The message names each profile and why.
-fn exhausted_error(model: &str, ends: &Ends<'_>) -> ApiError {
-    let Ends {
-        failures,
-        unsuitable,
-        skipped,
-        never_reached,
-    } = *ends;
+/// A `Retry-After` value: whole seconds, rounded up, at least 1.
+fn retry_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// The error when no profile answered: 503 if none could be tried (with `Retry-After` until the first
+/// can be tried again), 429 when every profile tried was rate limited, else 504 when the last failure
+/// was a timeout, else 502. The message names each profile and why.
+fn exhausted_error(
+    model: &str,
+    failures: &[(Arc<str>, AttemptFailure)],
+    unsuitable: &[(Arc<str>, Unsuitable)],
+    skipped: &[(Arc<str>, SkipReason)],
+    never_reached: &[Arc<str>],
+) -> ApiError {
     let mut parts: Vec<String> = failures
         .iter()
         .map(|(id, f)| format!("{id}: {} ({})", f.class.as_str(), f.detail))
@@ -219,9 +232,40 @@ fn exhausted_error(model: &str, ends: &Ends<'_>) -> ApiError {
                 "No profile of model `{model}` can serve this request: {list}."
             ))
         }
-        None => ApiError::NoAvailableProfile(format!(
-            "No profile is available for model `{model}`: {list}."
-        )),
+        None => match earliest_recovery(skipped, SystemTime::now()) {
+            Some(d) => ApiError::NoAvailableProfile {
+                message: format!("No profile is available for model `{model}`: {list}."),
+                retry_after: Some(retry_secs(d)),
+            },
+            None => ApiError::NoAvailableProfile {
+                message: format!(
+                    "No profile is available for model `{model}`: {list}. None recovers by itself: \
+                     an operator must fix its credential (and reload) or reset it."
+                ),
+                retry_after: None,
+            },
+        },
+        // Only rate limits: the client should slow down, as it would facing the provider itself.
+        Some(_)
+            if failures
+                .iter()
+                .all(|(_, f)| f.class == FailureClass::RateLimited) =>
+        {
+            let hinted = failures.iter().filter_map(|(_, f)| f.retry_after);
+            let wait = hinted
+                .chain(earliest_recovery(skipped, SystemTime::now()))
+                .min()
+                .unwrap_or(Duration::ZERO);
+            let retry_after = retry_secs(wait);
+            ApiError::RateLimited {
+                message: format!(
+                    "Every profile tried for model `{model}` is rate limited: {list}. Retry in {retry_after} s."
+                ),
+                code: "rate_limit_exceeded",
+                retry_after,
+                rate: RateHeaders::default(),
+            }
+        }
         Some((_, f)) if matches!(f.class, FailureClass::Timeout) => ApiError::Timeout(format!(
             "Every profile tried for model `{model}` failed, the last by timing out: {list}."
         )),
@@ -233,15 +277,82 @@ fn exhausted_error(model: &str, ends: &Ends<'_>) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
-
     use super::*;
 
-    fn message(e: ApiError) -> String {
+    fn skip(id: &str, r: SkipReason) -> (Arc<str>, SkipReason) {
+        (Arc::from(id), r)
+    }
+
+    fn retry_after(e: &ApiError) -> Option<u64> {
         match e {
-            ApiError::NoAvailableProfile(m) | ApiError::Upstream(m) => m,
-            other => panic!("unexpected error {other:?}"),
+            ApiError::NoAvailableProfile { retry_after, .. } => *retry_after,
+            other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_503_waits_for_the_earliest_profile_rounded_up() {
+        let now = SystemTime::now();
+        let skipped = [
+            skip(
+                "billing",
+                SkipReason::State(
+                    StateName::BillingDisabled,
+                    Some(now + Duration::from_secs(5 * 3600)),
+                    None,
+                ),
+            ),
+            skip(
+                "cooling",
+                SkipReason::State(
+                    StateName::Cooldown,
+                    Some(now + Duration::from_millis(4200)),
+                    None,
+                ),
+            ),
+            skip("auth", SkipReason::State(StateName::AuthFailed, None, None)),
+        ];
+        let e = exhausted_error("m", &[], &[], &skipped, &[]);
+        // 4.2 s less the moment since `now`: rounds up to 5 (or 4 on a very slow machine, never 1).
+        let secs = retry_after(&e).unwrap();
+        assert!((4..=5).contains(&secs), "{secs}");
+        let benched = [skipped[0].clone()];
+        let secs = retry_after(&exhausted_error("m", &[], &[], &benched, &[])).unwrap();
+        assert!(secs > 5 * 3600 - 60 && secs <= 5 * 3600, "{secs}");
+    }
+
+    #[test]
+    fn a_503_with_only_auth_failed_profiles_has_no_retry_after() {
+        let skipped = [
+            skip("a", SkipReason::State(StateName::AuthFailed, None, None)),
+            skip("b", SkipReason::AlreadyTried),
+        ];
+        let e = exhausted_error("m", &[], &[], &skipped, &[]);
+        assert_eq!(retry_after(&e), None);
+        assert!(e.to_string().contains("None recovers by itself"), "{e}");
+    }
+
+    #[test]
+    fn only_rate_limits_give_a_429_with_the_upstream_hint() {
+        let limited = AttemptFailure {
+            retry_after: Some(Duration::from_millis(7300)),
+            status: Some(429),
+            ..AttemptFailure::new(FailureClass::RateLimited, "HTTP 429: slow down")
+        };
+        let failures = [(Arc::from("a"), limited)];
+        match exhausted_error("m", &failures, &[], &[], &[]) {
+            ApiError::RateLimited { retry_after, .. } => assert_eq!(retry_after, 8),
+            other => panic!("{other:?}"),
+        }
+        let mut failures = failures.into_iter().collect::<Vec<_>>();
+        failures.push((
+            Arc::from("b"),
+            AttemptFailure::new(FailureClass::Server, "HTTP 500"),
+        ));
+        assert!(matches!(
+            exhausted_error("m", &failures, &[], &[], &[]),
+            ApiError::Upstream(_)
+        ));
     }
 
     #[test]
@@ -265,13 +376,7 @@ mod tests {
                 ),
             ),
         ];
-        let ends = Ends {
-            failures: &[],
-            unsuitable: &[],
-            skipped: &skipped,
-            never_reached: &[],
-        };
-        let m = message(exhausted_error("m", &ends));
+        let m = exhausted_error("m", &[], &[], &skipped, &[]).to_string();
         assert!(
             m.contains(
                 "openai-main: skipped, auth_failed (environment variable OPENAI_API_KEY is not set)"
@@ -292,13 +397,7 @@ mod tests {
             Arc::<str>::from("a"),
             AttemptFailure::new(FailureClass::Server, "500"),
         )];
-        let ends = Ends {
-            failures: &failures,
-            unsuitable: &[],
-            skipped: &[],
-            never_reached: &["c".into()],
-        };
-        let m = message(exhausted_error("m", &ends));
+        let m = exhausted_error("m", &failures, &[], &[], &["c".into()]).to_string();
         assert!(m.contains("a: server (500)"), "{m}");
         assert!(m.contains("c: never reached"), "{m}");
     }

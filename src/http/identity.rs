@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{address, json_body, principal, Admin, Caller};
-use super::respond::metered;
+use super::respond::uncounted;
 use crate::auth::{AccountPatch, AuthError, DurationInput, NewAccount, NewKey};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -103,7 +103,7 @@ async fn logout(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
 async fn me(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
     let work =
         async { Ok(HttpResponse::Ok().json(state.auth.me(&state.config().auth, &caller.0)?)) };
-    metered(&state, &caller, work).await
+    uncounted(&state, &caller, work).await
 }
 
 async fn own_keys(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
@@ -111,7 +111,7 @@ async fn own_keys(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
         let keys = state.auth.own_keys(&caller.0)?;
         Ok(HttpResponse::Ok().json(json!({"object": "list", "data": keys})))
     };
-    metered(&state, &caller, work).await
+    uncounted(&state, &caller, work).await
 }
 
 async fn own_create_key(
@@ -138,7 +138,7 @@ async fn own_create_key(
             .await?;
         Ok(HttpResponse::Created().json(created))
     };
-    metered(&state, &caller, work).await
+    uncounted(&state, &caller, work).await
 }
 
 async fn own_revoke_key(
@@ -154,7 +154,7 @@ async fn own_revoke_key(
             .await?;
         Ok(HttpResponse::Ok().json(key))
     };
-    metered(&state, &caller, work).await
+    uncounted(&state, &caller, work).await
 }
 
 // --- admin: keys ---------------------------------------------------------------------------------

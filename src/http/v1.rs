@@ -17,6 +17,7 @@ use crate::limits::{CallKind, RateStatus, Subject};
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
 use crate::wire::anthropic::messages_request_to_chat;
+use crate::wire::depth::{check_depth, MAX_JSON_DEPTH};
 use crate::wire::openai::RoutingFields;
 use crate::wire::Dialect;
 
@@ -97,6 +98,7 @@ async fn model_call(
             .admit_principal(&config, principal.as_ref(), CallKind::Llm)?;
         rate = admission.rate;
         let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
+        check_depth(&body, MAX_JSON_DEPTH)?;
         let body = match dialect {
             Dialect::OpenAi => body,
             Dialect::Anthropic => Bytes::from(messages_request_to_chat(&body)?.0),

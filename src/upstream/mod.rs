@@ -72,14 +72,15 @@ impl UpstreamProfile {
     /// Removes this profile's credential, and anything that looks like a key, from upstream text
     /// before it reaches logs, the admin API or a client (upstreams quote keys back in 401 messages).
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        let token = self.oauth.as_ref().and_then(|t| t.current_secret());
-        for key in self.key.iter().chain(token.iter()) {
-            if !key.is_empty() {
-                out = out.replace(key.as_str(), "[redacted]");
-            }
+        self.redactor().redact(text)
+    }
+
+    /// What `redact` needs, owned: for a stream that outlives the borrow of this profile.
+    pub fn redactor(&self) -> Redactor {
+        Redactor {
+            key: self.key.clone(),
+            oauth: self.oauth.clone(),
         }
-        redact_key_like(&out)
     }
 
     /// The upstream name of a client model, when this profile renames it.
@@ -400,6 +401,40 @@ pub fn resolve_key(source: &ApiKeySource) -> Result<Option<String>, String> {
     }
 }
 
+/// Removes one profile's credential (its key, or its OAuth token as of now) and anything key-like from
+/// upstream text: what `UpstreamProfile::redact` does, for bytes that reach a client too.
+#[derive(Clone)]
+pub struct Redactor {
+    key: Option<String>,
+    oauth: Option<Arc<TokenSource>>,
+}
+
+impl Redactor {
+    /// `text` with the credential replaced by `[redacted]` and key-like words masked.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        let token = self.oauth.as_ref().and_then(|t| t.current_secret());
+        for key in self.key.iter().chain(token.iter()) {
+            if !key.is_empty() {
+                out = out.replace(key.as_str(), "[redacted]");
+            }
+        }
+        redact_key_like(&out)
+    }
+
+    /// Like `redact`, for a body about to be relayed: untouched (the same buffer) when nothing in it
+    /// needed masking; bytes that are not UTF-8 are relayed as their lossy text.
+    pub fn redact_bytes(&self, body: bytes::Bytes) -> bytes::Bytes {
+        let text = String::from_utf8_lossy(&body);
+        let out = self.redact(&text);
+        if out == text {
+            body
+        } else {
+            bytes::Bytes::from(out)
+        }
+    }
+}
+
 /// A stable, non-reversible fingerprint of a profile's credential (0 when it has none).
 pub fn credential_fingerprint(source: &ApiKeySource) -> u64 {
     match resolve_key(source) {
@@ -457,5 +492,22 @@ mod tests {
         );
         assert_eq!(redact_key_like("gsk_0123456789abcdef!"), "gsk_[redacted]!");
         assert_eq!(redact_key_like("naïve – ünïcode"), "naïve – ünïcode");
+    }
+
+    #[test]
+    fn relayed_bytes_lose_the_profile_key_and_stay_json() {
+        let r = Redactor {
+            key: Some("plainsecret123".into()),
+            oauth: None,
+        };
+        let body = bytes::Bytes::from_static(
+            br#"{"error":{"message":"key plainsecret123 (or sk-proj-abcdef123456) is not allowed"}}"#,
+        );
+        let out = r.redact_bytes(body);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert_eq!(msg, "key [redacted] (or sk-[redacted]) is not allowed");
+        let clean = bytes::Bytes::from_static(b"{\"error\":{}}");
+        assert_eq!(r.redact_bytes(clean.clone()).as_ptr(), clean.as_ptr());
     }
 }

@@ -4,6 +4,7 @@
 //! (`/v1/messages`) is encoded out of it, bodies and streams alike. Pure code over bytes: no I/O, no config.
 
 pub mod anthropic;
+pub mod depth;
 pub mod openai;
 pub mod sse;
 
@@ -30,9 +31,13 @@ pub enum Dialect {
 /// Why a stream could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamFault {
-    /// The upstream reported an error inside the stream (`kind: message` as it said).
-    #[error("{0}")]
-    Upstream(String),
+    /// The upstream reported an error inside the stream: the error object as it came
+    /// (`{"error": {...}}`), for the forwarder to classify like an HTTP error body.
+    #[error("the upstream reported an error in the stream: {}", error_summary(.0))]
+    Upstream(Bytes),
+    /// The upstream's first data was not JSON: nothing a client could read.
+    #[error("the upstream sent an event that is not JSON before any content")]
+    NotJson,
     /// The upstream sent something unreadable.
     #[error(transparent)]
     Garbage(#[from] TranslateError),
@@ -41,12 +46,36 @@ pub enum StreamFault {
     TooLarge(#[from] sse::EventTooLarge),
 }
 
+/// `type: message` of an error object (or `code: message`), for operators; short.
+fn error_summary(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    let e = &v["error"];
+    let word = |k: &str| match &e[k] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let kind = word("type")
+        .or_else(|| word("code"))
+        .unwrap_or_else(|| "error".into());
+    let message: String = word("message")
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect();
+    format!("{kind}: {message}")
+}
+
 /// What one upstream chunk became for the client.
 #[derive(Debug, Default)]
 pub struct Relayed {
     pub forward: Bytes,
     /// The stream's end was seen (its terminator is held back; see `StreamCodec::done_bytes`).
     pub done: bool,
+    /// `forward` holds a content event, not only comments: a response may be committed on it.
+    pub content: bool,
+    /// The stream cannot go on after `forward`: an error event, or unreadable data before content.
+    pub fault: Option<StreamFault>,
 }
 
 /// Upstream SSE in, client SSE out: decode to OpenAI, relay (usage, terminator), encode for the client.
@@ -73,25 +102,31 @@ impl StreamCodec {
         }
     }
 
-    /// Takes one upstream chunk.
+    /// Takes one upstream chunk. An error event or unreadable first data ends it with `fault` set
+    /// (after whatever came before it in the chunk); `Err` when the upstream's bytes cannot be read.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
-        let openai: Bytes = match &mut self.decode {
-            None => Bytes::copy_from_slice(chunk),
+        let (openai, decoded_fault) = match &mut self.decode {
+            None => (Bytes::copy_from_slice(chunk), None),
             Some(d) => {
                 let out = d.push(chunk)?;
-                if let Some(err) = d.upstream_error() {
-                    return Err(StreamFault::Upstream(format!(
-                        "{}: {}",
-                        err.kind, err.message
-                    )));
-                }
-                out
+                let fault = d.upstream_error().map(|err| {
+                    let body = json!({"error": {"type": err.kind, "message": err.message}});
+                    StreamFault::Upstream(Bytes::from(body.to_string()))
+                });
+                (out, fault)
             }
         };
         let passed = self.relay.push(&openai)?;
+        let fault = decoded_fault.or(match passed.stop {
+            None => None,
+            Some(sse::Stop::Error(body)) => Some(StreamFault::Upstream(body)),
+            Some(sse::Stop::NotJson) => Some(StreamFault::NotJson),
+        });
         Ok(Relayed {
             forward: self.encode_bytes(&passed.forward)?,
-            done: passed.done,
+            done: passed.done && fault.is_none(),
+            content: passed.content,
+            fault,
         })
     }
 
@@ -249,8 +284,15 @@ mod tests {
         let mut c = StreamCodec::new(Dialect::Anthropic, Dialect::OpenAi, "m", false);
         let ev = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
         match c.push(ev.as_bytes()) {
-            Err(StreamFault::Upstream(detail)) => {
-                assert!(detail.contains("overloaded_error"));
+            Ok(Relayed {
+                fault: Some(fault @ StreamFault::Upstream(_)),
+                done: false,
+                ..
+            }) => {
+                assert!(
+                    fault.to_string().contains("overloaded_error: Overloaded"),
+                    "{fault}"
+                );
             }
             other => panic!("{other:?}"),
         }

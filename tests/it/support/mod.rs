@@ -39,6 +39,8 @@ pub struct ConfigBuilder {
     pub timeouts: (String, String, String),
     pub durable: bool,
     pub max_body_size: Option<String>,
+    /// Extra YAML lines under `server:` (unindented; the builder indents them), e.g. `body_timeout: 1s`.
+    pub extra_server_yaml: Vec<String>,
     pub auth_required: bool,
     /// Extra YAML lines under `auth:` (unindented; the builder indents them), e.g. `max_keys_per_account: 2`.
     pub extra_auth_yaml: Vec<String>,
@@ -64,6 +66,7 @@ impl Default for ConfigBuilder {
             timeouts: ("2s".into(), "5s".into(), "5s".into()),
             durable: true,
             max_body_size: None,
+            extra_server_yaml: Vec::new(),
             auth_required: false,
             extra_auth_yaml: Vec::new(),
             profiles: Vec::new(),
@@ -128,6 +131,9 @@ impl ConfigBuilder {
         y.push_str("server:\n  listen: \"127.0.0.1:0\"\n  data_dir: \"./data\"\n");
         if let Some(m) = &self.max_body_size {
             y.push_str(&format!("  max_body_size: {m}\n"));
+        }
+        for line in &self.extra_server_yaml {
+            y.push_str(&format!("  {line}\n"));
         }
         y.push_str(&format!(
             "auth:\n  required: {}\n  admin_token_env: SWITCHYARD_ADMIN_TOKEN\n",
