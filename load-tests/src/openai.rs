@@ -38,6 +38,8 @@ enum Endpoint {
     Model,
     /// Anthropic's Messages API.
     Messages,
+    /// Anthropic's token counting.
+    CountTokens,
 }
 
 fn route(method: &str, path: &str) -> Option<Endpoint> {
@@ -49,6 +51,7 @@ fn route(method: &str, path: &str) -> Option<Endpoint> {
         ("POST", "/completions") => Some(Endpoint::Completions),
         ("POST", "/embeddings") => Some(Endpoint::Embeddings),
         ("POST", "/messages") => Some(Endpoint::Messages),
+        ("POST", "/messages/count_tokens") => Some(Endpoint::CountTokens),
         ("GET", "/models") => Some(Endpoint::Models),
         ("GET", p) if p.starts_with("/models/") && p.len() > "/models/".len() => {
             Some(Endpoint::Model)
@@ -86,7 +89,11 @@ pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> 
                 ),
             };
         }
-        Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => {}
+        Endpoint::Chat
+        | Endpoint::Completions
+        | Endpoint::Embeddings
+        | Endpoint::Messages
+        | Endpoint::CountTokens => {}
     }
     let req = match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => v,
@@ -106,6 +113,7 @@ pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> 
             events: crate::anthropic::message_stream(&req, ctx),
         },
         Endpoint::Messages => fixed(200, crate::anthropic::message(&req, ctx)),
+        Endpoint::CountTokens => fixed(200, crate::anthropic::count_tokens(&req)),
         _ => fixed(200, embeddings(&req)),
     }
 }

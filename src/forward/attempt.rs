@@ -18,6 +18,7 @@ use crate::config::Provider;
 use crate::upstream::classify::{classify, error_detail, redirect_detail, Verdict};
 use crate::upstream::UpstreamProfile;
 use crate::wire::anthropic::chat_request_to_messages;
+use crate::wire::anthropic::native::messages_usage;
 use crate::wire::openai::{response_usage, upstream_body, TokenUsage};
 use crate::wire::{client_error_body, response_body, Dialect};
 
@@ -31,7 +32,19 @@ impl Proxy<'_> {
         attempt: u32,
     ) -> Result<HttpResponse, AttemptEnd> {
         let stream = req.fields.stream && req.endpoint.streams();
-        let body = match upstream_request_body(up, req, stream) {
+        let native = req.native.as_ref().filter(|_| req.passes_through(up));
+        let body = match native {
+            // Same dialect: the client's bytes, `model` renamed where the profile maps it (or where
+            // an alias or a pattern named the model).
+            Some(n) => {
+                let renamed = up
+                    .upstream_model(&req.fields.model)
+                    .or(req.upstream_model.as_deref());
+                upstream_body(&n.body, renamed, false).map_err(Unsuitable::from)
+            }
+            None => upstream_request_body(up, req, stream),
+        };
+        let body = match body {
             Ok(b) => b,
             Err(why) => {
                 pick.entry.release(pick.probe);
@@ -41,9 +54,13 @@ impl Proxy<'_> {
         let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
         let path = match up.provider {
             Provider::OpenAi => req.endpoint.path(),
-            Provider::Anthropic => "/messages",
+            Provider::Anthropic => req.endpoint.anthropic_path().unwrap_or("/messages"),
         };
-        let sent = up.post(path, &req.request_id).body(body).send();
+        let sent = match native {
+            Some(n) => up.post_native(path, &n.query, &req.request_id, &n.headers),
+            None => up.post(path, &req.request_id),
+        };
+        let sent = sent.body(body).send();
         let resp = match tokio::time::timeout(up.timeouts.first_byte, sent).await {
             Err(_) => {
                 return Err(guard.fail(AttemptFailure::new(
@@ -145,6 +162,21 @@ impl Proxy<'_> {
             ..AttemptFailure::new(FailureClass::Server, format!("HTTP {status}: {why}"))
         };
         let model = &req.fields.model;
+        if req.passes_through(up) {
+            // Relayed as it came; only its usage is read.
+            let usage = match messages_usage(&body) {
+                Ok(u) => u,
+                Err(why) => return Err(guard.fail(garbage(why.to_string()))),
+            };
+            let ack = guard.finish(
+                AttemptOutcome::Succeeded,
+                "ok",
+                usage,
+                self.config.usage.durable,
+            );
+            wait_ack(ack).await;
+            return Ok(self.respond(status, &content_type, &guard).body(body));
+        }
         // Usage is read from the OpenAI form: the upstream's own, or the translation of it.
         let openai = match response_body(up.dialect(), Dialect::OpenAi, body, model) {
             Ok(b) => b,

@@ -39,7 +39,7 @@ pub(super) enum AttemptEnd {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Unsuitable {
     /// Its API has no such endpoint.
-    #[error("the Anthropic API has no {}", .0.path())]
+    #[error("its API has no {}", .0.path())]
     NoEndpoint(Endpoint),
     /// The body has a field its dialect cannot express.
     #[error(transparent)]

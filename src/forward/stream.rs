@@ -28,12 +28,16 @@ impl Proxy<'_> {
     ) -> Result<HttpResponse, AttemptEnd> {
         let durable = self.config.usage.durable;
         let idle = up.timeouts.idle;
-        let mut relay = StreamCodec::new(
-            up.dialect(),
-            req.dialect,
-            &req.fields.model,
-            req.fields.client_wants_usage,
-        );
+        let mut relay = if req.passes_through(up) {
+            StreamCodec::native_anthropic()
+        } else {
+            StreamCodec::new(
+                up.dialect(),
+                req.dialect,
+                &req.fields.model,
+                req.fields.client_wants_usage,
+            )
+        };
         let mut upstream = resp.bytes_stream().boxed_local();
         // Comments and keep-alives before the first content event: held, since they commit nothing.
         let mut held = BytesMut::new();

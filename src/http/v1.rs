@@ -10,9 +10,9 @@ use serde_json::json;
 use super::extract::{self, read_limited};
 use super::respond::{admit_other, reply};
 use crate::auth::Principal;
-use crate::config::Config;
+use crate::config::{Config, Provider};
 use crate::error::ApiError;
-use crate::forward::{Endpoint, Proxy, ProxyRequest};
+use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest};
 use crate::limits::{CallKind, RateStatus, Subject};
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
@@ -26,6 +26,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/completions", web::post().to(completions))
         .route("/v1/embeddings", web::post().to(embeddings))
         .route("/v1/messages", web::post().to(messages))
+        .route("/v1/messages/count_tokens", web::post().to(count_tokens))
         .route("/v1/models", web::get().to(list_models))
         .route("/v1/models/{id:.*}", web::get().to(get_model));
 }
@@ -58,6 +59,13 @@ async fn embeddings(req: HttpRequest, body: web::Payload, s: State, w: Workers) 
 /// answer — body or stream — translated back. Errors come in Anthropic's shape.
 async fn messages(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
     let call = Call::new(Endpoint::ChatCompletions, Dialect::Anthropic);
+    model_call(call, req, body, &s, &w).await
+}
+
+/// `POST /v1/messages/count_tokens`: passed through to an Anthropic profile of the model; a model with
+/// none gets an estimate (see `estimated_count`).
+async fn count_tokens(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
+    let call = Call::new(Endpoint::CountTokens, Dialect::Anthropic);
     model_call(call, req, body, &s, &w).await
 }
 
@@ -99,9 +107,12 @@ async fn model_call(
         rate = admission.rate;
         let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
         check_depth(&body, MAX_JSON_DEPTH)?;
-        let body = match dialect {
-            Dialect::OpenAi => body,
-            Dialect::Anthropic => Bytes::from(messages_request_to_chat(&body)?.0),
+        let (body, native) = match dialect {
+            Dialect::OpenAi => (body, None),
+            Dialect::Anthropic => {
+                let chat = Bytes::from(messages_request_to_chat(&body)?.0);
+                (chat, Some(native_request(&req, body)))
+            }
         };
         let upstreams = workers.current(&config, generation);
         let proxy = Proxy {
@@ -110,7 +121,7 @@ async fn model_call(
             upstreams: &upstreams,
         };
         let who = (principal, admission.subject);
-        forward(&proxy, call, &req, body, who).await
+        forward(&proxy, call, &req, (body, native), who).await
     }
     .await;
     reply(&rate, dialect, result)
@@ -121,22 +132,34 @@ async fn forward(
     proxy: &Proxy<'_>,
     call: Call,
     req: &HttpRequest,
-    body: Bytes,
+    (body, native): (Bytes, Option<NativeRequest>),
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = RoutingFields::parse(&body)?;
     let upstream_model = resolve_model(proxy.config, &mut fields);
     check_scope(principal.as_ref(), &fields.model)?;
     let request_id = extract::request_id(req);
+    let counting = call.endpoint == Endpoint::CountTokens;
+    if counting && !has_anthropic_profile(proxy.config, &fields.model) {
+        return estimated_count(
+            proxy.config,
+            &fields.model,
+            native.as_ref().map(|n| &n.body),
+        );
+    }
     let embeddings = call.endpoint == Endpoint::Embeddings;
-    let accounting = proxy.shared.limits.hold(
-        proxy.config,
-        subject.as_ref(),
-        &fields.model,
-        &body,
-        embeddings,
-        &request_id,
-    )?;
+    let accounting = match counting {
+        // Counting generates nothing: no credits are reserved or charged.
+        true => None,
+        false => proxy.shared.limits.hold(
+            proxy.config,
+            subject.as_ref(),
+            &fields.model,
+            &body,
+            embeddings,
+            &request_id,
+        )?,
+    };
     // Debug, like the per-attempt span: an info span is formatted on every request by the JSON layer
     // even when nothing is logged under it. Warnings on the forward path carry `request_id` themselves.
     let span = tracing::debug_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream);
@@ -154,6 +177,7 @@ async fn forward(
         started: call.started,
         dialect: call.dialect,
         accounting,
+        native,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
 }
@@ -167,14 +191,75 @@ fn resolve_model(config: &Config, fields: &mut RoutingFields) -> Option<String> 
     resolved.upstream
 }
 
-/// The sticky-session key: `X-Session-Id`, else the body's `user`.
+fn has_anthropic_profile(config: &Config, model: &str) -> bool {
+    config.model(model).is_some_and(|m| {
+        m.profiles.iter().any(|id| {
+            config
+                .profile(id)
+                .is_some_and(|p| p.provider == Provider::Anthropic)
+        })
+    })
+}
+
+/// A token count for a model no Anthropic profile serves: a quarter of the request's bytes, rounded
+/// up (about what English text and JSON average), in Anthropic's shape. An unknown model is a 404.
+fn estimated_count(
+    config: &Config,
+    model: &str,
+    body: Option<&Bytes>,
+) -> Result<HttpResponse, ApiError> {
+    if config.model(model).is_none() {
+        return Err(ApiError::UnknownModel(model.to_owned()));
+    }
+    let bytes = body.map_or(0, |b| b.len());
+    let tokens = bytes.div_ceil(4);
+    Ok(HttpResponse::Ok()
+        .insert_header(("x-switchyard-estimate", "bytes/4"))
+        .json(json!({"input_tokens": tokens})))
+}
+
+/// The headers that name a client's session, first found wins: ours, then the coding agents' own
+/// (Claude Code's, Codex's session and thread ids).
+const SESSION_HEADERS: [&str; 4] = [
+    "x-session-id",
+    "x-claude-code-session-id",
+    "session-id",
+    "thread-id",
+];
+
+/// The sticky-session key: the first session header, else the body's `prompt_cache_key` (Codex), else
+/// its `user`.
 fn session_key(req: &HttpRequest, fields: &RoutingFields) -> Option<String> {
-    req.headers()
-        .get("x-session-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
+    SESSION_HEADERS
+        .iter()
+        .find_map(|name| {
+            req.headers()
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        })
+        .or_else(|| fields.prompt_cache_key.clone())
         .or_else(|| fields.user.clone())
+}
+
+/// The Anthropic headers a Messages client sends that its upstream must see as sent.
+const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+
+/// An Anthropic client's request as it came, for Anthropic profiles.
+fn native_request(req: &HttpRequest, body: Bytes) -> NativeRequest {
+    let headers = ANTHROPIC_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let v = req.headers().get(*name)?.to_str().ok()?;
+            Some((*name, v.to_owned()))
+        })
+        .collect();
+    NativeRequest {
+        body,
+        query: req.query_string().to_owned(),
+        headers,
+    }
 }
 
 /// 403 when the caller's scopes do not include `model`.
@@ -193,6 +278,22 @@ fn may_use(principal: Option<&Principal>, model: &str) -> bool {
 
 fn model_object(name: &str) -> serde_json::Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard"})
+}
+
+/// Anthropic's model list: `{"data": [{"type": "model", "id", "display_name", "created_at"}], ...}`.
+fn anthropic_model_list(names: &[&str]) -> serde_json::Value {
+    let data: Vec<_> = names
+        .iter()
+        .map(|n| {
+            json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})
+        })
+        .collect();
+    json!({
+        "data": data,
+        "has_more": false,
+        "first_id": names.first(),
+        "last_id": names.last(),
+    })
 }
 
 /// The concrete model names a caller may use, among `config`'s: each model's name and aliases, in
@@ -218,9 +319,12 @@ async fn list_models(req: HttpRequest, state: State) -> HttpResponse {
         let principal = extract::client(&state, &req).await?;
         rate = admit_other(&state, principal.as_ref())?.rate;
         let config = state.config();
-        let data: Vec<_> = usable_models(&config, principal.as_ref())
-            .map(model_object)
-            .collect();
+        let names: Vec<&str> = usable_models(&config, principal.as_ref()).collect();
+        // Claude Code discovers a gateway's models with `anthropic-version` set: answer in its shape.
+        if req.headers().contains_key("anthropic-version") {
+            return Ok(HttpResponse::Ok().json(anthropic_model_list(&names)));
+        }
+        let data: Vec<_> = names.into_iter().map(model_object).collect();
         Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
     }
     .await;

@@ -126,6 +126,52 @@ struct LocalCall {
     body: Bytes,
 }
 
+impl UpstreamProfile {
+    /// A POST of a client's own request to a profile of its dialect: `path` with the client's query
+    /// string, and the dialect headers the client sent (its `anthropic-version` replaces ours), beside
+    /// this profile's credential and headers.
+    pub fn post_native(
+        &self,
+        path: &str,
+        query: &str,
+        request_id: &str,
+        headers: &[(&'static str, String)],
+    ) -> UpstreamRequest<'_> {
+        let mut url = self.url(path);
+        if !query.is_empty() {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(query);
+        }
+        let mut req = self
+            .client
+            .post(url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", request_id);
+        let sent_version = headers.iter().any(|(n, _)| *n == "anthropic-version");
+        if self.provider == Provider::Anthropic && !sent_version {
+            req = req.header("anthropic-version", ANTHROPIC_VERSION);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, value.as_str());
+        }
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name.clone(), value.clone());
+        }
+        // Only a profile of the client's own dialect gets this; the echo upstream speaks OpenAI's,
+        // which has no native pass-through route, so it is answered the same way as by `post`.
+        let local = self.in_process.then(|| LocalCall {
+            path: path.to_owned(),
+            body: Bytes::new(),
+        });
+        UpstreamRequest {
+            req,
+            up: self,
+            local,
+        }
+    }
+}
+
 /// A request to one upstream, sent with `send` like a `reqwest::RequestBuilder`.
 pub struct UpstreamRequest<'a> {
     req: reqwest::RequestBuilder,

@@ -11,6 +11,7 @@ pub mod sse;
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
 
+use self::anthropic::native::NativeStream;
 use self::anthropic::{
     chat_response_to_messages, messages_response_to_chat, ChatStreamToMessages,
     MessagesStreamToChat, TranslateError,
@@ -80,6 +81,9 @@ pub struct Relayed {
 
 /// Upstream SSE in, client SSE out: decode to OpenAI, relay (usage, terminator), encode for the client.
 pub struct StreamCodec {
+    /// Same dialect on both sides (Anthropic today): events pass through untouched, and the
+    /// translation stages below are unused.
+    native: Option<NativeStream>,
     decode: Option<MessagesStreamToChat>,
     relay: SseRelay,
     encode: Option<ChatStreamToMessages>,
@@ -94,6 +98,7 @@ impl StreamCodec {
         client_wants_usage: bool,
     ) -> StreamCodec {
         StreamCodec {
+            native: None,
             // Always ask for usage from the decoder: the relay hides the chunk when the client did not.
             decode: (upstream == Dialect::Anthropic)
                 .then(|| MessagesStreamToChat::new(client_model, true)),
@@ -102,9 +107,22 @@ impl StreamCodec {
         }
     }
 
+    /// A pass-through of a Messages stream to a Messages client: nothing translated.
+    pub fn native_anthropic() -> StreamCodec {
+        StreamCodec {
+            native: Some(NativeStream::new()),
+            decode: None,
+            relay: SseRelay::new(false),
+            encode: None,
+        }
+    }
+
     /// Takes one upstream chunk. An error event or unreadable first data ends it with `fault` set
     /// (after whatever came before it in the chunk); `Err` when the upstream's bytes cannot be read.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
+        if let Some(n) = &mut self.native {
+            return n.push(chunk);
+        }
         let (openai, decoded_fault) = match &mut self.decode {
             None => (Bytes::copy_from_slice(chunk), None),
             Some(d) => {
@@ -143,12 +161,18 @@ impl StreamCodec {
 
     /// The stream's terminator in the client's dialect (`data: [DONE]`, or Anthropic's closing events).
     pub fn done_bytes(&mut self) -> Bytes {
+        if let Some(n) = &mut self.native {
+            return n.done_bytes();
+        }
         let done = SseRelay::done_event();
         self.encode_bytes(&done).unwrap_or(done)
     }
 
     /// The usage the stream reported, if any.
     pub fn usage(&self) -> Option<TokenUsage> {
+        if let Some(n) = &self.native {
+            return n.usage();
+        }
         self.relay.usage().or_else(|| {
             self.decode
                 .as_ref()
@@ -162,18 +186,19 @@ impl StreamCodec {
 
     /// The dialect the client is answered in.
     pub fn client(&self) -> Dialect {
-        match self.encode {
-            None => Dialect::OpenAi,
-            Some(_) => Dialect::Anthropic,
+        if self.native.is_some() || self.encode.is_some() {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
         }
     }
 
     /// An error event ending a stream, in the client's dialect (never a fake terminator); `body_json`
     /// is the error body in that dialect.
     pub fn error_event(&self, body_json: &str) -> Bytes {
-        match self.encode {
-            None => SseRelay::error_event(body_json),
-            Some(_) => {
+        match self.client() {
+            Dialect::OpenAi => SseRelay::error_event(body_json),
+            Dialect::Anthropic => {
                 let mut b = BytesMut::new();
                 b.extend_from_slice(b"event: error\ndata: ");
                 b.extend_from_slice(body_json.as_bytes());

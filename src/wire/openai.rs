@@ -25,8 +25,10 @@ pub enum FieldError {
 pub struct RoutingFields {
     pub model: String,
     pub stream: bool,
-    /// The body's `user` field, the fallback sticky-session key.
+    /// The body's `user` field, the last fallback sticky-session key.
     pub user: Option<String>,
+    /// The body's `prompt_cache_key` (Codex sends one per conversation), a sticky-session key.
+    pub prompt_cache_key: Option<String>,
     /// The client itself asked for `stream_options.include_usage`.
     pub client_wants_usage: bool,
 }
@@ -39,6 +41,8 @@ struct Peek<'a> {
     stream: Option<bool>,
     #[serde(borrow, default)]
     user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    prompt_cache_key: Option<Cow<'a, str>>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
 }
@@ -66,6 +70,10 @@ impl RoutingFields {
             model,
             stream: peek.stream.unwrap_or(false),
             user: peek.user.map(Cow::into_owned).filter(|u| !u.is_empty()),
+            prompt_cache_key: peek
+                .prompt_cache_key
+                .map(Cow::into_owned)
+                .filter(|k| !k.is_empty()),
             client_wants_usage: peek
                 .stream_options
                 .and_then(|o| o.include_usage)
