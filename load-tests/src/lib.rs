@@ -18,6 +18,7 @@ mod http;
 mod openai;
 mod reply;
 mod request;
+mod responses;
 mod server;
 
 use std::io;

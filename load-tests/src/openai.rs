@@ -40,6 +40,8 @@ enum Endpoint {
     Messages,
     /// Anthropic's token counting.
     CountTokens,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 fn route(method: &str, path: &str) -> Option<Endpoint> {
@@ -52,6 +54,7 @@ fn route(method: &str, path: &str) -> Option<Endpoint> {
         ("POST", "/embeddings") => Some(Endpoint::Embeddings),
         ("POST", "/messages") => Some(Endpoint::Messages),
         ("POST", "/messages/count_tokens") => Some(Endpoint::CountTokens),
+        ("POST", "/responses") => Some(Endpoint::Responses),
         ("GET", "/models") => Some(Endpoint::Models),
         ("GET", p) if p.starts_with("/models/") && p.len() > "/models/".len() => {
             Some(Endpoint::Model)
@@ -93,7 +96,8 @@ pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> 
         | Endpoint::Completions
         | Endpoint::Embeddings
         | Endpoint::Messages
-        | Endpoint::CountTokens => {}
+        | Endpoint::CountTokens
+        | Endpoint::Responses => {}
     }
     let req = match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => v,
@@ -114,6 +118,10 @@ pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> 
         },
         Endpoint::Messages => fixed(200, crate::anthropic::message(&req, ctx)),
         Endpoint::CountTokens => fixed(200, crate::anthropic::count_tokens(&req)),
+        Endpoint::Responses if stream => Response::Stream {
+            events: crate::responses::response_stream(&req, ctx),
+        },
+        Endpoint::Responses => fixed(200, crate::responses::response(&req, ctx)),
         _ => fixed(200, embeddings(&req)),
     }
 }
@@ -126,6 +134,8 @@ pub(crate) fn stream_events(path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> Vec<S
         completion_stream(&req, ctx)
     } else if route("POST", path) == Some(Endpoint::Messages) {
         crate::anthropic::message_stream(&req, ctx)
+    } else if route("POST", path) == Some(Endpoint::Responses) {
+        crate::responses::response_stream(&req, ctx)
     } else {
         chat_stream(&req, ctx)
     }

@@ -217,7 +217,9 @@ fn upstream_request_body(
     let renamed = up.upstream_model(model).or(req.upstream_model.as_deref());
     match up.provider {
         Provider::OpenAi => {
-            let ask_usage = stream && !req.fields.client_wants_usage;
+            // Chat streams report usage only when asked; a Responses stream always does.
+            let ask_usage =
+                stream && !req.fields.client_wants_usage && req.endpoint.is_chat_shaped();
             Ok(upstream_body(&req.body, renamed, ask_usage)?)
         }
         Provider::Anthropic => {

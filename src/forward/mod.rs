@@ -41,6 +41,8 @@ pub enum Endpoint {
     Embeddings,
     /// Anthropic's `/v1/messages/count_tokens`: only Anthropic profiles answer it.
     CountTokens,
+    /// OpenAI's Responses API, passed through to OpenAI-compatible profiles.
+    Responses,
 }
 
 impl Endpoint {
@@ -51,6 +53,7 @@ impl Endpoint {
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::CountTokens => "/messages/count_tokens",
+            Endpoint::Responses => "/responses",
         }
     }
 
@@ -59,8 +62,13 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => Some("/messages"),
             Endpoint::CountTokens => Some("/messages/count_tokens"),
-            Endpoint::Completions | Endpoint::Embeddings => None,
+            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses => None,
         }
+    }
+
+    /// Whether the chat-completions rewrites apply (`stream_options.include_usage` on streams).
+    pub(crate) fn is_chat_shaped(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
     }
 
     /// Whether `provider`'s API has this endpoint.

@@ -11,7 +11,7 @@ use switchyard_actors::outcome::{AttemptOutcome, FailureClass};
 
 use super::failure::{transport_failure, AttemptEnd, AttemptFailure};
 use super::guard::{wait_ack, AttemptGuard};
-use super::{Proxy, ProxyRequest};
+use super::{Endpoint, Proxy, ProxyRequest};
 use crate::error::ApiError;
 use crate::metrics::InFlight;
 use crate::upstream::classify::classify_stream_error;
@@ -30,6 +30,8 @@ impl Proxy<'_> {
         let idle = up.timeouts.idle;
         let mut relay = if req.passes_through(up) {
             StreamCodec::native_anthropic()
+        } else if req.endpoint == Endpoint::Responses {
+            StreamCodec::native_responses()
         } else {
             StreamCodec::new(
                 up.dialect(),

@@ -27,6 +27,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/embeddings", web::post().to(embeddings))
         .route("/v1/messages", web::post().to(messages))
         .route("/v1/messages/count_tokens", web::post().to(count_tokens))
+        .route("/v1/responses", web::post().to(responses))
         .route("/v1/models", web::get().to(list_models))
         .route("/v1/models/{id:.*}", web::get().to(get_model));
 }
@@ -66,6 +67,13 @@ async fn messages(req: HttpRequest, body: web::Payload, s: State, w: Workers) ->
 /// none gets an estimate (see `estimated_count`).
 async fn count_tokens(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
     let call = Call::new(Endpoint::CountTokens, Dialect::Anthropic);
+    model_call(call, req, body, &s, &w).await
+}
+
+/// `POST /v1/responses`: the OpenAI Responses API (Codex's only wire), passed through to
+/// OpenAI-compatible profiles, JSON or SSE, with failover before the first byte.
+async fn responses(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
+    let call = Call::new(Endpoint::Responses, Dialect::OpenAi);
     model_call(call, req, body, &s, &w).await
 }
 

@@ -6,6 +6,7 @@
 pub mod anthropic;
 pub mod depth;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 
 use bytes::{Bytes, BytesMut};
@@ -17,6 +18,7 @@ use self::anthropic::{
     MessagesStreamToChat, TranslateError,
 };
 use self::openai::TokenUsage;
+use self::responses::ResponsesStream;
 use self::sse::SseRelay;
 
 /// A wire format: the one a client speaks (and is answered in), and the one an upstream speaks (a
@@ -79,11 +81,17 @@ pub struct Relayed {
     pub fault: Option<StreamFault>,
 }
 
+/// A stream relayed in its own dialect.
+enum Native {
+    Anthropic(NativeStream),
+    Responses(ResponsesStream),
+}
+
 /// Upstream SSE in, client SSE out: decode to OpenAI, relay (usage, terminator), encode for the client.
 pub struct StreamCodec {
-    /// Same dialect on both sides (Anthropic today): events pass through untouched, and the
-    /// translation stages below are unused.
-    native: Option<NativeStream>,
+    /// Same dialect on both sides: events pass through untouched, and the translation stages below
+    /// are unused.
+    native: Option<Native>,
     decode: Option<MessagesStreamToChat>,
     relay: SseRelay,
     encode: Option<ChatStreamToMessages>,
@@ -109,8 +117,17 @@ impl StreamCodec {
 
     /// A pass-through of a Messages stream to a Messages client: nothing translated.
     pub fn native_anthropic() -> StreamCodec {
+        StreamCodec::native(Native::Anthropic(NativeStream::new()))
+    }
+
+    /// A pass-through of a Responses API stream.
+    pub fn native_responses() -> StreamCodec {
+        StreamCodec::native(Native::Responses(ResponsesStream::new()))
+    }
+
+    fn native(native: Native) -> StreamCodec {
         StreamCodec {
-            native: Some(NativeStream::new()),
+            native: Some(native),
             decode: None,
             relay: SseRelay::new(false),
             encode: None,
@@ -120,8 +137,10 @@ impl StreamCodec {
     /// Takes one upstream chunk. An error event or unreadable first data ends it with `fault` set
     /// (after whatever came before it in the chunk); `Err` when the upstream's bytes cannot be read.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
-        if let Some(n) = &mut self.native {
-            return n.push(chunk);
+        match &mut self.native {
+            Some(Native::Anthropic(n)) => return n.push(chunk),
+            Some(Native::Responses(r)) => return r.push(chunk),
+            None => {}
         }
         let (openai, decoded_fault) = match &mut self.decode {
             None => (Bytes::copy_from_slice(chunk), None),
@@ -161,8 +180,10 @@ impl StreamCodec {
 
     /// The stream's terminator in the client's dialect (`data: [DONE]`, or Anthropic's closing events).
     pub fn done_bytes(&mut self) -> Bytes {
-        if let Some(n) = &mut self.native {
-            return n.done_bytes();
+        match &mut self.native {
+            Some(Native::Anthropic(n)) => return n.done_bytes(),
+            Some(Native::Responses(r)) => return r.done_bytes(),
+            None => {}
         }
         let done = SseRelay::done_event();
         self.encode_bytes(&done).unwrap_or(done)
@@ -170,8 +191,10 @@ impl StreamCodec {
 
     /// The usage the stream reported, if any.
     pub fn usage(&self) -> Option<TokenUsage> {
-        if let Some(n) = &self.native {
-            return n.usage();
+        match &self.native {
+            Some(Native::Anthropic(n)) => return n.usage(),
+            Some(Native::Responses(r)) => return r.usage(),
+            None => {}
         }
         self.relay.usage().or_else(|| {
             self.decode
@@ -186,7 +209,7 @@ impl StreamCodec {
 
     /// The dialect the client is answered in.
     pub fn client(&self) -> Dialect {
-        if self.native.is_some() || self.encode.is_some() {
+        if matches!(self.native, Some(Native::Anthropic(_))) || self.encode.is_some() {
             Dialect::Anthropic
         } else {
             Dialect::OpenAi

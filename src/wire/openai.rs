@@ -135,9 +135,11 @@ pub enum RewriteError {
 /// Token counts as upstreams report them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct TokenUsage {
-    #[serde(default)]
+    /// Chat's `prompt_tokens`, the Responses API's `input_tokens`.
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u64,
-    #[serde(default)]
+    /// Chat's `completion_tokens`, the Responses API's `output_tokens`.
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
 }
 

@@ -295,3 +295,77 @@ async fn count_tokens_goes_to_an_anthropic_profile_and_is_estimated_without_one(
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "not_found_error");
 }
+
+/// The captured Codex request's body.
+fn codex() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/clients/codex-responses.json"
+    );
+    let fixture: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    fixture["request"]["body"].clone()
+}
+
+#[tokio::test]
+async fn codex_responses_pass_through_with_failover_json_and_stream() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    let cfg = ConfigBuilder::default()
+        .profile("a", &a)
+        .profile("b", &b)
+        .model("gpt-4o-mini", &["a", "b"]);
+    let server = Server::start(&cfg);
+    let body = codex();
+    // Profile a always fails; the client must never see it.
+    a.set_default(Reply::status(500, "upstream exploded"));
+    for stream in [true, false] {
+        b.clear();
+        let mut body = body.clone();
+        body["stream"] = json!(stream);
+        let resp = client()
+            .post(server.url("/v1/responses"))
+            .header("session-id", "codex-session")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-switchyard-profile"], "b");
+        let text = resp.text().await.unwrap();
+        let got = b.requests().last().unwrap().json();
+        assert_eq!(
+            got, body,
+            "store:false, include and reasoning pass untouched, no stream_options"
+        );
+        assert_eq!(b.requests().last().unwrap().path_only(), "/v1/responses");
+        if stream {
+            assert!(text.contains("event: response.created"), "{text}");
+            assert!(text.contains("event: response.completed"), "{text}");
+            assert!(!text.contains("[DONE]"), "the Responses API has no [DONE]");
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["object"], "response", "{text}");
+        }
+    }
+    // Usage comes from the Responses shape (input_tokens/output_tokens).
+    assert!(
+        a.request_count() >= 1,
+        "the failing profile was tried first"
+    );
+    let m = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines().any(|l| l.starts_with("switchyard_tokens_total")
+            && l.contains("completion")
+            && !l.ends_with(" 0")),
+        "{m}"
+    );
+}
