@@ -8,6 +8,9 @@
 //!   parts, for a list of parts); streamed as one chunk a word, with the usage chunk when the body asks
 //!   for `stream_options.include_usage` (the forwarder asks, and drops it for clients that did not).
 //! * `/completions`: the same from `prompt` (the first prompt of a list).
+//! * `/responses`: the same from the last user item of `input` (or `input` itself), as a `response`
+//!   object, or streamed as `response.created`, a `response.output_text.delta` a word and
+//!   `response.completed` with usage.
 //! * `/embeddings`: one unit vector per input, from SHA-256 of its text (`dimensions`, default 16;
 //!   `encoding_format: base64` as little-endian f32, as the OpenAI SDKs ask by default).
 //!
@@ -67,6 +70,14 @@ pub fn answer(path: &str, body: &[u8]) -> reqwest::Response {
                 true => sse_response(reply.completion_chunks(usage_chunk)),
             }
         }
+        "/responses" => {
+            let (last_user, prompt) = responses_input(&request);
+            let reply = Reply::new(&model, &last_user, &prompt);
+            match stream {
+                false => json_response(&reply.response("completed")),
+                true => events_response(reply.response_events()),
+            }
+        }
         "/embeddings" => embeddings(&request, &model),
         other => error(404, &format!("the echo upstream has no {other}")),
     }
@@ -83,6 +94,34 @@ fn text_of(content: &Value) -> String {
             .join(" "),
         _ => String::new(),
     }
+}
+
+/// The Responses API's `input` (a string, or items with a `role` and `content`) and `instructions`:
+/// the last user text, and every text (for the prompt's token count).
+fn responses_input(request: &Value) -> (String, Vec<String>) {
+    let mut texts: Vec<String> = request["instructions"]
+        .as_str()
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    let mut last_user = String::new();
+    match &request["input"] {
+        Value::String(s) => {
+            texts.push(s.clone());
+            last_user = s.clone();
+        }
+        Value::Array(items) => {
+            for item in items {
+                let text = text_of(&item["content"]);
+                if item["role"] == "user" {
+                    last_user = text.clone();
+                }
+                texts.push(text);
+            }
+        }
+        _ => {}
+    }
+    (last_user, texts)
 }
 
 /// Whitespace-separated words: the echo upstream's token count.
@@ -180,6 +219,63 @@ impl Reply {
                 "usage": self.usage(),
             }));
         }
+        out
+    }
+
+    /// A Responses API `response` object; usage only once it is complete.
+    fn response(&self, status: &str) -> Value {
+        let done = status == "completed";
+        json!({
+            "id": "resp_echo",
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "model": self.model,
+            "output": if done {
+                json!([{
+                    "type": "message",
+                    "id": "msg_echo",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": self.text, "annotations": []}],
+                }])
+            } else {
+                json!([])
+            },
+            "usage": if done {
+                json!({
+                    "input_tokens": self.prompt_tokens,
+                    "output_tokens": self.completion_tokens,
+                    "total_tokens": self.prompt_tokens + self.completion_tokens,
+                })
+            } else {
+                Value::Null
+            },
+        })
+    }
+
+    /// A Responses stream: `response.created`, a text delta a word, `response.completed` with usage.
+    fn response_events(&self) -> Vec<(&'static str, Value)> {
+        let mut out = vec![(
+            "response.created",
+            json!({"type": "response.created", "response": self.response("in_progress")}),
+        )];
+        for piece in self.pieces() {
+            out.push((
+                "response.output_text.delta",
+                json!({"type": "response.output_text.delta", "item_id": "msg_echo",
+                    "output_index": 0, "content_index": 0, "delta": piece}),
+            ));
+        }
+        out.push((
+            "response.output_text.done",
+            json!({"type": "response.output_text.done", "item_id": "msg_echo",
+                "output_index": 0, "content_index": 0, "text": self.text}),
+        ));
+        out.push((
+            "response.completed",
+            json!({"type": "response.completed", "response": self.response("completed")}),
+        ));
         out
     }
 
@@ -321,6 +417,16 @@ fn sse_response(events: Vec<Value>) -> reqwest::Response {
     respond(200, "text/event-stream", body)
 }
 
+/// A stream of named events (the Responses API's form), with no `[DONE]`.
+fn events_response(events: Vec<(&'static str, Value)>) -> reqwest::Response {
+    let chunks: Vec<Result<Bytes, std::io::Error>> = events
+        .iter()
+        .map(|(name, e)| Ok(Bytes::from(format!("event: {name}\ndata: {e}\n\n"))))
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    respond(200, "text/event-stream", body)
+}
+
 /// An OpenAI-shaped error (the echo upstream's only refusals are the client's fault).
 fn error(status: u16, message: &str) -> reqwest::Response {
     let body = json!({"error": {"message": message, "type": "invalid_request_error",
@@ -405,6 +511,23 @@ mod tests {
         let without = br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a"}]}"#;
         let (_, text) = body(answer("/chat/completions", without)).await;
         assert!(!text.contains("\"usage\""), "{text}");
+    }
+
+    #[tokio::test]
+    async fn responses_echo_the_last_user_item_whole_and_streamed() {
+        let req = br#"{"model":"m","instructions":"be brief","input":[{"role":"user","content":[{"type":"input_text","text":"hi there"}]}]}"#;
+        let (_, text) = body(answer("/responses", req)).await;
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["output"][0]["content"][0]["text"], "echo: hi there");
+        assert_eq!(v["usage"]["input_tokens"], 4);
+        assert_eq!(v["usage"]["output_tokens"], 3);
+        let req = br#"{"model":"m","stream":true,"input":"hello"}"#;
+        let (_, text) = body(answer("/responses", req)).await;
+        assert!(text.starts_with("event: response.created\n"), "{text}");
+        assert!(text.contains("\"delta\":\" hello\""), "{text}");
+        let last = text.trim_end().rsplit("\n\n").next().unwrap();
+        assert!(last.starts_with("event: response.completed\n"), "{last}");
+        assert!(last.contains("\"output_tokens\":2"), "{last}");
     }
 
     #[tokio::test]

@@ -350,3 +350,46 @@ async fn ready_is_ready_only_when_every_model_has_a_usable_profile() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn the_demo_model_answers_the_responses_api_whole_and_streamed() {
+    let mut server = Server::start_repository_config();
+    let whole = json!({"model": "demo", "input": "hello there"});
+    let (status, headers, body) = post(
+        &server,
+        "/v1/responses",
+        &whole,
+        &[("x-request-id", "demo-responses")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-profile"], "demo");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["output"][0]["content"][0]["text"], "echo: hello there",
+        "{body}"
+    );
+    let streamed = json!({"model": "demo", "stream": true,
+        "input": [{"role": "user", "content": "one two"}]});
+    let (status, _, text) = post(&server, "/v1/responses", &streamed, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let deltas: String = sse_data(&text)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .filter_map(|e| e["delta"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(deltas, "echo: one two", "{text}");
+    assert!(text.contains("response.completed"), "{text}");
+    let exit = server.terminate().expect("exit status");
+    assert!(exit.success(), "{exit:?}");
+    let records = Store::open(&server.data_dir())
+        .unwrap()
+        .all_usage()
+        .unwrap();
+    let r = records
+        .iter()
+        .find(|r| r.request_id == "demo-responses")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!((r.prompt_tokens, r.completion_tokens), (2, 3), "{r:?}");
+}
