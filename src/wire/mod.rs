@@ -6,6 +6,7 @@
 pub mod anthropic;
 pub mod depth;
 pub mod openai;
+mod passthrough;
 pub mod responses;
 pub mod sse;
 

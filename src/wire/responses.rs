@@ -3,11 +3,12 @@
 //! event reach both sides as sent. The proxy reads only usage (from `response.completed`) and the
 //! stream's end (held back until the usage record is safe), or its failure.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::wire::openai::TokenUsage;
-use crate::wire::sse::{Frame, SseFramer};
+use crate::wire::passthrough::{PassThrough, Step};
+use crate::wire::sse::Frame;
 use crate::wire::{Relayed, StreamFault};
 
 #[derive(Deserialize)]
@@ -29,17 +30,8 @@ struct ResponseBody {
 /// Follows one Responses stream passed through as it came.
 #[derive(Debug, Default)]
 pub struct ResponsesStream {
-    framer: SseFramer,
+    relay: PassThrough,
     usage: Option<TokenUsage>,
-    /// The closing event (`response.completed` or `response.incomplete`), held back.
-    end: Option<Bytes>,
-    content: bool,
-}
-
-enum Step {
-    Forward,
-    End,
-    Fault(StreamFault),
 }
 
 impl ResponsesStream {
@@ -50,81 +42,58 @@ impl ResponsesStream {
 
     /// Takes one upstream chunk: the whole events to forward, byte for byte.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
-        let mut out = BytesMut::new();
-        let (mut done, mut content, mut fault) = (false, false, None);
-        for frame in self.framer.push(chunk)? {
-            match self.read(&frame) {
-                Step::Forward => {
-                    if frame.data().is_some() {
-                        content = true;
-                        self.content = true;
-                    }
-                    out.extend_from_slice(&frame.raw);
-                }
-                Step::End => {
-                    self.end = Some(frame.raw);
-                    done = true;
-                }
-                Step::Fault(f) => {
-                    fault = Some(f);
-                    break;
-                }
-            }
-        }
-        Ok(Relayed {
-            forward: out.freeze(),
-            done: done && fault.is_none(),
-            content,
-            fault,
-        })
+        let usage = &mut self.usage;
+        self.relay
+            .push(chunk, |frame, content| read(usage, frame, content))
     }
 
-    fn read(&mut self, frame: &Frame) -> Step {
-        let interesting = match frame.event_name() {
-            Some(name) => matches!(
-                name,
-                b"response.completed" | b"response.incomplete" | b"response.failed" | b"error"
-            ),
-            None => frame.data().is_some(),
-        };
-        let Some(data) = frame.data().filter(|_| interesting) else {
-            return Step::Forward;
-        };
-        let Ok(event) = serde_json::from_slice::<Event>(&data) else {
-            return match self.content {
-                false => Step::Fault(StreamFault::NotJson),
-                true => Step::Forward,
-            };
-        };
-        match event.kind.as_str() {
-            "response.completed" | "response.incomplete" => {
-                self.usage = event.response.and_then(|r| r.usage);
-                Step::End
-            }
-            // The error object, in the `{"error": {...}}` shape the forwarder classifies.
-            "response.failed" => {
-                let error = event.response.and_then(|r| r.error).unwrap_or_default();
-                let body = serde_json::json!({ "error": error });
-                Step::Fault(StreamFault::Upstream(Bytes::from(body.to_string())))
-            }
-            "error" => {
-                let inner: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
-                let body = serde_json::json!({ "error": inner });
-                Step::Fault(StreamFault::Upstream(Bytes::from(body.to_string())))
-            }
-            _ => Step::Forward,
-        }
-    }
-
-    /// The held-back closing event.
+    /// The held-back closing event (`response.completed` or `response.incomplete`).
     pub fn done_bytes(&mut self) -> Bytes {
-        self.end.take().unwrap_or_default()
+        self.relay.take_end().unwrap_or_default()
     }
 
     /// The usage `response.completed` reported.
     pub fn usage(&self) -> Option<TokenUsage> {
         self.usage
     }
+}
+
+/// What one event means: only the closing and failing ones are parsed.
+fn read(usage: &mut Option<TokenUsage>, frame: &Frame, content: bool) -> Step {
+    let interesting = match frame.event_name() {
+        Some(name) => matches!(
+            name,
+            b"response.completed" | b"response.incomplete" | b"response.failed" | b"error"
+        ),
+        None => frame.data().is_some(),
+    };
+    let Some(data) = frame.data().filter(|_| interesting) else {
+        return Step::Forward;
+    };
+    let Ok(event) = serde_json::from_slice::<Event>(&data) else {
+        return match content {
+            false => Step::Fault(StreamFault::NotJson),
+            true => Step::Forward,
+        };
+    };
+    match event.kind.as_str() {
+        "response.completed" | "response.incomplete" => {
+            *usage = event.response.and_then(|r| r.usage);
+            Step::End
+        }
+        // The error object, in the `{"error": {...}}` shape the forwarder classifies.
+        "response.failed" => {
+            let error = event.response.and_then(|r| r.error).unwrap_or_default();
+            upstream_fault(error)
+        }
+        "error" => upstream_fault(serde_json::from_slice(&data).unwrap_or_default()),
+        _ => Step::Forward,
+    }
+}
+
+fn upstream_fault(error: serde_json::Value) -> Step {
+    let body = serde_json::json!({ "error": error });
+    Step::Fault(StreamFault::Upstream(Bytes::from(body.to_string())))
 }
 
 #[cfg(test)]
@@ -140,23 +109,17 @@ mod tests {
 
     #[test]
     fn events_pass_byte_for_byte_and_usage_comes_from_response_completed() {
-        for cut in 0..STREAM.len() {
-            let mut s = ResponsesStream::new();
-            let (a, b) = STREAM.as_bytes().split_at(cut);
-            let mut out = s.push(a).unwrap().forward.to_vec();
-            let last = s.push(b).unwrap();
-            assert!(last.done, "split at {cut}");
-            out.extend_from_slice(&last.forward);
-            out.extend_from_slice(&s.done_bytes());
-            assert_eq!(out, STREAM.as_bytes(), "split at {cut}");
-            assert_eq!(
-                s.usage(),
-                Some(TokenUsage {
-                    prompt_tokens: 11,
-                    completion_tokens: 4
-                })
-            );
-        }
+        let s = crate::wire::passthrough::check_every_split(
+            STREAM,
+            ResponsesStream::new,
+            |s, b| s.push(b).unwrap(),
+            ResponsesStream::done_bytes,
+        );
+        let want = TokenUsage {
+            prompt_tokens: 11,
+            completion_tokens: 4,
+        };
+        assert_eq!(s.usage(), Some(want));
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! only reads what it must: usage (for metering) and the stream's end (held back until the usage record
 //! is safe) or an error event (a failure of the profile, with failover while nothing was sent).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::TranslateError;
 use crate::wire::openai::TokenUsage;
-use crate::wire::sse::{Frame, SseFramer};
+use crate::wire::passthrough::{PassThrough, Step};
+use crate::wire::sse::Frame;
 use crate::wire::{Relayed, StreamFault};
 
 /// Anthropic's usage object (message body, `message_start.message.usage`, `message_delta.usage`).
@@ -82,12 +83,8 @@ struct Event {
 /// Follows one Messages stream passed through as it came.
 #[derive(Debug, Default)]
 pub struct NativeStream {
-    framer: SseFramer,
+    relay: PassThrough,
     usage: Option<Usage>,
-    /// The `message_stop` event, held back until the usage record is safe.
-    stop: Option<Bytes>,
-    /// An event with data has been relayed: a response may be committed.
-    content: bool,
 }
 
 impl NativeStream {
@@ -99,84 +96,14 @@ impl NativeStream {
     /// Takes one upstream chunk: the whole events to forward, byte for byte. An `error` event (or
     /// unreadable data before any content) ends it with `fault` set, the error object as it came.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
-        let mut out = BytesMut::new();
-        let mut done = false;
-        let mut content = false;
-        let mut fault = None;
-        for frame in self.framer.push(chunk)? {
-            match self.read(&frame) {
-                Step::Forward => {
-                    if frame.data().is_some() {
-                        content = true;
-                        self.content = true;
-                    }
-                    out.extend_from_slice(&frame.raw);
-                }
-                Step::Stop => {
-                    self.stop = Some(frame.raw);
-                    done = true;
-                }
-                Step::Fault(f) => {
-                    fault = Some(f);
-                    break;
-                }
-            }
-        }
-        Ok(Relayed {
-            forward: out.freeze(),
-            done: done && fault.is_none(),
-            content,
-            fault,
-        })
+        let usage = &mut self.usage;
+        self.relay
+            .push(chunk, |frame, content| read(usage, frame, content))
     }
 
-    /// What one event means: only the few the proxy needs are parsed.
-    fn read(&mut self, frame: &Frame) -> Step {
-        let name = frame.event_name().map(<[u8]>::to_vec);
-        let interesting = match name.as_deref() {
-            Some(b"message_start" | b"message_delta" | b"message_stop" | b"error") => true,
-            Some(_) => false,
-            // An event without a name: look inside.
-            None => frame.data().is_some(),
-        };
-        if !interesting {
-            return Step::Forward;
-        }
-        let Some(data) = frame.data() else {
-            return Step::Forward;
-        };
-        let Ok(event) = serde_json::from_slice::<Event>(&data) else {
-            // Nothing a client could read, before it got anything: a failure of the profile. Later,
-            // the event is relayed as it came (the client's parser decides).
-            return match self.content {
-                false => Step::Fault(StreamFault::NotJson),
-                true => Step::Forward,
-            };
-        };
-        match event.kind.as_str() {
-            "message_start" => {
-                if let Some(u) = event.message.and_then(|m| m.usage) {
-                    self.usage.get_or_insert_with(Usage::default).merge(u);
-                }
-                Step::Forward
-            }
-            "message_delta" => {
-                if let Some(u) = event.usage {
-                    self.usage.get_or_insert_with(Usage::default).merge(u);
-                }
-                Step::Forward
-            }
-            "message_stop" => Step::Stop,
-            // Anthropic's error event data is `{"type":"error","error":{...}}`: the error object the
-            // forwarder classifies like an HTTP error body.
-            "error" => Step::Fault(StreamFault::Upstream(Bytes::from(data))),
-            _ => Step::Forward,
-        }
-    }
-
-    /// The held-back `message_stop` (or one written here if the upstream's carried nothing else).
+    /// The held-back `message_stop` (or one written here if the upstream's never came).
     pub fn done_bytes(&mut self) -> Bytes {
-        self.stop.take().unwrap_or_else(|| {
+        self.relay.take_end().unwrap_or_else(|| {
             Bytes::from_static(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
         })
     }
@@ -190,10 +117,48 @@ impl NativeStream {
     }
 }
 
-enum Step {
-    Forward,
-    Stop,
-    Fault(StreamFault),
+/// What one event means: only the few the proxy needs are parsed.
+fn read(usage: &mut Option<Usage>, frame: &Frame, content: bool) -> Step {
+    let name = frame.event_name().map(<[u8]>::to_vec);
+    let interesting = match name.as_deref() {
+        Some(b"message_start" | b"message_delta" | b"message_stop" | b"error") => true,
+        Some(_) => false,
+        // An event without a name: look inside.
+        None => frame.data().is_some(),
+    };
+    if !interesting {
+        return Step::Forward;
+    }
+    let Some(data) = frame.data() else {
+        return Step::Forward;
+    };
+    let Ok(event) = serde_json::from_slice::<Event>(&data) else {
+        // Nothing a client could read, before it got anything: a failure of the profile. Later,
+        // the event is relayed as it came (the client's parser decides).
+        return match content {
+            false => Step::Fault(StreamFault::NotJson),
+            true => Step::Forward,
+        };
+    };
+    match event.kind.as_str() {
+        "message_start" => {
+            if let Some(u) = event.message.and_then(|m| m.usage) {
+                usage.get_or_insert_with(Usage::default).merge(u);
+            }
+            Step::Forward
+        }
+        "message_delta" => {
+            if let Some(u) = event.usage {
+                usage.get_or_insert_with(Usage::default).merge(u);
+            }
+            Step::Forward
+        }
+        "message_stop" => Step::End,
+        // Anthropic's error event data is `{"type":"error","error":{...}}`: the error object the
+        // forwarder classifies like an HTTP error body.
+        "error" => Step::Fault(StreamFault::Upstream(Bytes::from(data))),
+        _ => Step::Forward,
+    }
 }
 
 #[cfg(test)]
@@ -211,23 +176,17 @@ mod tests {
 
     #[test]
     fn events_pass_byte_for_byte_and_usage_counts_cache_tokens() {
-        for cut in 0..STREAM.len() {
-            let mut s = NativeStream::new();
-            let (a, b) = STREAM.as_bytes().split_at(cut);
-            let mut out = s.push(a).unwrap().forward.to_vec();
-            let last = s.push(b).unwrap();
-            assert!(last.done, "split at {cut}");
-            out.extend_from_slice(&last.forward);
-            out.extend_from_slice(&s.done_bytes());
-            assert_eq!(out, STREAM.as_bytes(), "split at {cut}");
-            assert_eq!(
-                s.usage(),
-                Some(TokenUsage {
-                    prompt_tokens: 2105,
-                    completion_tokens: 42
-                })
-            );
-        }
+        let s = crate::wire::passthrough::check_every_split(
+            STREAM,
+            NativeStream::new,
+            |s, b| s.push(b).unwrap(),
+            NativeStream::done_bytes,
+        );
+        let want = TokenUsage {
+            prompt_tokens: 2105,
+            completion_tokens: 42,
+        };
+        assert_eq!(s.usage(), Some(want));
     }
 
     #[test]
