@@ -67,6 +67,10 @@ pub enum ApiError {
     /// 502: profiles were tried and all failed.
     #[error("{0}")]
     Upstream(String),
+    /// 529: profiles were tried and every one said it is overloaded (Anthropic's 529), so clients
+    /// that retry on `overloaded_error` do.
+    #[error("{0}")]
+    Overloaded(String),
     /// 504: the last failure was a timeout.
     #[error("{0}")]
     Timeout(String),
@@ -155,7 +159,7 @@ impl ApiError {
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => "not_found_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::NoAvailableProfile { .. } => "no_available_profile",
-            ApiError::Upstream(_) => "upstream_error",
+            ApiError::Upstream(_) | ApiError::Overloaded(_) => "upstream_error",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "server_error",
         }
@@ -172,7 +176,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "permission_error",
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => "not_found_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
-            ApiError::NoAvailableProfile { .. } => "overloaded_error",
+            ApiError::NoAvailableProfile { .. } | ApiError::Overloaded(_) => "overloaded_error",
             ApiError::InsufficientQuota(_)
             | ApiError::Timeout(_)
             | ApiError::Upstream(_)
@@ -191,6 +195,7 @@ impl ApiError {
             ApiError::RateLimited { code, .. } => Some(code),
             ApiError::NoAvailableProfile { .. } => Some("no_available_profile"),
             ApiError::Upstream(_) => Some("upstream_error"),
+            ApiError::Overloaded(_) => Some("overloaded"),
             ApiError::Timeout(_) => Some("timeout"),
             _ => None,
         }
@@ -267,6 +272,10 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoAvailableProfile { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            // 529 is Anthropic's; it is a valid status code, and OpenAI SDKs retry 5xx alike.
+            ApiError::Overloaded(_) => {
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

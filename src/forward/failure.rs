@@ -266,6 +266,10 @@ fn exhausted_error(
                 rate: RateHeaders::default(),
             }
         }
+        // Every profile said it is overloaded: say so in the words clients retry on.
+        Some(_) if failures.iter().all(|(_, f)| f.status == Some(529)) => ApiError::Overloaded(
+            format!("Every profile tried for model `{model}` is overloaded: {list}."),
+        ),
         Some((_, f)) if matches!(f.class, FailureClass::Timeout) => ApiError::Timeout(format!(
             "Every profile tried for model `{model}` failed, the last by timing out: {list}."
         )),

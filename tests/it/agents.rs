@@ -369,3 +369,26 @@ async fn codex_responses_pass_through_with_failover_json_and_stream() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn an_overloaded_upstream_reaches_an_anthropic_client_as_overloaded_error() {
+    let a = MockUpstream::start_named("a").await;
+    let server = Server::start(
+        &anthropic_profile(ConfigBuilder::default(), "a", &a).model("claude-opus-4-8", &["a"]),
+    );
+    a.push(Reply::status(
+        529,
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+    ));
+    let body = json!({"model": "claude-opus-4-8", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = client()
+        .post(server.url("/v1/messages"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 529, "clients retry on overloaded");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "overloaded_error", "{v}");
+}
