@@ -180,6 +180,8 @@ pub(crate) struct RawModel {
     /// Required; the list itself is spanned so that "must not be empty" can point at it.
     pub profiles: Option<Spanned<Vec<Text>>>,
     pub strategy: Option<Text>,
+    /// Other names clients may send for the same model.
+    pub aliases: Vec<Text>,
 }
 
 /// One entry of `profiles:`.

@@ -34,9 +34,14 @@ impl Proxy<'_> {
         let stream = req.fields.stream && req.endpoint.streams();
         let native = req.native.as_ref().filter(|_| req.passes_through(up));
         let body = match native {
-            // Same dialect: the client's bytes, `model` renamed where the profile maps it.
-            Some(n) => upstream_body(&n.body, up.upstream_model(&req.fields.model), false)
-                .map_err(Unsuitable::from),
+            // Same dialect: the client's bytes, `model` renamed where the profile maps it (or where
+            // an alias or a pattern named the model).
+            Some(n) => {
+                let renamed = up
+                    .upstream_model(&req.fields.model)
+                    .or(req.upstream_model.as_deref());
+                upstream_body(&n.body, renamed, false).map_err(Unsuitable::from)
+            }
             None => upstream_request_body(up, req, stream),
         };
         let body = match body {
@@ -209,19 +214,16 @@ fn upstream_request_body(
     stream: bool,
 ) -> Result<Bytes, Unsuitable> {
     let model = &req.fields.model;
+    let renamed = up.upstream_model(model).or(req.upstream_model.as_deref());
     match up.provider {
         Provider::OpenAi => {
             // Chat streams report usage only when asked; a Responses stream always does.
             let ask_usage =
                 stream && !req.fields.client_wants_usage && req.endpoint.is_chat_shaped();
-            Ok(upstream_body(
-                &req.body,
-                up.upstream_model(model),
-                ask_usage,
-            )?)
+            Ok(upstream_body(&req.body, renamed, ask_usage)?)
         }
         Provider::Anthropic => {
-            let upstream_model = up.upstream_model(model).unwrap_or(model);
+            let upstream_model = renamed.unwrap_or(model);
             let body =
                 chat_request_to_messages(&req.body, upstream_model, ANTHROPIC_DEFAULT_MAX_TOKENS)?;
             Ok(Bytes::from(body))

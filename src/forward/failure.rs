@@ -61,6 +61,8 @@ pub(super) struct Failover {
     unsuitable: Vec<(Arc<str>, Unsuitable)>,
     /// Why the router had nothing more to offer, when it ran out.
     pub(super) skipped: Vec<(Arc<str>, SkipReason)>,
+    /// Profiles of the model the loop never got to: `max_attempts` ran out first.
+    never_reached: Vec<Arc<str>>,
 }
 
 impl Failover {
@@ -88,6 +90,15 @@ impl Failover {
         self.failures.push((id, f));
     }
 
+    /// `max_attempts` ran out: every one of `profiles` not tried nor skipped was never reached.
+    pub(super) fn ran_out(&mut self, profiles: &[String]) {
+        self.never_reached = profiles
+            .iter()
+            .filter(|p| !self.tried.iter().any(|t| **t == ***p))
+            .map(|p| Arc::from(p.as_str()))
+            .collect();
+    }
+
     /// The class of the last failure, if any (for the failover metric).
     pub(super) fn last_class(&self) -> Option<FailureClass> {
         self.failures.last().map(|(_, f)| f.class)
@@ -95,7 +106,13 @@ impl Failover {
 
     /// The error when no profile answered.
     pub(super) fn into_error(self, model: &str) -> ApiError {
-        exhausted_error(model, &self.failures, &self.unsuitable, &self.skipped)
+        exhausted_error(
+            model,
+            &self.failures,
+            &self.unsuitable,
+            &self.skipped,
+            &self.never_reached,
+        )
     }
 }
 
@@ -137,16 +154,20 @@ fn describe_skip(reason: &SkipReason) -> String {
             "at its provider's per-minute limit until {}",
             humantime::format_rfc3339_seconds(*until)
         ),
-        SkipReason::State(state, until) => match until {
-            Some(t) if *state != StateName::AuthFailed => {
-                format!(
-                    "{} until {}",
-                    state.as_str(),
-                    humantime::format_rfc3339_seconds(*t)
-                )
+        SkipReason::State(state, until, why) => {
+            let mut s = state.as_str().to_owned();
+            if let (Some(t), false) = (until, *state == StateName::AuthFailed) {
+                s.push_str(&format!(" until {}", humantime::format_rfc3339_seconds(*t)));
             }
-            _ => state.as_str().to_owned(),
-        },
+            // The auth failure's own reason ("environment variable X is not set", "401 ..."), or the
+            // failure that put the profile in its state: what the operator has to fix or wait out.
+            match (why, *state == StateName::AuthFailed) {
+                (Some(w), true) => s.push_str(&format!(" ({w})")),
+                (Some(w), false) => s.push_str(&format!(" (last failure: {w})")),
+                (None, _) => {}
+            }
+            s
+        }
     }
 }
 
@@ -158,9 +179,9 @@ fn earliest_recovery(skipped: &[(Arc<str>, SkipReason)], now: SystemTime) -> Opt
     skipped
         .iter()
         .filter_map(|(_, r)| match r {
-            SkipReason::AlreadyTried | SkipReason::State(StateName::AuthFailed, _) => None,
-            SkipReason::State(_, Some(t)) | SkipReason::UpstreamLimit(t) => Some(left(t)),
-            SkipReason::State(_, None) | SkipReason::ProbeInFlight => Some(Duration::ZERO),
+            SkipReason::AlreadyTried | SkipReason::State(StateName::AuthFailed, ..) => None,
+            SkipReason::State(_, Some(t), _) | SkipReason::UpstreamLimit(t) => Some(left(t)),
+            SkipReason::State(_, None, _) | SkipReason::ProbeInFlight => Some(Duration::ZERO),
         })
         .min()
 }
@@ -179,6 +200,7 @@ fn exhausted_error(
     failures: &[(Arc<str>, AttemptFailure)],
     unsuitable: &[(Arc<str>, Unsuitable)],
     skipped: &[(Arc<str>, SkipReason)],
+    never_reached: &[Arc<str>],
 ) -> ApiError {
     let mut parts: Vec<String> = failures
         .iter()
@@ -194,6 +216,11 @@ fn exhausted_error(
             .iter()
             .filter(|(_, r)| *r != SkipReason::AlreadyTried)
             .map(|(id, r)| format!("{id}: skipped, {}", describe_skip(r))),
+    );
+    parts.extend(
+        never_reached
+            .iter()
+            .map(|id| format!("{id}: never reached (max_attempts ran out first)")),
     );
     let list = parts.join("; ");
     match failures.last() {
@@ -276,30 +303,35 @@ mod tests {
                 SkipReason::State(
                     StateName::BillingDisabled,
                     Some(now + Duration::from_secs(5 * 3600)),
+                    None,
                 ),
             ),
             skip(
                 "cooling",
-                SkipReason::State(StateName::Cooldown, Some(now + Duration::from_millis(4200))),
+                SkipReason::State(
+                    StateName::Cooldown,
+                    Some(now + Duration::from_millis(4200)),
+                    None,
+                ),
             ),
-            skip("auth", SkipReason::State(StateName::AuthFailed, None)),
+            skip("auth", SkipReason::State(StateName::AuthFailed, None, None)),
         ];
-        let e = exhausted_error("m", &[], &[], &skipped);
+        let e = exhausted_error("m", &[], &[], &skipped, &[]);
         // 4.2 s less the moment since `now`: rounds up to 5 (or 4 on a very slow machine, never 1).
         let secs = retry_after(&e).unwrap();
         assert!((4..=5).contains(&secs), "{secs}");
         let benched = [skipped[0].clone()];
-        let secs = retry_after(&exhausted_error("m", &[], &[], &benched)).unwrap();
+        let secs = retry_after(&exhausted_error("m", &[], &[], &benched, &[])).unwrap();
         assert!(secs > 5 * 3600 - 60 && secs <= 5 * 3600, "{secs}");
     }
 
     #[test]
     fn a_503_with_only_auth_failed_profiles_has_no_retry_after() {
         let skipped = [
-            skip("a", SkipReason::State(StateName::AuthFailed, None)),
+            skip("a", SkipReason::State(StateName::AuthFailed, None, None)),
             skip("b", SkipReason::AlreadyTried),
         ];
-        let e = exhausted_error("m", &[], &[], &skipped);
+        let e = exhausted_error("m", &[], &[], &skipped, &[]);
         assert_eq!(retry_after(&e), None);
         assert!(e.to_string().contains("None recovers by itself"), "{e}");
     }
@@ -312,7 +344,7 @@ mod tests {
             ..AttemptFailure::new(FailureClass::RateLimited, "HTTP 429: slow down")
         };
         let failures = [(Arc::from("a"), limited)];
-        match exhausted_error("m", &failures, &[], &[]) {
+        match exhausted_error("m", &failures, &[], &[], &[]) {
             ApiError::RateLimited { retry_after, .. } => assert_eq!(retry_after, 8),
             other => panic!("{other:?}"),
         }
@@ -322,8 +354,55 @@ mod tests {
             AttemptFailure::new(FailureClass::Server, "HTTP 500"),
         ));
         assert!(matches!(
-            exhausted_error("m", &failures, &[], &[]),
+            exhausted_error("m", &failures, &[], &[], &[]),
             ApiError::Upstream(_)
         ));
+    }
+
+    #[test]
+    fn a_skip_says_why_the_profile_is_unusable() {
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let skipped: Vec<(Arc<str>, SkipReason)> = vec![
+            (
+                "openai-main".into(),
+                SkipReason::State(
+                    StateName::AuthFailed,
+                    None,
+                    Some("environment variable OPENAI_API_KEY is not set".into()),
+                ),
+            ),
+            (
+                "b".into(),
+                SkipReason::State(
+                    StateName::BillingDisabled,
+                    Some(until),
+                    Some("billing: 402 payment required".into()),
+                ),
+            ),
+        ];
+        let m = exhausted_error("m", &[], &[], &skipped, &[]).to_string();
+        assert!(
+            m.contains(
+                "openai-main: skipped, auth_failed (environment variable OPENAI_API_KEY is not set)"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains(
+                "b: skipped, billing_disabled until 2027-01-15T08:00:00Z (last failure: billing: 402 payment required)"
+            ),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn profiles_left_when_max_attempts_ran_out_are_named() {
+        let failures = vec![(
+            Arc::<str>::from("a"),
+            AttemptFailure::new(FailureClass::Server, "500"),
+        )];
+        let m = exhausted_error("m", &failures, &[], &[], &["c".into()]).to_string();
+        assert!(m.contains("a: server (500)"), "{m}");
+        assert!(m.contains("c: never reached"), "{m}");
     }
 }

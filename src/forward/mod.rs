@@ -88,6 +88,9 @@ impl Endpoint {
 pub struct ProxyRequest {
     pub endpoint: Endpoint,
     pub fields: RoutingFields,
+    /// The model name to send upstream when the profile's `model_map` does not rename it (an alias's
+    /// model, a pattern's rest of the name); `None`: the client's own.
+    pub upstream_model: Option<String>,
     pub body: Bytes,
     pub request_id: String,
     /// `X-Session-Id`, else the body's `user`.
@@ -235,6 +238,11 @@ impl Proxy<'_> {
                     failover.failed(id, f);
                 }
                 Err(AttemptEnd::Skipped(why)) => failover.not_attempted(id, why),
+            }
+        }
+        if failover.attempts >= max_attempts {
+            if let Some(m) = self.config.model(model) {
+                failover.ran_out(&m.profiles);
             }
         }
         Err(failover.into_error(model))

@@ -143,7 +143,8 @@ async fn forward(
     (body, native): (Bytes, Option<NativeRequest>),
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
-    let fields = RoutingFields::parse(&body)?;
+    let mut fields = RoutingFields::parse(&body)?;
+    let upstream_model = resolve_model(proxy.config, &mut fields);
     check_scope(principal.as_ref(), &fields.model)?;
     let request_id = extract::request_id(req);
     let counting = call.endpoint == Endpoint::CountTokens;
@@ -174,6 +175,7 @@ async fn forward(
         endpoint: call.endpoint,
         session: session_key(req, &fields),
         fields,
+        upstream_model,
         body,
         request_id,
         account: principal.as_ref().and_then(|p| p.account.clone()),
@@ -186,6 +188,15 @@ async fn forward(
         native,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
+}
+
+/// Renames `fields.model` to the model it resolves to: an alias or a pattern's match is routed,
+/// priced, scoped and counted as the model it names; an unknown name stays as it is, for the router's
+/// 404. Returns the name to send upstream when the profile's `model_map` does not rename it.
+fn resolve_model(config: &Config, fields: &mut RoutingFields) -> Option<String> {
+    let resolved = config.resolve(&fields.model)?;
+    fields.model = resolved.model.name.clone();
+    resolved.upstream
 }
 
 fn has_anthropic_profile(config: &Config, model: &str) -> bool {
@@ -293,7 +304,8 @@ fn anthropic_model_list(names: &[&str]) -> serde_json::Value {
     })
 }
 
-/// The models a caller may use, among `config`'s.
+/// The concrete model names a caller may use, among `config`'s: each model's name and aliases, in
+/// file order; patterns (`openrouter/*`) are left out, they name no model a client could list.
 fn usable_models<'a>(
     config: &'a Config,
     principal: Option<&'a Principal>,
@@ -301,8 +313,11 @@ fn usable_models<'a>(
     config
         .models
         .iter()
-        .map(|m| m.name.as_str())
-        .filter(move |m| may_use(principal, m))
+        .filter(move |m| may_use(principal, &m.name))
+        .flat_map(|m| {
+            let name = (!m.is_pattern()).then_some(m.name.as_str());
+            name.into_iter().chain(m.aliases.iter().map(String::as_str))
+        })
 }
 
 /// The models clients may ask for: the configured names, not the upstreams' lists.
@@ -330,10 +345,13 @@ async fn get_model(req: HttpRequest, id: web::Path<String>, state: State) -> Htt
         let principal = extract::client(&state, &req).await?;
         rate = admit_other(&state, principal.as_ref())?.rate;
         let config = state.config();
-        let found = usable_models(&config, principal.as_ref()).find(|m| *m == id.as_str());
-        match found {
-            Some(m) => Ok(HttpResponse::Ok().json(model_object(m))),
-            None => Err(ApiError::UnknownModel(id.into_inner())),
+        // Any name a request may use, a pattern's matches included, under the name asked for.
+        let usable = config
+            .resolve(id.as_str())
+            .is_some_and(|r| may_use(principal.as_ref(), &r.model.name));
+        match usable {
+            true => Ok(HttpResponse::Ok().json(model_object(id.as_str()))),
+            false => Err(ApiError::UnknownModel(id.into_inner())),
         }
     }
     .await;

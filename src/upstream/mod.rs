@@ -3,6 +3,7 @@
 //! runtimes routes every connection's I/O through the runtime that opened it.
 
 pub mod classify;
+pub mod echo;
 pub mod oauth;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use switchyard_actors::outcome::FailureClass;
 
 use indexmap::IndexMap;
@@ -49,6 +51,8 @@ pub struct UpstreamProfile {
     /// What this was built from, to reuse it across reloads when unchanged.
     source: ProfileConfig,
     fingerprint: u64,
+    /// `provider: echo`: `send` answers in-process (`echo::answer`) instead of over the network.
+    in_process: bool,
 }
 
 impl UpstreamProfile {
@@ -104,8 +108,22 @@ impl UpstreamProfile {
         if let Some((name, value)) = &self.auth {
             req = req.header(name.clone(), value.clone());
         }
-        UpstreamRequest { req, up: self }
+        let local = self.in_process.then(|| LocalCall {
+            path: path.to_owned(),
+            body: Bytes::new(),
+        });
+        UpstreamRequest {
+            req,
+            up: self,
+            local,
+        }
     }
+}
+
+/// A request the echo upstream answers in-process: what it needs of the request.
+struct LocalCall {
+    path: String,
+    body: Bytes,
 }
 
 impl UpstreamProfile {
@@ -140,7 +158,17 @@ impl UpstreamProfile {
         if let Some((name, value)) = &self.auth {
             req = req.header(name.clone(), value.clone());
         }
-        UpstreamRequest { req, up: self }
+        // Only a profile of the client's own dialect gets this; the echo upstream speaks OpenAI's,
+        // which has no native pass-through route, so it is answered the same way as by `post`.
+        let local = self.in_process.then(|| LocalCall {
+            path: path.to_owned(),
+            body: Bytes::new(),
+        });
+        UpstreamRequest {
+            req,
+            up: self,
+            local,
+        }
     }
 }
 
@@ -148,10 +176,16 @@ impl UpstreamProfile {
 pub struct UpstreamRequest<'a> {
     req: reqwest::RequestBuilder,
     up: &'a UpstreamProfile,
+    /// Set for an in-process upstream: then `send` answers from this, and `req` is never sent.
+    local: Option<LocalCall>,
 }
 
 impl UpstreamRequest<'_> {
-    pub fn body(mut self, body: impl Into<reqwest::Body>) -> Self {
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        let body: Bytes = body.into();
+        if let Some(local) = &mut self.local {
+            local.body = body.clone();
+        }
         self.req = self.req.body(body);
         self
     }
@@ -166,7 +200,12 @@ impl UpstreamRequest<'_> {
     /// `auth` when only a new login helps (the profile is marked `auth_failed` with the reason), or
     /// with `server` when the token endpoint is only down (the profile cools down).
     pub async fn send(self) -> Result<reqwest::Response, SendError> {
-        let UpstreamRequest { mut req, up } = self;
+        let UpstreamRequest { mut req, up, local } = self;
+        if let Some(call) = local {
+            // A genuine answer of the echo provider, built here instead of read off a socket; from
+            // here on it goes through the same classification, relay and accounting as any other.
+            return Ok(echo::answer(&call.path, &call.body));
+        }
         if let Some(source) = &up.oauth {
             let secret = source.credential().await.map_err(|e| match e {
                 CredentialError::Auth(reason) => SendError::Credential {
@@ -359,6 +398,7 @@ fn build_profile(
         oauth: p.oauth.as_ref().map(|o| tokens.for_profile(&p.id, o)),
         source: p.clone(),
         fingerprint: credential_fingerprint(&p.api_key),
+        in_process: p.preset == Preset::Echo,
     })
 }
 
