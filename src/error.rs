@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::wire::anthropic::TranslateError;
+use crate::wire::depth::TooDeep;
 use crate::wire::openai::FieldError;
 use crate::wire::Dialect;
 
@@ -41,6 +42,9 @@ pub enum ApiError {
     /// 409: the request repeats one already applied (a webhook replay).
     #[error("{message}")]
     Conflict { message: String, code: &'static str },
+    /// 408: the body arrived too slowly (`server.body_idle_timeout`, `server.body_timeout`).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 413: the body exceeds `server.max_body_size`.
     #[error("Request body is larger than the limit of {limit} bytes.")]
     TooLarge { limit: usize },
@@ -52,12 +56,21 @@ pub enum ApiError {
         retry_after: u64,
         rate: RateHeaders,
     },
-    /// 503: no profile could be tried.
-    #[error("{0}")]
-    NoAvailableProfile(String),
+    /// 503: no profile could be tried. `retry_after`: whole seconds until the earliest profile can be
+    /// tried again by itself; `None` when none can (every one needs an operator), and no `Retry-After`
+    /// is sent.
+    #[error("{message}")]
+    NoAvailableProfile {
+        message: String,
+        retry_after: Option<u64>,
+    },
     /// 502: profiles were tried and all failed.
     #[error("{0}")]
     Upstream(String),
+    /// 529: profiles were tried and every one said it is overloaded (Anthropic's 529), so clients
+    /// that retry on `overloaded_error` do.
+    #[error("{0}")]
+    Overloaded(String),
     /// 504: the last failure was a timeout.
     #[error("{0}")]
     Timeout(String),
@@ -138,14 +151,15 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. }
             | ApiError::TooLarge { .. }
+            | ApiError::RequestTimeout(_)
             | ApiError::Conflict { .. } => "invalid_request_error",
             ApiError::Unauthenticated(_) => "authentication_error",
             ApiError::InsufficientQuota(_) => "insufficient_quota",
             ApiError::Forbidden(_) => "permission_error",
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => "not_found_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
-            ApiError::NoAvailableProfile(_) => "no_available_profile",
-            ApiError::Upstream(_) => "upstream_error",
+            ApiError::NoAvailableProfile { .. } => "no_available_profile",
+            ApiError::Upstream(_) | ApiError::Overloaded(_) => "upstream_error",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "server_error",
         }
@@ -156,12 +170,13 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. }
             | ApiError::TooLarge { .. }
+            | ApiError::RequestTimeout(_)
             | ApiError::Conflict { .. } => "invalid_request_error",
             ApiError::Unauthenticated(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => "not_found_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
-            ApiError::NoAvailableProfile(_) => "overloaded_error",
+            ApiError::NoAvailableProfile { .. } | ApiError::Overloaded(_) => "overloaded_error",
             ApiError::InsufficientQuota(_)
             | ApiError::Timeout(_)
             | ApiError::Upstream(_)
@@ -176,9 +191,11 @@ impl ApiError {
             ApiError::InsufficientQuota(_) => Some("insufficient_quota"),
             ApiError::UnknownModel(_) => Some("model_not_found"),
             ApiError::TooLarge { .. } => Some("request_too_large"),
+            ApiError::RequestTimeout(_) => Some("request_timeout"),
             ApiError::RateLimited { code, .. } => Some(code),
-            ApiError::NoAvailableProfile(_) => Some("no_available_profile"),
+            ApiError::NoAvailableProfile { .. } => Some("no_available_profile"),
             ApiError::Upstream(_) => Some("upstream_error"),
+            ApiError::Overloaded(_) => Some("overloaded"),
             ApiError::Timeout(_) => Some("timeout"),
             _ => None,
         }
@@ -223,11 +240,12 @@ impl ApiError {
         let mut res = HttpResponse::build(self.status_code());
         res.insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
         match self {
-            // Clients should come back later rather than hammer us; a short hint is honest.
-            ApiError::NoAvailableProfile(_) => {
-                res.insert_header((RETRY_AFTER, HeaderValue::from_static("1")));
+            // When the first profile can be tried again; nothing when none recovers by itself.
+            ApiError::NoAvailableProfile {
+                retry_after: Some(retry_after),
+                ..
             }
-            ApiError::RateLimited { retry_after, .. } => {
+            | ApiError::RateLimited { retry_after, .. } => {
                 res.insert_header((RETRY_AFTER, retry_after.to_string()));
             }
             _ => {}
@@ -250,9 +268,14 @@ impl ResponseError for ApiError {
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NoAvailableProfile(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoAvailableProfile { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            // 529 is Anthropic's; it is a valid status code, and OpenAI SDKs retry 5xx alike.
+            ApiError::Overloaded(_) => {
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -281,6 +304,16 @@ impl From<FieldError> for ApiError {
     }
 }
 
+impl From<TooDeep> for ApiError {
+    fn from(e: TooDeep) -> ApiError {
+        ApiError::InvalidRequest {
+            message: e.to_string(),
+            param: None,
+            code: Some("json_too_deep"),
+        }
+    }
+}
+
 impl From<TranslateError> for ApiError {
     fn from(e: TranslateError) -> ApiError {
         ApiError::invalid(e.to_string())
@@ -304,7 +337,10 @@ mod tests {
 
     #[test]
     fn renders_anthropic_shape() {
-        let e = ApiError::NoAvailableProfile("all cooling down".into());
+        let e = ApiError::NoAvailableProfile {
+            message: "all cooling down".into(),
+            retry_after: Some(3),
+        };
         let v: serde_json::Value = serde_json::from_str(&e.body(Dialect::Anthropic)).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "overloaded_error");
@@ -333,15 +369,36 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_on_503_is_the_given_one_or_none() {
+        let at = |retry_after| {
+            ApiError::NoAvailableProfile {
+                message: "x".into(),
+                retry_after,
+            }
+            .render(Dialect::OpenAi)
+        };
+        assert_eq!(at(Some(17)).headers().get(RETRY_AFTER).unwrap(), "17");
+        assert!(at(None).headers().get(RETRY_AFTER).is_none());
+    }
+
+    #[test]
     fn status_and_type_words_follow_the_contract() {
         let cases = [
             (
-                ApiError::NoAvailableProfile("x".into()),
+                ApiError::NoAvailableProfile {
+                    message: "x".into(),
+                    retry_after: None,
+                },
                 503,
                 "no_available_profile",
             ),
             (ApiError::Upstream("x".into()), 502, "upstream_error"),
             (ApiError::Timeout("x".into()), 504, "timeout"),
+            (
+                ApiError::RequestTimeout("x".into()),
+                408,
+                "invalid_request_error",
+            ),
             (
                 ApiError::TooLarge { limit: 1 },
                 413,

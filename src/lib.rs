@@ -1,4 +1,30 @@
 //! Switchyard: an actor-based, resilient, OpenAI-compatible LLM routing proxy.
+//!
+//! A map of the crate, one floor per line, lowest first. A module imports only from floors below its own
+//! (`tests/it/layout.rs` checks it), so each can be read and tested without the ones above.
+//!
+//! * [`wire`] — the wire formats, pure code over bytes: the client's and upstream's [`wire::Dialect`],
+//!   the routing fields of a body and its rewrite (`wire::openai`), the one SSE framer (`wire::sse`),
+//!   the Anthropic translation both ways (`wire::anthropic`), the nesting-depth check of client
+//!   bodies (`wire::depth`).
+//! * [`error`] — [`error::ApiError`], every error a client can see, rendered once per dialect; and
+//!   [`metrics`], the Prometheus registry.
+//! * [`config`] — `profiles.yaml`: YAML with spans (`load`), raw serde types (`raw`), validation into
+//!   [`config::Config`] (`validate`, `values`), every problem reported at once (`report`).
+//! * [`auth`] — client identity: gateway keys, accounts, JWTs, JWKS, the audit log. [`upstream`] — the
+//!   profiles' side: per-worker HTTP clients, credentials (and OAuth tokens, `upstream::oauth`), the
+//!   classification of upstream answers (`upstream::classify`), and `provider: echo`, the built-in
+//!   demo upstream answered in-process (`upstream::echo`).
+//! * [`limits`] — tiers, rate windows, credit reservations and the ledger, usage reports, billing events.
+//! * [`state`] — [`state::AppState`], what every worker shares, and the router's view of a config.
+//! * [`forward`] — the failover loop, one attempt, the stream relay, the guard that records every
+//!   attempt once; [`reload`] — hot reload (the only place the config and routing table change).
+//! * [`http`] — routes and thin handlers: `extract` (caller, the admin gate, bodies), `respond`
+//!   (X-RateLimit-*), `v1`, `identity`, `billing`, `admin`.
+//! * this file — [`serve`], which wires them together; `main.rs` is the CLI.
+//!
+//! The actors (profile health, the router's table, the usage recorder, the sled store) live in the
+//! `switchyard-actors` crate, which has no web dependency.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -68,6 +94,12 @@ pub enum ServeError {
 /// requests and streams finish up to `shutdown_timeout`, and flushes the store. Must run inside an actix
 /// system.
 pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
+    // First, before any actor starts: a busy port is then a plain error. Actors started before a
+    // failed bind panicked on the way out ("there is no reactor running") as the system dropped them.
+    let listener = bind(opts.listen).map_err(|source| ServeError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
     let store_error = |source| ServeError::Store {
         dir: opts.data_dir.clone(),
         source,
@@ -90,6 +122,10 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     {
         tracing::info!(?held, "no high-water mark in the data directory: wrote one");
     }
+    let tokens = Arc::new(oauth::TokenSources::new(&store, &opts.data_dir));
+    // Built once here, before the actors, so a bad profile fails start-up as cleanly as a busy port;
+    // each worker then builds its own clients.
+    drop(Upstreams::build(&config, None, &tokens)?);
     let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
     let auth = Arc::new(
         auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?,
@@ -118,9 +154,6 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     if admin_token.is_none() {
         tracing::warn!(variable = %config.auth.admin_token_env, "admin token not set: the admin API is disabled");
     }
-    let tokens = Arc::new(oauth::TokenSources::new(&store, &opts.data_dir));
-    // Built once here so a bad profile fails start-up; each worker then builds its own clients.
-    drop(Upstreams::build(&config, None, &tokens)?);
     let config_path = config.source.clone();
     let shared = web::Data::new(AppState {
         config: arc_swap::ArcSwap::new(Arc::new(config)),
@@ -159,16 +192,20 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             }
         }
     })
+    // A client that closes its side has left: actix-web then drops the handler at once (its future, the
+    // upstream request or stream it holds, and the attempt's guard, which records `cancelled` and
+    // releases the credit hold) instead of going on until a write to the dead socket fails, one or two
+    // stream events later, or failing over to the next profile for nobody. The price: a client that
+    // half-closes after its request (rare; no SDK does) is taken as gone.
+    .h1_allow_half_closed(false)
     .shutdown_timeout(opts.shutdown_timeout.as_secs().max(1));
     if let Some(n) = opts.workers {
         server = server.workers(n);
     }
-    let server = server
-        .bind(opts.listen)
-        .map_err(|source| ServeError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
+    let server = server.listen(listener).map_err(|source| ServeError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
     // Armed before the listening line, so a change made right after start-up is never missed.
     reload::spawn_sighup(shared.clone());
     let _watcher = if opts.watch_config {
@@ -221,4 +258,16 @@ fn spawn_lease_sweeper(shared: web::Data<AppState>) {
             tokio::time::sleep(every).await;
         }
     });
+}
+
+/// The listening socket, as actix-web's own `bind` makes it (SO_REUSEADDR, a backlog of 1024), but
+/// made before anything else starts.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }

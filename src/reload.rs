@@ -81,6 +81,19 @@ async fn apply(
         needs_restart.push("server.store_cache_size".to_owned());
     }
     let spec = crate::state::router_spec(&new);
+    // The router sees only what routing needs; a change to anything else of a profile (base_url,
+    // headers, model_map, timeouts...) is applied too, by the workers' rebuilt clients.
+    let reshaped: Vec<String> = new
+        .profiles
+        .iter()
+        .filter(|p| {
+            old.profiles
+                .iter()
+                .find(|o| o.id == p.id)
+                .is_some_and(|o| o != *p)
+        })
+        .map(|p| p.id.clone())
+        .collect();
     // Config and generation first, then the routing table: a request that picks a new profile from the
     // new table always finds its upstream, and one still on the old table finds removed profiles carried
     // over by the worker's rebuild.
@@ -101,12 +114,20 @@ async fn apply(
                 return Err(ReloadError::Apply(e.to_string()));
             }
         };
+    let mut changed = summary.changed;
+    let mut unchanged = summary.unchanged;
+    for id in reshaped {
+        if !changed.contains(&id) {
+            changed.push(id);
+            unchanged = unchanged.saturating_sub(1);
+        }
+    }
     Ok(ReloadReport {
         generation,
         added: summary.added,
-        changed: summary.changed,
+        changed,
         removed: summary.removed,
-        unchanged: summary.unchanged,
+        unchanged,
         needs_restart,
     })
 }

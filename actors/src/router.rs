@@ -129,8 +129,9 @@ pub struct Pick {
 pub enum SkipReason {
     /// Tried already in this request.
     AlreadyTried,
-    /// Its state forbids it, until the given time when known.
-    State(StateName, Option<SystemTime>),
+    /// Its state forbids it, until the given time when known, and why: the auth failure's reason
+    /// (such as an unset key variable) for `auth_failed`, else the last failure, when known.
+    State(StateName, Option<SystemTime>, Option<String>),
     /// Half-open, and another request holds the probe.
     ProbeInFlight,
     /// Its provider's per-minute budget is spent until the given time.
@@ -409,7 +410,12 @@ fn spawn_profile(
     metrics: &ActorMetrics,
 ) -> Result<Arc<ProfileEntry>, StoreError> {
     let saved = store.load_health(&p.id)?;
-    let view = restore_view(saved, p.credential_fingerprint, SystemTime::now());
+    let mut view = restore_view(saved, p.credential_fingerprint, SystemTime::now());
+    // In the first view already, not only once the actor has read `MarkAuthFailed` below: a request
+    // or a readiness check right after start sees the profile as unusable, with the reason.
+    if let Some(reason) = &p.unusable_reason {
+        view.auth_failed = Some(reason.clone());
+    }
     let counters = store.load_counters(&p.id)?;
     let shared = Arc::new(ProfileShared::new(&p.id, view, counters, metrics.clone()));
     shared.budget.set_limits(p.limits);
@@ -514,7 +520,12 @@ fn skips(route: &ModelRoute, tried: &[Arc<str>], now: SystemTime) -> Vec<(Arc<st
             } else {
                 match e.shared.availability(now) {
                     Availability::Unusable(state) => {
-                        SkipReason::State(state, e.shared.view().state_until(now))
+                        let view = e.shared.view();
+                        let why = match state {
+                            StateName::AuthFailed => view.auth_failed.clone(),
+                            _ => view.last_error.clone(),
+                        };
+                        SkipReason::State(state, view.state_until(now), why)
                     }
                     Availability::Throttled(until) => SkipReason::UpstreamLimit(until),
                     Availability::Probe | Availability::Usable => SkipReason::ProbeInFlight,

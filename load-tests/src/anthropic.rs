@@ -30,6 +30,11 @@ fn input_tokens(req: &Value) -> u64 {
     (system + msgs).max(1)
 }
 
+/// `POST /v1/messages/count_tokens`: the same count a message would report as its input.
+pub(crate) fn count_tokens(req: &Value) -> Value {
+    json!({ "input_tokens": input_tokens(req) })
+}
+
 fn model(req: &Value) -> Value {
     req.get("model")
         .cloned()

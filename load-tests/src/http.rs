@@ -278,6 +278,12 @@ impl Conn {
         self.write_all(b"0\r\n\r\n").await
     }
 
+    /// Resolves when the client closes its side (EOF or an error on read), discarding what it sends
+    /// meanwhile: while a response streams, a client sends nothing more on the connection.
+    pub(crate) async fn peer_closed(&mut self) {
+        self.drain_until_closed().await;
+    }
+
     /// Half-closes the write side (FIN) so the client sees the end of the connection now.
     pub(crate) async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
@@ -320,6 +326,10 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         402 => "Payment Required",

@@ -18,6 +18,7 @@ mod http;
 mod openai;
 mod reply;
 mod request;
+mod responses;
 mod server;
 
 use std::io;
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 
 pub use reply::Reply;
 pub use request::ReceivedRequest;
+pub use server::StreamEnd;
 
 use server::Shared;
 
@@ -169,6 +171,11 @@ impl MockUpstream {
     /// Number of TCP connections accepted so far (one per client connection, however many requests it carried).
     pub fn connection_count(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// How every streamed answer so far ended (sent whole, or the client closed first), in order.
+    pub fn stream_ends(&self) -> Vec<StreamEnd> {
+        self.shared.stream_ends.lock().clone()
     }
 
     /// Clears the queue and the recorded requests (and the count), and restores `Reply::Echo` as default.

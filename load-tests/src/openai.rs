@@ -38,6 +38,10 @@ enum Endpoint {
     Model,
     /// Anthropic's Messages API.
     Messages,
+    /// Anthropic's token counting.
+    CountTokens,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 fn route(method: &str, path: &str) -> Option<Endpoint> {
@@ -49,6 +53,8 @@ fn route(method: &str, path: &str) -> Option<Endpoint> {
         ("POST", "/completions") => Some(Endpoint::Completions),
         ("POST", "/embeddings") => Some(Endpoint::Embeddings),
         ("POST", "/messages") => Some(Endpoint::Messages),
+        ("POST", "/messages/count_tokens") => Some(Endpoint::CountTokens),
+        ("POST", "/responses") => Some(Endpoint::Responses),
         ("GET", "/models") => Some(Endpoint::Models),
         ("GET", p) if p.starts_with("/models/") && p.len() > "/models/".len() => {
             Some(Endpoint::Model)
@@ -86,7 +92,12 @@ pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> 
                 ),
             };
         }
-        Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => {}
+        Endpoint::Chat
+        | Endpoint::Completions
+        | Endpoint::Embeddings
+        | Endpoint::Messages
+        | Endpoint::CountTokens
+        | Endpoint::Responses => {}
     }
     let req = match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => v,
@@ -106,6 +117,11 @@ pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> 
             events: crate::anthropic::message_stream(&req, ctx),
         },
         Endpoint::Messages => fixed(200, crate::anthropic::message(&req, ctx)),
+        Endpoint::CountTokens => fixed(200, crate::anthropic::count_tokens(&req)),
+        Endpoint::Responses if stream => Response::Stream {
+            events: crate::responses::response_stream(&req, ctx),
+        },
+        Endpoint::Responses => fixed(200, crate::responses::response(&req, ctx)),
         _ => fixed(200, embeddings(&req)),
     }
 }
@@ -170,6 +186,8 @@ pub(crate) fn stream_events(path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> Vec<S
         completion_stream(&req, ctx)
     } else if route("POST", path) == Some(Endpoint::Messages) {
         crate::anthropic::message_stream(&req, ctx)
+    } else if route("POST", path) == Some(Endpoint::Responses) {
+        crate::responses::response_stream(&req, ctx)
     } else {
         chat_stream(&req, ctx)
     }

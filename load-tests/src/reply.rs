@@ -33,6 +33,14 @@ pub enum Reply {
     },
     /// Resets the connection (SO_LINGER 0 then close) right after reading the request, before any response byte.
     Reset,
+    /// 200 `text/event-stream` with exactly these chunks (raw SSE text: error events, comments, garbage),
+    /// one chunk each with `gap` before every chunk but the first, then the end of the body.
+    Events {
+        /// The chunks as they go on the wire, e.g. `"data: {\"error\":{...}}\n\n"`.
+        chunks: Vec<String>,
+        /// Pause before every chunk but the first.
+        gap: Duration,
+    },
     /// 200 with a `application/json` content type and a body that is not JSON (upstream garbage).
     Garbage,
     /// Like `Echo`, but the answer carries no usage at all (no `usage` key in a body, no usage chunk
@@ -42,6 +50,23 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// An SSE body of these chunks, sent back to back.
+    pub fn events<S: Into<String>>(chunks: impl IntoIterator<Item = S>) -> Reply {
+        Reply::Events {
+            chunks: chunks.into_iter().map(Into::into).collect(),
+            gap: Duration::ZERO,
+        }
+    }
+
+    /// A redirect to `location` (an upstream that moved, or a `base_url` pointing at a login page).
+    pub fn redirect(code: u16, location: &str) -> Reply {
+        Reply::Status {
+            status: code,
+            headers: vec![("location".to_owned(), location.to_owned())],
+            body: String::new(),
+        }
+    }
+
     /// A fixed status with a body and no extra headers.
     pub fn status(code: u16, body: impl Into<String>) -> Reply {
         Reply::Status {

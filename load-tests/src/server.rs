@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +35,19 @@ pub(crate) struct Shared {
     pub seq: AtomicU64,
     /// Accepted TCP connections, so tests can check keep-alive reuse.
     pub connections: AtomicUsize,
+    /// How each streamed answer ended, in order (see `StreamEnd`).
+    pub stream_ends: Mutex<Vec<StreamEnd>>,
+}
+
+/// How one streamed answer ended: sent whole, or given up because the client closed the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEnd {
+    /// Chunks (events) written before the end.
+    pub events_sent: usize,
+    /// Every event was sent (false: the client closed the connection first).
+    pub completed: bool,
+    /// When the end was seen: the last write, or the moment the client's close was noticed.
+    pub at: Instant,
 }
 
 pub(crate) struct State {
@@ -62,6 +75,7 @@ impl Shared {
             arrived: Notify::new(),
             seq: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
+            stream_ends: Mutex::new(Vec::new()),
         }
     }
 
@@ -238,6 +252,7 @@ async fn respond(
             let events = openai::stream_events(&req.target, &req.body, &ctx);
             stream(conn, shared, &events, gap, None, keep).await
         }
+        Reply::Events { chunks, gap } => stream(conn, shared, &chunks, gap, None, keep).await,
         Reply::Reset => {
             // Dropping the socket with SO_LINGER 0 sends RST; the caller drops it on `Flow::Close`.
             conn.arm_reset()?;
@@ -273,15 +288,37 @@ async fn stream(
         ("x-mock-upstream".to_owned(), shared.name.clone()),
     ];
     conn.write_chunked_head(200, &headers, keep).await?;
+    let ended = |events_sent, completed| {
+        shared.stream_ends.lock().push(StreamEnd {
+            events_sent,
+            completed,
+            at: Instant::now(),
+        });
+    };
     for (i, event) in events.iter().enumerate() {
         if cut_after == Some(i) {
             break;
         }
         if i > 0 && !gap.is_zero() {
-            tokio::time::sleep(gap).await;
+            // A client that leaves during the pause is noticed at once, as a real server would on its
+            // next write (this one just notices it sooner, so tests can say when).
+            tokio::select! {
+                _ = tokio::time::sleep(gap) => {}
+                _ = conn.peer_closed() => {
+                    ended(i, false);
+                    return Ok(Flow::Close);
+                }
+            }
         }
-        conn.write_chunk(event.as_bytes()).await?;
+        if let Err(e) = conn.write_chunk(event.as_bytes()).await {
+            ended(i, false);
+            return Err(e);
+        }
     }
+    ended(
+        cut_after.unwrap_or(events.len()).min(events.len()),
+        cut_after.is_none(),
+    );
     if cut_after.is_some() {
         conn.shutdown().await;
         return Ok(Flow::Close);

@@ -289,6 +289,27 @@ impl AuthService {
 
     // --- sign-in --------------------------------------------------------------------------------
 
+    /// Audits a sign-in refused by a limit; the 429 to answer.
+    fn login_blocked(
+        &self,
+        target: Option<String>,
+        address: Option<&str>,
+        why: &str,
+        retry_after: std::time::Duration,
+        limit: u32,
+    ) -> AuthError {
+        let detail = Some(why.to_owned());
+        self.audit(
+            AuditEvent::LoginBlocked,
+            false,
+            "anonymous",
+            target,
+            address,
+            detail,
+        );
+        AuthError::RateLimited { retry_after, limit }
+    }
+
     /// Email and password to an access token and a refresh token. Failures say nothing about which of
     /// the two was wrong, and take as long for an unknown email as for a wrong password.
     pub async fn login(
@@ -308,19 +329,9 @@ impl AuthService {
                 limits.window,
             );
             if let Some(retry_after) = over {
-                let detail = Some("too many attempts from this address".to_owned());
-                self.audit(
-                    AuditEvent::LoginBlocked,
-                    false,
-                    "anonymous",
-                    target,
-                    address,
-                    detail,
-                );
-                return Err(AuthError::RateLimited {
-                    retry_after,
-                    limit: limits.max_attempts_per_address,
-                });
+                let why = "too many attempts from this address";
+                let limit = limits.max_attempts_per_address;
+                return Err(self.login_blocked(target, address, why, retry_after, limit));
             }
         }
         // The attempt is counted before the password is checked: counted after, every attempt of a
@@ -329,19 +340,9 @@ impl AuthService {
             self.login_failures
                 .try_take(&email, limits.max_failures_per_account, limits.window);
         if let Err(retry_after) = taken {
-            let detail = Some("too many failed attempts for this account".to_owned());
-            self.audit(
-                AuditEvent::LoginBlocked,
-                false,
-                "anonymous",
-                target,
-                address,
-                detail,
-            );
-            return Err(AuthError::RateLimited {
-                retry_after,
-                limit: limits.max_failures_per_account,
-            });
+            let why = "too many failed attempts for this account";
+            let limit = limits.max_failures_per_account;
+            return Err(self.login_blocked(target, address, why, retry_after, limit));
         }
         let account = self.store.account_by_email(&email)?;
         let hash = account

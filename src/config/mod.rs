@@ -161,6 +161,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// `server.store_cache_size` (default 8 MiB): memory for sled's page cache. Read at start only.
     pub store_cache_bytes: u64,
+    /// `server.body_idle_timeout` (default 10s): the longest pause between two pieces of a request
+    /// body; a body that stalls longer gets 408.
+    pub body_idle_timeout: Duration,
+    /// `server.body_timeout` (default 60s): the longest a whole request body may take; 408 after it.
+    pub body_timeout: Duration,
 }
 
 /// `auth:`
@@ -290,8 +295,10 @@ pub struct NotifyConfig {
 /// One entry of `models:`.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
-    /// The model name clients send.
+    /// The model name clients send; ending in `*`, a pattern: every name with the prefix before it.
     pub name: String,
+    /// Other names clients may send for this model (never patterns).
+    pub aliases: Vec<String>,
     /// Profile ids, all defined under `profiles:`.
     pub profiles: Vec<String>,
     /// Overrides `routing.strategy` for this model.
@@ -332,11 +339,14 @@ pub enum Preset {
     Ollama,
     Vllm,
     Azure,
+    /// The built-in demo upstream: answers in-process, with no network and no key (see
+    /// `upstream::echo`). For trying the proxy and for tests; never a fallback for a real model.
+    Echo,
 }
 
 impl Preset {
     /// Every preset, in the order the README and error messages list them.
-    pub const ALL: [Preset; 10] = [
+    pub const ALL: [Preset; 11] = [
         Preset::OpenAi,
         Preset::Anthropic,
         Preset::OpenRouter,
@@ -347,6 +357,7 @@ impl Preset {
         Preset::Ollama,
         Preset::Vllm,
         Preset::Azure,
+        Preset::Echo,
     ];
 
     /// The profiles.yaml spelling.
@@ -362,6 +373,7 @@ impl Preset {
             Preset::Ollama => "ollama",
             Preset::Vllm => "vllm",
             Preset::Azure => "azure",
+            Preset::Echo => "echo",
         }
     }
 
@@ -391,6 +403,7 @@ impl Preset {
             Preset::DeepSeek => "https://api.deepseek.com/v1",
             Preset::Ollama => "http://127.0.0.1:11434/v1",
             Preset::Vllm => "http://127.0.0.1:8000/v1",
+            Preset::Echo => ECHO_BASE_URL,
             Preset::Azure => return None,
         })
     }
@@ -401,10 +414,13 @@ impl Preset {
     pub fn needs_credential(self) -> bool {
         !matches!(
             self,
-            Preset::OpenAi | Preset::Anthropic | Preset::Ollama | Preset::Vllm
+            Preset::OpenAi | Preset::Anthropic | Preset::Ollama | Preset::Vllm | Preset::Echo
         )
     }
 }
+
+/// What an echo profile shows as its `base_url`: it has none, it answers in-process.
+pub const ECHO_BASE_URL: &str = "builtin:echo";
 
 /// Where a profile's upstream credential comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -477,8 +493,64 @@ impl Config {
         self.profiles.iter().find(|p| p.id == id)
     }
 
-    /// The model entry with this client-visible name.
+    /// The model entry with this configured name (a pattern's own name, such as `openrouter/*`).
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The model a client's `requested` name means: a model's name, else one of its aliases, else
+    /// the wildcard model with the longest matching prefix. Names and aliases win over patterns.
+    pub fn resolve(&self, requested: &str) -> Option<ResolvedModel<'_>> {
+        let exact = self
+            .models
+            .iter()
+            .find(|m| !m.is_pattern() && m.name == requested);
+        if let Some(model) = exact {
+            return Some(ResolvedModel {
+                model,
+                upstream: None,
+            });
+        }
+        if let Some(model) = self
+            .models
+            .iter()
+            .find(|m| m.aliases.iter().any(|a| a == requested))
+        {
+            return Some(ResolvedModel {
+                model,
+                upstream: Some(model.name.clone()),
+            });
+        }
+        self.models
+            .iter()
+            .filter_map(|m| {
+                let prefix = m.name.strip_suffix('*')?;
+                let rest = requested.strip_prefix(prefix)?;
+                // A name with a `*` of its own is a pattern's spelling, not a model.
+                (!rest.is_empty() && !rest.contains('*')).then_some((prefix.len(), m, rest))
+            })
+            .max_by_key(|(len, _, _)| *len)
+            .map(|(_, model, rest)| ResolvedModel {
+                model,
+                upstream: Some(rest.to_owned()),
+            })
+    }
+}
+
+/// What a client's model name resolved to.
+#[derive(Debug, Clone)]
+pub struct ResolvedModel<'a> {
+    /// The configured model: routing, metrics, prices and scopes use its `name`.
+    pub model: &'a ModelConfig,
+    /// The model name to send upstream when a profile's `model_map` does not rename it: the model's
+    /// name for an alias, the rest of the name after the prefix for a pattern; `None` for the name
+    /// itself (sent as the client wrote it).
+    pub upstream: Option<String>,
+}
+
+impl ModelConfig {
+    /// A pattern (`openrouter/*`) rather than one name.
+    pub fn is_pattern(&self) -> bool {
+        self.name.ends_with('*')
     }
 }

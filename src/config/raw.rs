@@ -73,6 +73,10 @@ pub(crate) struct RawServer {
     pub max_body_size: Option<Text>,
     /// sled's page cache: a size like `max_body_size`.
     pub store_cache_size: Option<Text>,
+    /// Longest pause between two pieces of a request body.
+    pub body_idle_timeout: Option<Text>,
+    /// Longest a whole request body may take to arrive.
+    pub body_timeout: Option<Text>,
 }
 
 /// `auth:`
@@ -209,6 +213,8 @@ pub(crate) struct RawModel {
     /// Required; the list itself is spanned so that "must not be empty" can point at it.
     pub profiles: Option<Spanned<Vec<Text>>>,
     pub strategy: Option<Text>,
+    /// Other names clients may send for the same model.
+    pub aliases: Vec<Text>,
 }
 
 /// One entry of `profiles:`.

@@ -289,7 +289,7 @@ fn provider_must_be_openai_or_anthropic() {
     check(
         "profiles:\n  - id: a\n    provider: x\n    base_url: http://x\n",
         &[
-            r#"t.yaml:3:15: profiles[0].provider: unknown provider "x" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure)"#,
+            r#"t.yaml:3:15: profiles[0].provider: unknown provider "x" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure, echo)"#,
         ],
     );
 }
@@ -299,6 +299,8 @@ fn presets_fill_base_url_wire_format_and_attribution_headers() {
     let mut yaml = String::from("profiles:\n");
     for preset in Preset::ALL {
         let extra = match preset {
+            // Takes no key; checked on its own below.
+            Preset::Echo => continue,
             Preset::Azure => ", base_url: \"https://r.openai.azure.com/openai/deployments/d\", api_version: 2024-10-21",
             Preset::OpenRouter => ", app_url: \"https://example.org\", app_name: Ex",
             _ => "",
@@ -580,12 +582,12 @@ profiles:
         yaml,
         &[
             r#"t.yaml:2:11: server.listen: invalid address "nowhere": invalid socket address syntax (e.g. 127.0.0.1:8080)"#,
-            r#"t.yaml:3:3: server.threads: unknown key "threads" (expected one of: listen, data_dir, max_body_size, store_cache_size)"#,
+            r#"t.yaml:3:3: server.threads: unknown key "threads" (expected one of: listen, data_dir, max_body_size, store_cache_size, body_idle_timeout, body_timeout)"#,
             "t.yaml:5:17: routing.max_attempts: must be >= 1",
             r#"t.yaml:8:19: models[0].profiles[1]: unknown profile "ghost""#,
             "t.yaml:13:13: profiles[0].weight: must be > 0",
             r#"t.yaml:14:9: profiles[1].id: duplicate profile id "a" (first defined at line 10)"#,
-            r#"t.yaml:15:15: profiles[1].provider: unknown provider "cohere" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure)"#,
+            r#"t.yaml:15:15: profiles[1].provider: unknown provider "cohere" (supported: openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure, echo)"#,
         ],
     );
 }
@@ -726,4 +728,20 @@ fn only_check_looks_up_key_variables_and_a_blank_one_is_unusable_too() {
         load(&yaml).profiles[0].api_key,
         ApiKeySource::Env("KEY".into())
     );
+}
+
+#[test]
+fn a_model_name_resolves_by_name_then_alias_then_longest_pattern() {
+    let c = load(
+        "models:\n  - {name: m, profiles: [a], aliases: [m2]}\n  - {name: \"or/*\", profiles: [a]}\n  - {name: \"or/x/*\", profiles: [a]}\n  - {name: or/x/y, profiles: [a]}\nprofiles:\n  - {id: a, provider: openai, api_key: k}\n",
+    );
+    let r = |n: &str| c.resolve(n).map(|r| (r.model.name.clone(), r.upstream));
+    assert_eq!(r("m"), Some(("m".into(), None)));
+    assert_eq!(r("m2"), Some(("m".into(), Some("m".into()))));
+    assert_eq!(r("or/a/b"), Some(("or/*".into(), Some("a/b".into()))));
+    assert_eq!(r("or/x/z"), Some(("or/x/*".into(), Some("z".into()))));
+    assert_eq!(r("or/x/y"), Some(("or/x/y".into(), None)));
+    assert_eq!(r("or/"), None);
+    assert_eq!(r("or/*"), None, "a pattern is not a name clients send");
+    assert_eq!(r("nope"), None);
 }

@@ -203,8 +203,25 @@ fn server(report: &mut Report, raw: &RawServer) -> ServerConfig {
             },
             None => switchyard_actors::store::DEFAULT_CACHE_BYTES,
         },
+        body_idle_timeout: duration(
+            report,
+            "server.body_idle_timeout",
+            raw.body_idle_timeout.as_ref(),
+            DEFAULT_BODY_IDLE_TIMEOUT,
+        ),
+        body_timeout: duration(
+            report,
+            "server.body_timeout",
+            raw.body_timeout.as_ref(),
+            DEFAULT_BODY_TIMEOUT,
+        ),
     }
 }
+
+/// `server.body_idle_timeout`: a client that sends nothing for this long is not sending a body.
+const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `server.body_timeout`: 10 MiB (the default body limit) at well under 1 Mbit/s still fits.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `routing:`
 fn routing(report: &mut Report, r: &RawRouting) -> RoutingConfig {
@@ -611,6 +628,7 @@ fn model(
             String::new()
         }
         Some(name) => {
+            wildcard_shape(report, &at("name"), name);
             if let Some(first) = names.get(name.as_str()) {
                 let message = format!(
                     "duplicate model name {:?} (first defined at line {first})",
@@ -654,9 +672,52 @@ fn model(
         }
     }
 
+    let mut aliases = Vec::new();
+    for (j, alias) in raw.aliases.iter().enumerate() {
+        let path = at(&format!("aliases[{j}]"));
+        if alias.trim().is_empty() {
+            report.at(alias.span(), path, "must not be empty");
+        } else if alias.contains('*') {
+            let message = "an alias is one name, without `*` (make a wildcard model instead)";
+            report.at(alias.span(), path, message);
+        } else if let Some(first) = names.get(alias.as_str()) {
+            let message = format!(
+                "alias {:?} collides with a model name or alias at line {first}",
+                alias.as_str()
+            );
+            report.at(alias.span(), path, message);
+        } else {
+            names.insert(alias.to_string(), line_of(alias.span()));
+            aliases.push(alias.to_string());
+        }
+    }
+
+    if name.ends_with('*') {
+        if let Some(first) = raw.aliases.first() {
+            let message =
+                "a pattern takes no aliases (an alias names one model; add a model for it)";
+            report.at(first.span(), at("aliases"), message);
+            aliases.clear();
+        }
+    }
+
     ModelConfig {
         name,
+        aliases,
         profiles,
         strategy: strategy(report, &at("strategy"), raw.strategy.as_ref()),
+    }
+}
+
+/// A model name holds at most one `*`, and only as its last character (`openrouter/*`): a prefix
+/// pattern, never a glob in the middle, so that which pattern a name matches is obvious.
+fn wildcard_shape(report: &mut Report, path: &str, name: &Text) {
+    let stars = name.matches('*').count();
+    if stars > 1 || (stars == 1 && !name.ends_with('*')) {
+        let message = format!(
+            "invalid model name {:?}: one `*` only, at the end (e.g. \"openrouter/*\")",
+            name.as_str()
+        );
+        report.at(name.span(), path, message);
     }
 }

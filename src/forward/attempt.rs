@@ -15,9 +15,10 @@ use super::{
     Proxy, ProxyRequest, ANTHROPIC_DEFAULT_MAX_TOKENS, MAX_ERROR_BYTES, MAX_RESPONSE_BYTES,
 };
 use crate::config::Provider;
-use crate::upstream::classify::{classify, error_detail, Verdict};
+use crate::upstream::classify::{classify, error_detail, redirect_detail, Verdict};
 use crate::upstream::UpstreamProfile;
 use crate::wire::anthropic::chat_request_to_messages;
+use crate::wire::anthropic::native::messages_usage;
 use crate::wire::openai::{response_usage, upstream_body};
 use crate::wire::{client_error_body, response_body, Dialect};
 
@@ -31,7 +32,19 @@ impl Proxy<'_> {
         attempt: u32,
     ) -> Result<HttpResponse, AttemptEnd> {
         let stream = req.fields.stream && req.endpoint.streams();
-        let body = match upstream_request_body(up, req, stream) {
+        let native = req.native.as_ref().filter(|_| req.passes_through(up));
+        let body = match native {
+            // Same dialect: the client's bytes, `model` renamed where the profile maps it (or where
+            // an alias or a pattern named the model).
+            Some(n) => {
+                let renamed = up
+                    .upstream_model(&req.fields.model)
+                    .or(req.upstream_model.as_deref());
+                upstream_body(&n.body, renamed, false).map_err(Unsuitable::from)
+            }
+            None => upstream_request_body(up, req, stream),
+        };
+        let body = match body {
             Ok(b) => b,
             Err(why) => {
                 pick.entry.release(pick.probe);
@@ -41,9 +54,13 @@ impl Proxy<'_> {
         let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
         let path = match up.provider {
             Provider::OpenAi => req.endpoint.path(),
-            Provider::Anthropic => "/messages",
+            Provider::Anthropic => req.endpoint.anthropic_path().unwrap_or("/messages"),
         };
-        let sent = up.post(path, &req.request_id).body(body).send();
+        let sent = match native {
+            Some(n) => up.post_native(path, &n.query, &req.request_id, &n.headers),
+            None => up.post(path, &req.request_id),
+        };
+        let sent = sent.body(body).send();
         let resp = match tokio::time::timeout(up.timeouts.first_byte, sent).await {
             Err(_) => {
                 return Err(guard.fail(AttemptFailure::new(
@@ -94,15 +111,25 @@ impl Proxy<'_> {
             Verdict::ClientError => {
                 // Not the profile's fault: the client gets the upstream's answer as it is.
                 guard.finish(AttemptOutcome::Succeeded, "client_error", None, false);
-                let body = client_error_body(up.dialect(), req.dialect, body);
+                // Upstreams quote the key they were sent back in their messages.
+                let body =
+                    up.redactor()
+                        .redact_bytes(client_error_body(up.dialect(), req.dialect, body));
                 Ok(self.respond(status, "application/json", &guard).body(body))
             }
-            Verdict::Failure { class, retry_after } => Err(guard.fail(AttemptFailure {
-                class,
-                retry_after,
-                detail: up.redact(&error_detail(status, &body)),
-                status: Some(status),
-            })),
+            Verdict::Failure { class, retry_after } => {
+                let detail = if (300..400).contains(&status) {
+                    redirect_detail(status, &headers)
+                } else {
+                    error_detail(status, &body)
+                };
+                Err(guard.fail(AttemptFailure {
+                    class,
+                    retry_after,
+                    detail: up.redact(&detail),
+                    status: Some(status),
+                }))
+            }
         }
     }
 
@@ -130,6 +157,21 @@ impl Proxy<'_> {
             ..AttemptFailure::new(FailureClass::Server, format!("HTTP {status}: {why}"))
         };
         let model = &req.fields.model;
+        if req.passes_through(up) {
+            // Relayed as it came; only its usage is read.
+            let usage = match messages_usage(&body) {
+                Ok(u) => u,
+                Err(why) => return Err(guard.fail(garbage(why.to_string()))),
+            };
+            let ack = guard.finish(
+                AttemptOutcome::Succeeded,
+                "ok",
+                Some(usage),
+                self.config.usage.durable,
+            );
+            wait_ack(ack).await;
+            return Ok(self.respond(status, &content_type, &guard).body(body));
+        }
         // Usage is read from the OpenAI form: the upstream's own, or the translation of it.
         let openai = match response_body(up.dialect(), Dialect::OpenAi, body, model) {
             Ok(b) => b,
@@ -168,17 +210,16 @@ fn upstream_request_body(
     stream: bool,
 ) -> Result<Bytes, Unsuitable> {
     let model = &req.fields.model;
+    let renamed = up.upstream_model(model).or(req.upstream_model.as_deref());
     match up.provider {
         Provider::OpenAi => {
-            let ask_usage = stream && !req.fields.client_wants_usage;
-            Ok(upstream_body(
-                &req.body,
-                up.upstream_model(model),
-                ask_usage,
-            )?)
+            // Chat streams report usage only when asked; a Responses stream always does.
+            let ask_usage =
+                stream && !req.fields.client_wants_usage && req.endpoint.is_chat_shaped();
+            Ok(upstream_body(&req.body, renamed, ask_usage)?)
         }
         Provider::Anthropic => {
-            let upstream_model = up.upstream_model(model).unwrap_or(model);
+            let upstream_model = renamed.unwrap_or(model);
             let body =
                 chat_request_to_messages(&req.body, upstream_model, ANTHROPIC_DEFAULT_MAX_TOKENS)?;
             Ok(Bytes::from(body))

@@ -2,13 +2,13 @@
 //! answered: which profile failed or was skipped, and why.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use switchyard_actors::health::StateName;
 use switchyard_actors::outcome::FailureClass;
 use switchyard_actors::router::SkipReason;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, RateHeaders};
 use crate::upstream::SendError;
 use crate::wire::anthropic::TranslateError;
 use crate::wire::openai::RewriteError;
@@ -39,7 +39,7 @@ pub(super) enum AttemptEnd {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Unsuitable {
     /// Its API has no such endpoint.
-    #[error("the Anthropic API has no {}", .0.path())]
+    #[error("its API has no {}", .0.path())]
     NoEndpoint(Endpoint),
     /// The body has a field its dialect cannot express.
     #[error(transparent)]
@@ -61,6 +61,8 @@ pub(super) struct Failover {
     unsuitable: Vec<(Arc<str>, Unsuitable)>,
     /// Why the router had nothing more to offer, when it ran out.
     pub(super) skipped: Vec<(Arc<str>, SkipReason)>,
+    /// Profiles of the model the loop never got to: `max_attempts` ran out first.
+    never_reached: Vec<Arc<str>>,
 }
 
 impl Failover {
@@ -88,6 +90,15 @@ impl Failover {
         self.failures.push((id, f));
     }
 
+    /// `max_attempts` ran out: every one of `profiles` not tried nor skipped was never reached.
+    pub(super) fn ran_out(&mut self, profiles: &[String]) {
+        self.never_reached = profiles
+            .iter()
+            .filter(|p| !self.tried.iter().any(|t| **t == ***p))
+            .map(|p| Arc::from(p.as_str()))
+            .collect();
+    }
+
     /// The class of the last failure, if any (for the failover metric).
     pub(super) fn last_class(&self) -> Option<FailureClass> {
         self.failures.last().map(|(_, f)| f.class)
@@ -95,7 +106,13 @@ impl Failover {
 
     /// The error when no profile answered.
     pub(super) fn into_error(self, model: &str) -> ApiError {
-        exhausted_error(model, &self.failures, &self.unsuitable, &self.skipped)
+        exhausted_error(
+            model,
+            &self.failures,
+            &self.unsuitable,
+            &self.skipped,
+            &self.never_reached,
+        )
     }
 }
 
@@ -137,26 +154,53 @@ fn describe_skip(reason: &SkipReason) -> String {
             "at its provider's per-minute limit until {}",
             humantime::format_rfc3339_seconds(*until)
         ),
-        SkipReason::State(state, until) => match until {
-            Some(t) if *state != StateName::AuthFailed => {
-                format!(
-                    "{} until {}",
-                    state.as_str(),
-                    humantime::format_rfc3339_seconds(*t)
-                )
+        SkipReason::State(state, until, why) => {
+            let mut s = state.as_str().to_owned();
+            if let (Some(t), false) = (until, *state == StateName::AuthFailed) {
+                s.push_str(&format!(" until {}", humantime::format_rfc3339_seconds(*t)));
             }
-            _ => state.as_str().to_owned(),
-        },
+            // The auth failure's own reason ("environment variable X is not set", "401 ..."), or the
+            // failure that put the profile in its state: what the operator has to fix or wait out.
+            match (why, *state == StateName::AuthFailed) {
+                (Some(w), true) => s.push_str(&format!(" ({w})")),
+                (Some(w), false) => s.push_str(&format!(" (last failure: {w})")),
+                (None, _) => {}
+            }
+            s
+        }
     }
 }
 
-/// The error when no profile answered: 503 if none could be tried, else 504 when the last failure was a
-/// timeout, else 502. The message names each profile and why.
+/// How long until the earliest skipped profile can be tried again by itself; `None` when none can
+/// (every one is `auth_failed`, which only an operator clears). A half-open profile whose probe is in
+/// flight, or a state without a known end, counts as "now".
+fn earliest_recovery(skipped: &[(Arc<str>, SkipReason)], now: SystemTime) -> Option<Duration> {
+    let left = |t: &SystemTime| t.duration_since(now).unwrap_or(Duration::ZERO);
+    skipped
+        .iter()
+        .filter_map(|(_, r)| match r {
+            SkipReason::AlreadyTried | SkipReason::State(StateName::AuthFailed, ..) => None,
+            SkipReason::State(_, Some(t), _) | SkipReason::UpstreamLimit(t) => Some(left(t)),
+            SkipReason::State(_, None, _) | SkipReason::ProbeInFlight => Some(Duration::ZERO),
+        })
+        .min()
+}
+
+/// A `Retry-After` value: whole seconds, rounded up, at least 1.
+fn retry_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// The error when no profile answered: 503 if none could be tried (with `Retry-After` until the first
+/// can be tried again), 429 when every profile tried was rate limited, else 504 when the last failure
+/// was a timeout, else 502. The message names each profile and why.
 fn exhausted_error(
     model: &str,
     failures: &[(Arc<str>, AttemptFailure)],
     unsuitable: &[(Arc<str>, Unsuitable)],
     skipped: &[(Arc<str>, SkipReason)],
+    never_reached: &[Arc<str>],
 ) -> ApiError {
     let mut parts: Vec<String> = failures
         .iter()
@@ -173,6 +217,11 @@ fn exhausted_error(
             .filter(|(_, r)| *r != SkipReason::AlreadyTried)
             .map(|(id, r)| format!("{id}: skipped, {}", describe_skip(r))),
     );
+    parts.extend(
+        never_reached
+            .iter()
+            .map(|id| format!("{id}: never reached (max_attempts ran out first)")),
+    );
     let list = parts.join("; ");
     match failures.last() {
         // Every profile that could be asked refused the request's shape: that is the client's to fix.
@@ -183,14 +232,177 @@ fn exhausted_error(
                 "No profile of model `{model}` can serve this request: {list}."
             ))
         }
-        None => ApiError::NoAvailableProfile(format!(
-            "No profile is available for model `{model}`: {list}."
-        )),
+        None => match earliest_recovery(skipped, SystemTime::now()) {
+            Some(d) => ApiError::NoAvailableProfile {
+                message: format!("No profile is available for model `{model}`: {list}."),
+                retry_after: Some(retry_secs(d)),
+            },
+            None => ApiError::NoAvailableProfile {
+                message: format!(
+                    "No profile is available for model `{model}`: {list}. None recovers by itself: \
+                     an operator must fix its credential (and reload) or reset it."
+                ),
+                retry_after: None,
+            },
+        },
+        // Only rate limits: the client should slow down, as it would facing the provider itself.
+        Some(_)
+            if failures
+                .iter()
+                .all(|(_, f)| f.class == FailureClass::RateLimited) =>
+        {
+            let hinted = failures.iter().filter_map(|(_, f)| f.retry_after);
+            let wait = hinted
+                .chain(earliest_recovery(skipped, SystemTime::now()))
+                .min()
+                .unwrap_or(Duration::ZERO);
+            let retry_after = retry_secs(wait);
+            ApiError::RateLimited {
+                message: format!(
+                    "Every profile tried for model `{model}` is rate limited: {list}. Retry in {retry_after} s."
+                ),
+                code: "rate_limit_exceeded",
+                retry_after,
+                rate: RateHeaders::default(),
+            }
+        }
+        // Every profile said it is overloaded: say so in the words clients retry on.
+        Some(_) if failures.iter().all(|(_, f)| f.status == Some(529)) => ApiError::Overloaded(
+            format!("Every profile tried for model `{model}` is overloaded: {list}."),
+        ),
         Some((_, f)) if matches!(f.class, FailureClass::Timeout) => ApiError::Timeout(format!(
             "Every profile tried for model `{model}` failed, the last by timing out: {list}."
         )),
         Some(_) => ApiError::Upstream(format!(
             "Every profile tried for model `{model}` failed: {list}."
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skip(id: &str, r: SkipReason) -> (Arc<str>, SkipReason) {
+        (Arc::from(id), r)
+    }
+
+    fn retry_after(e: &ApiError) -> Option<u64> {
+        match e {
+            ApiError::NoAvailableProfile { retry_after, .. } => *retry_after,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_503_waits_for_the_earliest_profile_rounded_up() {
+        let now = SystemTime::now();
+        let skipped = [
+            skip(
+                "billing",
+                SkipReason::State(
+                    StateName::BillingDisabled,
+                    Some(now + Duration::from_secs(5 * 3600)),
+                    None,
+                ),
+            ),
+            skip(
+                "cooling",
+                SkipReason::State(
+                    StateName::Cooldown,
+                    Some(now + Duration::from_millis(4200)),
+                    None,
+                ),
+            ),
+            skip("auth", SkipReason::State(StateName::AuthFailed, None, None)),
+        ];
+        let e = exhausted_error("m", &[], &[], &skipped, &[]);
+        // 4.2 s less the moment since `now`: rounds up to 5 (or 4 on a very slow machine, never 1).
+        let secs = retry_after(&e).unwrap();
+        assert!((4..=5).contains(&secs), "{secs}");
+        let benched = [skipped[0].clone()];
+        let secs = retry_after(&exhausted_error("m", &[], &[], &benched, &[])).unwrap();
+        assert!(secs > 5 * 3600 - 60 && secs <= 5 * 3600, "{secs}");
+    }
+
+    #[test]
+    fn a_503_with_only_auth_failed_profiles_has_no_retry_after() {
+        let skipped = [
+            skip("a", SkipReason::State(StateName::AuthFailed, None, None)),
+            skip("b", SkipReason::AlreadyTried),
+        ];
+        let e = exhausted_error("m", &[], &[], &skipped, &[]);
+        assert_eq!(retry_after(&e), None);
+        assert!(e.to_string().contains("None recovers by itself"), "{e}");
+    }
+
+    #[test]
+    fn only_rate_limits_give_a_429_with_the_upstream_hint() {
+        let limited = AttemptFailure {
+            retry_after: Some(Duration::from_millis(7300)),
+            status: Some(429),
+            ..AttemptFailure::new(FailureClass::RateLimited, "HTTP 429: slow down")
+        };
+        let failures = [(Arc::from("a"), limited)];
+        match exhausted_error("m", &failures, &[], &[], &[]) {
+            ApiError::RateLimited { retry_after, .. } => assert_eq!(retry_after, 8),
+            other => panic!("{other:?}"),
+        }
+        let mut failures = failures.into_iter().collect::<Vec<_>>();
+        failures.push((
+            Arc::from("b"),
+            AttemptFailure::new(FailureClass::Server, "HTTP 500"),
+        ));
+        assert!(matches!(
+            exhausted_error("m", &failures, &[], &[], &[]),
+            ApiError::Upstream(_)
+        ));
+    }
+
+    #[test]
+    fn a_skip_says_why_the_profile_is_unusable() {
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let skipped: Vec<(Arc<str>, SkipReason)> = vec![
+            (
+                "openai-main".into(),
+                SkipReason::State(
+                    StateName::AuthFailed,
+                    None,
+                    Some("environment variable OPENAI_API_KEY is not set".into()),
+                ),
+            ),
+            (
+                "b".into(),
+                SkipReason::State(
+                    StateName::BillingDisabled,
+                    Some(until),
+                    Some("billing: 402 payment required".into()),
+                ),
+            ),
+        ];
+        let m = exhausted_error("m", &[], &[], &skipped, &[]).to_string();
+        assert!(
+            m.contains(
+                "openai-main: skipped, auth_failed (environment variable OPENAI_API_KEY is not set)"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains(
+                "b: skipped, billing_disabled until 2027-01-15T08:00:00Z (last failure: billing: 402 payment required)"
+            ),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn profiles_left_when_max_attempts_ran_out_are_named() {
+        let failures = vec![(
+            Arc::<str>::from("a"),
+            AttemptFailure::new(FailureClass::Server, "500"),
+        )];
+        let m = exhausted_error("m", &failures, &[], &[], &["c".into()]).to_string();
+        assert!(m.contains("a: server (500)"), "{m}");
+        assert!(m.contains("c: never reached"), "{m}");
     }
 }

@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::limits::Hold;
 use crate::metrics::{status_class, InFlight, Metrics};
 use crate::state::AppState;
-use crate::upstream::Upstreams;
+use crate::upstream::{UpstreamProfile, Upstreams};
 use crate::wire::openai::RoutingFields;
 use crate::wire::Dialect;
 
@@ -39,20 +39,48 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's `/v1/messages/count_tokens`: only Anthropic profiles answer it.
+    CountTokens,
+    /// OpenAI's Responses API, passed through to OpenAI-compatible profiles.
+    Responses,
 }
 
 impl Endpoint {
-    /// The path under the profile's base URL.
+    /// The path under an OpenAI-compatible profile's base URL.
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::CountTokens => "/messages/count_tokens",
+            Endpoint::Responses => "/responses",
+        }
+    }
+
+    /// The path under an Anthropic profile's base URL, when the Messages API has the endpoint.
+    pub fn anthropic_path(self) -> Option<&'static str> {
+        match self {
+            Endpoint::ChatCompletions => Some("/messages"),
+            Endpoint::CountTokens => Some("/messages/count_tokens"),
+            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses => None,
+        }
+    }
+
+    /// Whether the chat-completions rewrites apply (`stream_options.include_usage` on streams).
+    pub(crate) fn is_chat_shaped(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+
+    /// Whether `provider`'s API has this endpoint.
+    fn served_by(self, provider: Provider) -> bool {
+        match provider {
+            Provider::Anthropic => self.anthropic_path().is_some(),
+            Provider::OpenAi => self != Endpoint::CountTokens,
         }
     }
 
     pub(crate) fn streams(self) -> bool {
-        !matches!(self, Endpoint::Embeddings)
+        !matches!(self, Endpoint::Embeddings | Endpoint::CountTokens)
     }
 }
 
@@ -60,6 +88,9 @@ impl Endpoint {
 pub struct ProxyRequest {
     pub endpoint: Endpoint,
     pub fields: RoutingFields,
+    /// The model name to send upstream when the profile's `model_map` does not rename it (an alias's
+    /// model, a pattern's rest of the name); `None`: the client's own.
+    pub upstream_model: Option<String>,
     pub body: Bytes,
     pub request_id: String,
     /// `X-Session-Id`, else the body's `user`.
@@ -72,6 +103,26 @@ pub struct ProxyRequest {
     pub dialect: Dialect,
     /// Credits and token budget: settled by the first answered attempt, released when dropped unsettled.
     pub accounting: Option<Arc<Hold>>,
+    /// The client's own request, when it speaks a dialect some profiles speak natively (Anthropic
+    /// Messages): those profiles get it untouched but for `model`; others get `body` (translated).
+    pub native: Option<NativeRequest>,
+}
+
+/// A client's request as it came, for a profile that speaks its dialect.
+#[derive(Debug, Clone)]
+pub struct NativeRequest {
+    pub body: Bytes,
+    /// The query string as sent (`beta=true`), without the `?`.
+    pub query: String,
+    /// The dialect's own headers, forwarded as sent (`anthropic-beta`, `anthropic-version`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl ProxyRequest {
+    /// Whether `up` gets the client's request untouched (same dialect on both sides).
+    fn passes_through(&self, up: &UpstreamProfile) -> bool {
+        self.native.is_some() && up.dialect() == self.dialect
+    }
 }
 
 /// `max_tokens` sent to Anthropic when the client gave none (the Messages API requires it).
@@ -173,7 +224,7 @@ impl Proxy<'_> {
                 pick.entry.report(AttemptOutcome::Abandoned, pick.probe);
                 return Err(ApiError::Internal(format!("profile {id} has no upstream")));
             };
-            if up.provider == Provider::Anthropic && req.endpoint != Endpoint::ChatCompletions {
+            if !req.endpoint.served_by(up.provider) {
                 pick.entry.release(pick.probe);
                 failover.unsuitable(id, Unsuitable::NoEndpoint(req.endpoint));
                 continue;
@@ -187,6 +238,11 @@ impl Proxy<'_> {
                     failover.failed(id, f);
                 }
                 Err(AttemptEnd::Skipped(why)) => failover.not_attempted(id, why),
+            }
+        }
+        if failover.attempts >= max_attempts {
+            if let Some(m) = self.config.model(model) {
+                failover.ran_out(&m.profiles);
             }
         }
         Err(failover.into_error(model))

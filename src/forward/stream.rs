@@ -11,11 +11,12 @@ use switchyard_actors::outcome::{AttemptOutcome, FailureClass};
 
 use super::failure::{transport_failure, AttemptEnd, AttemptFailure};
 use super::guard::{wait_ack, AttemptGuard};
-use super::{Proxy, ProxyRequest};
+use super::{Endpoint, Proxy, ProxyRequest};
 use crate::error::ApiError;
 use crate::metrics::InFlight;
-use crate::upstream::UpstreamProfile;
-use crate::wire::{StreamCodec, StreamFault};
+use crate::upstream::classify::classify_stream_error;
+use crate::upstream::{Redactor, UpstreamProfile};
+use crate::wire::{Relayed, StreamCodec, StreamFault};
 
 impl Proxy<'_> {
     pub(super) async fn relay_stream(
@@ -27,13 +28,21 @@ impl Proxy<'_> {
     ) -> Result<HttpResponse, AttemptEnd> {
         let durable = self.config.usage.durable;
         let idle = up.timeouts.idle;
-        let mut relay = StreamCodec::new(
-            up.dialect(),
-            req.dialect,
-            &req.fields.model,
-            req.fields.client_wants_usage,
-        );
+        let mut relay = if req.passes_through(up) {
+            StreamCodec::native_anthropic()
+        } else if req.endpoint == Endpoint::Responses {
+            StreamCodec::native_responses()
+        } else {
+            StreamCodec::new(
+                up.dialect(),
+                req.dialect,
+                &req.fields.model,
+                req.fields.client_wants_usage,
+            )
+        };
         let mut upstream = resp.bytes_stream().boxed_local();
+        // Comments and keep-alives before the first content event: held, since they commit nothing.
+        let mut held = BytesMut::new();
         let first = loop {
             match tokio::time::timeout(idle, upstream.next()).await {
                 Err(_) => {
@@ -57,19 +66,26 @@ impl Proxy<'_> {
                             up.redact(&fault.to_string()),
                         )))
                     }
+                    Ok(Relayed {
+                        fault: Some(fault), ..
+                    }) => return Err(guard.fail(first_event_failure(up, &fault))),
                     Ok(p) if p.done => {
                         guard.relayed(relay.text_bytes());
                         let ack =
                             guard.finish(AttemptOutcome::Succeeded, "ok", relay.usage(), durable);
                         wait_ack(ack).await;
-                        let mut all = BytesMut::from(&p.forward[..]);
-                        all.extend_from_slice(&relay.done_bytes());
+                        held.extend_from_slice(&p.forward);
+                        held.extend_from_slice(&relay.done_bytes());
                         return Ok(self
                             .respond(200, "text/event-stream", &guard)
-                            .body(all.freeze()));
+                            .body(held.freeze()));
                     }
-                    Ok(p) if !p.forward.is_empty() => break p.forward,
-                    Ok(_) => continue,
+                    Ok(p) => {
+                        held.extend_from_slice(&p.forward);
+                        if p.content {
+                            break held.freeze();
+                        }
+                    }
                 },
             }
         };
@@ -89,6 +105,7 @@ impl Proxy<'_> {
             idle,
             durable,
             finished: false,
+            redactor: up.redactor(),
             _in_flight: InFlight::start(&self.metrics().in_flight),
         };
         let mut builder = builder;
@@ -109,6 +126,8 @@ struct StreamState {
     idle: Duration,
     durable: bool,
     finished: bool,
+    /// Masks the profile's credential in what an upstream error event says before it reaches the client.
+    redactor: Redactor,
     _in_flight: InFlight,
 }
 
@@ -167,9 +186,17 @@ impl StreamState {
                     )
                 }
                 Ok(Some(Ok(chunk))) => match self.relay.push(&chunk) {
-                    Err(StreamFault::Upstream(detail)) => {
-                        let said = format!("the upstream reported an error mid-stream: {detail}");
-                        return self.cut_with(out, FailureClass::Server, &detail, Some(said));
+                    Ok(Relayed {
+                        forward,
+                        fault: Some(fault),
+                        ..
+                    }) => {
+                        out.extend_from_slice(&forward);
+                        let class = match &fault {
+                            StreamFault::Upstream(body) => classify_stream_error(body),
+                            _ => FailureClass::Server,
+                        };
+                        return self.cut(out, class, &fault.to_string());
                     }
                     Err(fault) => return self.cut(out, FailureClass::Server, &fault.to_string()),
                     Ok(p) if p.done => {
@@ -207,30 +234,35 @@ impl StreamState {
     }
 
     /// Ends a stream that broke after the client got bytes: what was collected (`out`), then an error
-    /// event, never a fake `[DONE]`.
-    fn cut(self, out: BytesMut, class: FailureClass, detail: &str) -> Step {
-        self.cut_with(out, class, detail, None)
-    }
-
-    /// Like `cut`, with the client's message given (`None`: one naming the profile and the detail).
-    fn cut_with(
-        mut self,
-        mut out: BytesMut,
-        class: FailureClass,
-        detail: &str,
-        message: Option<String>,
-    ) -> Step {
+    /// event naming the profile and the (redacted) detail, never a fake `[DONE]`.
+    fn cut(mut self, mut out: BytesMut, class: FailureClass, detail: &str) -> Step {
         self.finished = true;
         let profile = self.guard.entry.id().clone();
+        // Upstreams quote the key they were sent in their error messages.
+        let detail = self.redactor.redact(detail);
         // `out` goes to the client with the error event: charged with the rest (see the guard).
         self.guard.relayed(self.relay.text_bytes());
-        self.guard
-            .fail_with_usage(AttemptFailure::new(class, detail), self.relay.usage());
+        self.guard.fail_with_usage(
+            AttemptFailure::new(class, detail.clone()),
+            self.relay.usage(),
+        );
         tracing::warn!(request_id = %self.guard.record.request_id, profile = %profile, class = class.as_str(), "stream cut after bytes reached the client");
-        let message = message
-            .unwrap_or_else(|| format!("profile {profile}: {detail}; the response is incomplete"));
+        let message = format!("profile {profile}: {detail}; the response is incomplete");
         let err = ApiError::Upstream(message);
         out.extend_from_slice(&self.relay.error_event(&err.body(self.relay.client())));
         Some((Ok(out.freeze()), self))
     }
+}
+
+/// An error event or unreadable data where the first event should be: a failure of the profile, of the
+/// class the error event names (like an HTTP error body), so the request fails over.
+fn first_event_failure(up: &UpstreamProfile, fault: &StreamFault) -> AttemptFailure {
+    let class = match fault {
+        StreamFault::Upstream(body) => classify_stream_error(body),
+        _ => FailureClass::Server,
+    };
+    AttemptFailure::new(
+        class,
+        up.redact(&format!("before the first event: {fault}")),
+    )
 }

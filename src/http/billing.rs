@@ -11,7 +11,7 @@ use super::extract::{address, json_body, read_limited, Admin, Caller, SMALL_BODY
 use super::respond::metered;
 use crate::auth::AuditEvent;
 use crate::error::ApiError;
-use crate::limits::events::{self, ledger_error, usd_signed, usd_to_micros, Applied, BillingEvent};
+use crate::limits::events::{self, ledger_error, usd_signed, usd_to_micros, BillingEvent};
 use crate::limits::usage::{self, UsageQuery};
 use crate::limits::usd;
 use crate::limits::webhook::{self, SignatureError};
@@ -140,18 +140,7 @@ async fn billing_webhook(req: HttpRequest, payload: web::Payload, state: State) 
     else {
         return Ok(HttpResponse::Ok().json(json!({"received": true, "ignored": true})));
     };
-    let detail = match events::apply(&state.limits, &state.config(), &event, now)? {
-        Applied::Done(detail) => detail,
-        Applied::Replay => {
-            return Err(ApiError::Conflict {
-                message: format!(
-                    "Event {} was already processed; replays are refused.",
-                    event.id
-                ),
-                code: "webhook_replay",
-            })
-        }
-    };
+    let detail = events::apply(&state.limits, &state.config(), &event, now)?;
     flush(&state).await?;
     let what = Some(format!("{} {}: {detail}", event.kind, event.id));
     let target = Some(format!("account:{}", event.data.account));

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::{AuthError, Principal, KEY_PREFIX};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::wire::depth::{check_depth, MAX_JSON_DEPTH};
 
 /// The request id of the current request (set by the middleware in `http::with_request_id`).
 #[derive(Clone)]
@@ -169,6 +170,9 @@ async fn admin_gate(state: &AppState, req: &HttpRequest) -> Result<Principal, Ap
 }
 
 /// Reads the body up to `limit` bytes; larger bodies are refused with 413 before reading them whole.
+/// A body that pauses longer than `server.body_idle_timeout`, or takes longer than
+/// `server.body_timeout` in all, is refused with 408, so a slow sender cannot hold a worker's
+/// connection (and its buffer) open at will.
 pub async fn read_limited(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -182,8 +186,28 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge { limit });
     }
+    let (idle, total) = {
+        let config = app_state(req)?.config();
+        (config.server.body_idle_timeout, config.server.body_timeout)
+    };
+    let deadline = tokio::time::Instant::now() + total;
     let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let by = deadline.min(tokio::time::Instant::now() + idle);
+        let Ok(next) = tokio::time::timeout_at(by, payload.next()).await else {
+            return Err(ApiError::RequestTimeout(if by == deadline {
+                format!(
+                    "The request body took longer than {} to arrive.",
+                    humantime::format_duration(total)
+                )
+            } else {
+                format!(
+                    "The request body stalled: nothing arrived for {}.",
+                    humantime::format_duration(idle)
+                )
+            }));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk
             .map_err(|e| ApiError::invalid(format!("Could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
@@ -204,6 +228,7 @@ pub async fn json_body<T: DeserializeOwned>(
     payload: web::Payload,
 ) -> Result<T, ApiError> {
     let bytes = read_limited(req, payload, SMALL_BODY_LIMIT).await?;
+    check_depth(&bytes, MAX_JSON_DEPTH)?;
     let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
     } else {

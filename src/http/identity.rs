@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{address, json_body, principal, Admin, Caller};
-use super::respond::metered;
+use super::respond::uncounted;
 use crate::auth::{AccountPatch, AuthError, DurationInput, NewAccount, NewKey};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -114,7 +114,7 @@ async fn me(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
         }
         Ok(HttpResponse::Ok().json(v))
     };
-    metered(&state, &caller, work).await
+    uncounted(&state, &caller, work).await
 }
 
 async fn own_keys(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
@@ -122,7 +122,7 @@ async fn own_keys(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
         let keys = state.auth.own_keys(&caller.0)?;
         Ok(HttpResponse::Ok().json(json!({"object": "list", "data": keys})))
     };
-    metered(&state, &caller, work).await
+    uncounted(&state, &caller, work).await
 }
 
 async fn own_create_key(
@@ -149,7 +149,7 @@ async fn own_create_key(
             .await?;
         Ok(HttpResponse::Created().json(created))
     };
-    metered(&state, &caller, work).await
+    uncounted(&state, &caller, work).await
 }
 
 async fn own_revoke_key(
@@ -165,7 +165,7 @@ async fn own_revoke_key(
             .await?;
         Ok(HttpResponse::Ok().json(key))
     };
-    metered(&state, &caller, work).await
+    uncounted(&state, &caller, work).await
 }
 
 // --- admin: keys ---------------------------------------------------------------------------------

@@ -19,6 +19,20 @@ pub fn admit_other(state: &AppState, principal: Option<&Principal>) -> Result<Ad
         .admit_principal(&state.config(), principal, CallKind::Other)?)
 }
 
+/// Runs the work of one of the caller's own account routes (`/v1/me`, `/v1/keys`): not counted against
+/// its tier (README, "Limits and credits"), but answered with the tier's current `X-RateLimit-*`.
+pub async fn uncounted<F>(state: &AppState, caller: &Caller, work: F) -> HttpResponse
+where
+    F: Future<Output = Result<HttpResponse, ApiError>>,
+{
+    let rate = state
+        .limits
+        .admit_principal(&state.config(), Some(&caller.0), CallKind::Uncounted)
+        .map(|a| a.rate)
+        .unwrap_or_default();
+    reply(&rate, Dialect::OpenAi, work.await)
+}
+
 /// The response for `result`, errors in `dialect`, with the admission's `X-RateLimit-*` headers.
 pub fn reply(
     rate: &RateStatus,

@@ -10,13 +10,14 @@ use serde_json::json;
 use super::extract::{self, read_limited};
 use super::respond::{admit_other, reply};
 use crate::auth::Principal;
-use crate::config::Config;
+use crate::config::{Config, Provider};
 use crate::error::ApiError;
-use crate::forward::{Endpoint, Proxy, ProxyRequest};
+use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest};
 use crate::limits::{CallKind, RateStatus, Subject};
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
 use crate::wire::anthropic::messages_request_to_chat;
+use crate::wire::depth::{check_depth, MAX_JSON_DEPTH};
 use crate::wire::openai::{refuse_duplicates, RoutingFields};
 use crate::wire::Dialect;
 
@@ -25,6 +26,8 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/completions", web::post().to(completions))
         .route("/v1/embeddings", web::post().to(embeddings))
         .route("/v1/messages", web::post().to(messages))
+        .route("/v1/messages/count_tokens", web::post().to(count_tokens))
+        .route("/v1/responses", web::post().to(responses))
         .route("/v1/models", web::get().to(list_models))
         .route("/v1/models/{id:.*}", web::get().to(get_model));
 }
@@ -57,6 +60,20 @@ async fn embeddings(req: HttpRequest, body: web::Payload, s: State, w: Workers) 
 /// answer — body or stream — translated back. Errors come in Anthropic's shape.
 async fn messages(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
     let call = Call::new(Endpoint::ChatCompletions, Dialect::Anthropic);
+    model_call(call, req, body, &s, &w).await
+}
+
+/// `POST /v1/messages/count_tokens`: passed through to an Anthropic profile of the model; a model with
+/// none gets an estimate (see `estimated_count`).
+async fn count_tokens(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
+    let call = Call::new(Endpoint::CountTokens, Dialect::Anthropic);
+    model_call(call, req, body, &s, &w).await
+}
+
+/// `POST /v1/responses`: the OpenAI Responses API (Codex's only wire), passed through to
+/// OpenAI-compatible profiles, JSON or SSE, with failover before the first byte.
+async fn responses(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
+    let call = Call::new(Endpoint::Responses, Dialect::OpenAi);
     model_call(call, req, body, &s, &w).await
 }
 
@@ -97,14 +114,15 @@ async fn model_call(
             .admit_principal(&config, principal.as_ref(), CallKind::Llm)?;
         rate = admission.rate;
         let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
-        let body = match dialect {
-            Dialect::OpenAi => body,
+        check_depth(&body, MAX_JSON_DEPTH)?;
+        let (body, native) = match dialect {
+            Dialect::OpenAi => (body, None),
             Dialect::Anthropic => {
-                let chat = messages_request_to_chat(&body)?.0;
+                let chat = Bytes::from(messages_request_to_chat(&body)?.0);
                 // The translation keeps a duplicated key's last value and sends one; refused anyway,
                 // like on the OpenAI routes, so no route reads a duplicated key.
                 refuse_duplicates(&body)?;
-                Bytes::from(chat)
+                (chat, Some(native_request(&req, body)))
             }
         };
         let upstreams = workers.current(&config, generation);
@@ -114,7 +132,7 @@ async fn model_call(
             upstreams: &upstreams,
         };
         let who = (principal, admission.subject);
-        forward(&proxy, call, &req, body, who).await
+        forward(&proxy, call, &req, (body, native), who).await
     }
     .await;
     reply(&rate, dialect, result)
@@ -125,26 +143,34 @@ async fn forward(
     proxy: &Proxy<'_>,
     call: Call,
     req: &HttpRequest,
-    body: Bytes,
+    (body, native): (Bytes, Option<NativeRequest>),
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
-    let fields = RoutingFields::parse(&body)?;
-    if !may_use(principal.as_ref(), &fields.model) {
-        return Err(ApiError::Forbidden(format!(
-            "This credential may not use the model `{}`.",
-            fields.model
-        )));
-    }
+    let mut fields = RoutingFields::parse(&body)?;
+    let upstream_model = resolve_model(proxy.config, &mut fields);
+    check_scope(principal.as_ref(), &fields.model)?;
     let request_id = extract::request_id(req);
+    let counting = call.endpoint == Endpoint::CountTokens;
+    if counting && !has_anthropic_profile(proxy.config, &fields.model) {
+        return estimated_count(
+            proxy.config,
+            &fields.model,
+            native.as_ref().map(|n| &n.body),
+        );
+    }
     let embeddings = call.endpoint == Endpoint::Embeddings;
-    let accounting = proxy.shared.limits.hold(
-        proxy.config,
-        subject.as_ref(),
-        &fields.model,
-        (&body, fields.max_tokens),
-        embeddings,
-        &request_id,
-    )?;
+    let accounting = match counting {
+        // Counting generates nothing: no credits are reserved or charged.
+        true => None,
+        false => proxy.shared.limits.hold(
+            proxy.config,
+            subject.as_ref(),
+            &fields.model,
+            (&body, fields.max_tokens),
+            embeddings,
+            &request_id,
+        )?,
+    };
     // Debug, like the per-attempt span: an info span is formatted on every request by the JSON layer
     // even when nothing is logged under it. Warnings on the forward path carry `request_id` themselves.
     let span = tracing::debug_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream);
@@ -152,6 +178,7 @@ async fn forward(
         endpoint: call.endpoint,
         session: session_key(req, &fields),
         fields,
+        upstream_model,
         body,
         request_id,
         account: principal.as_ref().and_then(|p| p.account.clone()),
@@ -161,18 +188,99 @@ async fn forward(
         started: call.started,
         dialect: call.dialect,
         accounting,
+        native,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
 }
 
-/// The sticky-session key: `X-Session-Id`, else the body's `user`.
+/// Renames `fields.model` to the model it resolves to: an alias or a pattern's match is routed,
+/// priced, scoped and counted as the model it names; an unknown name stays as it is, for the router's
+/// 404. Returns the name to send upstream when the profile's `model_map` does not rename it.
+fn resolve_model(config: &Config, fields: &mut RoutingFields) -> Option<String> {
+    let resolved = config.resolve(&fields.model)?;
+    fields.model = resolved.model.name.clone();
+    resolved.upstream
+}
+
+fn has_anthropic_profile(config: &Config, model: &str) -> bool {
+    config.model(model).is_some_and(|m| {
+        m.profiles.iter().any(|id| {
+            config
+                .profile(id)
+                .is_some_and(|p| p.provider == Provider::Anthropic)
+        })
+    })
+}
+
+/// A token count for a model no Anthropic profile serves: a quarter of the request's bytes, rounded
+/// up (about what English text and JSON average), in Anthropic's shape. An unknown model is a 404.
+fn estimated_count(
+    config: &Config,
+    model: &str,
+    body: Option<&Bytes>,
+) -> Result<HttpResponse, ApiError> {
+    if config.model(model).is_none() {
+        return Err(ApiError::UnknownModel(model.to_owned()));
+    }
+    let bytes = body.map_or(0, |b| b.len());
+    let tokens = bytes.div_ceil(4);
+    Ok(HttpResponse::Ok()
+        .insert_header(("x-switchyard-estimate", "bytes/4"))
+        .json(json!({"input_tokens": tokens})))
+}
+
+/// The headers that name a client's session, first found wins: ours, then the coding agents' own
+/// (Claude Code's, Codex's session and thread ids).
+const SESSION_HEADERS: [&str; 4] = [
+    "x-session-id",
+    "x-claude-code-session-id",
+    "session-id",
+    "thread-id",
+];
+
+/// The sticky-session key: the first session header, else the body's `prompt_cache_key` (Codex), else
+/// its `user`.
 fn session_key(req: &HttpRequest, fields: &RoutingFields) -> Option<String> {
-    req.headers()
-        .get("x-session-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
+    SESSION_HEADERS
+        .iter()
+        .find_map(|name| {
+            req.headers()
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        })
+        .or_else(|| fields.prompt_cache_key.clone())
         .or_else(|| fields.user.clone())
+}
+
+/// The Anthropic headers a Messages client sends that its upstream must see as sent.
+const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+
+/// An Anthropic client's request as it came, for Anthropic profiles.
+fn native_request(req: &HttpRequest, body: Bytes) -> NativeRequest {
+    let headers = ANTHROPIC_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let v = req.headers().get(*name)?.to_str().ok()?;
+            Some((*name, v.to_owned()))
+        })
+        .collect();
+    NativeRequest {
+        body,
+        query: req.query_string().to_owned(),
+        headers,
+    }
+}
+
+/// 403 when the caller's scopes do not include `model`.
+fn check_scope(principal: Option<&Principal>, model: &str) -> Result<(), ApiError> {
+    if may_use(principal, model) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "This credential may not use the model `{model}`."
+    )))
 }
 
 fn may_use(principal: Option<&Principal>, model: &str) -> bool {
@@ -183,7 +291,24 @@ fn model_object(name: &str) -> serde_json::Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard"})
 }
 
-/// The models a caller may use, among `config`'s.
+/// Anthropic's model list: `{"data": [{"type": "model", "id", "display_name", "created_at"}], ...}`.
+fn anthropic_model_list(names: &[&str]) -> serde_json::Value {
+    let data: Vec<_> = names
+        .iter()
+        .map(|n| {
+            json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})
+        })
+        .collect();
+    json!({
+        "data": data,
+        "has_more": false,
+        "first_id": names.first(),
+        "last_id": names.last(),
+    })
+}
+
+/// The concrete model names a caller may use, among `config`'s: each model's name and aliases, in
+/// file order; patterns (`openrouter/*`) are left out, they name no model a client could list.
 fn usable_models<'a>(
     config: &'a Config,
     principal: Option<&'a Principal>,
@@ -191,8 +316,11 @@ fn usable_models<'a>(
     config
         .models
         .iter()
-        .map(|m| m.name.as_str())
-        .filter(move |m| may_use(principal, m))
+        .filter(move |m| may_use(principal, &m.name))
+        .flat_map(|m| {
+            let name = (!m.is_pattern()).then_some(m.name.as_str());
+            name.into_iter().chain(m.aliases.iter().map(String::as_str))
+        })
 }
 
 /// The models clients may ask for: the configured names, not the upstreams' lists.
@@ -202,9 +330,12 @@ async fn list_models(req: HttpRequest, state: State) -> HttpResponse {
         let principal = extract::client(&state, &req).await?;
         rate = admit_other(&state, principal.as_ref())?.rate;
         let config = state.config();
-        let data: Vec<_> = usable_models(&config, principal.as_ref())
-            .map(model_object)
-            .collect();
+        let names: Vec<&str> = usable_models(&config, principal.as_ref()).collect();
+        // Claude Code discovers a gateway's models with `anthropic-version` set: answer in its shape.
+        if req.headers().contains_key("anthropic-version") {
+            return Ok(HttpResponse::Ok().json(anthropic_model_list(&names)));
+        }
+        let data: Vec<_> = names.into_iter().map(model_object).collect();
         Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
     }
     .await;
@@ -217,10 +348,13 @@ async fn get_model(req: HttpRequest, id: web::Path<String>, state: State) -> Htt
         let principal = extract::client(&state, &req).await?;
         rate = admit_other(&state, principal.as_ref())?.rate;
         let config = state.config();
-        let found = usable_models(&config, principal.as_ref()).find(|m| *m == id.as_str());
-        match found {
-            Some(m) => Ok(HttpResponse::Ok().json(model_object(m))),
-            None => Err(ApiError::UnknownModel(id.into_inner())),
+        // Any name a request may use, a pattern's matches included, under the name asked for.
+        let usable = config
+            .resolve(id.as_str())
+            .is_some_and(|r| may_use(principal.as_ref(), &r.model.name));
+        match usable {
+            true => Ok(HttpResponse::Ok().json(model_object(id.as_str()))),
+            false => Err(ApiError::UnknownModel(id.into_inner())),
         }
     }
     .await;

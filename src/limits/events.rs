@@ -24,31 +24,29 @@ pub struct EventData {
     pub amount_usd: Option<f64>,
 }
 
-/// What applying an event did, for the audit log.
-pub enum Applied {
-    /// The event was new and is applied; the detail says what it changed.
-    Done(String),
-    /// The event id was already processed: a replay, refused.
-    Replay,
-}
-
-/// Applies `event` once: a replay changes nothing, and an event that cannot be applied leaves its id
-/// unclaimed so a corrected delivery can follow.
+/// Applies `event` once; what it changed, for the audit log. A replay changes nothing and is refused
+/// (409), and an event that cannot be applied leaves its id unclaimed so a corrected delivery can follow.
 pub fn apply(
     limits: &Limits,
     config: &Config,
     event: &BillingEvent,
     now_secs: u64,
-) -> Result<Applied, ApiError> {
+) -> Result<String, ApiError> {
     let claimed = limits
         .ledger
         .claim_event(&event.id, now_secs)
         .map_err(|e| ApiError::Internal(format!("webhook: {e}")))?;
     if !claimed {
-        return Ok(Applied::Replay);
+        return Err(ApiError::Conflict {
+            message: format!(
+                "Event {} was already processed; replays are refused.",
+                event.id
+            ),
+            code: "webhook_replay",
+        });
     }
     match change(limits, config, event) {
-        Ok(detail) => Ok(Applied::Done(detail)),
+        Ok(detail) => Ok(detail),
         Err(e) => {
             if let Err(forget) = limits.ledger.forget_event(&event.id) {
                 tracing::error!(error = %forget, "cannot forget an unapplied billing event id");

@@ -42,6 +42,9 @@ pub enum CallKind {
     Llm,
     /// Everything else under `/v1`.
     Other,
+    /// The caller's own account routes (`/v1/me`, `/v1/keys`): never counted nor refused, so a caller
+    /// over its limit can still see why; the answer still carries the current `X-RateLimit-*`.
+    Uncounted,
 }
 
 /// The caller as the limits see it: whose counters, which tier.
@@ -278,6 +281,9 @@ impl Limits {
             if used >= limit && full.is_none() {
                 full = Some(("tokens", limit, reset));
             }
+        }
+        if kind == CallKind::Uncounted {
+            return Ok(status);
         }
         if let Some((scope, limit, reset)) = full {
             drop(windows);

@@ -85,6 +85,9 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Verdict {
         401 | 403 => failure(FailureClass::Auth),
         400 if is_billing_body(body) => failure(FailureClass::Billing),
         408 | 504 => failure(FailureClass::Timeout),
+        // Redirects are never followed (a credential must not travel to wherever they point): a
+        // profile that answers one is misconfigured (`base_url`) or its service moved.
+        300..=399 => failure(FailureClass::Server),
         500..=599 => Verdict::Failure {
             class: FailureClass::Server,
             retry_after: retry_after(headers, SystemTime::now()),
@@ -129,6 +132,78 @@ fn clamped_secs(secs: f64) -> Option<Duration> {
     } else {
         Duration::from_secs_f64(secs)
     })
+}
+
+/// Words of an error's `type` or `code` that mean the profile is rate limited.
+const RATE_LIMIT_WORDS: &[&str] = &[
+    "rate_limit_exceeded",
+    "rate_limit_error",
+    "rate_limited",
+    "too_many_requests",
+    "requests",
+    "tokens",
+];
+
+/// Words that mean the credential was refused.
+const AUTH_WORDS: &[&str] = &[
+    "invalid_api_key",
+    "authentication_error",
+    "permission_error",
+    "unauthorized",
+    "forbidden",
+];
+
+/// Classifies an error event inside a 2xx stream (`{"error": {...}}`) like an HTTP error body: a
+/// numeric `code` is the status the upstream would have sent (OpenRouter), else the words of `type` and
+/// `code` decide. Whatever is not rate_limited, billing or auth is a server failure: the upstream
+/// accepted the request and then could not answer it (no client error, which would have come as a 4xx).
+pub fn classify_stream_error(body: &[u8]) -> FailureClass {
+    if is_billing_body(body) {
+        return FailureClass::Billing;
+    }
+    let Ok(ErrorEnvelope { error: Some(e) }) = serde_json::from_slice::<ErrorEnvelope>(body) else {
+        return FailureClass::Server;
+    };
+    let status = e
+        .code
+        .as_ref()
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (400..=599).contains(c));
+    if let Some(status) = status {
+        return match classify(status, &HeaderMap::new(), body) {
+            Verdict::Failure { class, .. } => class,
+            Verdict::ClientError => FailureClass::Server,
+        };
+    }
+    let words: Vec<&str> = [&e.kind, &e.code]
+        .into_iter()
+        .filter_map(|v| v.as_ref().and_then(serde_json::Value::as_str))
+        .collect();
+    if words.iter().any(|w| RATE_LIMIT_WORDS.contains(w)) {
+        FailureClass::RateLimited
+    } else if words.iter().any(|w| AUTH_WORDS.contains(w)) {
+        FailureClass::Auth
+    } else {
+        FailureClass::Server
+    }
+}
+
+/// What an operator reads about a redirect: its status and where it pointed, since that is how to fix
+/// the profile's `base_url`.
+pub fn redirect_detail(status: u16, headers: &HeaderMap) -> String {
+    let location = headers.get(reqwest::header::LOCATION).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(300)
+            .collect::<String>()
+    });
+    match location {
+        Some(l) => {
+            format!("HTTP {status} redirect to {l} (redirects are not followed: check base_url)")
+        }
+        None => format!("HTTP {status} redirect without a Location (redirects are not followed)"),
+    }
 }
 
 /// A short, secret-free description of an upstream error body for operators: its message, truncated.
@@ -301,6 +376,52 @@ mod tests {
             classify(404, &HeaderMap::new(), b"{}"),
             Verdict::ClientError
         );
+    }
+
+    #[test]
+    fn stream_error_events_are_classified_like_error_bodies() {
+        let c = |b: &str| classify_stream_error(b.as_bytes());
+        assert_eq!(
+            c(r#"{"error":{"code":429,"message":"Rate limit exceeded"}}"#),
+            FailureClass::RateLimited
+        );
+        assert_eq!(
+            c(r#"{"error":{"code":402,"message":"Insufficient credits"}}"#),
+            FailureClass::Billing
+        );
+        assert_eq!(
+            c(r#"{"error":{"code":401,"message":"No auth"}}"#),
+            FailureClass::Auth
+        );
+        assert_eq!(
+            c(r#"{"error":{"type":"rate_limit_error","message":"slow"}}"#),
+            FailureClass::RateLimited
+        );
+        assert_eq!(
+            c(r#"{"error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            FailureClass::Server
+        );
+        assert_eq!(
+            c(r#"{"error":{"code":400,"message":"bad"}}"#),
+            FailureClass::Server
+        );
+        assert_eq!(c("not json"), FailureClass::Server);
+    }
+
+    #[test]
+    fn redirects_are_server_failures_named_with_their_location() {
+        let hs = h(&[("location", "https://example.com/login")]);
+        assert_eq!(class(classify(302, &hs, b"")), FailureClass::Server);
+        assert_eq!(
+            class(classify(301, &HeaderMap::new(), b"")),
+            FailureClass::Server
+        );
+        let d = redirect_detail(302, &hs);
+        assert!(
+            d.contains("302") && d.contains("https://example.com/login"),
+            "{d}"
+        );
+        assert!(redirect_detail(307, &HeaderMap::new()).contains("307"));
     }
 
     #[test]

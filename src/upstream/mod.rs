@@ -3,6 +3,7 @@
 //! runtimes routes every connection's I/O through the runtime that opened it.
 
 pub mod classify;
+pub mod echo;
 pub mod oauth;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use switchyard_actors::outcome::FailureClass;
 
 use indexmap::IndexMap;
@@ -49,6 +51,8 @@ pub struct UpstreamProfile {
     /// What this was built from, to reuse it across reloads when unchanged.
     source: ProfileConfig,
     fingerprint: u64,
+    /// `provider: echo`: `send` answers in-process (`echo::answer`) instead of over the network.
+    in_process: bool,
 }
 
 impl UpstreamProfile {
@@ -68,14 +72,15 @@ impl UpstreamProfile {
     /// Removes this profile's credential, and anything that looks like a key, from upstream text
     /// before it reaches logs, the admin API or a client (upstreams quote keys back in 401 messages).
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        let token = self.oauth.as_ref().and_then(|t| t.current_secret());
-        for key in self.key.iter().chain(token.iter()) {
-            if !key.is_empty() {
-                out = out.replace(key.as_str(), "[redacted]");
-            }
+        self.redactor().redact(text)
+    }
+
+    /// What `redact` needs, owned: for a stream that outlives the borrow of this profile.
+    pub fn redactor(&self) -> Redactor {
+        Redactor {
+            key: self.key.clone(),
+            oauth: self.oauth.clone(),
         }
-        redact_key_like(&out)
     }
 
     /// The upstream name of a client model, when this profile renames it.
@@ -103,7 +108,67 @@ impl UpstreamProfile {
         if let Some((name, value)) = &self.auth {
             req = req.header(name.clone(), value.clone());
         }
-        UpstreamRequest { req, up: self }
+        let local = self.in_process.then(|| LocalCall {
+            path: path.to_owned(),
+            body: Bytes::new(),
+        });
+        UpstreamRequest {
+            req,
+            up: self,
+            local,
+        }
+    }
+}
+
+/// A request the echo upstream answers in-process: what it needs of the request.
+struct LocalCall {
+    path: String,
+    body: Bytes,
+}
+
+impl UpstreamProfile {
+    /// A POST of a client's own request to a profile of its dialect: `path` with the client's query
+    /// string, and the dialect headers the client sent (its `anthropic-version` replaces ours), beside
+    /// this profile's credential and headers.
+    pub fn post_native(
+        &self,
+        path: &str,
+        query: &str,
+        request_id: &str,
+        headers: &[(&'static str, String)],
+    ) -> UpstreamRequest<'_> {
+        let mut url = self.url(path);
+        if !query.is_empty() {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(query);
+        }
+        let mut req = self
+            .client
+            .post(url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", request_id);
+        let sent_version = headers.iter().any(|(n, _)| *n == "anthropic-version");
+        if self.provider == Provider::Anthropic && !sent_version {
+            req = req.header("anthropic-version", ANTHROPIC_VERSION);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, value.as_str());
+        }
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name.clone(), value.clone());
+        }
+        // Only a profile of the client's own dialect gets this; the echo upstream speaks OpenAI's,
+        // which has no native pass-through route, so it is answered the same way as by `post`.
+        let local = self.in_process.then(|| LocalCall {
+            path: path.to_owned(),
+            body: Bytes::new(),
+        });
+        UpstreamRequest {
+            req,
+            up: self,
+            local,
+        }
     }
 }
 
@@ -111,10 +176,16 @@ impl UpstreamProfile {
 pub struct UpstreamRequest<'a> {
     req: reqwest::RequestBuilder,
     up: &'a UpstreamProfile,
+    /// Set for an in-process upstream: then `send` answers from this, and `req` is never sent.
+    local: Option<LocalCall>,
 }
 
 impl UpstreamRequest<'_> {
-    pub fn body(mut self, body: impl Into<reqwest::Body>) -> Self {
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        let body: Bytes = body.into();
+        if let Some(local) = &mut self.local {
+            local.body = body.clone();
+        }
         self.req = self.req.body(body);
         self
     }
@@ -129,7 +200,12 @@ impl UpstreamRequest<'_> {
     /// `auth` when only a new login helps (the profile is marked `auth_failed` with the reason), or
     /// with `server` when the token endpoint is only down (the profile cools down).
     pub async fn send(self) -> Result<reqwest::Response, SendError> {
-        let UpstreamRequest { mut req, up } = self;
+        let UpstreamRequest { mut req, up, local } = self;
+        if let Some(call) = local {
+            // A genuine answer of the echo provider, built here instead of read off a socket; from
+            // here on it goes through the same classification, relay and accounting as any other.
+            return Ok(echo::answer(&call.path, &call.body));
+        }
         if let Some(source) = &up.oauth {
             let secret = source.credential().await.map_err(|e| match e {
                 CredentialError::Auth(reason) => SendError::Credential {
@@ -322,6 +398,7 @@ fn build_profile(
         oauth: p.oauth.as_ref().map(|o| tokens.for_profile(&p.id, o)),
         source: p.clone(),
         fingerprint: credential_fingerprint(&p.api_key),
+        in_process: p.preset == Preset::Echo,
     })
 }
 
@@ -367,6 +444,40 @@ pub fn resolve_key(source: &ApiKeySource) -> Result<Option<String>, String> {
             Ok(_) => Err(format!("environment variable {var} is empty")),
             Err(_) => Err(format!("environment variable {var} is not set")),
         },
+    }
+}
+
+/// Removes one profile's credential (its key, or its OAuth token as of now) and anything key-like from
+/// upstream text: what `UpstreamProfile::redact` does, for bytes that reach a client too.
+#[derive(Clone)]
+pub struct Redactor {
+    key: Option<String>,
+    oauth: Option<Arc<TokenSource>>,
+}
+
+impl Redactor {
+    /// `text` with the credential replaced by `[redacted]` and key-like words masked.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        let token = self.oauth.as_ref().and_then(|t| t.current_secret());
+        for key in self.key.iter().chain(token.iter()) {
+            if !key.is_empty() {
+                out = out.replace(key.as_str(), "[redacted]");
+            }
+        }
+        redact_key_like(&out)
+    }
+
+    /// Like `redact`, for a body about to be relayed: untouched (the same buffer) when nothing in it
+    /// needed masking; bytes that are not UTF-8 are relayed as their lossy text.
+    pub fn redact_bytes(&self, body: bytes::Bytes) -> bytes::Bytes {
+        let text = String::from_utf8_lossy(&body);
+        let out = self.redact(&text);
+        if out == text {
+            body
+        } else {
+            bytes::Bytes::from(out)
+        }
     }
 }
 
@@ -427,5 +538,22 @@ mod tests {
         );
         assert_eq!(redact_key_like("gsk_0123456789abcdef!"), "gsk_[redacted]!");
         assert_eq!(redact_key_like("naïve – ünïcode"), "naïve – ünïcode");
+    }
+
+    #[test]
+    fn relayed_bytes_lose_the_profile_key_and_stay_json() {
+        let r = Redactor {
+            key: Some("plainsecret123".into()),
+            oauth: None,
+        };
+        let body = bytes::Bytes::from_static(
+            br#"{"error":{"message":"key plainsecret123 (or sk-proj-abcdef123456) is not allowed"}}"#,
+        );
+        let out = r.redact_bytes(body);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert_eq!(msg, "key [redacted] (or sk-[redacted]) is not allowed");
+        let clean = bytes::Bytes::from_static(b"{\"error\":{}}");
+        assert_eq!(r.redact_bytes(clean.clone()).as_ptr(), clean.as_ptr());
     }
 }

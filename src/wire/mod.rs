@@ -4,17 +4,22 @@
 //! (`/v1/messages`) is encoded out of it, bodies and streams alike. Pure code over bytes: no I/O, no config.
 
 pub mod anthropic;
+pub mod depth;
 pub mod openai;
+mod passthrough;
+pub mod responses;
 pub mod sse;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
 
+use self::anthropic::native::NativeStream;
 use self::anthropic::{
     chat_response_to_messages, messages_response_to_chat, ChatStreamToMessages,
     MessagesStreamToChat, TranslateError,
 };
 use self::openai::TokenUsage;
+use self::responses::ResponsesStream;
 use self::sse::SseRelay;
 
 /// A wire format: the one a client speaks (and is answered in), and the one an upstream speaks (a
@@ -30,9 +35,13 @@ pub enum Dialect {
 /// Why a stream could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamFault {
-    /// The upstream reported an error inside the stream (`kind: message` as it said).
-    #[error("{0}")]
-    Upstream(String),
+    /// The upstream reported an error inside the stream: the error object as it came
+    /// (`{"error": {...}}`), for the forwarder to classify like an HTTP error body.
+    #[error("the upstream reported an error in the stream: {}", error_summary(.0))]
+    Upstream(Bytes),
+    /// The upstream's first data was not JSON: nothing a client could read.
+    #[error("the upstream sent an event that is not JSON before any content")]
+    NotJson,
     /// The upstream sent something unreadable.
     #[error(transparent)]
     Garbage(#[from] TranslateError),
@@ -41,16 +50,49 @@ pub enum StreamFault {
     TooLarge(#[from] sse::EventTooLarge),
 }
 
+/// `type: message` of an error object (or `code: message`), for operators; short.
+fn error_summary(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    let e = &v["error"];
+    let word = |k: &str| match &e[k] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let kind = word("type")
+        .or_else(|| word("code"))
+        .unwrap_or_else(|| "error".into());
+    let message: String = word("message")
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect();
+    format!("{kind}: {message}")
+}
+
 /// What one upstream chunk became for the client.
 #[derive(Debug, Default)]
 pub struct Relayed {
     pub forward: Bytes,
     /// The stream's end was seen (its terminator is held back; see `StreamCodec::done_bytes`).
     pub done: bool,
+    /// `forward` holds a content event, not only comments: a response may be committed on it.
+    pub content: bool,
+    /// The stream cannot go on after `forward`: an error event, or unreadable data before content.
+    pub fault: Option<StreamFault>,
+}
+
+/// A stream relayed in its own dialect.
+enum Native {
+    Anthropic(NativeStream),
+    Responses(ResponsesStream),
 }
 
 /// Upstream SSE in, client SSE out: decode to OpenAI, relay (usage, terminator), encode for the client.
 pub struct StreamCodec {
+    /// Same dialect on both sides: events pass through untouched, and the translation stages below
+    /// are unused.
+    native: Option<Native>,
     decode: Option<MessagesStreamToChat>,
     relay: SseRelay,
     encode: Option<ChatStreamToMessages>,
@@ -65,6 +107,7 @@ impl StreamCodec {
         client_wants_usage: bool,
     ) -> StreamCodec {
         StreamCodec {
+            native: None,
             // Always ask for usage from the decoder: the relay hides the chunk when the client did not.
             decode: (upstream == Dialect::Anthropic)
                 .then(|| MessagesStreamToChat::new(client_model, true)),
@@ -73,25 +116,55 @@ impl StreamCodec {
         }
     }
 
-    /// Takes one upstream chunk.
+    /// A pass-through of a Messages stream to a Messages client: nothing translated.
+    pub fn native_anthropic() -> StreamCodec {
+        StreamCodec::native(Native::Anthropic(NativeStream::new()))
+    }
+
+    /// A pass-through of a Responses API stream.
+    pub fn native_responses() -> StreamCodec {
+        StreamCodec::native(Native::Responses(ResponsesStream::new()))
+    }
+
+    fn native(native: Native) -> StreamCodec {
+        StreamCodec {
+            native: Some(native),
+            decode: None,
+            relay: SseRelay::new(false),
+            encode: None,
+        }
+    }
+
+    /// Takes one upstream chunk. An error event or unreadable first data ends it with `fault` set
+    /// (after whatever came before it in the chunk); `Err` when the upstream's bytes cannot be read.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
-        let openai: Bytes = match &mut self.decode {
-            None => Bytes::copy_from_slice(chunk),
+        match &mut self.native {
+            Some(Native::Anthropic(n)) => return n.push(chunk),
+            Some(Native::Responses(r)) => return r.push(chunk),
+            None => {}
+        }
+        let (openai, decoded_fault) = match &mut self.decode {
+            None => (Bytes::copy_from_slice(chunk), None),
             Some(d) => {
                 let out = d.push(chunk)?;
-                if let Some(err) = d.upstream_error() {
-                    return Err(StreamFault::Upstream(format!(
-                        "{}: {}",
-                        err.kind, err.message
-                    )));
-                }
-                out
+                let fault = d.upstream_error().map(|err| {
+                    let body = json!({"error": {"type": err.kind, "message": err.message}});
+                    StreamFault::Upstream(Bytes::from(body.to_string()))
+                });
+                (out, fault)
             }
         };
         let passed = self.relay.push(&openai)?;
+        let fault = decoded_fault.or(match passed.stop {
+            None => None,
+            Some(sse::Stop::Error(body)) => Some(StreamFault::Upstream(body)),
+            Some(sse::Stop::NotJson) => Some(StreamFault::NotJson),
+        });
         Ok(Relayed {
             forward: self.encode_bytes(&passed.forward)?,
-            done: passed.done,
+            done: passed.done && fault.is_none(),
+            content: passed.content,
+            fault,
         })
     }
 
@@ -108,12 +181,22 @@ impl StreamCodec {
 
     /// The stream's terminator in the client's dialect (`data: [DONE]`, or Anthropic's closing events).
     pub fn done_bytes(&mut self) -> Bytes {
+        match &mut self.native {
+            Some(Native::Anthropic(n)) => return n.done_bytes(),
+            Some(Native::Responses(r)) => return r.done_bytes(),
+            None => {}
+        }
         let done = SseRelay::done_event();
         self.encode_bytes(&done).unwrap_or(done)
     }
 
     /// The usage the stream reported, if any.
     pub fn usage(&self) -> Option<TokenUsage> {
+        match &self.native {
+            Some(Native::Anthropic(n)) => return n.usage(),
+            Some(Native::Responses(r)) => return r.usage(),
+            None => {}
+        }
         self.relay.usage().or_else(|| {
             self.decode
                 .as_ref()
@@ -130,18 +213,19 @@ impl StreamCodec {
 
     /// The dialect the client is answered in.
     pub fn client(&self) -> Dialect {
-        match self.encode {
-            None => Dialect::OpenAi,
-            Some(_) => Dialect::Anthropic,
+        if matches!(self.native, Some(Native::Anthropic(_))) || self.encode.is_some() {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
         }
     }
 
     /// An error event ending a stream, in the client's dialect (never a fake terminator); `body_json`
     /// is the error body in that dialect.
     pub fn error_event(&self, body_json: &str) -> Bytes {
-        match self.encode {
-            None => SseRelay::error_event(body_json),
-            Some(_) => {
+        match self.client() {
+            Dialect::OpenAi => SseRelay::error_event(body_json),
+            Dialect::Anthropic => {
                 let mut b = BytesMut::new();
                 b.extend_from_slice(b"event: error\ndata: ");
                 b.extend_from_slice(body_json.as_bytes());
@@ -246,8 +330,15 @@ mod tests {
         let mut c = StreamCodec::new(Dialect::Anthropic, Dialect::OpenAi, "m", false);
         let ev = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
         match c.push(ev.as_bytes()) {
-            Err(StreamFault::Upstream(detail)) => {
-                assert!(detail.contains("overloaded_error"));
+            Ok(Relayed {
+                fault: Some(fault @ StreamFault::Upstream(_)),
+                done: false,
+                ..
+            }) => {
+                assert!(
+                    fault.to_string().contains("overloaded_error: Overloaded"),
+                    "{fault}"
+                );
             }
             other => panic!("{other:?}"),
         }

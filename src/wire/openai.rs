@@ -34,11 +34,14 @@ pub enum FieldError {
 pub struct RoutingFields {
     pub model: String,
     pub stream: bool,
-    /// The body's `user` field, the fallback sticky-session key.
+    /// The body's `user` field, the last fallback sticky-session key.
     pub user: Option<String>,
+    /// The body's `prompt_cache_key` (Codex sends one per conversation), a sticky-session key.
+    pub prompt_cache_key: Option<String>,
     /// The client itself asked for `stream_options.include_usage`.
     pub client_wants_usage: bool,
-    /// The larger of `max_tokens` and `max_completion_tokens`, when either is given (not `null`).
+    /// The largest of `max_tokens`, `max_completion_tokens` and (Responses API) `max_output_tokens`,
+    /// when one is given (not `null`).
     pub max_tokens: Option<u64>,
 }
 
@@ -48,9 +51,12 @@ struct Peek<'a> {
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
     user: Option<Cow<'a, str>>,
+    prompt_cache_key: Option<Cow<'a, str>>,
     stream_options: Option<StreamOptions>,
     max_tokens: Option<&'a RawValue>,
     max_completion_tokens: Option<&'a RawValue>,
+    /// The Responses API's `max_tokens`.
+    max_output_tokens: Option<&'a RawValue>,
     /// The first read key that appeared twice (reported after the parse, as a typed error).
     duplicate: Option<&'static str>,
 }
@@ -70,8 +76,10 @@ enum Key {
     Stream,
     User,
     StreamOptions,
+    PromptCache,
     MaxTokens,
     MaxCompletionTokens,
+    MaxOutputTokens,
     Other,
 }
 
@@ -89,8 +97,10 @@ impl<'de> Deserialize<'de> for Key {
                     "stream" => Key::Stream,
                     "user" => Key::User,
                     "stream_options" => Key::StreamOptions,
+                    "prompt_cache_key" => Key::PromptCache,
                     "max_tokens" => Key::MaxTokens,
                     "max_completion_tokens" => Key::MaxCompletionTokens,
+                    "max_output_tokens" => Key::MaxOutputTokens,
                     _ => Key::Other,
                 })
             }
@@ -106,8 +116,10 @@ impl Key {
             Key::Stream => "stream",
             Key::User => "user",
             Key::StreamOptions => "stream_options",
+            Key::PromptCache => "prompt_cache_key",
             Key::MaxTokens => "max_tokens",
             Key::MaxCompletionTokens => "max_completion_tokens",
+            Key::MaxOutputTokens => "max_output_tokens",
             Key::Other => "",
         }
     }
@@ -126,7 +138,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Peek<'a> {
                 mut map: A,
             ) -> Result<Peek<'a>, A::Error> {
                 let mut p = Peek::default();
-                let mut seen = [false; 6];
+                let mut seen = [false; 8];
                 while let Some(key) = map.next_key::<Key>()? {
                     let index = match key {
                         Key::Model => {
@@ -152,6 +164,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Peek<'a> {
                         Key::MaxCompletionTokens => {
                             p.max_completion_tokens = map.next_value()?;
                             5
+                        }
+                        Key::MaxOutputTokens => {
+                            p.max_output_tokens = map.next_value()?;
+                            7
+                        }
+                        Key::PromptCache => {
+                            p.prompt_cache_key =
+                                map.next_value::<Option<BorrowedStr<'de>>>()?.map(|s| s.0);
+                            6
                         }
                         Key::Other => {
                             map.next_value::<IgnoredAny>()?;
@@ -222,6 +243,7 @@ impl RoutingFields {
         }
         let max_tokens = token_count(peek.max_tokens, "max_tokens")?;
         let max_completion = token_count(peek.max_completion_tokens, "max_completion_tokens")?;
+        let max_output = token_count(peek.max_output_tokens, "max_output_tokens")?;
         let model = match peek.model {
             Some(m) if !m.trim().is_empty() => m.into_owned(),
             _ => return Err(FieldError::NoModel),
@@ -230,11 +252,19 @@ impl RoutingFields {
             model,
             stream: peek.stream.unwrap_or(false),
             user: peek.user.map(Cow::into_owned).filter(|u| !u.is_empty()),
+            prompt_cache_key: peek
+                .prompt_cache_key
+                .map(Cow::into_owned)
+                .filter(|k| !k.is_empty()),
             client_wants_usage: peek
                 .stream_options
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
-            max_tokens: max_tokens.into_iter().chain(max_completion).max(),
+            max_tokens: max_tokens
+                .into_iter()
+                .chain(max_completion)
+                .chain(max_output)
+                .max(),
         })
     }
 }
@@ -304,7 +334,9 @@ pub enum RewriteError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "RawTokenUsage")]
 pub struct TokenUsage {
+    /// Chat's `prompt_tokens`, the Responses API's `input_tokens`.
     pub prompt_tokens: u64,
+    /// Chat's `completion_tokens`, the Responses API's `output_tokens`.
     pub completion_tokens: u64,
     /// Of `prompt_tokens`: read from the provider's prompt cache.
     pub cached_tokens: u64,
@@ -329,13 +361,14 @@ impl TokenUsage {
 
 #[derive(Deserialize)]
 struct RawTokenUsage {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: u64,
-    #[serde(default)]
+    /// The Responses API's `input_tokens_details` has the same `cached_tokens`.
+    #[serde(default, alias = "input_tokens_details")]
     prompt_tokens_details: Option<PromptDetails>,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens_details")]
     completion_tokens_details: Option<CompletionDetails>,
 }
 
@@ -598,6 +631,10 @@ mod tests {
                 "max_tokens",
             ),
             (br#"{"model":"m","model":"n"}"#, "model"),
+            (
+                br#"{"model":"m","max_output_tokens":1.5}"#,
+                "max_output_tokens",
+            ),
         ] {
             let e = crate::error::ApiError::from(RoutingFields::parse(body).unwrap_err());
             let v: serde_json::Value =

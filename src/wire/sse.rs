@@ -179,6 +179,20 @@ pub struct Passed {
     pub forward: Bytes,
     /// The upstream sent `data: [DONE]` (it is held back, see `SseRelay::done_event`).
     pub done: bool,
+    /// `forward` holds at least one content event (a JSON chunk), not only comments or keep-alives:
+    /// what may commit a response.
+    pub content: bool,
+    /// The stream cannot go on after `forward` (the events after it in the chunk are dropped).
+    pub stop: Option<Stop>,
+}
+
+/// Why a stream stopped at an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// An error event, `data: {"error": {...}}` (OpenRouter sends these with a 200): its data.
+    Error(Bytes),
+    /// Data that is not JSON before the first content event.
+    NotJson,
 }
 
 /// Follows one OpenAI SSE stream.
@@ -192,6 +206,9 @@ pub struct SseRelay {
     /// when the stream reports no usage or is cut before it does.
     text_bytes: u64,
     done: bool,
+    /// A content event went out: from then on data is relayed without the JSON check (which costs a
+    /// parse per event).
+    committed: bool,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +236,7 @@ impl SseRelay {
             usage: None,
             text_bytes: 0,
             done: false,
+            committed: false,
         }
     }
 
@@ -226,12 +244,28 @@ impl SseRelay {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Passed, EventTooLarge> {
         let mut out = BytesMut::new();
         let mut saw_done = false;
+        let mut content = false;
+        let mut stop = None;
         for frame in self.framer.push(chunk)? {
             let data = frame.data().unwrap_or_default();
             if data == b"[DONE]" {
                 saw_done = true;
                 self.done = true;
                 continue;
+            }
+            let is_content = !data.is_empty() && !self.done;
+            if is_content {
+                if is_error_event(&data) {
+                    stop = Some(Stop::Error(Bytes::from(data)));
+                    break;
+                }
+                if !self.committed {
+                    if serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_err() {
+                        stop = Some(Stop::NotJson);
+                        break;
+                    }
+                    self.committed = true;
+                }
             }
             // Every chunk is read (its text measured), not only those that mention usage: a stream
             // that never reports usage is charged by its text.
@@ -256,11 +290,14 @@ impl SseRelay {
                     }
                 }
             }
+            content |= is_content;
             out.extend_from_slice(&frame.raw);
         }
         Ok(Passed {
             forward: out.freeze(),
-            done: saw_done,
+            done: saw_done && stop.is_none(),
+            content,
+            stop,
         })
     }
     /// The usage the stream reported, if any.
@@ -287,6 +324,18 @@ impl SseRelay {
     pub fn error_event(body_json: &str) -> Bytes {
         Bytes::from(format!("data: {body_json}\n\n"))
     }
+}
+
+/// Whether an event's data is an error object, `{"error": {...}}` (a non-null `error` at the top):
+/// parsed only when the bytes `"error"` appear (inside a JSON string they are escaped, `\"error\"`).
+fn is_error_event(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+    }
+    data.windows(7).any(|w| w == b"\"error\"")
+        && serde_json::from_slice::<Peek>(data).is_ok_and(|p| p.error.is_some())
 }
 
 #[cfg(test)]
@@ -393,6 +442,35 @@ mod tests {
         }
         let done = f.push(b"\n\n").unwrap();
         assert_eq!(done[0].data().map(|d| d.len()), Some(100_000));
+    }
+
+    #[test]
+    fn only_a_json_chunk_is_content_and_an_error_event_stops_the_stream() {
+        let mut r = SseRelay::new(false);
+        let p = r.push(b": keep-alive\n\n").unwrap();
+        assert!(!p.content && p.stop.is_none() && !p.forward.is_empty());
+        let err = "data: {\"error\":{\"code\":429,\"message\":\"slow\"}}\n\n";
+        let p = r.push(format!("{err}data: [DONE]\n\n").as_bytes()).unwrap();
+        assert!(!p.done && !p.content && p.forward.is_empty());
+        assert!(matches!(p.stop, Some(Stop::Error(ref d)) if d.starts_with(b"{\"error\"")));
+
+        let mut r = SseRelay::new(false);
+        let p = r.push(b"data: {not json\n\n").unwrap();
+        assert_eq!(p.stop, Some(Stop::NotJson));
+
+        // Once committed, content is relayed as it is; an error event still stops it.
+        let mut r = SseRelay::new(false);
+        let p = r.push(ROLE.as_bytes()).unwrap();
+        assert!(p.content && p.stop.is_none());
+        assert!(r.push(b"data: odd\n\n").unwrap().stop.is_none());
+        let said = "data: {\"choices\":[{\"delta\":{\"content\":\"an \\\"error\\\" word\"}}]}\n\n";
+        assert!(
+            r.push(said.as_bytes()).unwrap().stop.is_none(),
+            "a quoted word"
+        );
+        let p = r.push(format!("{ROLE}{err}").as_bytes()).unwrap();
+        assert_eq!(&p.forward[..], ROLE.as_bytes());
+        assert!(matches!(p.stop, Some(Stop::Error(_))));
     }
 
     #[test]

@@ -390,3 +390,402 @@ async fn a_store_behind_its_high_water_mark_is_refused_until_accepted() {
     traffic(&server, 1).await;
     assert_eq!(admin_profile(&server, "a").await["requests"], 11);
 }
+
+// --- Retry-After when nothing is available ---------------------------------------------------------
+
+fn retry_after_of(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    h.get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+/// The only profile answering 429 is relayed as a 429 with the upstream's hint; while it cools, the 503
+/// says how long until it can be tried again (not always 1); a profile that only an operator can bring
+/// back (auth_failed) gets a 503 saying so, without a Retry-After.
+#[tokio::test]
+async fn retry_after_says_when_a_profile_can_be_tried_again() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    a.push(Reply::rate_limited(7));
+    b.push(Reply::unauthorized());
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .model("limited", &["a"])
+            .model("locked", &["b"]),
+    );
+    let (status, h, body) = chat(&server, &chat_body("limited")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(error_of(&body)["type"], "rate_limit_error", "{body}");
+    assert_eq!(retry_after_of(&h), Some(7), "{h:?}");
+
+    wait_state(&server, "a", "cooldown", Duration::from_secs(5)).await;
+    let (status, h, body) = chat(&server, &chat_body("limited")).await;
+    assert_eq!(status, 503, "{body}");
+    let secs = retry_after_of(&h).unwrap_or_else(|| panic!("{h:?}"));
+    assert!((6..=7).contains(&secs), "Retry-After {secs}: {body}");
+
+    let (status, _, body) = chat(&server, &chat_body("locked")).await;
+    assert_eq!(status, 502, "{body}");
+    wait_state(&server, "b", "auth_failed", Duration::from_secs(5)).await;
+    let (status, h, body) = chat(&server, &chat_body("locked")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry_after_of(&h), None, "{h:?}");
+    let msg = error_of(&body)["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("None recovers by itself"), "{msg}");
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+}
+
+// --- streams that open with an error, redirects, echoed keys ---------------------------------------
+
+fn stream_body(model: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "stream": true,
+                       "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+const CONTENT: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hi\"}}]}\n\n";
+
+/// A 200 stream whose first event is an error object (OpenRouter's way), after a keep-alive comment, or
+/// data that is not JSON, is a failure of its class: the next profile answers, the client sees nothing
+/// of the first.
+#[tokio::test]
+async fn a_stream_opening_with_an_error_event_or_garbage_fails_over() {
+    let (a, b, c) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+        MockUpstream::start_named("c").await,
+    );
+    a.push(Reply::events([
+        ": OPENROUTER PROCESSING\n\n",
+        "data: {\"error\":{\"code\":429,\"message\":\"Rate limit exceeded upstream\"}}\n\n",
+        "data: [DONE]\n\n",
+    ]));
+    c.push(Reply::events(["data: {not json\n\n", "data: [DONE]\n\n"]));
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .profile("c", &c)
+            .model_with_strategy("m1", &["a", "b"], "priority")
+            .model_with_strategy("m2", &["c", "b"], "priority"),
+    );
+    for (model, first, class) in [("m1", "a", "rate_limited"), ("m2", "c", "server")] {
+        let (status, h, text) = chat(&server, &stream_body(model)).await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(h["x-switchyard-profile"], "b", "{model}: {text}");
+        assert_eq!(h["x-switchyard-attempts"], "2", "{model}");
+        assert!(
+            text.contains("mock reply from b") || text.contains("\"content\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("error") && !text.contains("OPENROUTER"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        let p = wait_state(&server, first, "cooldown", Duration::from_secs(5)).await;
+        let last = p["last_error"].as_str().unwrap_or_default();
+        assert!(last.starts_with(class), "{model}: {p}");
+    }
+    assert_eq!(
+        (a.request_count(), b.request_count(), c.request_count()),
+        (1, 2, 1)
+    );
+}
+
+/// An upstream redirect is not relayed as a bare 3xx: the profile cools down, the next one answers, and
+/// the admin API says where the redirect pointed.
+#[tokio::test]
+async fn an_upstream_redirect_fails_over_and_names_its_location() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    a.push(Reply::redirect(302, "https://login.example.com/sso"));
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .model_with_strategy("m", &["a", "b"], "priority"),
+    );
+    let (status, h, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h["x-switchyard-profile"], "b");
+    assert_eq!(h["x-switchyard-attempts"], "2");
+    let p = wait_state(&server, "a", "cooldown", Duration::from_secs(5)).await;
+    let last = p["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last.contains("302") && last.contains("https://login.example.com/sso"),
+        "{p}"
+    );
+}
+
+/// An upstream that quotes the key it was sent, in a client error relayed as it is or in an error event
+/// in the middle of a stream: the client never sees the key.
+#[tokio::test]
+async fn an_echoed_upstream_key_never_reaches_the_client() {
+    const KEY: &str = "plainsecretvalue42";
+    let a = MockUpstream::start_named("a").await;
+    let key_line = format!("api_key: \"{KEY}\"");
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile_with("a", &a.base_url(), &[key_line.as_str()])
+            .model("m", &["a"]),
+    );
+    let echo = serde_json::json!({"error": {"message": format!("The key {KEY} may not use this model"),
+        "type": "invalid_request_error", "param": null, "code": "model_not_allowed"}});
+    a.push(Reply::status(400, echo.to_string()));
+    let (status, _, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.contains(KEY), "{body}");
+    assert!(error_of(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("[redacted]"));
+
+    let event = format!(
+        "data: {{\"error\":{{\"type\":\"server_error\",\"message\":\"key {KEY} was revoked\"}}}}\n\n"
+    );
+    a.push(Reply::events([CONTENT.to_owned(), event]));
+    let (status, _, text) = chat(&server, &stream_body("m")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"content\":\"hi\""), "{text}");
+    assert!(!text.contains(KEY), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert_eq!(a.request_count(), 2);
+    let p = admin_profile(&server, "a").await;
+    assert!(!p.to_string().contains(KEY), "{p}");
+}
+
+// --- clients that leave ------------------------------------------------------------------------------
+
+/// The value of `switchyard_attempts_total` for `profile` and `outcome` (0 when absent).
+async fn attempts_metric(server: &Server, profile: &str, outcome: &str) -> u64 {
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (p, o) = (
+        format!("profile=\"{profile}\""),
+        format!("outcome=\"{outcome}\""),
+    );
+    text.lines()
+        .filter(|l| l.starts_with("switchyard_attempts_total{") && l.contains(&p) && l.contains(&o))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Polls until `profile` has a `cancelled` attempt; false after `within`.
+async fn wait_cancelled(server: &Server, profile: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if attempts_metric(server, profile, "cancelled").await >= 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A client that gives up while the first profile hangs is not failed over to the second profile:
+/// the attempt ends `cancelled` when the client leaves, long before the first-byte timeout.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_not_failed_over() {
+    use switchyard_actors::store::Store;
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    a.push(Reply::Hang);
+    let mut server = Server::start(&ConfigBuilder {
+        // first_byte 5 s: the client leaves at 0.4 s.
+        timeouts: ("2s".into(), "5s".into(), "5s".into()),
+        ..ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .model_with_strategy("m", &["a", "b"], "priority")
+    });
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(server.url("/v1/chat/completions"))
+        .header("x-request-id", "leaves-early")
+        .json(&chat_body("m"))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client was answered: {sent:?}");
+    assert!(
+        wait_cancelled(&server, "a", Duration::from_secs(3)).await,
+        "no cancelled attempt within 3 s"
+    );
+    assert_eq!(b.request_count(), 0, "failed over for a client that left");
+    server.terminate();
+    let store = Store::open(&server.data_dir()).unwrap();
+    let records = store.all_usage().unwrap();
+    drop(store);
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.request_id == "leaves-early")
+        .map(|r| (r.profile.as_str(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(mine, vec![("a", "cancelled")]);
+}
+
+/// A streaming client that disconnects after the first event: the upstream's connection is closed
+/// within the same event gap (not one or two events later), and the attempt is recorded.
+#[tokio::test]
+async fn a_stream_whose_client_leaves_closes_the_upstream_at_once() {
+    let gap = Duration::from_millis(300);
+    let a = MockUpstream::start_named("a").await;
+    a.push(Reply::SlowStream { gap });
+    let server = Server::start(&ConfigBuilder::default().profile("a", &a).model("m", &["a"]));
+    let mut resp = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&stream_body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(resp);
+    let left = std::time::Instant::now();
+    let deadline = left + Duration::from_secs(5);
+    let end = loop {
+        if let Some(end) = a.stream_ends().pop() {
+            break end;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream stream never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(!end.completed, "{end:?}");
+    let after = end.at.saturating_duration_since(left);
+    assert!(
+        after < gap,
+        "the upstream was closed {after:?} after the client left: {end:?}"
+    );
+    assert!(end.events_sent <= 2, "{end:?}");
+    assert!(wait_cancelled(&server, "a", Duration::from_secs(3)).await);
+}
+
+// --- slow and deep request bodies ------------------------------------------------------------------
+
+/// Sends a request head declaring a 100-byte body, then one byte every `every` (never the whole body);
+/// returns the answer (head and JSON body), or `None` when none came within 5 s.
+async fn slow_body(server: &Server, path: &str, every: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+        server.addr
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    let dribble = tokio::spawn(async move {
+        // Stops at the first failed write: the server closed the connection.
+        while write.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(every).await;
+        }
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}}")) {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        (!got.is_empty()).then(|| String::from_utf8_lossy(&got).into_owned())
+    })
+    .await
+    .ok()
+    .flatten();
+    dribble.abort();
+    answer
+}
+
+/// A body that stalls longer than `server.body_idle_timeout`, or dribbles in for longer than
+/// `server.body_timeout`, gets 408 instead of holding its connection open.
+#[tokio::test]
+async fn a_slow_request_body_gets_408() {
+    let a = MockUpstream::start_named("a").await;
+    let mut config = ConfigBuilder::default().profile("a", &a).model("m", &["a"]);
+    config.extra_server_yaml = vec!["body_idle_timeout: 300ms".into(), "body_timeout: 1s".into()];
+    let server = Server::start(&config);
+    // Stalls after its first byte.
+    let answer = slow_body(&server, "/auth/login", Duration::from_secs(30)).await;
+    let answer = answer.unwrap_or_else(|| panic!("no answer within 5 s"));
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(answer.contains("stalled"), "{answer}");
+    // A byte every 100 ms never stalls, but never finishes either.
+    let started = std::time::Instant::now();
+    let answer = slow_body(&server, "/v1/chat/completions", Duration::from_millis(100)).await;
+    let answer = answer.unwrap_or_else(|| panic!("no answer within 5 s"));
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("took longer than 1s"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.request_count(), 0);
+    // The server still answers a body that arrives in time.
+    let resp = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&chat_body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// A body nested deeper than the documented limit is refused with 400 naming the limit, on every JSON
+/// route of the client API, and never reaches an upstream.
+#[tokio::test]
+async fn a_deeply_nested_body_is_refused_before_forwarding() {
+    let a = MockUpstream::start_named("a").await;
+    let server = Server::start(&ConfigBuilder::default().profile("a", &a).model("m", &["a"]));
+    let depth = 100_000;
+    let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+    ] {
+        let body = format!(
+            r#"{{"model":"m","max_tokens":5,"messages":[{{"role":"user","content":{nested}}}],"input":"x","prompt":"x"}}"#
+        );
+        let resp = client()
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("128"), "{path}: {text}");
+    }
+    assert_eq!(a.request_count(), 0);
+    // A body at ordinary depth still goes through.
+    let (status, _, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 200, "{body}");
+}

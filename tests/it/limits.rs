@@ -23,6 +23,8 @@ tiers:
   tiny:
     requests_per_hour: 3
     rate_window: 5s
+  trio:
+    requests_per_hour: 3
   onekey:
     max_keys: 1
   capped:
@@ -602,6 +604,52 @@ async fn streams_are_charged_and_failures_refunded() {
     assert_eq!(kinds, ["adjust", "reserve", "settle", "reserve", "release"]);
 }
 
+/// A client that leaves while the profile has not answered gets its credit hold back at once, not
+/// when the first-byte timeout (5 s here) ends the attempt for nobody.
+#[tokio::test]
+async fn a_client_that_leaves_gets_its_hold_released_at_once() {
+    let mock = MockUpstream::start_named("a").await;
+    mock.push(Reply::Hang);
+    let server = server_with(&mock, &[]).await;
+    let key = new_key(&server, "leaver", "metered").await;
+    let path = "/admin/accounts/leaver/credits";
+    admin(
+        &server,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"amount_usd": 1})),
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_req("m", json!({"max_tokens": 10})))
+        .send()
+        .await;
+    assert!(sent.is_err(), "{sent:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let c = credits(&server, "leaver").await;
+        let kinds: Vec<String> = c["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["kind"].as_str().unwrap().to_owned())
+            .collect();
+        if kinds == ["adjust", "reserve", "release"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{kinds:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(balance_matching_log(&server, "leaver").await, 1_000_000);
+}
+
 fn signed(body: &str, t: u64, secret: &str) -> String {
     webhook::sign(secret.as_bytes(), t, body.as_bytes())
 }
@@ -871,8 +919,10 @@ async fn usage_groups_add_up_to_the_raw_records() {
     assert_eq!(s, 403);
 }
 
+/// README, "Limits and credits": `/v1/me` and `/v1/keys` are not counted against `requests_per_hour`
+/// (nor refused over it), but answer with the tier's current `X-RateLimit-*`.
 #[tokio::test]
-async fn own_account_routes_count_against_the_tier_and_carry_the_headers() {
+async fn own_account_routes_are_not_counted_but_carry_the_headers() {
     let mock = MockUpstream::start_named("a").await;
     let server = server_with(&mock, &[]).await;
     let key = new_key(&server, "acc-me", "thin").await;
@@ -880,8 +930,43 @@ async fn own_account_routes_count_against_the_tier_and_carry_the_headers() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(header(&h, "x-ratelimit-limit"), 100);
     let first = header(&h, "x-ratelimit-remaining");
-    let (_, h, _) = call(&server, reqwest::Method::GET, "/v1/me", Some(&key), None).await;
-    assert_eq!(header(&h, "x-ratelimit-remaining"), first - 1);
+    assert_eq!(first, 100, "nothing counted yet");
+    // `/v1/keys` wants a signed-in session, not a key: refused, and not counted either.
+    for (path, want) in [("/v1/me", 200), ("/v1/keys", 403), ("/v1/me", 200)] {
+        let (status, h, v) = call(&server, reqwest::Method::GET, path, Some(&key), None).await;
+        assert_eq!(status, want, "{path}: {v}");
+        assert_eq!(header(&h, "x-ratelimit-remaining"), first, "{path}");
+    }
+    // A tier of 3 requests: many own-account calls, and the 3 counted calls are all still there.
+    let tiny = new_key(&server, "acc-trio", "trio").await;
+    for _ in 0..5 {
+        let (status, _, v) = call(&server, reqwest::Method::GET, "/v1/me", Some(&tiny), None).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    for n in 0..3 {
+        let (status, _, v) = call(
+            &server,
+            reqwest::Method::GET,
+            "/v1/models",
+            Some(&tiny),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "call {n}: {v}");
+    }
+    let (status, _, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/models",
+        Some(&tiny),
+        None,
+    )
+    .await;
+    assert_eq!(status, 429);
+    // Over the limit, the caller can still see its account.
+    let (status, h, v) = call(&server, reqwest::Method::GET, "/v1/me", Some(&tiny), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-ratelimit-remaining"), 0);
 }
 
 #[tokio::test]

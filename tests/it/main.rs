@@ -3,11 +3,14 @@
 
 mod support;
 
+mod agents;
+mod aliases;
 mod anthropic;
 mod auth;
 mod config_check;
 mod dashboard;
 mod durability;
+mod first_run;
 mod hardening;
 mod health;
 mod layout;
@@ -15,6 +18,7 @@ mod limits;
 mod oauth;
 mod operations;
 mod presets;
+mod readme;
 mod routing;
 mod smoke;
 mod wire;

@@ -448,3 +448,56 @@ async fn admin_reset_and_reload_are_audited() {
     assert!(details.contains(&"reload"), "{text}");
     assert!(!text.contains(ADMIN_TOKEN));
 }
+
+/// A reload that changes only what the router does not see of a profile (base_url, headers, model_map,
+/// timeouts) reports the profile as changed, as it is applied; a reload that changes nothing reports it
+/// unchanged.
+#[tokio::test]
+async fn a_reload_reports_every_kind_of_profile_change() {
+    let (a, moved) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("moved").await,
+    );
+    let key = "api_key: \"sk-a-secret\"";
+    let cfg = |base_url: &str, extra: &[&str]| {
+        let mut lines = vec![key];
+        lines.extend_from_slice(extra);
+        ConfigBuilder::default()
+            .profile_with("a", base_url, &lines)
+            .model("m", &["a"])
+    };
+    let server =
+        Server::start_with_env(&cfg(&a.base_url(), &[]), &[("SWITCHYARD_NO_WATCH", "true")]);
+    let (status, report) = reload(&server).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["changed"], serde_json::json!([]), "{report}");
+    assert_eq!(report["unchanged"], 1, "{report}");
+
+    let steps: [(&str, Vec<&str>); 4] = [
+        ("base_url", vec![]),
+        ("headers", vec!["headers:", "  x-team: blue"]),
+        ("model_map", vec!["model_map:", "  m: upstream-m"]),
+        ("timeouts", vec!["timeouts:", "  first_byte: 9s"]),
+    ];
+    let mut extra: Vec<&str> = Vec::new();
+    for (what, lines) in steps {
+        extra.extend(lines);
+        rewrite(&server, &cfg(&moved.base_url(), &extra));
+        let (status, report) = reload(&server).await;
+        assert_eq!(status, 200, "{what}: {report}");
+        assert_eq!(
+            report["changed"],
+            serde_json::json!(["a"]),
+            "{what}: {report}"
+        );
+        assert_eq!(report["unchanged"], 0, "{what}: {report}");
+    }
+    // And it was applied: the moved upstream answers, with the new header and model name.
+    let (status, _, body) = chat(&server, &chat_body("m")).await;
+    assert_eq!(status, 200, "{body}");
+    let got = moved.requests();
+    let last = got.last().unwrap();
+    assert_eq!(last.header("x-team"), Some("blue"));
+    assert_eq!(last.json()["model"], "upstream-m");
+    assert_eq!(a.request_count(), 0);
+}

@@ -16,7 +16,7 @@ use crate::config::{
 
 /// Named in the unknown-provider message, in the order of [`Preset::ALL`].
 const SUPPORTED_PROVIDERS: &str =
-    "openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure";
+    "openai, anthropic, openrouter, groq, together, mistral, deepseek, ollama, vllm, azure, echo";
 /// Headers the proxy sets itself: a profile overriding them would break auth or framing.
 const RESERVED_HEADERS: [&str; 3] = ["authorization", "host", "content-length"];
 
@@ -161,6 +161,11 @@ fn base_url(
 ) -> String {
     let path = at(index, "base_url");
     match &raw.base_url {
+        Some(url) if preset == Some(Preset::Echo) => {
+            let message = "provider echo answers in-process and takes no base_url: remove it";
+            report.at(url.span(), path, message);
+            String::new()
+        }
         None if preset == Some(Preset::Azure) => {
             let message = "required key is missing: azure needs the deployment URL \
                 (https://RESOURCE.openai.azure.com/openai/deployments/DEPLOYMENT)";
@@ -427,6 +432,9 @@ fn preset_keys(
 
     attribution(report, index, raw, preset, headers);
     let api_version = api_version(report, index, raw, preset);
+    if preset == Preset::Echo {
+        echo_keys(report, index, raw);
+    }
 
     // A credential written with the wrong type was reported as such; do not call it missing.
     let unreadable = ["api_key_env", "api_key", "auth"]
@@ -521,5 +529,19 @@ fn api_version(
             None
         }
         (None, _) => None,
+    }
+}
+
+/// The built-in echo upstream needs no credential and sends nothing anywhere: a key given to it is a
+/// mistake (most likely a profile meant for a real provider), so it is refused, not ignored.
+fn echo_keys(report: &mut Report, index: usize, raw: &RawProfile) {
+    let message = "provider echo is the built-in demo upstream and takes no credential: remove it";
+    for (key, value) in [("api_key_env", &raw.api_key_env), ("api_key", &raw.api_key)] {
+        if let Some(v) = value {
+            report.at(v.span(), at(index, key), message);
+        }
+    }
+    if let Some(auth) = &raw.auth {
+        report.at(auth.span(), at(index, "auth"), message);
     }
 }

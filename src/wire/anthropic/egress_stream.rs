@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::egress::{chat_id, finish_reason, openai_usage, prompt_tokens, PromptTokens};
 use super::json::{count, field, parse_upstream, Obj};
-use super::sse::{write_data, SseEvent, SseParser};
+use super::sse::{write_data, EventTranslator, SseEvent, SseParser};
 use super::{unix_now, StreamError, StreamUsage, TranslateError};
 
 /// Follows one Anthropic stream and re-emits it as OpenAI chunks.
@@ -61,17 +61,7 @@ impl MessagesStreamToChat {
     /// Takes upstream bytes in any chunking; returns whole OpenAI events only (possibly none). Bytes after
     /// the end (`message_stop` or `error`) are ignored.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Bytes, TranslateError> {
-        let mut out = BytesMut::new();
-        if self.finished {
-            return Ok(out.freeze());
-        }
-        for event in self.parser.push(bytes)? {
-            self.handle(&event, &mut out)?;
-            if self.finished {
-                break;
-            }
-        }
-        Ok(out.freeze())
+        self.translate(bytes)
     }
 
     /// True once `message_stop` (and `[DONE]` was emitted) or an `error` event was seen.
@@ -92,7 +82,7 @@ impl MessagesStreamToChat {
         })
     }
 
-    fn handle(&mut self, event: &SseEvent, out: &mut BytesMut) -> Result<(), TranslateError> {
+    fn handle_event(&mut self, event: &SseEvent, out: &mut BytesMut) -> Result<(), TranslateError> {
         let data = parse_upstream(event.data.as_bytes())?;
         // The payload's `type` is authoritative; the `event:` line is a fallback.
         let kind = data
@@ -278,4 +268,18 @@ fn block_index(data: &Obj) -> Result<u64, TranslateError> {
     data.get("index")
         .and_then(Value::as_u64)
         .ok_or_else(|| bad("a content block event without an index"))
+}
+
+impl EventTranslator for MessagesStreamToChat {
+    fn parser(&mut self) -> &mut SseParser {
+        &mut self.parser
+    }
+
+    fn finished(&self) -> bool {
+        self.finished
+    }
+
+    fn handle(&mut self, event: &SseEvent, out: &mut BytesMut) -> Result<(), TranslateError> {
+        self.handle_event(event, out)
+    }
 }

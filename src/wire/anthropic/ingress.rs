@@ -2,7 +2,8 @@
 //! OpenAI chat request, and the OpenAI answer becomes an Anthropic Messages response.
 //!
 //! Request fields, decided one by one:
-//! * translated: `model`, `system`, `messages`, `max_tokens` (as OpenAI `max_tokens`, which every
+//! * translated: `model`, `system`, `messages` (system-role entries among them become system messages
+//!   in place), `max_tokens` (as OpenAI `max_tokens`, which every
 //!   OpenAI-compatible server knows), `stop_sequences`, `temperature`, `top_p`, `stream` (with
 //!   `stream_options.include_usage`, so the answer can carry usage), `metadata.user_id`, `tools`,
 //!   `tool_choice` (+ `disable_parallel_tool_use` -> `parallel_tool_calls: false`).
@@ -62,6 +63,15 @@ pub fn messages_request_to_chat(body: &[u8]) -> Result<(Vec<u8>, IngressInfo)> {
         match req_str(m, "role", &path).map_err(invalid)? {
             "user" => user_messages(m, &path, &mut messages)?,
             "assistant" => messages.push(assistant_message(m, &path)?),
+            // Mid-conversation system entries (Claude Code's `mid-conversation-system` beta): a system
+            // message in place, which every OpenAI-compatible API accepts.
+            "system" => {
+                if let Some(text) =
+                    system_blocks_text(field(m, "content"), &format!("{path}.content"))?
+                {
+                    messages.push(json!({ "role": "system", "content": text }));
+                }
+            }
             other => return Err(invalid(format!("{path}.role: unknown role `{other}`"))),
         }
     }
@@ -103,13 +113,19 @@ pub fn messages_request_to_chat(body: &[u8]) -> Result<(Vec<u8>, IngressInfo)> {
 
 /// `system` as a string or text blocks, joined with a blank line; `None` when empty.
 fn system_text(req: &Obj) -> Result<Option<String>> {
-    let text = match field(req, "system") {
+    system_blocks_text(field(req, "system"), "system")
+}
+
+/// A system prompt (top-level `system` or a system-role entry's `content`): a string or text blocks
+/// (their `cache_control` dropped), joined with a blank line; `None` when empty.
+fn system_blocks_text(value: Option<&Value>, path: &str) -> Result<Option<String>> {
+    let text = match value {
         None => return Ok(None),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(blocks)) => {
             let mut texts = Vec::new();
             for (j, b) in blocks.iter().enumerate() {
-                let bpath = format!("system[{j}]");
+                let bpath = format!("{path}[{j}]");
                 let b = as_obj(b, &bpath).map_err(invalid)?;
                 match req_str(b, "type", &bpath).map_err(invalid)? {
                     "text" => texts.push(req_str(b, "text", &bpath).map_err(invalid)?),
@@ -123,9 +139,9 @@ fn system_text(req: &Obj) -> Result<Option<String>> {
             texts.join("\n\n")
         }
         Some(_) => {
-            return Err(invalid(
-                "system: must be a string or an array of text blocks".into(),
-            ))
+            return Err(invalid(format!(
+                "{path}: must be a string or an array of text blocks"
+            )))
         }
     };
     Ok((!text.is_empty()).then_some(text))
@@ -356,9 +372,10 @@ pub(super) fn stop_reason(finish_reason: Option<&str>) -> &'static str {
     }
 }
 
-/// `msg_` + the upstream's id without its `chatcmpl-` prefix.
+/// `msg_` + the upstream's id without its `chatcmpl-` prefix (an id that already is a `msg_` id is kept).
 pub(super) fn message_id(upstream_id: Option<&str>) -> String {
     match upstream_id.map(|id| id.strip_prefix("chatcmpl-").unwrap_or(id)) {
+        Some(id) if id.starts_with("msg_") => id.to_owned(),
         Some(id) if !id.is_empty() => format!("msg_{id}"),
         _ => format!("msg_{}", uuid::Uuid::new_v4().simple()),
     }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::ingress::{message_id, stop_reason};
 use super::json::{count, parse_upstream, Obj};
-use super::sse::{write_event, SseEvent, SseParser};
+use super::sse::{write_event, EventTranslator, SseEvent, SseParser};
 use super::{StreamError, StreamUsage, TranslateError};
 
 /// The content block being streamed; OpenAI has no block boundaries, so a block closes when the other
@@ -74,17 +74,7 @@ impl ChatStreamToMessages {
     /// Takes upstream bytes in any chunking; returns whole Anthropic events only (possibly none). Bytes
     /// after the end (`[DONE]` or an error) are ignored.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Bytes, TranslateError> {
-        let mut out = BytesMut::new();
-        if self.finished {
-            return Ok(out.freeze());
-        }
-        for event in self.parser.push(bytes)? {
-            self.handle(&event, &mut out)?;
-            if self.finished {
-                break;
-            }
-        }
-        Ok(out.freeze())
+        self.translate(bytes)
     }
 
     /// True once `[DONE]` was seen (and `message_stop` emitted), or an error event.
@@ -105,7 +95,7 @@ impl ChatStreamToMessages {
         })
     }
 
-    fn handle(&mut self, event: &SseEvent, out: &mut BytesMut) -> Result<(), TranslateError> {
+    fn handle_event(&mut self, event: &SseEvent, out: &mut BytesMut) -> Result<(), TranslateError> {
         if event.data.trim() == "[DONE]" {
             self.finish(out);
             return Ok(());
@@ -301,4 +291,18 @@ fn anthropic_usage_so_far(usage: Option<&Obj>, with_output: bool) -> Value {
         u["output_tokens"] = json!(0);
     }
     u
+}
+
+impl EventTranslator for ChatStreamToMessages {
+    fn parser(&mut self) -> &mut SseParser {
+        &mut self.parser
+    }
+
+    fn finished(&self) -> bool {
+        self.finished
+    }
+
+    fn handle(&mut self, event: &SseEvent, out: &mut BytesMut) -> Result<(), TranslateError> {
+        self.handle_event(event, out)
+    }
 }

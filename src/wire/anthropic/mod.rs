@@ -14,6 +14,7 @@ mod egress_stream;
 mod ingress;
 mod ingress_stream;
 mod json;
+pub mod native;
 mod sse;
 
 #[cfg(test)]

@@ -50,6 +50,31 @@ impl SseParser {
     }
 }
 
+/// A stream translator: whole events in, translated bytes out, until the stream's end is seen.
+pub(super) trait EventTranslator {
+    /// Its parser of upstream events.
+    fn parser(&mut self) -> &mut SseParser;
+    /// The end (or an error event) was seen: later bytes are ignored.
+    fn finished(&self) -> bool;
+    /// Translates one event, appending to `out`.
+    fn handle(&mut self, event: &SseEvent, out: &mut BytesMut) -> Result<(), TranslateError>;
+
+    /// Takes upstream bytes in any chunking; returns whole translated events only (possibly none).
+    fn translate(&mut self, bytes: &[u8]) -> Result<bytes::Bytes, TranslateError> {
+        let mut out = BytesMut::new();
+        if self.finished() {
+            return Ok(out.freeze());
+        }
+        for event in self.parser().push(bytes)? {
+            self.handle(&event, &mut out)?;
+            if self.finished() {
+                break;
+            }
+        }
+        Ok(out.freeze())
+    }
+}
+
 /// Appends an OpenAI-style event (`data: ...`).
 pub(super) fn write_data(out: &mut BytesMut, data: &str) {
     out.extend_from_slice(b"data: ");

@@ -661,10 +661,22 @@ fn ingress_request_errors() {
         err(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]})),
         TranslateError::Unsupported(m) if m.contains("messages[0].content[0].source.type")
     ));
+    // `system` is a role now (Claude Code's mid-conversation system entries); others are not.
     assert!(matches!(
-        err(json!({"model": "m", "messages": [{"role": "system", "content": "x"}]})),
+        err(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]})),
         TranslateError::InvalidRequest(m) if m.contains("messages[0].role")
     ));
+    let (out, _) = messages_request_to_chat(
+        json!({"model": "m", "messages": [{"role": "user", "content": "a"}, {"role": "system", "content": [{"type": "text", "text": "b", "cache_control": {"type": "ephemeral"}}]}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        out["messages"][1],
+        json!({"role": "system", "content": "b"})
+    );
     assert!(matches!(
         messages_request_to_chat(b"nope"),
         Err(TranslateError::InvalidJson(_))

@@ -129,7 +129,7 @@ async fn jwt_server(jwks: &JwksServer) -> (MockUpstream, Server) {
         format!("  - issuer: {ISS}"),
         "    audience: switchyard".to_owned(),
         format!("    jwks_url: {}", jwks.url),
-        "    jwks_refetch_interval: 1s".to_owned(),
+        "    jwks_refetch_interval: 3s".to_owned(),
         "    claims: {subject: sub, role: groups, tier: plan, project: org.project}".to_owned(),
         "  - issuer: https://ci.test".to_owned(),
         "    audience: switchyard".to_owned(),
@@ -179,9 +179,10 @@ async fn jwks_tokens_are_accepted_and_rotation_refetches_unknown_kids() {
     assert_eq!(me["usage"]["today"]["requests"], 1, "{me}");
     assert_eq!(jwks_server.hits(), 1, "cached keys need no fetch");
 
-    // The issuer rotates to k2. An unknown kid triggers a refetch once the interval (1 s) has passed.
+    // The issuer rotates to k2. An unknown kid triggers a refetch once the interval (3 s) has passed.
+    // (3 s, not 1 s: the four refused calls below must fall inside one interval on a loaded machine.)
     jwks_server.set(jwks(vec![jwk(&k2, Algorithm::RS256, "k2")]));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let rs2 = sign(
         Algorithm::RS256,
         &k2,
@@ -198,7 +199,7 @@ async fn jwks_tokens_are_accepted_and_rotation_refetches_unknown_kids() {
         assert_eq!(chat_as(&server, "m", Some(&stranger)).await.0, 401);
     }
     assert_eq!(jwks_server.hits(), 2, "refetches are rate-limited");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(chat_as(&server, "m", Some(&stranger)).await.0, 401);
     assert_eq!(jwks_server.hits(), 3);
 

@@ -39,6 +39,8 @@ pub struct ConfigBuilder {
     pub timeouts: (String, String, String),
     pub durable: bool,
     pub max_body_size: Option<String>,
+    /// Extra YAML lines under `server:` (unindented; the builder indents them), e.g. `body_timeout: 1s`.
+    pub extra_server_yaml: Vec<String>,
     pub auth_required: bool,
     /// Extra YAML lines under `auth:` (unindented; the builder indents them), e.g. `max_keys_per_account: 2`.
     pub extra_auth_yaml: Vec<String>,
@@ -47,6 +49,8 @@ pub struct ConfigBuilder {
     pub models: Vec<(String, Vec<String>, Option<String>)>,
     /// Extra top-level YAML lines appended as they are (e.g. `tiers:` and `pricing:` sections).
     pub extra_yaml: Vec<String>,
+    /// (model name, its `aliases:`)
+    pub aliases: Vec<(String, Vec<String>)>,
 }
 
 impl Default for ConfigBuilder {
@@ -62,11 +66,13 @@ impl Default for ConfigBuilder {
             timeouts: ("2s".into(), "5s".into(), "5s".into()),
             durable: true,
             max_body_size: None,
+            extra_server_yaml: Vec::new(),
             auth_required: false,
             extra_auth_yaml: Vec::new(),
             profiles: Vec::new(),
             models: Vec::new(),
             extra_yaml: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 }
@@ -102,6 +108,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// Gives model `name` these aliases.
+    pub fn aliases(mut self, name: &str, aliases: &[&str]) -> Self {
+        let list = aliases.iter().map(|a| format!("{a:?}")).collect();
+        self.aliases.push((name.into(), list));
+        self
+    }
+
     /// Adds a model with its own strategy.
     pub fn model_with_strategy(mut self, name: &str, profiles: &[&str], strategy: &str) -> Self {
         self.models.push((
@@ -118,6 +131,9 @@ impl ConfigBuilder {
         y.push_str("server:\n  listen: \"127.0.0.1:0\"\n  data_dir: \"./data\"\n");
         if let Some(m) = &self.max_body_size {
             y.push_str(&format!("  max_body_size: {m}\n"));
+        }
+        for line in &self.extra_server_yaml {
+            y.push_str(&format!("  {line}\n"));
         }
         y.push_str(&format!(
             "auth:\n  required: {}\n  admin_token_env: SWITCHYARD_ADMIN_TOKEN\n",
@@ -152,6 +168,11 @@ impl ConfigBuilder {
             if let Some(s) = strategy {
                 y.push_str(&format!("    strategy: {s}\n"));
             }
+            for (model, aliases) in &self.aliases {
+                if model == name {
+                    y.push_str(&format!("    aliases: [{}]\n", aliases.join(", ")));
+                }
+            }
         }
         y.push_str("profiles:\n");
         for p in &self.profiles {
@@ -161,10 +182,12 @@ impl ConfigBuilder {
             } else {
                 "    provider: openai\n".to_owned()
             };
-            y.push_str(&format!(
-                "  - id: {}\n{provider}    base_url: \"{}\"\n",
-                p.id, p.base_url
-            ));
+            // An empty base_url writes none (`provider: echo` refuses one).
+            let base_url = match p.base_url.as_str() {
+                "" => String::new(),
+                url => format!("    base_url: \"{url}\"\n"),
+            };
+            y.push_str(&format!("  - id: {}\n{provider}{base_url}", p.id));
             for line in &p.extra {
                 y.push_str(&format!("    {line}\n"));
             }
@@ -204,6 +227,23 @@ impl Server {
         Server::spawn(dir, config_path, env)
     }
 
+    /// The repository's own profiles.yaml, copied into a fresh directory, on port 0; its providers'
+    /// key variables removed, as on a machine that has none.
+    pub fn start_repository_config() -> Server {
+        Server::start_repository_config_with_env(&[])
+    }
+
+    /// Like `start_repository_config`, with extra environment variables.
+    pub fn start_repository_config_with_env(extra: &[(String, String)]) -> Server {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let config_path = dir.path().join("profiles.yaml");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles.yaml");
+        std::fs::copy(repo, &config_path).expect("copy profiles.yaml");
+        let mut env = vec![("SWITCHYARD_LISTEN".to_owned(), "127.0.0.1:0".to_owned())];
+        env.extend_from_slice(extra);
+        Server::spawn(dir, config_path, env)
+    }
+
     fn spawn(
         dir: Arc<tempfile::TempDir>,
         config_path: PathBuf,
@@ -224,6 +264,9 @@ impl Server {
             .env_remove("SWITCHYARD_LISTEN")
             .env_remove("SWITCHYARD_DATA_DIR")
             .env_remove("SWITCHYARD_CONFIG")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENROUTER_API_KEY")
+            .env_remove("GROQ_API_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -1,0 +1,135 @@
+//! The OpenAI Responses API passed through (`/v1/responses` to a profile that speaks it): nothing is
+//! translated, so `store: false`, `include: ["reasoning.encrypted_content"]`, reasoning items and every
+//! event reach both sides as sent. The proxy reads only usage (from `response.completed`) and the
+//! stream's end (held back until the usage record is safe), or its failure.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::wire::openai::TokenUsage;
+use crate::wire::passthrough::{PassThrough, Step};
+use crate::wire::sse::Frame;
+use crate::wire::{Relayed, StreamFault};
+
+#[derive(Deserialize)]
+struct Event {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    response: Option<ResponseBody>,
+}
+
+#[derive(Deserialize)]
+struct ResponseBody {
+    #[serde(default)]
+    usage: Option<TokenUsage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// Follows one Responses stream passed through as it came.
+#[derive(Debug, Default)]
+pub struct ResponsesStream {
+    relay: PassThrough,
+    usage: Option<TokenUsage>,
+}
+
+impl ResponsesStream {
+    /// A pass-through of one stream.
+    pub fn new() -> ResponsesStream {
+        ResponsesStream::default()
+    }
+
+    /// Takes one upstream chunk: the whole events to forward, byte for byte.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
+        let usage = &mut self.usage;
+        self.relay
+            .push(chunk, |frame, content| read(usage, frame, content))
+    }
+
+    /// The held-back closing event (`response.completed` or `response.incomplete`).
+    pub fn done_bytes(&mut self) -> Bytes {
+        self.relay.take_end().unwrap_or_default()
+    }
+
+    /// The usage `response.completed` reported.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.usage
+    }
+}
+
+/// What one event means: only the closing and failing ones are parsed.
+fn read(usage: &mut Option<TokenUsage>, frame: &Frame, content: bool) -> Step {
+    let interesting = match frame.event_name() {
+        Some(name) => matches!(
+            name,
+            b"response.completed" | b"response.incomplete" | b"response.failed" | b"error"
+        ),
+        None => frame.data().is_some(),
+    };
+    let Some(data) = frame.data().filter(|_| interesting) else {
+        return Step::Forward;
+    };
+    let Ok(event) = serde_json::from_slice::<Event>(&data) else {
+        return match content {
+            false => Step::Fault(StreamFault::NotJson),
+            true => Step::Forward,
+        };
+    };
+    match event.kind.as_str() {
+        "response.completed" | "response.incomplete" => {
+            *usage = event.response.and_then(|r| r.usage);
+            Step::End
+        }
+        // The error object, in the `{"error": {...}}` shape the forwarder classifies.
+        "response.failed" => {
+            let error = event.response.and_then(|r| r.error).unwrap_or_default();
+            upstream_fault(error)
+        }
+        "error" => upstream_fault(serde_json::from_slice(&data).unwrap_or_default()),
+        _ => Step::Forward,
+    }
+}
+
+fn upstream_fault(error: serde_json::Value) -> Step {
+    let body = serde_json::json!({ "error": error });
+    Step::Fault(StreamFault::Upstream(Bytes::from(body.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = concat!(
+        "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\",\"usage\":null}}\n\n",
+        "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"item\":{\"type\":\"reasoning\",\"encrypted_content\":\"gAAA\"}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":11,\"output_tokens\":4,\"total_tokens\":15}}}\n\n",
+    );
+
+    #[test]
+    fn events_pass_byte_for_byte_and_usage_comes_from_response_completed() {
+        let s = crate::wire::passthrough::check_every_split(
+            STREAM,
+            ResponsesStream::new,
+            |s, b| s.push(b).unwrap(),
+            ResponsesStream::done_bytes,
+        );
+        let u = s.usage().unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (11, 4));
+    }
+
+    #[test]
+    fn a_failed_response_is_an_upstream_fault() {
+        let mut s = ResponsesStream::new();
+        let ev = "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"rate_limit_exceeded\",\"message\":\"slow down\"}}}\n\n";
+        let r = s.push(ev.as_bytes()).unwrap();
+        match r.fault {
+            Some(StreamFault::Upstream(body)) => {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

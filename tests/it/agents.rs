@@ -1,0 +1,394 @@
+//! Coding agents as clients: what Claude Code really sends (tests/fixtures/clients, prose replaced by
+//! filler), replayed to an Anthropic profile (passed through untouched but for `model`) and to an
+//! OpenAI profile (translated), and sessions kept sticky by the agents' own headers.
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// The captured Claude Code request: (query, headers, body).
+fn claude_code() -> (String, Vec<(String, String)>, Value) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/clients/claude-code-messages.json"
+    );
+    let fixture: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let req = &fixture["request"];
+    let headers = req["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "x-api-key" | "connection" | "accept-encoding"))
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    (
+        req["query"].as_str().unwrap().to_owned(),
+        headers,
+        req["body"].clone(),
+    )
+}
+
+fn anthropic_profile(cfg: ConfigBuilder, id: &str, mock: &MockUpstream) -> ConfigBuilder {
+    let key = format!("api_key: \"sk-ant-{id}-secret\"");
+    cfg.profile_with(
+        id,
+        &mock.base_url(),
+        &[
+            "provider: anthropic",
+            &key,
+            "model_map: {claude-opus-4-8: claude-upstream-name}",
+        ],
+    )
+}
+
+/// Sends the fixture (with `stream` as given) the way Claude Code does; status and body text.
+async fn send_claude_code(
+    server: &Server,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let (query, headers, _) = claude_code();
+    let mut req = client().post(server.url(&format!("/v1/messages?{query}")));
+    for (k, v) in &headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let resp = req.json(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut s = resp.bytes_stream();
+    let mut all = Vec::new();
+    while let Some(c) = s.next().await {
+        all.extend_from_slice(&c.unwrap());
+    }
+    (status, headers, String::from_utf8(all).unwrap())
+}
+
+#[tokio::test]
+async fn claude_code_reaches_an_anthropic_profile_untouched_but_for_model() {
+    let a = MockUpstream::start_named("a").await;
+    let cfg = anthropic_profile(ConfigBuilder::default(), "a", &a).model("claude-opus-4-8", &["a"]);
+    let server = Server::start(&cfg);
+    let (query, headers, body) = claude_code();
+    for stream in [true, false] {
+        a.clear();
+        let mut body = body.clone();
+        body["stream"] = json!(stream);
+        let (status, resp_headers, text) = send_claude_code(&server, &body).await;
+        assert_eq!(status, 200, "{text}");
+        let got = &a.requests()[0];
+        assert_eq!(
+            got.path,
+            format!("/v1/messages?{query}"),
+            "the query string is kept"
+        );
+        for name in ["anthropic-beta", "anthropic-version"] {
+            let sent = headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str());
+            assert_eq!(got.header(name), sent, "{name} is forwarded as sent");
+        }
+        assert_eq!(got.header("x-api-key"), Some("sk-ant-a-secret"));
+        let mut want = body.clone();
+        want["model"] = json!("claude-upstream-name");
+        assert_eq!(
+            got.json(),
+            want,
+            "cache_control, thinking, betas: all as sent but model"
+        );
+        if stream {
+            assert!(text.contains("event: message_start"), "{text}");
+            assert!(
+                text.trim_end()
+                    .ends_with("data: {\"type\":\"message_stop\"}"),
+                "{text}"
+            );
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], "message", "{text}");
+            assert!(resp_headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn claude_code_with_system_entries_is_answered_by_an_openai_profile() {
+    let o = MockUpstream::start_named("o").await;
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile("o", &o)
+            .model("claude-opus-4-8", &["o"]),
+    );
+    let (_, _, mut body) = claude_code();
+    // The mid-conversation-system beta: a system-role entry among the messages.
+    body["messages"].as_array_mut().unwrap().push(
+        json!({"role": "system", "content": [{"type": "text", "text": "mid-conversation note"}]}),
+    );
+    body["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "user", "content": "go on"}));
+    for stream in [false, true] {
+        body["stream"] = json!(stream);
+        let (status, _, text) = send_claude_code(&server, &body).await;
+        assert_eq!(status, 200, "{text}");
+        if stream {
+            assert!(text.contains("event: message_stop"), "{text}");
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], "message");
+            let id = v["id"].as_str().unwrap();
+            assert!(
+                id.starts_with("msg_") && !id.starts_with("msg_msg_"),
+                "{id}"
+            );
+        }
+    }
+    let sent = o.requests()[0].json();
+    let roles: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles.first(), Some(&"system"));
+    assert!(roles.iter().skip(1).any(|r| *r == "system"), "{roles:?}");
+}
+
+#[tokio::test]
+async fn an_agent_session_header_or_prompt_cache_key_keeps_its_turns_on_one_profile() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    let server = Server::start(
+        &ConfigBuilder::default()
+            .profile("a", &a)
+            .profile("b", &b)
+            .model("m", &["a", "b"]),
+    );
+    let keyed: Vec<(Option<&str>, Value)> = vec![
+        (Some("x-claude-code-session-id"), chat_body("m")),
+        (Some("session-id"), chat_body("m")),
+        (Some("thread-id"), chat_body("m")),
+        (None, {
+            let mut b = chat_body("m");
+            b["prompt_cache_key"] = json!("conv-42");
+            b
+        }),
+    ];
+    for (header, body) in keyed {
+        let mut profiles = Vec::new();
+        for _ in 0..4 {
+            let mut req = client().post(server.url("/v1/chat/completions"));
+            if let Some(h) = header {
+                req = req.header(h, format!("{h}-value"));
+            }
+            let resp = req.json(&body).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            profiles.push(
+                resp.headers()["x-switchyard-profile"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        assert!(
+            profiles.iter().all(|p| *p == profiles[0]),
+            "{header:?}: {profiles:?} (round robin would alternate)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn models_answer_in_anthropic_shape_when_asked_with_anthropic_version() {
+    let a = MockUpstream::start_named("a").await;
+    let server = Server::start(&ConfigBuilder::default().profile("a", &a).model("m", &["a"]));
+    let v: Value = client()
+        .get(server.url("/v1/models"))
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"][0]["type"], "model");
+    assert_eq!(v["data"][0]["id"], "m");
+    assert_eq!(v["has_more"], false);
+    let v: Value = client()
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "list", "OpenAI's shape otherwise");
+}
+
+#[tokio::test]
+async fn count_tokens_goes_to_an_anthropic_profile_and_is_estimated_without_one() {
+    let (a, o) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("o").await,
+    );
+    let cfg = anthropic_profile(ConfigBuilder::default(), "a", &a)
+        .profile("o", &o)
+        .model("claude-opus-4-8", &["o", "a"])
+        .model("gpt", &["o"]);
+    let server = Server::start(&cfg);
+    let body = json!({"model": "claude-opus-4-8", "messages": [{"role": "user", "content": "one two three"}]});
+    for path in [
+        "/v1/messages/count_tokens",
+        "/v1/messages/count_tokens?beta=true",
+    ] {
+        let resp = client()
+            .post(server.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["x-switchyard-profile"],
+            "a",
+            "only Anthropic counts"
+        );
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["input_tokens"], 3, "the upstream's own count");
+    }
+    let got = a.requests();
+    assert_eq!(got[0].path_only(), "/v1/messages/count_tokens");
+    assert_eq!(got[1].path, "/v1/messages/count_tokens?beta=true");
+    assert_eq!(
+        o.request_count(),
+        0,
+        "an OpenAI profile is never asked to count"
+    );
+    // A model without an Anthropic profile: an estimate, in Anthropic's shape.
+    let mut body = body.clone();
+    body["model"] = json!("gpt");
+    let resp = client()
+        .post(server.url("/v1/messages/count_tokens"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-estimate"], "bytes/4");
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["input_tokens"].as_u64().unwrap() > 0, "{v}");
+    // An unknown model: Anthropic's error shape.
+    body["model"] = json!("nope");
+    let resp = client()
+        .post(server.url("/v1/messages/count_tokens"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "not_found_error");
+}
+
+/// The captured Codex request's body.
+fn codex() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/clients/codex-responses.json"
+    );
+    let fixture: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    fixture["request"]["body"].clone()
+}
+
+#[tokio::test]
+async fn codex_responses_pass_through_with_failover_json_and_stream() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    let cfg = ConfigBuilder::default()
+        .profile("a", &a)
+        .profile("b", &b)
+        .model("gpt-4o-mini", &["a", "b"]);
+    let server = Server::start(&cfg);
+    let body = codex();
+    // Profile a always fails; the client must never see it.
+    a.set_default(Reply::status(500, "upstream exploded"));
+    for stream in [true, false] {
+        b.clear();
+        let mut body = body.clone();
+        body["stream"] = json!(stream);
+        let resp = client()
+            .post(server.url("/v1/responses"))
+            .header("session-id", "codex-session")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-switchyard-profile"], "b");
+        let text = resp.text().await.unwrap();
+        let got = b.requests().last().unwrap().json();
+        assert_eq!(
+            got, body,
+            "store:false, include and reasoning pass untouched, no stream_options"
+        );
+        assert_eq!(b.requests().last().unwrap().path_only(), "/v1/responses");
+        if stream {
+            assert!(text.contains("event: response.created"), "{text}");
+            assert!(text.contains("event: response.completed"), "{text}");
+            assert!(!text.contains("[DONE]"), "the Responses API has no [DONE]");
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["object"], "response", "{text}");
+        }
+    }
+    // Usage comes from the Responses shape (input_tokens/output_tokens).
+    assert!(
+        a.request_count() >= 1,
+        "the failing profile was tried first"
+    );
+    let m = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines().any(|l| l.starts_with("switchyard_tokens_total")
+            && l.contains("completion")
+            && !l.ends_with(" 0")),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn an_overloaded_upstream_reaches_an_anthropic_client_as_overloaded_error() {
+    let a = MockUpstream::start_named("a").await;
+    let server = Server::start(
+        &anthropic_profile(ConfigBuilder::default(), "a", &a).model("claude-opus-4-8", &["a"]),
+    );
+    a.push(Reply::status(
+        529,
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+    ));
+    let body = json!({"model": "claude-opus-4-8", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = client()
+        .post(server.url("/v1/messages"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 529, "clients retry on overloaded");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "overloaded_error", "{v}");
+}
