@@ -16,7 +16,8 @@
 //!   classification of upstream answers (`upstream::classify`), and `provider: echo`, the built-in
 //!   demo upstream answered in-process (`upstream::echo`).
 //! * [`limits`] — tiers, rate windows, credit reservations and the ledger, usage reports, billing events.
-//! * [`state`] — [`state::AppState`], what every worker shares, and the router's view of a config.
+//! * [`state`] — [`state::AppState`], what every worker shares, and the router's view of a config;
+//!   [`readiness`], which models have a usable profile now and why the others do not.
 //! * [`forward`] — the failover loop, one attempt, the stream relay, the guard that records every
 //!   attempt once; [`reload`] — hot reload (the only place the config and routing table change).
 //! * [`http`] — routes and thin handlers: `extract` (caller, the admin gate, bodies), `respond`
@@ -34,6 +35,7 @@ pub mod forward;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod readiness;
 pub mod reload;
 pub mod state;
 pub mod upstream;

@@ -4,14 +4,13 @@ use std::time::SystemTime;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
-use switchyard_actors::health::StateName;
 use switchyard_actors::profile::breaker_open_until;
-use switchyard_actors::profile::Availability;
-use switchyard_actors::router::{ProfileEntry, Router};
+use switchyard_actors::router::ProfileEntry;
 
 use super::extract::{address, Admin};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::readiness::Readiness;
 use crate::reload::ReloadError;
 use crate::state::AppState;
 
@@ -33,7 +32,7 @@ async fn live() -> HttpResponse {
 /// or no model can be served. The body names, per model and per profile, what is usable and why not.
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let store_ok = state.store.is_writable();
-    let r = readiness(&state.config(), &state.router, SystemTime::now());
+    let r = Readiness::of(&state.config(), &state.router, SystemTime::now());
     let status = match (store_ok, r.models_ready, r.models_total) {
         (false, _, _) => "unready",
         // No model configured: usable profiles are all there is to judge by (as before models).
@@ -54,99 +53,6 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     match status {
         "unready" => HttpResponse::ServiceUnavailable().json(body),
         _ => HttpResponse::Ok().json(body),
-    }
-}
-
-/// What `/health/ready` reports of the routing side.
-struct Readiness {
-    models_ready: usize,
-    models_total: usize,
-    any_profile_usable: bool,
-    /// model name -> `{ready, usable: [ids], reason}`, in file order.
-    models: serde_json::Map<String, serde_json::Value>,
-    /// profile id -> `{usable, state, reason}`, in file order.
-    profiles: serde_json::Map<String, serde_json::Value>,
-}
-
-/// A profile is usable when the router would pick it now: healthy (also at its per-minute limit,
-/// which passes within the minute) or half-open with the probe free. A profile whose key variable is
-/// unset is `auth_failed` from the start, so it is not; one that needs no key (a local server) is
-/// usable until a request to it fails.
-fn readiness(config: &Config, router: &Router, now: SystemTime) -> Readiness {
-    let mut profiles = serde_json::Map::new();
-    let mut usable_ids = Vec::new();
-    for p in router.profiles() {
-        let v = p.shared.view();
-        let (usable, reason) = match p.shared.availability(now) {
-            Availability::Usable | Availability::Probe => (true, None),
-            Availability::Throttled(until) => (
-                true,
-                Some(format!(
-                    "at its provider's per-minute limit until {}",
-                    humantime::format_rfc3339_seconds(until)
-                )),
-            ),
-            Availability::Unusable(state) => {
-                let mut why = state.as_str().to_owned();
-                if let Some(until) = v.state_until(now) {
-                    why.push_str(&format!(
-                        " until {}",
-                        humantime::format_rfc3339_seconds(until)
-                    ));
-                }
-                match (state, &v.auth_failed, &v.last_error) {
-                    (StateName::AuthFailed, Some(reason), _) => {
-                        why.push_str(&format!(" ({reason})"))
-                    }
-                    (StateName::HalfOpen, _, _) => why.push_str(" (a probe is in flight)"),
-                    (_, _, Some(last)) => why.push_str(&format!(" (last failure: {last})")),
-                    _ => {}
-                }
-                (false, Some(why))
-            }
-        };
-        if usable {
-            usable_ids.push(p.id().to_string());
-        }
-        profiles.insert(
-            p.id().to_string(),
-            serde_json::json!({"usable": usable, "state": v.state_at(now).as_str(), "reason": reason}),
-        );
-    }
-    let mut models = serde_json::Map::new();
-    let mut models_ready = 0;
-    for m in &config.models {
-        let usable: Vec<&String> = m
-            .profiles
-            .iter()
-            .filter(|p| usable_ids.contains(p))
-            .collect();
-        let ready = !usable.is_empty();
-        models_ready += usize::from(ready);
-        let reason = (!ready).then(|| {
-            let each: Vec<String> = m
-                .profiles
-                .iter()
-                .map(
-                    |id| match profiles.get(id).and_then(|p| p["reason"].as_str()) {
-                        Some(why) => format!("{id}: {why}"),
-                        None => format!("{id}: unknown"),
-                    },
-                )
-                .collect();
-            format!("no usable profile: {}", each.join("; "))
-        });
-        models.insert(
-            m.name.clone(),
-            serde_json::json!({"ready": ready, "usable": usable, "reason": reason}),
-        );
-    }
-    Readiness {
-        models_ready,
-        models_total: config.models.len(),
-        any_profile_usable: !usable_ids.is_empty(),
-        models,
-        profiles,
     }
 }
 

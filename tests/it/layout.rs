@@ -13,7 +13,7 @@ const FLOORS: &[&[&str]] = &[
     &["config"],
     &["auth", "upstream"],
     &["limits"],
-    &["state"],
+    &["state", "readiness"],
     &["forward", "reload"],
     &["http"],
     &["lib", "main"],
