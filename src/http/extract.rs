@@ -4,6 +4,8 @@
 //! `Caller` and `Admin` are actix-web extractors, so a handler that names one in its arguments never
 //! runs for a request that fails the check; the refusal is an `ApiError`, rendered once.
 
+use std::time::Duration;
+
 use actix_web::dev::Payload;
 use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
@@ -195,17 +197,7 @@ pub async fn read_limited(
     loop {
         let by = deadline.min(tokio::time::Instant::now() + idle);
         let Ok(next) = tokio::time::timeout_at(by, payload.next()).await else {
-            return Err(ApiError::RequestTimeout(if by == deadline {
-                format!(
-                    "The request body took longer than {} to arrive.",
-                    humantime::format_duration(total)
-                )
-            } else {
-                format!(
-                    "The request body stalled: nothing arrived for {}.",
-                    humantime::format_duration(idle)
-                )
-            }));
+            return Err(body_timeout(by == deadline, idle, total));
         };
         let Some(chunk) = next else { break };
         let chunk = chunk
@@ -216,6 +208,20 @@ pub async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// The 408 for a body that stalled for `idle` or took longer than `total` in all.
+fn body_timeout(total_passed: bool, idle: Duration, total: Duration) -> ApiError {
+    ApiError::RequestTimeout(match total_passed {
+        true => format!(
+            "The request body took longer than {} to arrive.",
+            humantime::format_duration(total)
+        ),
+        false => format!(
+            "The request body stalled: nothing arrived for {}.",
+            humantime::format_duration(idle)
+        ),
+    })
 }
 
 /// Largest body of the identity and billing APIs (small JSON objects); bounds what is read.

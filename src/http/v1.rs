@@ -152,28 +152,15 @@ async fn forward(
     let request_id = extract::request_id(req);
     let counting = call.endpoint == Endpoint::CountTokens;
     if counting && !has_anthropic_profile(proxy.config, &fields.model) {
-        return estimated_count(
-            proxy.config,
-            &fields.model,
-            native.as_ref().map(|n| &n.body),
-        );
+        let native_body = native.as_ref().map(|n| &n.body);
+        return estimated_count(proxy.config, &fields.model, native_body);
     }
-    let embeddings = call.endpoint == Endpoint::Embeddings;
     let accounting = match counting {
         // Counting generates nothing: no credits are reserved or charged.
         true => None,
-        false => proxy.shared.limits.hold(
-            proxy.config,
-            subject.as_ref(),
-            &fields.model,
-            (&body, fields.max_tokens),
-            embeddings,
-            &request_id,
-        )?,
+        false => hold(proxy, &call, subject.as_ref(), &fields, &body, &request_id)?,
     };
-    // Debug, like the per-attempt span: an info span is formatted on every request by the JSON layer
-    // even when nothing is logged under it. Warnings on the forward path carry `request_id` themselves.
-    let span = tracing::debug_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream);
+    let span = request_span(&request_id, &fields);
     let req = ProxyRequest {
         endpoint: call.endpoint,
         session: session_key(req, &fields),
@@ -191,6 +178,33 @@ async fn forward(
         native,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
+}
+
+/// The request's span. Debug, like the per-attempt span: an info span is formatted on every request by
+/// the JSON layer even when nothing is logged under it; warnings carry `request_id` themselves.
+fn request_span(request_id: &str, fields: &RoutingFields) -> tracing::Span {
+    tracing::debug_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream)
+}
+
+/// Checks `max_tokens` against the caller's tier and reserves the request's largest possible cost.
+fn hold(
+    proxy: &Proxy<'_>,
+    call: &Call,
+    subject: Option<&Subject>,
+    fields: &RoutingFields,
+    body: &Bytes,
+    request_id: &str,
+) -> Result<Option<std::sync::Arc<crate::limits::Hold>>, ApiError> {
+    let embeddings = call.endpoint == Endpoint::Embeddings;
+    let held = proxy.shared.limits.hold(
+        proxy.config,
+        subject,
+        &fields.model,
+        (body, fields.max_tokens),
+        embeddings,
+        request_id,
+    )?;
+    Ok(held)
 }
 
 /// Renames `fields.model` to the model it resolves to: an alias or a pattern's match is routed,
