@@ -12,20 +12,20 @@ use indexmap::IndexMap;
 use marked_yaml::Spanned;
 
 use super::raw::{
-    RawAuth, RawConfig, RawIssuer, RawModel, RawNotify, RawPrice, RawRouting, RawServer, RawTier,
-    Text,
+    RawAuth, RawConfig, RawIssuer, RawModel, RawNotify, RawRouting, RawServer, RawTier, Text,
 };
 use super::report::{line_of, Report};
 use super::values::{
-    cooldown, count, duration, env_name, parse_size, socket_addr, strategy, timeouts, usd_micros,
-    DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_ADMIN_TOKEN_ENV, DEFAULT_BILLING_COOLDOWN, DEFAULT_BREAKER,
-    DEFAULT_COOLDOWN, DEFAULT_DATA_DIR, DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFETCH,
-    DEFAULT_JWT_SECRET_ENV, DEFAULT_LOGIN, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_KEYS_PER_ACCOUNT, DEFAULT_REFRESH_TOKEN_TTL, DEFAULT_STICKY_TTL, DEFAULT_TIMEOUTS,
+    cooldown, count, duration, env_name, parse_size, price, pricing, socket_addr, strategy,
+    timeouts, usd_micros, DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_ADMIN_TOKEN_ENV,
+    DEFAULT_BILLING_COOLDOWN, DEFAULT_BREAKER, DEFAULT_COOLDOWN, DEFAULT_DATA_DIR,
+    DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFETCH, DEFAULT_JWT_SECRET_ENV, DEFAULT_LOGIN,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    DEFAULT_REFRESH_TOKEN_TTL, DEFAULT_STICKY_TTL, DEFAULT_TIMEOUTS,
 };
 use super::{
     AuthConfig, BreakerSettings, ClaimMapping, Config, HealthPolicy, IssuerConfig, IssuerKeys,
-    LoginLimits, ModelConfig, ModelPrice, NotifyConfig, ProfileConfig, RoutingConfig, ServerConfig,
+    LoginLimits, ModelConfig, NotifyConfig, ProfileConfig, RoutingConfig, ServerConfig,
     StickyConfig, Strategy, TierConfig, UsageConfig,
 };
 
@@ -325,68 +325,6 @@ fn tiers(report: &mut Report, raw: &IndexMap<String, RawTier>) -> IndexMap<Strin
         );
     }
     out
-}
-
-/// `pricing:` (and a profile's): every entry through `price`.
-pub(super) fn pricing(
-    report: &mut Report,
-    prefix: &str,
-    raw: &IndexMap<String, Spanned<RawPrice>>,
-) -> IndexMap<String, ModelPrice> {
-    raw.iter()
-        .map(|(model, p)| {
-            (
-                model.clone(),
-                price(report, &format!("{prefix}.{model}"), p),
-            )
-        })
-        .collect()
-}
-
-/// One price: `input_per_million` and `output_per_million` required, every rate non-negative.
-pub(super) fn price(report: &mut Report, path: &str, p: &Spanned<RawPrice>) -> ModelPrice {
-    let mut rate = |key: &str, v: Option<&Spanned<f64>>, default: Option<f64>| match (v, default) {
-        (None, Some(d)) => d,
-        (None, None) => {
-            report.at(p.span(), format!("{path}.{key}"), "is required");
-            0.0
-        }
-        (Some(v), _) if !v.is_finite() || **v < 0.0 => {
-            report.at(v.span(), format!("{path}.{key}"), "must be >= 0");
-            0.0
-        }
-        (Some(v), _) => **v,
-    };
-    let input = rate("input_per_million", p.input_per_million.as_ref(), None);
-    let output = rate("output_per_million", p.output_per_million.as_ref(), None);
-    let cached = rate(
-        "cached_input_per_million",
-        p.cached_input_per_million.as_ref(),
-        Some(input),
-    );
-    let write = rate(
-        "cache_write_per_million",
-        p.cache_write_per_million.as_ref(),
-        Some(input),
-    );
-    let write_1h = rate(
-        "cache_write_1h_per_million",
-        p.cache_write_1h_per_million.as_ref(),
-        Some(write),
-    );
-    let reasoning = rate(
-        "reasoning_per_million",
-        p.reasoning_per_million.as_ref(),
-        Some(output),
-    );
-    ModelPrice {
-        input_per_million: input,
-        output_per_million: output,
-        cached_input_per_million: cached,
-        cache_write_per_million: write,
-        cache_write_1h_per_million: write_1h,
-        reasoning_per_million: reasoning,
-    }
 }
 
 /// `auth:`

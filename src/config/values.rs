@@ -5,11 +5,12 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use indexmap::IndexMap;
 use marked_yaml::Spanned;
 
-use super::raw::{RawCooldown, RawTimeouts, Text};
+use super::raw::{RawCooldown, RawPrice, RawTimeouts, Text};
 use super::report::Report;
-use super::{BreakerSettings, CooldownPolicy, LoginLimits, Strategy, Timeouts};
+use super::{BreakerSettings, CooldownPolicy, LoginLimits, ModelPrice, Strategy, Timeouts};
 
 // Defaults; mod.rs documents each next to its field.
 
@@ -272,4 +273,66 @@ pub(super) fn parse_size(raw: &str) -> Result<usize, String> {
         return Err("must be > 0".to_owned());
     }
     Ok(bytes)
+}
+
+/// `pricing:` (and a profile's): every entry through `price`.
+pub(crate) fn pricing(
+    report: &mut Report,
+    prefix: &str,
+    raw: &IndexMap<String, Spanned<RawPrice>>,
+) -> IndexMap<String, ModelPrice> {
+    raw.iter()
+        .map(|(model, p)| {
+            (
+                model.clone(),
+                price(report, &format!("{prefix}.{model}"), p),
+            )
+        })
+        .collect()
+}
+
+/// One price: `input_per_million` and `output_per_million` required, every rate non-negative.
+pub(crate) fn price(report: &mut Report, path: &str, p: &Spanned<RawPrice>) -> ModelPrice {
+    let mut rate = |key: &str, v: Option<&Spanned<f64>>, default: Option<f64>| match (v, default) {
+        (None, Some(d)) => d,
+        (None, None) => {
+            report.at(p.span(), format!("{path}.{key}"), "is required");
+            0.0
+        }
+        (Some(v), _) if !v.is_finite() || **v < 0.0 => {
+            report.at(v.span(), format!("{path}.{key}"), "must be >= 0");
+            0.0
+        }
+        (Some(v), _) => **v,
+    };
+    let input = rate("input_per_million", p.input_per_million.as_ref(), None);
+    let output = rate("output_per_million", p.output_per_million.as_ref(), None);
+    let cached = rate(
+        "cached_input_per_million",
+        p.cached_input_per_million.as_ref(),
+        Some(input),
+    );
+    let write = rate(
+        "cache_write_per_million",
+        p.cache_write_per_million.as_ref(),
+        Some(input),
+    );
+    let write_1h = rate(
+        "cache_write_1h_per_million",
+        p.cache_write_1h_per_million.as_ref(),
+        Some(write),
+    );
+    let reasoning = rate(
+        "reasoning_per_million",
+        p.reasoning_per_million.as_ref(),
+        Some(output),
+    );
+    ModelPrice {
+        input_per_million: input,
+        output_per_million: output,
+        cached_input_per_million: cached,
+        cache_write_per_million: write,
+        cache_write_1h_per_million: write_1h,
+        reasoning_per_million: reasoning,
+    }
 }

@@ -8,7 +8,7 @@ use marked_yaml::Spanned;
 
 use crate::config::raw::{RawProfile, RawProfileAuth, RawProfileLimits, Text};
 use crate::config::report::{line_of, Report};
-use crate::config::values::{count, env_name, timeouts, DEFAULT_PRIORITY, DEFAULT_WEIGHT};
+use crate::config::values::{count, env_name, pricing, timeouts, DEFAULT_PRIORITY, DEFAULT_WEIGHT};
 use crate::config::{
     ApiKeySource, OAuthConfig, OAuthReturns, Preset, ProfileConfig, Provider, Timeouts,
     UpstreamLimits,
@@ -67,7 +67,7 @@ pub(super) fn profile(
         .as_ref()
         .and_then(|a| profile_oauth(report, index, a, &raw.api_key, &raw.api_key_env));
     let api_version = preset_keys(report, index, raw, preset, &api_key, &mut headers);
-    let pricing = super::pricing(report, &at(index, "pricing"), &raw.pricing);
+    let pricing = pricing(report, &at(index, "pricing"), &raw.pricing);
 
     ProfileConfig {
         id,
