@@ -94,29 +94,7 @@ impl UpstreamProfile {
     /// A POST to `path` carrying this profile's credential and headers (and none of the client's). An
     /// OAuth profile's token is added by `UpstreamRequest::send`, which may have to refresh it first.
     pub fn post(&self, path: &str, request_id: &str) -> UpstreamRequest<'_> {
-        let builder = match self.parsed.iter().find(|(p, _)| *p == path) {
-            Some((_, url)) => self.client.post(url.clone()),
-            None => self.client.post(self.url(path)),
-        };
-        let mut req = builder
-            .headers(self.headers.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", request_id);
-        if self.provider == Provider::Anthropic {
-            req = req.header("anthropic-version", ANTHROPIC_VERSION);
-        }
-        if let Some((name, value)) = &self.auth {
-            req = req.header(name.clone(), value.clone());
-        }
-        let local = self.in_process.then(|| LocalCall {
-            path: path.to_owned(),
-            body: Bytes::new(),
-        });
-        UpstreamRequest {
-            req,
-            up: self,
-            local,
-        }
+        self.request(path, "", request_id, &[])
     }
 }
 
@@ -137,14 +115,34 @@ impl UpstreamProfile {
         request_id: &str,
         headers: &[(&'static str, String)],
     ) -> UpstreamRequest<'_> {
-        let mut url = self.url(path);
-        if !query.is_empty() {
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(query);
-        }
-        let mut req = self
-            .client
-            .post(url)
+        self.request(path, query, request_id, headers)
+    }
+
+    /// The one builder behind `post` and `post_native`. Without a query string the URL parsed once per
+    /// profile is reused (reqwest would parse a string per request).
+    fn request(
+        &self,
+        path: &str,
+        query: &str,
+        request_id: &str,
+        headers: &[(&'static str, String)],
+    ) -> UpstreamRequest<'_> {
+        let parsed = query
+            .is_empty()
+            .then(|| self.parsed.iter().find(|(p, _)| *p == path))
+            .flatten();
+        let builder = match parsed {
+            Some((_, url)) => self.client.post(url.clone()),
+            None => {
+                let mut url = self.url(path);
+                if !query.is_empty() {
+                    url.push(if url.contains('?') { '&' } else { '?' });
+                    url.push_str(query);
+                }
+                self.client.post(url)
+            }
+        };
+        let mut req = builder
             .headers(self.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id);
@@ -158,8 +156,7 @@ impl UpstreamProfile {
         if let Some((name, value)) = &self.auth {
             req = req.header(name.clone(), value.clone());
         }
-        // Only a profile of the client's own dialect gets this; the echo upstream speaks OpenAI's,
-        // which has no native pass-through route, so it is answered the same way as by `post`.
+        // The echo upstream answers in-process, whichever way it was asked.
         let local = self.in_process.then(|| LocalCall {
             path: path.to_owned(),
             body: Bytes::new(),
