@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Principal, KEY_PREFIX};
+use crate::config::{Config, ServerConfig};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::wire::depth::{check_depth, MAX_JSON_DEPTH};
@@ -69,17 +70,22 @@ pub async fn principal(
     state: &AppState,
     req: &HttpRequest,
 ) -> Result<Option<Principal>, AuthError> {
+    principal_under(state, &state.config(), req).await
+}
+
+/// `principal` under a config snapshot the caller already holds.
+async fn principal_under(
+    state: &AppState,
+    config: &Config,
+    req: &HttpRequest,
+) -> Result<Option<Principal>, AuthError> {
     let Some(given) = presented_credential(req) else {
         return Ok(None);
     };
     if is_admin_token(state, given) {
         return Ok(Some(Principal::admin_token()));
     }
-    state
-        .auth
-        .authenticate(&state.config().auth, given)
-        .await
-        .map(Some)
+    state.auth.authenticate(&config.auth, given).await.map(Some)
 }
 
 fn is_admin_token(state: &AppState, given: &str) -> bool {
@@ -93,12 +99,16 @@ fn is_admin_token(state: &AppState, given: &str) -> bool {
 ///
 /// With `auth.required: false` a credential that is not ours (neither a `sy_` key nor a JWT) is
 /// ignored: OpenAI SDKs insist on sending some API key, and local setups put a placeholder there.
-pub async fn client(state: &AppState, req: &HttpRequest) -> Result<Option<Principal>, ApiError> {
-    let required = state.config().auth.required;
+pub async fn client(
+    state: &AppState,
+    config: &Config,
+    req: &HttpRequest,
+) -> Result<Option<Principal>, ApiError> {
+    let required = config.auth.required;
     if !required && presented_credential(req).is_some_and(|given| !looks_like_ours(state, given)) {
         return Ok(None);
     }
-    match principal(state, req).await? {
+    match principal_under(state, config, req).await? {
         Some(p) => Ok(Some(p)),
         None if required => Err(missing().into()),
         None => Ok(None),
@@ -177,8 +187,20 @@ async fn admin_gate(state: &AppState, req: &HttpRequest) -> Result<Principal, Ap
 /// connection (and its buffer) open at will.
 pub async fn read_limited(
     req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let config = app_state(req)?.config();
+    read_body(req, payload, limit, &config.server).await
+}
+
+/// `read_limited` with the request's config snapshot already in hand (the model routes): up to `limit`
+/// bytes, within the server's idle and total body deadlines (408 past either).
+pub async fn read_body(
+    req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    server: &ServerConfig,
 ) -> Result<bytes::Bytes, ApiError> {
     let declared = req
         .headers()
@@ -188,10 +210,7 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let (idle, total) = {
-        let config = app_state(req)?.config();
-        (config.server.body_idle_timeout, config.server.body_timeout)
-    };
+    let (idle, total) = (server.body_idle_timeout, server.body_timeout);
     let deadline = tokio::time::Instant::now() + total;
     let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
     loop {

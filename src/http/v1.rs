@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde_json::json;
 
-use super::extract::{self, read_limited};
+use super::extract::{self, read_body};
 use super::respond::{admit_other, reply};
 use crate::auth::Principal;
 use crate::config::{Config, Provider};
@@ -107,13 +107,13 @@ async fn model_call(
     let mut rate = RateStatus::default();
     let dialect = call.dialect;
     let result = async {
-        let principal = extract::client(state, &req).await?;
         let (config, generation) = state.snapshot();
+        let principal = extract::client(state, &config, &req).await?;
         let admission = state
             .limits
             .admit_principal(&config, principal.as_ref(), CallKind::Llm)?;
         rate = admission.rate;
-        let body = read_limited(&req, payload, config.server.max_body_bytes).await?;
+        let body = read_body(&req, payload, config.server.max_body_bytes, &config.server).await?;
         check_depth(&body, MAX_JSON_DEPTH)?;
         let (body, native) = match dialect {
             Dialect::OpenAi => (body, None),
@@ -341,7 +341,7 @@ fn usable_models<'a>(
 async fn list_models(req: HttpRequest, state: State) -> HttpResponse {
     let mut rate = RateStatus::default();
     let result = async {
-        let principal = extract::client(&state, &req).await?;
+        let principal = extract::client(&state, &state.config(), &req).await?;
         rate = admit_other(&state, principal.as_ref())?.rate;
         let config = state.config();
         let names: Vec<&str> = usable_models(&config, principal.as_ref()).collect();
@@ -359,7 +359,7 @@ async fn list_models(req: HttpRequest, state: State) -> HttpResponse {
 async fn get_model(req: HttpRequest, id: web::Path<String>, state: State) -> HttpResponse {
     let mut rate = RateStatus::default();
     let result = async {
-        let principal = extract::client(&state, &req).await?;
+        let principal = extract::client(&state, &state.config(), &req).await?;
         rate = admit_other(&state, principal.as_ref())?.rate;
         let config = state.config();
         // Any name a request may use, a pattern's matches included, under the name asked for.
