@@ -552,13 +552,7 @@ async fn streams_are_charged_and_failures_refunded() {
     let server = server_with(&mock, &[]).await;
     let key = new_key(&server, "streamer", "metered").await;
     let path = "/admin/accounts/streamer/credits";
-    admin(
-        &server,
-        reqwest::Method::POST,
-        path,
-        Some(json!({"amount_usd": 1})),
-    )
-    .await;
+    add_credits(&server, path, 1.0).await;
 
     let resp = client()
         .post(server.url("/v1/chat/completions"))
@@ -613,13 +607,7 @@ async fn a_client_that_leaves_gets_its_hold_released_at_once() {
     let server = server_with(&mock, &[]).await;
     let key = new_key(&server, "leaver", "metered").await;
     let path = "/admin/accounts/leaver/credits";
-    admin(
-        &server,
-        reqwest::Method::POST,
-        path,
-        Some(json!({"amount_usd": 1})),
-    )
-    .await;
+    add_credits(&server, path, 1.0).await;
     let impatient = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(400))
@@ -1061,13 +1049,7 @@ async fn an_answer_without_usage_is_charged_an_estimate_and_counted() {
     let server = server_with(&mock, &[]).await;
     let key = new_key(&server, "silent", "metered").await;
     let path = "/admin/accounts/silent/credits";
-    admin(
-        &server,
-        reqwest::Method::POST,
-        path,
-        Some(json!({"amount_usd": 1})),
-    )
-    .await;
+    add_credits(&server, path, 1.0).await;
     let mut balance = 1_000_000;
     for (i, stream) in [false, true].into_iter().enumerate() {
         let body = chat_req("m", json!({"max_tokens": 10, "stream": stream}));
@@ -1117,13 +1099,7 @@ async fn a_cut_stream_is_charged_for_the_text_that_reached_the_client() {
     let server = server_with(&mock, &[]).await;
     let key = new_key(&server, "cutoff", "metered").await;
     let path = "/admin/accounts/cutoff/credits";
-    admin(
-        &server,
-        reqwest::Method::POST,
-        path,
-        Some(json!({"amount_usd": 1})),
-    )
-    .await;
+    add_credits(&server, path, 1.0).await;
     mock.push(Reply::CutStream { after: 3 });
     let body = chat_req("m", json!({"max_tokens": 10, "stream": true}));
     let (s, _, text) = server
@@ -1227,13 +1203,7 @@ async fn metered_tiers_are_refused_unpriced_models_and_pay_the_answering_profile
     let server = Server::start(&config);
     let key = new_key(&server, "pricey", "metered").await;
     let path = "/admin/accounts/pricey/credits";
-    admin(
-        &server,
-        reqwest::Method::POST,
-        path,
-        Some(json!({"amount_usd": 1})),
-    )
-    .await;
+    add_credits(&server, path, 1.0).await;
 
     // `n` has no price and there is no pricing_default: never free for a metered tier.
     let (s, _, body) = call(
@@ -1290,13 +1260,7 @@ async fn a_reservation_left_open_by_a_crash_is_released_after_its_lease() {
     let mut server = Server::start(&config);
     let key = new_key(&server, "crashy", "metered").await;
     let path = "/admin/accounts/crashy/credits";
-    admin(
-        &server,
-        reqwest::Method::POST,
-        path,
-        Some(json!({"amount_usd": 1})),
-    )
-    .await;
+    add_credits(&server, path, 1.0).await;
     let url = server.url("/v1/chat/completions");
     let hanging = tokio::spawn(async move {
         let _ = client()
@@ -1310,13 +1274,7 @@ async fn a_reservation_left_open_by_a_crash_is_released_after_its_lease() {
     assert!(mock.wait_for_requests(1, Duration::from_secs(10)).await);
     // An adjustment is written and flushed at once, the queued reserve with it: the crash below
     // then finds the reservation on disk.
-    admin(
-        &server,
-        reqwest::Method::POST,
-        path,
-        Some(json!({"amount_usd": 1})),
-    )
-    .await;
+    add_credits(&server, path, 1.0).await;
     let before = balance_matching_log(&server, "crashy").await;
     assert!(before < 2_000_000, "the reservation is taken: {before}");
     server.kill9();
@@ -1457,4 +1415,10 @@ async fn crossing_a_share_of_the_monthly_credits_posts_one_signed_notice_per_mon
         c["balance_usd"].as_str().unwrap().starts_with("0.1"),
         "{me}"
     );
+}
+
+/// Adds `usd` to an account's credits through the admin API (`path` is its `/credits` route).
+async fn add_credits(server: &Server, path: &str, usd: f64) {
+    let body = Some(json!({ "amount_usd": usd }));
+    admin(server, reqwest::Method::POST, path, body).await;
 }
