@@ -90,6 +90,11 @@ pub enum ServeError {
     Metrics(String),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("cannot replay or open the journal in {dir}: {source}")]
+    Journal {
+        dir: PathBuf,
+        source: limits::recovery::RecoveryError,
+    },
 }
 
 /// Runs the proxy until it is told to stop (SIGINT/SIGTERM): then it stops accepting, lets in-flight
@@ -108,6 +113,8 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     };
     let store = Store::open_with_cache(&opts.data_dir, config.server.store_cache_bytes)
         .map_err(store_error)?;
+    // Before anything reads the store (the high-water check included): what only the journal holds.
+    let journal = open_journal(&config, &store, &opts.data_dir)?;
     // A store that comes back holding less than its high-water mark lost data: refuse it before
     // anything reads it (see actors/src/highwater.rs; the same counts as `switchyard store`).
     let held = switchyard_actors::highwater::Counts {
@@ -144,11 +151,20 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
     spawn_session_sweeper(router.clone(), sweep_every);
     let limits = Arc::new(limits::Limits::new(&store, metrics.clone()).map_err(store_error)?);
-    let (recorder_store, recorder_metrics, recorder_limits) =
-        (store.clone(), metrics.actors.clone(), limits.clone());
+    if let Some(j) = &journal {
+        limits.ledger.attach_journal(j.clone());
+    }
+    let usage_through = Arc::new(AtomicU64::new(store.usage_through().map_err(store_error)?));
+    let (recorder_store, recorder_metrics, recorder_limits, recorder_through) = (
+        store.clone(),
+        metrics.actors.clone(),
+        limits.clone(),
+        usage_through.clone(),
+    );
     let recorder = Supervisor::start(move |_| {
         UsageRecorder::new(recorder_store.clone(), recorder_metrics.clone())
             .with_companion(recorder_limits.clone())
+            .with_through(recorder_through.clone())
     });
     let admin_token = std::env::var(&config.auth.admin_token_env)
         .ok()
@@ -168,8 +184,10 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         reload_lock: tokio::sync::Mutex::new(()),
         auth: auth.clone(),
         limits,
+        journal,
     });
     spawn_lease_sweeper(shared.clone());
+    spawn_journal_checkpoint(shared.clone(), usage_through);
     let factory_shared = shared.clone();
     let mut server = HttpServer::new(move || {
         let upstreams = match WorkerUpstreams::new(
@@ -228,14 +246,74 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     if let Err(e) = shared.limits.ledger.write_pending() {
         tracing::error!(error = %e, "cannot write the last ledger entries");
     }
-    if let Err(e) = store.flush_blocking() {
-        tracing::error!(error = %e, "final flush failed");
+    match store.flush_blocking() {
+        Err(e) => tracing::error!(error = %e, "final flush failed"),
+        // Everything the journal holds is in the flushed store now.
+        Ok(()) if shared.journal.is_some() => {
+            if let Err(e) = limits::journal::remove_all(&opts.data_dir) {
+                tracing::error!(error = %e, "cannot delete the journal after the final flush");
+            }
+        }
+        Ok(()) => {}
     }
     // Last: the mark may only say what the flushes above made durable.
     if let Err(e) = store.mark_high_water() {
         tracing::error!(error = %e, "cannot write the store's high-water mark");
     }
     Ok(())
+}
+
+/// Replays what the journal in `data_dir` holds and the store lacks, then opens a fresh journal,
+/// unless durable responses wait for an fsync (`usage.fsync`).
+fn open_journal(
+    config: &Config,
+    store: &Store,
+    data_dir: &std::path::Path,
+) -> Result<Option<Arc<limits::journal::Journal>>, ServeError> {
+    let failed = |source| ServeError::Journal {
+        dir: data_dir.to_owned(),
+        source,
+    };
+    let recovered = limits::recovery::recover(store, data_dir, config.usage.reservation_lease)
+        .map_err(failed)?;
+    if recovered != limits::recovery::Recovered::default() {
+        tracing::warn!(
+            usage_records = recovered.usage_records,
+            transactions = recovered.transactions,
+            skipped_lines = recovered.skipped,
+            "replayed the journal: the last run stopped without a final flush"
+        );
+    }
+    if config.usage.fsync {
+        return Ok(None);
+    }
+    let ids = store.clone();
+    let journal = limits::journal::Journal::create(data_dir, move || ids.next_id().ok())
+        .map_err(|e| failed(e.into()))?;
+    Ok(Some(Arc::new(journal)))
+}
+
+/// Once a second: the journal's checkpoint (see `limits::recovery::checkpoint`), which also keeps
+/// the store flushed now that durable responses no longer wait for a flush.
+fn spawn_journal_checkpoint(shared: web::Data<AppState>, usage_through: Arc<AtomicU64>) {
+    let Some(journal) = shared.journal.clone() else {
+        return;
+    };
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let done = limits::recovery::checkpoint(
+                &journal,
+                &shared.store,
+                &shared.limits.ledger,
+                &usage_through,
+            )
+            .await;
+            if let Err(e) = done {
+                tracing::error!(error = %e, "journal checkpoint failed");
+            }
+        }
+    });
 }
 
 /// Releases the reservations a stopped process left open once their lease runs out: at start, then

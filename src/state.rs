@@ -11,6 +11,7 @@ use switchyard_actors::store::Store;
 
 use crate::auth::AuthService;
 use crate::config::Config;
+use crate::limits::journal::Journal;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::upstream::{credential_fingerprint, resolve_key};
@@ -35,6 +36,9 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     /// Tiers, rate-limit counters and the credit ledger (see `limits`).
     pub limits: Arc<Limits>,
+    /// Where durable responses' records and credit movements go before the response (`None` with
+    /// `usage.fsync: true`: those wait for a flush).
+    pub journal: Option<Arc<Journal>>,
 }
 
 impl AppState {

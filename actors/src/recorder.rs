@@ -10,6 +10,7 @@
 //! for the mark itself.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,10 @@ pub type Ack = Result<(), RecordError>;
 pub struct RecordUsage {
     pub record: UsageRecord,
     pub ack: Option<oneshot::Sender<Ack>>,
+    /// The record's journal sequence when it was journaled first. Such records must arrive in
+    /// sequence order (the journal hands them on under its lock), so the store's `usage_through`
+    /// says exactly which journaled records it holds.
+    pub seq: Option<u64>,
 }
 
 /// Asks for a flush of everything recorded so far; answers when it is durable.
@@ -71,6 +76,11 @@ pub struct UsageRecorder {
     store: Store,
     /// Records not yet written to the store.
     buffer: Vec<UsageRecord>,
+    /// The highest journal sequence among them.
+    buffer_through: Option<u64>,
+    /// The highest journal sequence whose record the store has been given (shared with the journal's
+    /// checkpoint, which deletes what a flush after that covers).
+    through: Arc<AtomicU64>,
     /// Acks of buffered records: they join `pending` once their batch is written.
     buffered_acks: Vec<oneshot::Sender<Ack>>,
     /// A `WriteBatch` is queued.
@@ -92,9 +102,12 @@ pub struct UsageRecorder {
 impl UsageRecorder {
     /// A recorder writing to `store`.
     pub fn new(store: Store, metrics: ActorMetrics) -> UsageRecorder {
+        let through = Arc::new(AtomicU64::new(store.usage_through().unwrap_or(0)));
         UsageRecorder {
             store,
             buffer: Vec::new(),
+            buffer_through: None,
+            through,
             buffered_acks: Vec::new(),
             write_queued: false,
             companions: Vec::new(),
@@ -106,6 +119,16 @@ impl UsageRecorder {
             last_mark: None,
             metrics,
         }
+    }
+
+    /// The highest journal sequence whose record was given to the store so far.
+    pub fn through(&self) -> Arc<AtomicU64> {
+        self.through.clone()
+    }
+
+    /// Uses `through` (shared with the journal's checkpoint) instead of its own.
+    pub fn with_through(self, through: Arc<AtomicU64>) -> Self {
+        UsageRecorder { through, ..self }
     }
 
     /// Also writes `companion`'s queue before every batch, on the counters' tick and before a flush.
@@ -159,16 +182,15 @@ impl UsageRecorder {
             }
             return;
         }
-        let records = std::mem::take(&mut self.buffer);
+        let mut records = std::mem::take(&mut self.buffer);
         let acks = std::mem::take(&mut self.buffered_acks);
+        let through = self.buffer_through.take();
         // Records are written even when a companion fails; their acks then carry its error.
         let companions = self.write_companions();
         let written = self
-            .store
-            .append_usage_batch(&records)
-            .and_then(|()| records.iter().try_for_each(|r| self.count(r)))
+            .write_counted(&records, through)
             .map_err(|e| RecordError::Write(Arc::new(e)));
-        let result = companions.and(written);
+        let result = companions.and(written.clone());
         match result {
             Ok(()) => self.pending.extend(acks),
             Err(e) => {
@@ -178,8 +200,55 @@ impl UsageRecorder {
                 }
             }
         }
-        self.buffer = records;
-        self.buffer.clear();
+        if written.is_err() && through.is_some() {
+            // Journaled records are retried with the next batch: a later batch's `through` would
+            // otherwise tell replay that the store holds them.
+            self.buffer_through = through;
+            self.buffer = records;
+        } else {
+            records.clear();
+            self.buffer = records;
+        }
+    }
+
+    /// Writes `records` with the counters that count them, atomically (see `write_usage_batch`);
+    /// on failure the counters are read again from the store when next needed.
+    fn write_counted(
+        &mut self,
+        records: &[UsageRecord],
+        through: Option<u64>,
+    ) -> Result<(), StoreError> {
+        for r in records {
+            if let Err(e) = self.count(r) {
+                self.forget_dirty();
+                return Err(e);
+            }
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let counters: Vec<(&str, ProfileCounters)> = dirty
+            .iter()
+            .filter_map(|p| self.counters.get(p).map(|c| (p.as_str(), *c)))
+            .collect();
+        match self.store.write_usage_batch(records, &counters, through) {
+            Ok(()) => {
+                if let Some(seq) = through {
+                    self.through.fetch_max(seq, Ordering::AcqRel);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.dirty = dirty;
+                self.forget_dirty();
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops the in-memory counters of the profiles counted since the last write.
+    fn forget_dirty(&mut self) {
+        for p in std::mem::take(&mut self.dirty) {
+            self.counters.remove(&p);
+        }
     }
 
     /// Adds a written record to its profile's counters.
@@ -293,6 +362,9 @@ impl Handler<RecordUsage> for UsageRecorder {
 
     fn handle(&mut self, msg: RecordUsage, ctx: &mut Self::Context) {
         self.buffer.push(msg.record);
+        if msg.seq.is_some() {
+            self.buffer_through = self.buffer_through.max(msg.seq);
+        }
         if let Some(tx) = msg.ack {
             self.buffered_acks.push(tx);
         }
@@ -374,6 +446,7 @@ mod tests {
             addr.send(RecordUsage {
                 record: rec("a", outcome),
                 ack: Some(tx),
+                seq: None,
             })
             .await
             .unwrap();
@@ -384,7 +457,11 @@ mod tests {
         }
         assert_eq!(store.all_usage().unwrap().len(), 3);
         assert_eq!(
-            store.open_tree("usage").unwrap().len(),
+            store
+                .open_tree("usage")
+                .unwrap()
+                .scan_prefix("v2/usage/")
+                .count(),
             3,
             "sent one at a time"
         );
@@ -409,6 +486,7 @@ mod tests {
             addr.do_send(RecordUsage {
                 record: rec("b", outcome),
                 ack: Some(tx),
+                seq: None,
             });
             acks.push(rx);
         }
@@ -416,7 +494,14 @@ mod tests {
             rx.await.unwrap().unwrap();
         }
         assert_eq!(store.all_usage().unwrap().len(), 100);
-        assert_eq!(store.open_tree("usage").unwrap().len(), 1);
+        assert_eq!(
+            store
+                .open_tree("usage")
+                .unwrap()
+                .scan_prefix("v2/usage/")
+                .count(),
+            1
+        );
         addr.send(FlushUsage).await.unwrap().unwrap();
         assert_eq!(
             store.load_counters("b").unwrap(),
@@ -434,6 +519,7 @@ mod tests {
         addr.do_send(RecordUsage {
             record: rec("c", "ok"),
             ack: None,
+            seq: None,
         });
         addr.send(FlushUsage).await.unwrap().unwrap();
         assert_eq!(store.all_usage().unwrap().len(), 1);
@@ -464,6 +550,7 @@ mod tests {
         addr.send(RecordUsage {
             record: rec("f", "ok"),
             ack: Some(tx),
+            seq: None,
         })
         .await
         .unwrap();
@@ -475,6 +562,7 @@ mod tests {
             addr.send(RecordUsage {
                 record: rec("f", "ok"),
                 ack: None,
+                seq: None,
             })
             .await
             .unwrap();
@@ -517,6 +605,7 @@ mod tests {
         addr.send(RecordUsage {
             record: rec("e", "ok"),
             ack: Some(tx),
+            seq: None,
         })
         .await
         .unwrap();
@@ -524,5 +613,48 @@ mod tests {
         // Well before the 200 ms tick: the batch itself called it, ahead of its records.
         assert!(companion.calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
         assert_eq!(*companion.records_at_first_call.lock(), Some(0));
+    }
+
+    #[actix_rt::test]
+    async fn journaled_records_move_the_stores_through_mark_with_their_counters() {
+        let store = Store::temporary().unwrap();
+        let recorder = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap());
+        let through = recorder.through();
+        let addr = recorder.start();
+        for (seq, outcome) in [(5, "ok"), (6, "server")] {
+            addr.do_send(RecordUsage {
+                record: rec("j", outcome),
+                ack: None,
+                seq: Some(seq),
+            });
+        }
+        addr.send(FlushUsage).await.unwrap().unwrap();
+        assert_eq!(store.usage_through().unwrap(), 6);
+        assert_eq!(through.load(Ordering::Acquire), 6);
+        // Written with the records, not on a later tick.
+        assert_eq!(
+            store.load_counters("j").unwrap(),
+            ProfileCounters {
+                requests: 2,
+                failures: 1
+            }
+        );
+        // Replay writes only what the store lacks, and counts it.
+        let replayed = store
+            .replay_usage(&[
+                (6, rec("j", "ok")),
+                (7, rec("j", "ok")),
+                (7, rec("j", "ok")),
+            ])
+            .unwrap();
+        assert_eq!(replayed, 1);
+        assert_eq!(store.all_usage().unwrap().len(), 3);
+        assert_eq!(store.load_counters("j").unwrap().requests, 3);
+        assert_eq!(store.usage_through().unwrap(), 7);
+        assert_eq!(
+            store.count_usage_records().unwrap(),
+            3,
+            "marks and counters are not records"
+        );
     }
 }

@@ -105,6 +105,12 @@ pub struct Store {
 const USAGE_PREFIX_V1: &str = "v1/usage/";
 /// One batch of records per value, keyed by the batch's earliest `ts_ms`.
 const USAGE_PREFIX: &str = "v2/usage/";
+/// Per-profile counters, in the usage tree so that they are written atomically with the records.
+fn counters_key(profile: &str) -> String {
+    format!("v1/counters/{profile}")
+}
+/// The highest journal sequence whose record the usage tree holds.
+const JOURNAL_THROUGH_KEY: &[u8] = b"v1/journal/usage_through";
 /// The widest span of `ts_ms` within one stored batch.
 pub const USAGE_BATCH_SPAN_MS: u64 = 60_000;
 
@@ -163,6 +169,20 @@ impl Store {
 
     /// Appends usage records (not yet durable: see `flush`), as few sled values as their times allow.
     pub fn append_usage_batch(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        self.write_usage_batch(records, &[], None)
+    }
+
+    /// Appends usage records with the counters that now count them and, when the records came through
+    /// the journal, the highest journal sequence among them (`usage_through`), in one atomic sled
+    /// batch: after a crash the store holds all of it or none, so the counters never disagree with
+    /// the records and replay knows exactly which journal entries the store lacks.
+    pub fn write_usage_batch(
+        &self,
+        records: &[UsageRecord],
+        counters: &[(&str, ProfileCounters)],
+        through: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
         let mut rest = records;
         while !rest.is_empty() {
             let (min, n) = span_prefix(rest);
@@ -172,12 +192,62 @@ impl Store {
                 value.push(b'\n');
             }
             let seq = self.db.generate_id()?;
-            self.usage
-                .insert(format!("{USAGE_PREFIX}{min:016x}/{seq:016x}"), value)?;
-            self.high_water.add_usage_records(n as u64);
+            batch.insert(
+                format!("{USAGE_PREFIX}{min:016x}/{seq:016x}").into_bytes(),
+                value,
+            );
             rest = &rest[n..];
         }
+        for (profile, c) in counters {
+            batch.insert(counters_key(profile).into_bytes(), serde_json::to_vec(c)?);
+        }
+        if let Some(seq) = through {
+            batch.insert(JOURNAL_THROUGH_KEY, &seq.to_be_bytes()[..]);
+        }
+        self.usage.apply_batch(batch)?;
+        self.high_water.add_usage_records(records.len() as u64);
         Ok(())
+    }
+
+    /// The highest journal sequence whose usage record the store holds (0 when none came that way).
+    pub fn usage_through(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .usage
+            .get(JOURNAL_THROUGH_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Writes the journal's usage records that the store lacks (sequence above `usage_through`), with
+    /// the counters they add to, as one batch. Returns how many were written.
+    pub fn replay_usage(&self, entries: &[(u64, UsageRecord)]) -> Result<usize, StoreError> {
+        let through = self.usage_through()?;
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<&(u64, UsageRecord)> = entries
+            .iter()
+            .filter(|(seq, _)| *seq > through && seen.insert(*seq))
+            .collect();
+        let Some(max) = missing.iter().map(|(seq, _)| *seq).max() else {
+            return Ok(0);
+        };
+        let mut counters: Vec<(&str, ProfileCounters)> = Vec::new();
+        for (_, r) in &missing {
+            let i = match counters.iter().position(|(p, _)| *p == r.profile) {
+                Some(i) => i,
+                None => {
+                    counters.push((r.profile.as_str(), self.load_counters(&r.profile)?));
+                    counters.len() - 1
+                }
+            };
+            counters[i].1.requests += 1;
+            if r.is_failure() {
+                counters[i].1.failures += 1;
+            }
+        }
+        let records: Vec<UsageRecord> = missing.iter().map(|(_, r)| r.clone()).collect();
+        self.write_usage_batch(&records, &counters, Some(max))?;
+        Ok(records.len())
     }
 
     /// How many usage records the store holds (every value is read, none decoded: for start-up).
@@ -187,8 +257,10 @@ impl Store {
             let (k, v) = item?;
             n += if k.starts_with(USAGE_PREFIX.as_bytes()) {
                 count_lines(&v)
-            } else {
+            } else if k.starts_with(USAGE_PREFIX_V1.as_bytes()) {
                 1
+            } else {
+                0
             };
         }
         Ok(n)
@@ -269,8 +341,14 @@ impl Store {
         self.save_json(&format!("v1/profile/{profile}/health"), view)
     }
 
-    /// The saved counters of a profile (zero when none).
+    /// The saved counters of a profile (zero when none): beside the records they count, else where
+    /// stores before 2026-12 kept them.
     pub fn load_counters(&self, profile: &str) -> Result<ProfileCounters, StoreError> {
+        let key = counters_key(profile);
+        if let Some(v) = self.usage.get(&key)? {
+            return serde_json::from_slice(&v)
+                .map_err(|source| StoreError::Corrupt { key, source });
+        }
         Ok(self
             .load_json(&format!("v1/profile/{profile}/counters"))?
             .unwrap_or_default())
@@ -278,7 +356,9 @@ impl Store {
 
     /// Saves the counters of a profile (not yet durable: see `flush`).
     pub fn save_counters(&self, profile: &str, c: &ProfileCounters) -> Result<(), StoreError> {
-        self.save_json(&format!("v1/profile/{profile}/counters"), c)
+        self.usage
+            .insert(counters_key(profile), serde_json::to_vec(c)?)?;
+        Ok(())
     }
 
     fn load_json<T: serde::de::DeserializeOwned>(

@@ -273,8 +273,12 @@ pub struct Timeouts {
 /// `usage:`
 #[derive(Debug, Clone)]
 pub struct UsageConfig {
-    /// `usage.durable` (default true): a response is sent only after its usage record is flushed to disk.
+    /// `usage.durable` (default true): a response is sent only once its usage record (and the credit
+    /// movements before it) would survive a kill -9: written to the journal, or with `fsync` flushed.
     pub durable: bool,
+    /// `usage.fsync` (default false): durable responses wait for a sled flush (fsync) instead of the
+    /// journal's write, so they also survive a power loss. Read at start.
+    pub fsync: bool,
     /// `credits.reservation_lease` (default 10m): a reservation a crashed process left open is released
     /// once this long has passed since it was made.
     pub reservation_lease: Duration,

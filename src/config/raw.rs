@@ -180,6 +180,8 @@ pub(crate) struct RawTimeouts {
 #[serde(deny_unknown_fields, default, expecting = "a mapping")]
 pub(crate) struct RawUsage {
     pub durable: Option<bool>,
+    /// Wait for an fsync (power-loss safety) instead of the journal's write (kill -9 safety).
+    pub fsync: Option<Spanned<bool>>,
 }
 
 /// `credits:`

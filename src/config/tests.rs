@@ -57,6 +57,7 @@ fn empty_file_gets_every_default() {
     assert_eq!(c.routing.timeouts.first_byte, Duration::from_secs(60));
     assert_eq!(c.routing.timeouts.idle, Duration::from_secs(60));
     assert!(c.usage.durable);
+    assert!(!c.usage.fsync);
     assert!(c.models.is_empty() && c.profiles.is_empty());
 }
 
@@ -121,6 +122,8 @@ profiles:
     assert_eq!(c.routing.health.breaker.failure_threshold, 7);
     assert_eq!(c.routing.timeouts.idle, Duration::from_secs(3));
     assert!(!c.usage.durable);
+    let f = load("usage: {fsync: true}\n");
+    assert!(f.usage.fsync && f.usage.durable);
     assert_eq!(c.models[0].strategy, Some(Strategy::Priority));
     let a = &c.profiles[0];
     assert_eq!(a.base_url, "https://a.example/v1");
@@ -539,6 +542,14 @@ fn syntax_and_type_errors_are_reported_with_their_position() {
     check(
         "usage:\n  durable: yes\n",
         &[r#"t.yaml:2:12: usage.durable: expected true or false, found "yes""#],
+    );
+    check(
+        "usage:\n  fsync: always\n",
+        &[r#"t.yaml:2:10: usage.fsync: expected true or false, found "always""#],
+    );
+    check(
+        "usage:\n  durable: false\n  fsync: true\n",
+        &["t.yaml:3:10: usage.fsync: needs `usage.durable: true` (fsync says how a durable response waits)"],
     );
     check(
         &format!("{PROFILE}    weight: heavy\n"),

@@ -38,8 +38,19 @@ pub(super) fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Co
     let server = server(report, &raw.server);
     let auth = auth(report, &raw.auth);
     let routing = routing(report, &raw.routing);
+    let durable = raw.usage.durable.unwrap_or(true);
+    let fsync = match &raw.usage.fsync {
+        Some(f) if **f && !durable => {
+            let message = "needs `usage.durable: true` (fsync says how a durable response waits)";
+            report.at(f.span(), "usage.fsync", message);
+            false
+        }
+        Some(f) => **f,
+        None => false,
+    };
     let usage = UsageConfig {
-        durable: raw.usage.durable.unwrap_or(true),
+        durable,
+        fsync,
         reservation_lease: duration(
             report,
             "credits.reservation_lease",

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::failure::{AttemptEnd, AttemptFailure};
 use super::{Proxy, ProxyRequest};
+use crate::limits::journal::Journal;
 use crate::limits::Hold;
 use crate::metrics::Metrics;
 use crate::wire::openai::TokenUsage;
@@ -34,6 +35,9 @@ pub(super) struct AttemptGuard {
     /// Bytes of answer text handed to the client so far; `None` until the answer started reaching it
     /// (before that the attempt can still fail over and costs the client nothing).
     text_bytes: Option<u64>,
+    /// Where the record goes first when the request is durable (`usage.durable`, not fsync mode):
+    /// every attempt's record, failed ones included, so a replay restores them all.
+    journal: Option<Arc<Journal>>,
 }
 
 impl AttemptGuard {
@@ -76,6 +80,12 @@ impl AttemptGuard {
             accounting: req.accounting.clone(),
             input_bytes: u64::try_from(req.body.len()).unwrap_or(u64::MAX),
             text_bytes: None,
+            journal: proxy
+                .config
+                .usage
+                .durable
+                .then(|| proxy.shared.journal.clone())
+                .flatten(),
         }
     }
 
@@ -155,6 +165,14 @@ impl AttemptGuard {
         if let Some(hold) = &self.accounting {
             hold.attempt_finished(&record, answered); // before the record, so its flush covers the ledger too
         }
+        let record = match self.journal.as_deref() {
+            Some(journal) => match self.journal_record(journal, record) {
+                // In the kernel, with the movements staged before it: nothing to wait for.
+                Ok(()) => return None,
+                Err(record) => record,
+            },
+            None => record,
+        };
         let (ack, rx) = if want_ack {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -162,8 +180,38 @@ impl AttemptGuard {
             (None, None)
         };
         // do_send: a usage record is never dropped for a full mailbox.
-        self.recorder.do_send(RecordUsage { record, ack });
+        self.recorder.do_send(RecordUsage {
+            record,
+            ack,
+            seq: None,
+        });
         rx
+    }
+
+    /// Writes `record` (after the credit movements staged before it) to the journal, and hands it to
+    /// the recorder in journal order. Gives it back when the journal cannot take it: the caller then
+    /// waits for a flush instead.
+    fn journal_record(&self, journal: &Journal, record: UsageRecord) -> Result<(), UsageRecord> {
+        let Ok(body) = serde_json::to_vec(&record) else {
+            return Err(record);
+        };
+        let mut slot = Some(record);
+        let written = journal.append(&body, |seq| {
+            if let Some(record) = slot.take() {
+                self.recorder.do_send(RecordUsage {
+                    record,
+                    ack: None,
+                    seq: Some(seq),
+                });
+            }
+        });
+        match (written, slot) {
+            (Err(e), Some(record)) => {
+                tracing::error!(error = %e, "cannot write the journal: waiting for a flush instead");
+                Err(record)
+            }
+            _ => Ok(()),
+        }
     }
 
     pub(super) fn fail(&mut self, f: AttemptFailure) -> AttemptEnd {

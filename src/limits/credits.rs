@@ -18,11 +18,15 @@
 // Raw sled is allowed here: the ledger's store file (see clippy.toml).
 #![allow(clippy::disallowed_types)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchyard_actors::store::{now_ms, Store, StoreError};
+
+use super::journal::Journal;
 
 /// Tier overrides set by the admin API or the billing webhook, beside the ledger.
 const TIER_PREFIX: &str = "v1/tier/";
@@ -124,6 +128,13 @@ pub struct Ledger {
     store: Store,
     /// This process's id on its leases.
     boot: String,
+    /// Where movements are staged so that the usage record written after them carries them to the
+    /// journal (set once at start; unset in fsync mode and in tests).
+    journal: OnceLock<Arc<Journal>>,
+    /// The highest sequence of a transaction given to the store (the journal's checkpoint deletes a
+    /// segment once a flush covers it). Batches are written in decision order, so every transaction
+    /// decided before it has been given too.
+    written_through: AtomicU64,
 }
 
 /// What the ledger knows of one account, as on disk.
@@ -216,7 +227,99 @@ impl Ledger {
             write_order: Mutex::new(()),
             store: store.clone(),
             boot: uuid::Uuid::new_v4().simple().to_string(),
+            journal: OnceLock::new(),
+            written_through: AtomicU64::new(0),
         })
+    }
+
+    /// Stages every movement from now on in `journal` (see `Journal::stage`).
+    pub fn attach_journal(&self, journal: Arc<Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The highest sequence of a transaction given to the store so far.
+    pub fn written_through(&self) -> u64 {
+        self.written_through.load(Ordering::Acquire)
+    }
+
+    /// The sequence of the account's newest stored transaction (0 when none).
+    fn newest_seq(&self, account: &str) -> Result<u64, LedgerError> {
+        let Some(item) = self.tree.scan_prefix(tx_prefix(account)).next_back() else {
+            return Ok(0);
+        };
+        let (k, v) = item?;
+        Ok(decode_batch(&k, &v)?
+            .last()
+            .and_then(|t| t.id.rsplit('_').next())
+            .and_then(|seq| seq.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Writes the journal's transactions that the store lacks: per account, those after its newest
+    /// stored one (batches reach the store in decision order and sled keeps a prefix, so what is
+    /// missing is a tail). A replayed reservation that nothing closes gets its lease back (from a
+    /// process before this one, so it is released once `lease` runs out), a replayed closing
+    /// transaction removes its lease, and a replayed grant marks its month granted. Returns how many
+    /// transactions were written.
+    pub fn replay(
+        &self,
+        entries: &[(u64, Transaction)],
+        lease: std::time::Duration,
+    ) -> Result<usize, LedgerError> {
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut missing: Vec<(u64, Transaction)> = Vec::new();
+        for (seq, tx) in entries {
+            if !seen.insert(*seq) {
+                continue;
+            }
+            let stored = match newest.get(tx.account.as_str()) {
+                Some(s) => *s,
+                None => {
+                    let s = self.newest_seq(&tx.account)?;
+                    newest.insert(tx.account.as_str(), s);
+                    s
+                }
+            };
+            if *seq > stored {
+                missing.push((*seq, tx.clone()));
+            }
+        }
+        missing.sort_by_key(|(seq, _)| *seq);
+        let closed: HashSet<&str> = missing
+            .iter()
+            .filter_map(|(_, t)| t.reservation.as_deref())
+            .collect();
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        for (_, tx) in &missing {
+            match tx.kind.as_str() {
+                "grant" => {
+                    self.tree
+                        .insert(grant_key(&tx.account), month_of(tx.ts_ms).as_bytes())?;
+                }
+                "reserve" if !closed.contains(tx.id.as_str()) => {
+                    let stored = Lease {
+                        tx: tx.id.clone(),
+                        account: tx.account.clone(),
+                        micros: tx.amount_micros.unsigned_abs(),
+                        request_id: tx.request_id.clone().unwrap_or_default(),
+                        model: tx.model.clone().unwrap_or_default(),
+                        created_ms: tx.ts_ms,
+                        expires_ms: tx.ts_ms.saturating_add(lease_ms),
+                        boot: "journal".to_owned(),
+                    };
+                    self.tree.insert(
+                        format!("{LEASE_PREFIX}{}", tx.id),
+                        serde_json::to_vec(&stored)?,
+                    )?;
+                }
+                _ => {}
+            }
+        }
+        let n = missing.len();
+        self.unwritten.lock().extend(missing);
+        self.write_pending()?;
+        Ok(n)
     }
 
     /// Every stored tier override, as (account, tier).
@@ -401,7 +504,11 @@ impl Ledger {
         };
         let mut tx = tx;
         finish(&mut tx);
-        // Queued, not written: see the module's comment.
+        // Queued, not written: see the module's comment. Staged under the accounts lock, so the
+        // journal holds movements in the order they were decided.
+        if let Some(journal) = self.journal.get() {
+            journal.stage(seq, &serde_json::to_vec(&tx)?);
+        }
         self.unwritten.lock().push((seq, tx.clone()));
         state.balance = after;
         Ok(tx)
@@ -437,7 +544,13 @@ impl Ledger {
             }
         }
         match failed {
-            None => Ok(()),
+            None => {
+                let max = groups.iter().flatten().map(|(seq, _)| *seq).max();
+                if let Some(max) = max {
+                    self.written_through.fetch_max(max, Ordering::AcqRel);
+                }
+                Ok(())
+            }
             Some((g, e)) => {
                 let mut unwritten = self.unwritten.lock();
                 let later = std::mem::take(&mut *unwritten);
@@ -448,22 +561,29 @@ impl Ledger {
         }
     }
 
-    /// One sled value: one account's transactions of a batch, keyed by the first.
+    /// One sled value: one account's transactions of a batch, keyed by the first, with the leases its
+    /// settlements close removed in the same atomic batch: a lease goes only with the transaction that
+    /// closes it, so a crash never leaves a reservation without both.
     fn write_group(&self, group: &[(u64, Transaction)]) -> Result<(), LedgerError> {
         let Some((seq, first)) = group.first() else {
             return Ok(());
         };
         let mut value = Vec::with_capacity(group.len() * 256);
+        let mut batch = sled::Batch::default();
         for (_, tx) in group {
             serde_json::to_writer(&mut value, tx)?;
             value.push(b'\n');
+            if let Some(r) = &tx.reservation {
+                batch.remove(format!("{LEASE_PREFIX}{r}").into_bytes());
+            }
         }
         let key = format!(
             "{}{:016x}/{seq:016x}",
             tx_prefix(&first.account),
             first.ts_ms
         );
-        self.tree.insert(key.as_bytes(), value)?;
+        batch.insert(key.into_bytes(), value);
+        self.tree.apply_batch(batch)?;
         self.store
             .high_water()
             .add_ledger_transactions(group.len() as u64);
@@ -559,12 +679,6 @@ impl Ledger {
         })
     }
 
-    fn drop_lease(&self, tx: &str) {
-        if let Err(e) = self.tree.remove(format!("{LEASE_PREFIX}{tx}")) {
-            tracing::error!(error = %e, tx, "cannot remove a settled reservation's lease");
-        }
-    }
-
     /// Releases the reservations that processes before this one left open, once their lease has run
     /// out: `lease` from their creation, or the lease stored with them if shorter. Each one becomes a
     /// `lease_expired` transaction giving the amount back. A lease whose reserve never reached disk
@@ -632,7 +746,6 @@ impl Ledger {
                 Ok(i64::try_from(refund).unwrap_or(i64::MAX) - i64::try_from(extra).unwrap_or(0))
             },
         )?;
-        self.drop_lease(&r.tx);
         Ok(u64::try_from(i128::from(r.micros) - i128::from(tx.amount_micros)).unwrap_or(0))
     }
 
@@ -645,7 +758,6 @@ impl Ledger {
             Some(&r.tx),
             |_| Ok(i64::try_from(r.micros).unwrap_or(i64::MAX)),
         )?;
-        self.drop_lease(&r.tx);
         Ok(())
     }
 

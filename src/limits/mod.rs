@@ -10,6 +10,8 @@
 
 pub mod credits;
 pub mod events;
+pub mod journal;
+pub mod recovery;
 pub mod usage;
 pub mod webhook;
 

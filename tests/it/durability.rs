@@ -8,8 +8,20 @@ use switchyard_actors::store::{Store, UsageRecord};
 
 use crate::support::*;
 
-/// Every usage record in the server's store (the server must have exited).
+/// Every usage record in the server's store as its next start sees it: after the journal's replay
+/// (the server must have exited).
 fn usage_records(server: &Server) -> Vec<UsageRecord> {
+    let dir = server.data_dir();
+    let store = Store::open(&dir).expect("open the store");
+    switchyard::limits::recovery::recover(&store, &dir, Duration::from_secs(600))
+        .expect("replay the journal");
+    let records = store.all_usage().expect("read usage");
+    drop(store);
+    records
+}
+
+/// The usage records in the store as it is, without the journal (the server must have exited).
+fn records_in_sled(server: &Server) -> Vec<UsageRecord> {
     let store = Store::open(&server.data_dir()).expect("open the store");
     let records = store.all_usage().expect("read usage");
     drop(store);
@@ -200,4 +212,192 @@ async fn billing_and_auth_states_survive_restart_and_kill_9() {
     let pb3 = admin_profile(&server, "b").await;
     assert_eq!(durable_state(&pa3), sa, "after SIGTERM: {pa3}");
     assert_eq!(durable_state(&pb3), sb, "after SIGTERM: {pb3}");
+}
+
+/// A metered tier (model `m` at 1000 USD per million tokens: the mock's 2 + 5 tokens cost 7000
+/// micro-USD) for the credit side of the kill -9 test.
+const METERED: &str = "\
+tiers:
+  metered:
+    max_tokens_per_request: 20
+    monthly_credits: 0
+pricing:
+  m:
+    input_per_million: 1000
+    output_per_million: 1000";
+
+#[tokio::test]
+async fn kill_9_under_concurrent_load_loses_no_answered_record_or_credit_movement() {
+    const TASKS: usize = 16;
+    const KILL_AFTER: usize = 150;
+    let mock = MockUpstream::start_named("a").await;
+    let mut config = ConfigBuilder::default()
+        .profile("a", &mock)
+        .model("m", &["a"]);
+    config.auth_required = true;
+    config.max_attempts = 1;
+    config.extra_yaml = METERED.lines().map(str::to_owned).collect();
+    let mut server = Server::start(&config);
+    let v = admin(
+        &server,
+        reqwest::Method::POST,
+        "/admin/keys",
+        Some(json!({"name": "k9", "account": "k9", "tier": "metered"})),
+    )
+    .await;
+    let key = v["key"].as_str().unwrap().to_owned();
+    let credits = Some(json!({ "amount_usd": 1000.0 }));
+    admin(
+        &server,
+        reqwest::Method::POST,
+        "/admin/accounts/k9/credits",
+        credits,
+    )
+    .await;
+
+    // Requests from many connections at once; an id counts as answered once its whole body arrived.
+    let answered = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let url = server.url("/v1/chat/completions");
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (answered, url, key) = (answered.clone(), url.clone(), key.clone());
+            tokio::spawn(async move {
+                let c = client();
+                for i in 0.. {
+                    let id = format!("c{t}-{i}");
+                    let sent = c
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .header("x-request-id", &id)
+                        .json(&chat_body("m"))
+                        .send()
+                        .await;
+                    let Ok(resp) = sent else { return };
+                    let ok = resp.status() == 200;
+                    if resp.bytes().await.is_err() {
+                        return;
+                    }
+                    assert!(ok, "{id} was refused");
+                    answered.lock().push(id);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.lock().len() < KILL_AFTER {
+        assert!(
+            Instant::now() < deadline,
+            "too slow: {}",
+            answered.lock().len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Mid-load: other requests are in flight, answered ones are at most a few milliseconds old.
+    server.kill9();
+    let acknowledged = answered.lock().clone();
+    for t in tasks {
+        let _ = t.await;
+    }
+    assert!(acknowledged.len() >= KILL_AFTER);
+
+    // The next start replays the journal; a clean stop then flushes everything to sled.
+    server.restart();
+    let c = admin(
+        &server,
+        reqwest::Method::GET,
+        "/admin/accounts/k9/credits",
+        None,
+    )
+    .await;
+    assert!(c["balance_micros"].as_i64().is_some(), "{c}");
+    server.terminate();
+    assert!(
+        !journal_holds_anything(&server),
+        "a clean stop leaves no journal"
+    );
+    let records = records_in_sled(&server);
+    let store = Store::open(&server.data_dir()).unwrap();
+    let ledger = switchyard::limits::Ledger::open(&store).unwrap();
+    let txs = ledger.transactions("k9").unwrap();
+    drop(ledger);
+    drop(store);
+    let mut missing_records = Vec::new();
+    let mut missing_settles = Vec::new();
+    for id in &acknowledged {
+        let ok = records
+            .iter()
+            .filter(|r| &r.request_id == id && r.outcome == "ok")
+            .count();
+        if ok != 1 {
+            missing_records.push((id.clone(), ok));
+        }
+        let settled = txs
+            .iter()
+            .filter(|t| t.request_id.as_deref() == Some(id.as_str()) && t.kind == "settle")
+            .count();
+        if settled != 1 {
+            missing_settles.push((id.clone(), settled));
+        }
+    }
+    assert!(
+        missing_records.is_empty(),
+        "{} of {} answered requests have no single record: {missing_records:?}",
+        missing_records.len(),
+        acknowledged.len()
+    );
+    assert!(
+        missing_settles.is_empty(),
+        "{} of {} answered requests have no single settle: {missing_settles:?}",
+        missing_settles.len(),
+        acknowledged.len()
+    );
+    // Every settle charged the mock's 7 tokens, and the log still sums to the balance.
+    let sum: i64 = txs.iter().map(|t| t.amount_micros).sum();
+    let last = txs.last().unwrap().balance_micros;
+    assert_eq!(sum, i64::try_from(last).unwrap(), "{txs:#?}");
+    for t in txs.iter().filter(|t| t.kind == "settle") {
+        assert_eq!(t.note.as_deref(), Some("cost 7000 micro-USD"), "{t:?}");
+    }
+}
+
+/// Whether the server's data directory holds journal lines.
+fn journal_holds_anything(server: &Server) -> bool {
+    !switchyard::limits::journal::read(&server.data_dir())
+        .unwrap()
+        .0
+        .is_empty()
+}
+
+#[tokio::test]
+async fn with_fsync_every_answered_record_is_in_sled_itself_after_kill_9() {
+    const N: usize = 20;
+    let a = MockUpstream::start_named("a").await;
+    let mut server = Server::start(&ConfigBuilder::default().profile("a", &a).model("m", &["a"]));
+    // `usage.fsync` is read at start.
+    let yaml = std::fs::read_to_string(&server.config_path).unwrap();
+    let yaml = yaml.replace(
+        "usage:\n  durable: true\n",
+        "usage:\n  durable: true\n  fsync: true\n",
+    );
+    assert!(yaml.contains("fsync: true"), "{yaml}");
+    std::fs::write(&server.config_path, yaml).unwrap();
+    server.restart();
+    for i in 0..N {
+        let id = format!("fs-{i}");
+        let (status, _, body) = post(
+            &server,
+            "/v1/chat/completions",
+            &chat_body("m"),
+            &[("x-request-id", &id)],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    server.kill9();
+    assert!(
+        !journal_holds_anything(&server),
+        "fsync mode writes no journal"
+    );
+    let records = records_in_sled(&server);
+    assert_eq!(records.len(), N, "{records:#?}");
 }

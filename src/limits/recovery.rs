@@ -1,0 +1,208 @@
+//! The journal's two moments beside the store: replay at start (before anything reads the store) and
+//! the checkpoint that deletes what a sled flush covers.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use switchyard_actors::store::{Store, StoreError, UsageRecord};
+
+use super::credits::{Ledger, LedgerError, Transaction};
+use super::journal::{self, Journal, JournalError, Kind};
+
+/// What start-up took from the journal.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Usage records the store lacked.
+    pub usage_records: usize,
+    /// Ledger transactions the store lacked.
+    pub transactions: usize,
+    /// Lines that did not parse (a torn tail after a power loss) or held no known entry.
+    pub skipped: usize,
+}
+
+/// Why the journal could not be replayed or checkpointed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+}
+
+/// Writes what the journal under `data_dir` holds and the store lacks, flushes the store, and deletes
+/// the journal. `lease` is the reservation lease given to replayed reservations nothing closed.
+pub fn recover(
+    store: &Store,
+    data_dir: &Path,
+    lease: Duration,
+) -> Result<Recovered, RecoveryError> {
+    let (entries, mut skipped) = journal::read(data_dir)?;
+    let mut usage: Vec<(u64, UsageRecord)> = Vec::new();
+    let mut txs: Vec<(u64, Transaction)> = Vec::new();
+    for e in entries {
+        let decoded = match e.kind {
+            Kind::Usage => serde_json::from_slice(&e.body).map(|r| usage.push((e.seq, r))),
+            Kind::Ledger => serde_json::from_slice(&e.body).map(|t| txs.push((e.seq, t))),
+        };
+        if decoded.is_err() {
+            skipped += 1;
+        }
+    }
+    let recovered = Recovered {
+        usage_records: store.replay_usage(&usage)?,
+        transactions: Ledger::open(store)?.replay(&txs, lease)?,
+        skipped,
+    };
+    store.flush_blocking()?;
+    journal::remove_all(data_dir)?;
+    Ok(recovered)
+}
+
+/// Makes the staged movements safe, starts a new segment, flushes the store and deletes the closed
+/// segments that flush covers: `usage_through` (the recorder's) and the ledger's `written_through`
+/// are read before the flush starts, so everything at or below them is on disk once it completes.
+/// Returns how many segments were deleted.
+pub async fn checkpoint(
+    journal: &Journal,
+    store: &Store,
+    ledger: &Ledger,
+    usage_through: &AtomicU64,
+) -> Result<usize, RecoveryError> {
+    journal.commit()?;
+    journal.rotate()?;
+    let (usage, ledger_through) = (
+        usage_through.load(Ordering::Acquire),
+        ledger.written_through(),
+    );
+    store.flush().await?;
+    Ok(journal.forget(usage, ledger_through)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const LEASE: Duration = Duration::from_secs(600);
+
+    fn rec(request_id: &str) -> UsageRecord {
+        UsageRecord {
+            ts_ms: 1_000,
+            request_id: request_id.into(),
+            profile: "p".into(),
+            model: "m".into(),
+            account: None,
+            key_id: None,
+            outcome: "ok".into(),
+            status: Some(200),
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            latency_ms: 3,
+            attempt: 1,
+            stream: false,
+            usage_estimated: false,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
+            reasoning_tokens: 0,
+        }
+    }
+
+    /// A ledger and journal over one store in `dir`, wired as the server wires them.
+    fn open(dir: &Path) -> (Store, Ledger, Arc<Journal>) {
+        let store = Store::open(dir).unwrap();
+        let ledger = Ledger::open(&store).unwrap();
+        let ids = store.clone();
+        let journal = Arc::new(Journal::create(dir, move || ids.next_id().ok()).unwrap());
+        ledger.attach_journal(journal.clone());
+        (store, ledger, journal)
+    }
+
+    /// What a crash leaves: the journal's lines, and a store that never got the movements queued
+    /// for its next batch nor the record the recorder had not yet written (dropped unwritten here).
+    #[test]
+    fn what_the_store_lacks_comes_back_from_the_journal_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ledger, journal) = open(dir.path());
+        ledger.adjust("a", 1_000, None).unwrap();
+        let r = ledger.reserve("a", None, 300, ("r1", "m"), LEASE).unwrap();
+        ledger.settle(&r, 100).unwrap();
+        ledger.reserve("a", None, 200, ("r2", "m"), LEASE).unwrap();
+        journal.append(br#"{"not":"a record"}"#, |_| ()).unwrap();
+        let body = serde_json::to_vec(&rec("r1")).unwrap();
+        journal.append(&body, |_| ()).unwrap();
+        drop((ledger, journal));
+
+        let got = recover(&store, dir.path(), LEASE).unwrap();
+        assert_eq!(
+            got,
+            Recovered {
+                usage_records: 1,
+                transactions: 3,
+                skipped: 1
+            },
+            "the adjustment was in the store already; the odd line is no record"
+        );
+        let ledger = Ledger::open(&store).unwrap();
+        let kinds: Vec<String> = ledger
+            .transactions("a")
+            .unwrap()
+            .iter()
+            .map(|t| t.kind.clone())
+            .collect();
+        assert_eq!(kinds, ["adjust", "reserve", "settle", "reserve"]);
+        assert_eq!(ledger.balance("a").unwrap(), 1_000 - 100 - 200);
+        // The reservation nothing settled is leased to "an earlier process": released after it.
+        let released = ledger
+            .release_expired(Duration::ZERO, switchyard_actors::store::now_ms() + 1)
+            .unwrap();
+        assert_eq!(released.len(), 1, "{released:?}");
+        assert_eq!(released[0].request_id.as_deref(), Some("r2"));
+        assert_eq!(ledger.balance("a").unwrap(), 1_000 - 100);
+        assert_eq!(store.all_usage().unwrap()[0].request_id, "r1");
+        assert_eq!(store.load_counters("p").unwrap().requests, 1);
+        assert!(
+            journal::read(dir.path()).unwrap().0.is_empty(),
+            "deleted once flushed"
+        );
+        assert_eq!(
+            recover(&store, dir.path(), LEASE).unwrap(),
+            Recovered::default()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_deletes_only_what_the_store_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ledger, journal) = open(dir.path());
+        let through = AtomicU64::new(0);
+        ledger.adjust("a", 10, None).unwrap();
+        let body = serde_json::to_vec(&rec("r")).unwrap();
+        let seq = journal.append(&body, |seq| seq).unwrap();
+        assert_eq!(
+            checkpoint(&journal, &store, &ledger, &through)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            journal.segment_count(),
+            2,
+            "rotated, kept: the record is not in the store"
+        );
+        store
+            .write_usage_batch(&[rec("r")], &[], Some(seq))
+            .unwrap();
+        through.store(seq, Ordering::Release);
+        assert_eq!(
+            checkpoint(&journal, &store, &ledger, &through)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(journal.segment_count(), 1);
+    }
+}
