@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Switchyard load tests: direct-to-mock, nginx (the floor), Switchyard bare and full, and failover, in one
-# run on 127.0.0.1. Prints Markdown tables (see load-tests/RESULTS.md for how to read them).
+# Switchyard load tests: direct-to-mock, nginx (the floor), two Rust peers (noveum-ai-gateway, crabllm),
+# Switchyard default, bare and full, and failover, in one run on 127.0.0.1, against the same mock. Prints
+# Markdown tables and every target ratio of issue 14 (see load-tests/RESULTS.md for how to read them).
 #
 #   bash load-tests/run.sh                 # full run, 10 s per measurement: ~5 minutes plus the build
 #   bash load-tests/run.sh --quick         # 3 s per measurement: under 2 minutes plus the build
 #   bash load-tests/run.sh --runs 3        # repeat every measurement 3 times, report medians
 #   bash load-tests/run.sh --perf          # afterwards, perf-profile bare Switchyard under 50 connections
 #
-# Options: --quick, --runs N, --duration S, --no-build, --no-failover, --perf, --perf-system NAME (profile
+# Peers are installed once with `cargo install --locked --root load-tests/.cache/peers` (gitignored; a
+# release build of each, slow on 2 cores); a peer that fails to install or start is reported, not fatal.
+# Options: --quick, --runs N, --duration S, --no-build, --no-failover, --no-peers, --perf, --perf-system NAME (profile
 # another system: bare-w2, full-w1, full-w2, fullnd-w1, fullnc-w1), --keep DIR (keep raw results, logs, configs and the
 # perf data in DIR), --workers-failover N (default 1).
 # Environment: RUST_LOG (passed to Switchyard; default: its own default, info: no line per request).
@@ -25,6 +28,7 @@ QUICK=0
 RUNS=1
 BUILD=1
 FAILOVER=1
+PEERS=1
 PERF=0
 KEEP=""
 FO_WORKERS=1
@@ -36,11 +40,12 @@ while [ $# -gt 0 ]; do
     --duration) DURATION="$2"; shift ;;
     --no-build) BUILD=0 ;;
     --no-failover) FAILOVER=0 ;;
+    --no-peers) PEERS=0 ;;
     --perf) PERF=1 ;;
     --perf-system) PERF=1; PERF_SYSTEM="$2"; shift ;;
     --keep) KEEP="$2"; shift ;;
     --workers-failover) FO_WORKERS="$2"; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -79,6 +84,27 @@ for b in switchyard mock-upstream; do
   [ -x "$BIN/$b" ] || { echo "missing $BIN/$b (build failed?)" >&2; exit 1; }
 done
 
+# The peers: crate name -> binary. Installed once into the cache; a failure is noted and the run goes on.
+PEER_ROOT="$HERE/.cache/peers"
+declare -A PEER_NOTE
+PEER_LIST=(noveum-ai-gateway crabllm)
+install_peer() { # crate
+  local crate="$1"
+  [ -x "$PEER_ROOT/bin/$crate" ] && return 0
+  mkdir -p "$HERE/.cache"
+  log "installing peer $crate (cargo install --locked --root $PEER_ROOT: a release build, several minutes)"
+  if nice -n 10 cargo install --locked --root "$PEER_ROOT" "$crate" >"$HERE/.cache/install-$crate.log" 2>&1 &&
+    [ -x "$PEER_ROOT/bin/$crate" ]; then
+    return 0
+  fi
+  PEER_NOTE[$crate]="did not install: $(grep -m1 -E '^error' "$HERE/.cache/install-$crate.log" || tail -1 "$HERE/.cache/install-$crate.log")"
+  log "peer $crate ${PEER_NOTE[$crate]}"
+  return 1
+}
+if [ "$PEERS" = 1 ]; then
+  for crate in "${PEER_LIST[@]}"; do install_peer "$crate" || true; done
+fi
+
 # 1,000 held connections plus wrk and the proxies' upstream sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge 4096 ] || { echo "ulimit -n is below 4096" >&2; exit 1; }
@@ -107,7 +133,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-declare -A PID_OF ADDR_OF SERVED KEY_OF
+declare -A PID_OF ADDR_OF SERVED KEY_OF HEADERS_OF
 ADMIN_TOKEN="load-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 
 start_mock() { # name [extra args...]
@@ -152,6 +178,39 @@ start_switchyard() {
   fi
 }
 
+# Peers, configured as their docs say, to forward to the mock like the others. Returns 1 when one does
+# not start (noted in PEER_NOTE, process stopped).
+start_peer() { # crate
+  local crate="$1" port; port="$($TOOLS freeport)"
+  local dir="$WORK/$crate"; mkdir -p "$dir"
+  case "$crate" in
+    noveum-ai-gateway)
+      # Provider credentials travel with each request; `x-provider` picks the upstream, OPENAI_BASE_URL
+      # points it at the mock.
+      PORT="$port" HOST=127.0.0.1 OPENAI_BASE_URL="http://${ADDR_OF[mock]}" RUST_LOG=warn \
+        "$PEER_ROOT/bin/$crate" >"$dir/stdout" 2>"$dir/log" </dev/null &
+      HEADERS_OF[$crate]="x-provider: openai|Authorization: Bearer sk-load-test"
+      ;;
+    crabllm)
+      # No keys and no admin token: crabllm then asks clients for none.
+      printf 'listen = "127.0.0.1:%s"\n\n[providers.mock]\nkind = "openai"\napi_key = "sk-load-test"\nbase_url = "http://%s/v1"\nmodels = ["gpt-4o-mini"]\n' \
+        "$port" "${ADDR_OF[mock]}" >"$dir/crabllm.toml"
+      RUST_LOG=warn "$PEER_ROOT/bin/$crate" serve --config "$dir/crabllm.toml" >"$dir/stdout" 2>"$dir/log" </dev/null &
+      ;;
+  esac
+  local pid=$!; PIDS+=("$pid"); PID_OF[$crate]=$pid; ADDR_OF[$crate]="127.0.0.1:$port"
+  if ! $TOOLS wait "127.0.0.1:$port" /health 20 >/dev/null 2>&1; then
+    PEER_NOTE[$crate]="did not start: $(tail -1 "$dir/log" 2>/dev/null)"
+  elif [ "$(SY_HEADERS="${HEADERS_OF[$crate]:-}" $TOOLS send "127.0.0.1:$port" 3 "$WORK/body.json")" != 3 ]; then
+    PEER_NOTE[$crate]="started, but did not answer 3 chat requests with 200: $(tail -1 "$dir/log" 2>/dev/null)"
+  else
+    return 0
+  fi
+  log "peer $crate ${PEER_NOTE[$crate]}"
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  return 1
+}
+
 # ---------------------------------------------------------------------------------------------------
 # Measurements. Raw results go to $RAW as: run  system  key  value
 RAW="$WORK/results.tsv"
@@ -162,7 +221,7 @@ put() { printf '%s\t%s\t%s\t%s\n' "$RUN" "$1" "$2" "$3" >>"$RAW"; }
 wrk_run() {
   local sys="$1" prefix="$2" t="$3" c="$4" d="$5" stream="$6" sessions="$7"
   local out="$WORK/wrk-$RUN-$sys-$prefix.txt"
-  SY_STREAM="$stream" SY_SESSIONS="$sessions" SY_AUTH="${KEY_OF[$sys]:-}" timeout $((d + 30)) \
+  SY_STREAM="$stream" SY_SESSIONS="$sessions" SY_AUTH="${KEY_OF[$sys]:-}" SY_HEADERS="${HEADERS_OF[$sys]:-}" timeout $((d + 30)) \
     wrk -t"$t" -c"$c" -d"${d}s" --timeout 5s --latency -s "$LUA" \
     "http://${ADDR_OF[$sys]}/v1/chat/completions" >"$out" 2>&1 || true
   local line; line="$(grep '^RESULT ' "$out" | tail -1 || true)"
@@ -179,7 +238,7 @@ metric_sum() { # addr metric-name [skip]: sum of a Prometheus counter's samples 
 }
 
 SESSIONS=1000   # distinct X-Session-Id values in every request (only "full" has sticky sessions on)
-MAIN_SYSTEMS=(direct nginx bare-w1 bare-w2 full-w1 full-w2 fullnd-w1 fullnc-w1)
+MAIN_SYSTEMS=(direct nginx)   # the peers and Switchyards are added once they started
 
 measure_one_connection() { # tag (lat|stream) stream-flag (0|1) what
   local sys
@@ -211,7 +270,7 @@ measure_throughput() { # systems...
 hold_1k() {
   local sys="$1" key="$2" pid="${PID_OF[$1]}"
   local fifo="$WORK/hold.fifo"; rm -f "$fifo"; mkfifo "$fifo"
-  $TOOLS hold "${ADDR_OF[$sys]}" 1000 "$WORK/body.json" "${KEY_OF[$sys]:-}" <"$fifo" >"$WORK/hold.out" 2>&1 &
+  SY_HEADERS="${HEADERS_OF[$sys]:-}" $TOOLS hold "${ADDR_OF[$sys]}" 1000 "$WORK/body.json" "${KEY_OF[$sys]:-}" <"$fifo" >"$WORK/hold.out" 2>&1 &
   HOLD_PID=$!
   exec 9>"$fifo"   # keeps the helper's stdin open until we close fd 9
   for _ in $(seq 300); do grep -q '^held' "$WORK/hold.out" 2>/dev/null && break; sleep 0.1; done
@@ -265,14 +324,22 @@ printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello i
 start_mock mock
 ADDR_OF[direct]="${ADDR_OF[mock]}"; PID_OF[direct]="${PID_OF[mock]}"
 start_nginx "${ADDR_OF[mock]}"
-start_switchyard bare-w1 1 bare.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}"
-start_switchyard bare-w2 2 bare.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}"
+if [ "$PEERS" = 1 ]; then
+  for crate in "${PEER_LIST[@]}"; do
+    [ -z "${PEER_NOTE[$crate]:-}" ] && start_peer "$crate" && MAIN_SYSTEMS+=("$crate")
+  done
+fi
+# The default config: bare with usage.durable: true, a worker per core (2 here).
+start_switchyard default-w2 2 bare.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" DURABLE=true
+start_switchyard bare-w1 1 bare.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" DURABLE=false
+start_switchyard bare-w2 2 bare.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" DURABLE=false
 CREDITS_ON="CREDITS=monthly_credits: 1000000.00"
 start_switchyard full-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON" DURABLE=true
 start_switchyard full-w2 2 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON" DURABLE=true
 # Usage and credits recorded, but a response does not wait for the fsync (usage.durable: false).
 start_switchyard fullnd-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON" DURABLE=false
 start_switchyard fullnc-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "CREDITS=# no monthly_credits: not metered" DURABLE=true
+MAIN_SYSTEMS+=(default-w2 bare-w1 bare-w2 full-w1 full-w2 fullnd-w1 fullnc-w1)
 if [ "$FAILOVER" = 1 ]; then
   start_mock mock-b
   start_mock mock-faulty --fault-rate 0.3
@@ -341,6 +408,13 @@ echo
 echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM; ${DURATION}s per measurement; fsync of a small write in the data dirs: ${FSYNC_MS} ms (median)."
 [ -n "$SOURCE" ] && echo "Switchyard: $SOURCE."
 echo "Load average (1 min) at the start and end of each run: $(awk -F'\t' '$3 ~ /^loadavg/ {printf "%s%s", sep, $4; sep = ($3 == "loadavg_end") ? "; " : " -> "}' "$RAW")."
+echo
+for crate in "${PEER_LIST[@]}"; do
+  if [ "$PEERS" = 0 ]; then echo "Peer $crate: not run (--no-peers)."
+  elif [ -n "${PEER_NOTE[$crate]:-}" ]; then echo "Peer $crate: ${PEER_NOTE[$crate]}."
+  else echo "Peer $crate $(sed -n "s/^\"$crate \([^ ]*\) .*/\1/p" "$PEER_ROOT/.crates.toml" 2>/dev/null), installed in $PEER_ROOT."
+  fi
+done
 echo
 python3 "$HERE/tools.py" table "$RAW"
 if [ "$PERF" = 1 ] && [ -s "$WORK/perf-self.txt" ]; then

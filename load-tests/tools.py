@@ -118,8 +118,10 @@ def chat_request(host, port, bodyfile, key=""):
     with open(bodyfile, "rb") as f:
         body = f.read()
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    # SY_HEADERS="Name: value|Name: value": what a peer gateway needs on every request (run.sh sets it).
+    extra = "".join(f"{h.strip()}\r\n" for h in os.environ.get("SY_HEADERS", "").split("|") if h.strip())
     return (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 

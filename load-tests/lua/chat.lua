@@ -2,6 +2,7 @@
 --   SY_STREAM=1     ask for "stream": true (wrk then times the whole chunked body: time to last chunk)
 --   SY_SESSIONS=N   cycle through N distinct X-Session-Id values (0: no header)
 --   SY_AUTH=KEY     send Authorization: Bearer KEY (Switchyard "full" only: other systems get no header)
+--   SY_HEADERS="Name: value|Name: value"  extra headers a peer gateway needs (noveum's x-provider)
 -- done() prints one machine-readable line that run.sh parses:
 --   RESULT requests=.. duration_us=.. p50=.. p90=.. p99=.. p999=.. max=.. non2xx=.. errors=..
 -- (latencies in microseconds, as wrk records them).
@@ -9,6 +10,11 @@
 local stream = os.getenv("SY_STREAM") == "1"
 local sessions = tonumber(os.getenv("SY_SESSIONS") or "0") or 0
 local auth = os.getenv("SY_AUTH") or ""
+local extra = {}
+for h in string.gmatch(os.getenv("SY_HEADERS") or "", "[^|]+") do
+  local name, value = string.match(h, "^%s*([^:]+):%s*(.-)%s*$")
+  if name then extra[name] = value end
+end
 
 local body = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},'
   .. '{"role":"user","content":"Say hello in five words."}],"max_tokens":16'
@@ -20,6 +26,7 @@ wrk.headers["Content-Type"] = "application/json"
 if auth ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. auth
 end
+for name, value in pairs(extra) do wrk.headers[name] = value end
 
 local reqs = {}
 local n = 0
@@ -34,6 +41,7 @@ function init(args)
     if auth ~= "" then
       headers["Authorization"] = "Bearer " .. auth
     end
+    for name, value in pairs(extra) do headers[name] = value end
     reqs[k] = wrk.format(nil, nil, headers, body)
   end
   n = sessions
