@@ -295,6 +295,15 @@ measure_rss_fresh() {
 }
 
 # After each run's load: RSS, RSS at 1,000 connections, and how many requests the process had served.
+# Streaming at 50 connections: requests/s and latency of whole streams.
+measure_stream_throughput() { # systems...
+  local sys
+  for sys in "$@"; do
+    log "run $RUN: $sys: streaming throughput at 50 connections (${DURATION}s)"
+    wrk_run "$sys" sthr 2 50 "$DURATION" 1 "$SESSIONS" >/dev/null
+  done
+}
+
 measure_rss_loaded() {
   local sys
   for sys in "${MAIN_SYSTEMS[@]}"; do
@@ -370,6 +379,7 @@ for RUN in $(seq "$RUNS"); do
   measure_one_connection lat 0 latency
   measure_one_connection stream 1 "streaming, time to last chunk"
   measure_throughput "${MAIN_SYSTEMS[@]}"
+  measure_stream_throughput "${MAIN_SYSTEMS[@]}"
   [ "$FAILOVER" = 1 ] && measure_throughput fo-steady fo-30 fo-30-fast
   measure_rss_loaded
   put direct loadavg_end "$(cut -d' ' -f1 /proc/loadavg)"

@@ -315,8 +315,11 @@ def table(path):
     labels = {
         "direct": "direct to mock",
         "nginx": "nginx (reverse proxy, the floor)",
-        "bare-w1": "switchyard bare, 1 worker",
-        "bare-w2": "switchyard bare, 2 workers",
+        "noveum-ai-gateway": "noveum-ai-gateway (Rust peer)",
+        "crabllm": "crabllm (Rust peer)",
+        "default-w2": "switchyard default config (usage.durable: true), 2 workers",
+        "bare-w1": "switchyard bare (usage.durable: false), 1 worker",
+        "bare-w2": "switchyard bare (usage.durable: false), 2 workers",
         "full-w1": "switchyard full*, 1 worker",
         "full-w2": "switchyard full*, 2 workers",
         "fullnd-w1": "switchyard full* not durable (usage.durable: false), 1 worker",
@@ -357,6 +360,17 @@ def table(path):
             f"{'—' if s == 'direct' else fmt_ms(added(s, 'stream_p50'))} | "
             f"{'—' if s == 'direct' else fmt_ms(added(s, 'stream_p99'))} |"
         )
+
+    if any("sthr_requests" in raw[run].get(x, {}) for run in runs for x in main):
+        print("\nStreaming at 50 connections (8 SSE events each; wrk times the whole body). Latency in ms.\n")
+        print("| system | rps@50 streaming | p50 | p99 | non-2xx | socket errors |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for s in main:
+            r = med(per_run(s, lambda r, x: x["sthr_requests"] / (x["sthr_duration_us"] / 1e6)))
+            print(f"| {labels[s]} | {fmt(r, ',.0f')} | {fmt_ms(m(s, 'sthr_p50'))} | {fmt_ms(m(s, 'sthr_p99'))} | "
+                  f"{fmt(m(s, 'sthr_non2xx'), '.0f')} | {fmt(m(s, 'sthr_errors'), '.0f')} |")
+
+    targets(raw, runs, systems, labels, per_run, m)
 
     fo_labels = {
         "fo-steady": "2 healthy profiles (steady state)",
@@ -406,6 +420,71 @@ def table(path):
               f"{fmt(None if after_1k is None else after_1k / 1024, '.1f')} | "
               f"{fmt(m(s, 'rss_1k_held'), '.0f')} / {fmt(m(s, 'rss_1k_loaded_held'), '.0f')} |")
     return 0
+
+
+PEERS = ["noveum-ai-gateway", "crabllm"]
+
+
+def targets(raw, runs, systems, labels, per_run, m):
+    """Every target of issue 14 as a ratio measured within each run (median over runs), met or not."""
+    d = "default-w2"
+    if d not in systems:
+        return
+    peers = [p for p in PEERS if p in systems]
+
+    def rate(x, prefix):
+        return x[f"{prefix}_requests"] / (x[f"{prefix}_duration_us"] / 1e6)
+
+    def added(r, sys, key):
+        return r[sys][key] - r["direct"][key]
+
+    def best_peer_added(r, key):
+        vals = [added(r, p, key) for p in peers if key in r.get(p, {})]
+        return min(vals) if vals else None
+
+    def best_peer_rate(r, prefix):
+        vals = [rate(r[p], prefix) for p in peers if f"{prefix}_requests" in r.get(p, {})]
+        return max(vals) if vals else None
+
+    rows = []
+
+    def row(name, fn, op, limit):
+        v = med(per_run(d, lambda r, x: fn(r, x)))
+        met = "-" if v is None else ("**met**" if (v <= limit if op == "<=" else v >= limit) else "**not met**")
+        rows.append(f"| {name} | {fmt(v, '.2f')}x | {op} {limit} | {met} |")
+
+    row("1. default added p50 c=1 / not durable (bare, 2 workers)",
+        lambda r, x: added(r, d, "lat_p50") / added(r, "bare-w2", "lat_p50"), "<=", 1.15)
+    if peers:
+        for key, what in [("lat_p50", "p50"), ("lat_p99", "p99"), ("stream_p50", "streaming p50"),
+                          ("stream_p99", "streaming p99")]:
+            row(f"2. default added {what} c=1 / best peer's",
+                lambda r, x, key=key: added(r, d, key) / best_peer_added(r, key), "<=", 0.75)
+        row("3. default rps c=50 / best peer's", lambda r, x: rate(x, "thr") / best_peer_rate(r, "thr"), ">=", 1.5)
+    row("3. default rps c=50 / nginx", lambda r, x: rate(x, "thr") / rate(r["nginx"], "thr"), ">=", 0.6)
+    if peers:
+        row("3. default streaming rps c=50 / best peer's",
+            lambda r, x: rate(x, "sthr") / best_peer_rate(r, "sthr"), ">=", 2.0)
+    row("3. default streaming p99 c=50 / non-streaming p99 c=50", lambda r, x: x["sthr_p99"] / x["thr_p99"], "<=", 2.0)
+    if "full-w2" in systems:
+        row("4. full (2 workers) CPU per request / default's",
+            lambda r, x: (r["full-w2"]["thr_cpu_s"] / r["full-w2"]["thr_requests"])
+            / (x["thr_cpu_s"] / x["thr_requests"]), "<=", 1.3)
+        row("4. full (2 workers) added p50 c=1 / default's",
+            lambda r, x: added(r, "full-w2", "lat_p50") / added(r, d, "lat_p50"), "<=", 1.3)
+    print("\nTargets of issue 14, each a ratio within one run (median over runs). Best peer = the better of "
+          + (", ".join(peers) if peers else "no peer (none ran)") + ".\n")
+    print("| target | measured | wanted | verdict |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print(r)
+    rss = m(d, "rss_after_load_kb")
+    served = m(d, "served_before")
+    verdict = "-" if rss is None else ("**met**" if rss / 1024 <= 25 and (served or 0) >= 500_000 else
+                                       ("**not met**" if rss / 1024 > 25 else "not shown (fewer than 500,000 served)"))
+    print(f"| 5. default RSS after load, MB (served {fmt(served, ',.0f')}) | {fmt(None if rss is None else rss / 1024, '.1f')} "
+          f"| <= 25 after 500,000 | {verdict} |")
+    print("| 6. /v1/messages and /v1/responses pass-through / chat | - | <= 1.1 | not measured by this harness |")
 
 
 def main(argv):
