@@ -169,7 +169,7 @@ impl AttemptGuard {
             Some(journal) => match self.journal_record(journal, record) {
                 // In the kernel, with the movements staged before it: nothing to wait for.
                 Ok(()) => return None,
-                Err(record) => record,
+                Err(record) => *record,
             },
             None => record,
         };
@@ -191,9 +191,13 @@ impl AttemptGuard {
     /// Writes `record` (after the credit movements staged before it) to the journal, and hands it to
     /// the recorder in journal order. Gives it back when the journal cannot take it: the caller then
     /// waits for a flush instead.
-    fn journal_record(&self, journal: &Journal, record: UsageRecord) -> Result<(), UsageRecord> {
+    fn journal_record(
+        &self,
+        journal: &Journal,
+        record: UsageRecord,
+    ) -> Result<(), Box<UsageRecord>> {
         let Ok(body) = serde_json::to_vec(&record) else {
-            return Err(record);
+            return Err(Box::new(record));
         };
         let mut slot = Some(record);
         let written = journal.append(&body, |seq| {
@@ -208,7 +212,7 @@ impl AttemptGuard {
         match (written, slot) {
             (Err(e), Some(record)) => {
                 tracing::error!(error = %e, "cannot write the journal: waiting for a flush instead");
-                Err(record)
+                Err(Box::new(record))
             }
             _ => Ok(()),
         }
