@@ -4,7 +4,10 @@
 # runs. It counts every thread of the process (the worker, the actix system thread with the usage
 # recorder, sled's threads), so work moved off the request path still counts.
 #
-#   bash load-tests/callgrind.sh [--no-build] [bare|full|fullnd|fullnc] [REQUESTS]     (defaults: bare 2000)
+#   bash load-tests/callgrind.sh [--no-build] [default|fsync|bare|full|fullnd|fullnc] [REQUESTS]   (defaults: default 2000)
+#
+# default = the default config (usage.durable: true: the journal); fsync = the same with usage.fsync: true
+# (each response waits for a sled flush); bare = usage.durable: false.
 #
 # Starts the mock upstream natively and Switchyard (1 worker) under valgrind, sends 200 warm-up requests,
 # zeroes the counters, sends REQUESTS sequential requests on one keep-alive connection (non-streaming,
@@ -17,14 +20,16 @@ ROOT="$(cd "$HERE/.." && pwd)"
 TOOLS="python3 $HERE/tools.py"
 BUILD=1
 if [ "${1:-}" = --no-build ]; then BUILD=0; shift; fi
-VARIANT="${1:-bare}"
+VARIANT="${1:-default}"
 N="${2:-2000}"
 case "$VARIANT" in
-  bare) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=true ;;
+  default) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=true ;;
+  fsync) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE="true, fsync: true" ;;
+  bare) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=false ;;
   full) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00"; DURABLE=true ;;
   fullnd) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00"; DURABLE=false ;;
   fullnc) TMPL=full.yaml.tmpl; CREDITS="# no monthly_credits: not metered"; DURABLE=true ;;
-  *) echo "unknown variant $VARIANT (bare, full, fullnd or fullnc)" >&2; exit 2 ;;
+  *) echo "unknown variant $VARIANT (default, fsync, bare, full, fullnd or fullnc)" >&2; exit 2 ;;
 esac
 
 for tool in valgrind callgrind_control callgrind_annotate python3; do
