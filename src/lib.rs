@@ -114,7 +114,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     let store = Store::open_with_cache(&opts.data_dir, config.server.store_cache_bytes)
         .map_err(store_error)?;
     // Before anything reads the store (the high-water check included): what only the journal holds.
-    let journal = open_journal(&config, &store, &opts.data_dir)?;
+    replay_journal(&config, &store, &opts.data_dir)?;
     // A store that comes back holding less than its high-water mark lost data: refuse it before
     // anything reads it (see actors/src/highwater.rs; the same counts as `switchyard store`).
     let held = switchyard_actors::highwater::Counts {
@@ -131,6 +131,8 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     {
         tracing::info!(?held, "no high-water mark in the data directory: wrote one");
     }
+    // Only once the store is accepted: a refused start leaves no journal behind.
+    let journal = open_journal(&config, &store, &opts.data_dir)?;
     let tokens = Arc::new(oauth::TokenSources::new(&store, &opts.data_dir));
     // Built once here, before the actors, so a bad profile fails start-up as cleanly as a busy port;
     // each worker then builds its own clients.
@@ -263,19 +265,24 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     Ok(())
 }
 
-/// Replays what the journal in `data_dir` holds and the store lacks, then opens a fresh journal,
-/// unless durable responses wait for an fsync (`usage.fsync`).
-fn open_journal(
+fn journal_error(
+    data_dir: &std::path::Path,
+) -> impl FnOnce(limits::recovery::RecoveryError) -> ServeError + '_ {
+    move |source| ServeError::Journal {
+        dir: data_dir.to_owned(),
+        source,
+    }
+}
+
+/// Writes what the journal in `data_dir` holds and the store lacks (a run that ended without its final
+/// flush), then deletes it.
+fn replay_journal(
     config: &Config,
     store: &Store,
     data_dir: &std::path::Path,
-) -> Result<Option<Arc<limits::journal::Journal>>, ServeError> {
-    let failed = |source| ServeError::Journal {
-        dir: data_dir.to_owned(),
-        source,
-    };
+) -> Result<(), ServeError> {
     let recovered = limits::recovery::recover(store, data_dir, config.usage.reservation_lease)
-        .map_err(failed)?;
+        .map_err(journal_error(data_dir))?;
     if recovered != limits::recovery::Recovered::default() {
         tracing::warn!(
             usage_records = recovered.usage_records,
@@ -284,12 +291,21 @@ fn open_journal(
             "replayed the journal: the last run stopped without a final flush"
         );
     }
+    Ok(())
+}
+
+/// A fresh journal, unless durable responses wait for an fsync (`usage.fsync`).
+fn open_journal(
+    config: &Config,
+    store: &Store,
+    data_dir: &std::path::Path,
+) -> Result<Option<Arc<limits::journal::Journal>>, ServeError> {
     if config.usage.fsync {
         return Ok(None);
     }
     let ids = store.clone();
     let journal = limits::journal::Journal::create(data_dir, move || ids.next_id().ok())
-        .map_err(|e| failed(e.into()))?;
+        .map_err(|e| journal_error(data_dir)(e.into()))?;
     Ok(Some(Arc::new(journal)))
 }
 

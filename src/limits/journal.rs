@@ -168,11 +168,15 @@ pub fn read(data_dir: &Path) -> Result<(Vec<Entry>, usize), JournalError> {
     Ok((entries, skipped))
 }
 
-/// Deletes every segment under `data_dir` (once what they hold is durable in the store).
+/// Deletes every segment under `data_dir` (once what they hold is durable in the store), and the
+/// journal's folder when nothing else is in it: a stopped proxy leaves only the store.
 pub fn remove_all(data_dir: &Path) -> Result<(), JournalError> {
-    for (_, path) in segments(&data_dir.join(DIR))? {
+    let dir = data_dir.join(DIR);
+    for (_, path) in segments(&dir)? {
         std::fs::remove_file(&path).map_err(io_error(&path))?;
     }
+    // Fails harmlessly when absent or not empty.
+    let _ = std::fs::remove_dir(&dir);
     Ok(())
 }
 
