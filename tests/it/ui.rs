@@ -446,7 +446,9 @@ async fn a_user_sees_the_apis_usage_and_limits_and_manages_keys_in_the_browser()
     }
 
     browser.goto(&server.url("/ui")).await;
-    browser.wait_for("the sign-in form", SIGN_IN_SHOWN, json!([]), WAIT).await;
+    browser
+        .wait_for("the sign-in form", SIGN_IN_SHOWN, json!([]), WAIT)
+        .await;
     browser
         .type_into("#login-account input[name=email]", "ada@example.com")
         .await;
@@ -485,7 +487,7 @@ async fn a_user_sees_the_apis_usage_and_limits_and_manages_keys_in_the_browser()
     let bars = browser
         .exec(
             "return Array.from(document.querySelectorAll('#user-chart g[data-label]'))
-                .map(g => [g.dataset.label, g.dataset.value]);",
+                .filter(g => g.dataset.value !== '0').map(g => [g.dataset.label, g.dataset.value]);",
             json!([]),
         )
         .await;
@@ -575,7 +577,9 @@ async fn an_admin_sees_live_profiles_charts_and_keys_and_a_tokenless_form_is_ref
     }
 
     browser.goto(&server.url("/ui")).await;
-    browser.wait_for("the sign-in form", SIGN_IN_SHOWN, json!([]), WAIT).await;
+    browser
+        .wait_for("the sign-in form", SIGN_IN_SHOWN, json!([]), WAIT)
+        .await;
     browser
         .type_into("#login-admin input[name=admin_token]", ADMIN_TOKEN)
         .await;
@@ -740,6 +744,66 @@ async fn an_admin_sees_live_profiles_charts_and_keys_and_a_tokenless_form_is_ref
         .await;
     let (s, _, _) = server.get("/v1/models").bearer(&secret).send().await;
     assert_eq!(s, 401);
+
+    // Rotating the traffic key on the page shows a new secret, which works.
+    let traffic_id = key
+        .trim_start_matches("sy_")
+        .split('_')
+        .next()
+        .unwrap()
+        .to_owned();
+    browser.click("#admin-secret button").await;
+    browser
+        .click(&format!(
+            "#admin-keys tr[data-row=\"{traffic_id}\"] button:not(.danger)"
+        ))
+        .await;
+    let rotated = browser
+        .wait_for(
+            "the rotated key's secret",
+            "const c = document.querySelector('#admin-secret code'); return c && c.textContent;",
+            json!([]),
+            WAIT,
+        )
+        .await;
+    let rotated = rotated.as_str().unwrap();
+    assert!(rotated.starts_with(&format!("sy_{traffic_id}_")) && rotated != key);
+    let (s, _, _) = server.get("/v1/models").bearer(rotated).send().await;
+    assert_eq!(s, 200);
+
+    // An account created on the page, then given a tier there.
+    browser
+        .type_into("#account-form input[name=email]", "grace@example.com")
+        .await;
+    browser
+        .type_into("#account-form input[name=password]", PASSWORD)
+        .await;
+    browser.click("#account-form button[type=submit]").await;
+    let account_row = "const tr = Array.from(document.querySelectorAll('#accounts tr[data-row]'))
+        .find(tr => tr.querySelector('td[data-col=email]').textContent === 'grace@example.com');
+        return tr ? tr.dataset.row : null;";
+    let account = browser
+        .wait_for("the new account", account_row, json!([]), WAIT)
+        .await;
+    let account = account.as_str().unwrap().to_owned();
+    let row = format!("#accounts tr[data-row=\"{account}\"]");
+    browser
+        .type_into(&format!("{row} input[name=tier]"), "pro")
+        .await;
+    browser.click(&format!("{row} button")).await;
+    browser
+        .wait_for(
+            "the tier shown",
+            &format!("const td = document.querySelector('{row} td[data-col=tier]'); return !!td && td.textContent === 'pro';"),
+            json!([]),
+            WAIT,
+        )
+        .await;
+    let path = format!("/admin/accounts/{account}");
+    let v = admin(&server, reqwest::Method::GET, &path, None).await;
+    assert_eq!(v["tier"], "pro", "{v}");
+    assert_eq!(v["role"], "user", "{v}");
+
     let marker = browser
         .exec("return window.__stillThisPage;", json!([]))
         .await;

@@ -168,8 +168,8 @@
   const num = (v) => Number(v) || 0;
 
   // Vertical bars, one per label; `stacks` maps a label to [[series, value], ...].
-  function barChart(el, labels, stacks, metric) {
-    const W = 640, H = 220, pad = 36, bottom = 40;
+  function barChart(el, labels, stacks, metric, width) {
+    const W = width || 640, H = width ? 200 : 220, pad = 36, bottom = 40;
     const series = [...new Set(labels.flatMap((l) => (stacks[l] || []).map((x) => x[0])))];
     const totals = labels.map((l) => (stacks[l] || []).reduce((a, x) => a + num(x[1]), 0));
     const max = Math.max(0, ...totals);
@@ -180,7 +180,7 @@
       el.replaceChildren(svg);
       return;
     }
-    const slot = (W - pad) / labels.length;
+    const slot = (W - pad - 16) / labels.length;
     const bw = Math.max(2, Math.min(48, slot * 0.7));
     const scale = (H - bottom - 10) / max;
     svg.append(s('text', { x: 2, y: 12, class: 'axis' }, fmt(max)));
@@ -196,8 +196,14 @@
         r.append(s('title', {}, `${label} · ${name}: ${value}`));
         g.append(r);
       }
-      g.append(s('text', { x: x + bw / 2, y: H - bottom + 14, 'text-anchor': 'middle', class: 'label' }, short(label)));
-      g.append(s('text', { x: x + bw / 2, y: y - 3, 'text-anchor': 'middle', class: 'value' }, fmt(totals[i])));
+      // With many bars, every other label (and no zero values) keeps the axis readable.
+      const every = Math.ceil(labels.length / 10);
+      if ((labels.length - 1 - i) % every === 0) {
+        g.append(s('text', { x: x + bw / 2, y: H - bottom + 14, 'text-anchor': 'middle', class: 'label' }, short(label)));
+      }
+      if (totals[i] !== 0 || labels.length <= 12) {
+        g.append(s('text', { x: x + bw / 2, y: y - 3, 'text-anchor': 'middle', class: 'value' }, fmt(totals[i])));
+      }
       svg.append(g);
     });
     el.replaceChildren(svg);
@@ -206,8 +212,22 @@
     }
   }
 
+  const dayString = (d) => d.toISOString().slice(0, 10);
+
+  // The last `n` UTC days, oldest first, as YYYY-MM-DD (the usage report's day keys).
+  function lastDays(n) {
+    const t = new Date();
+    const out = [];
+    for (let i = n - 1; i >= 0; i--) {
+      out.push(dayString(new Date(Date.UTC(t.getUTCFullYear(), t.getUTCMonth(), t.getUTCDate() - i))));
+    }
+    return out;
+  }
+
   const fmt = (v) => (Number.isInteger(v) ? String(v) : String(Number(v.toFixed(6))));
-  const short = (label) => (label.length > 14 ? label.slice(0, 13) + '…' : label);
+  // Days as MM-DD (the year is in the bar's tooltip), long names cut.
+  const short = (label) => (/^\d{4}-\d\d-\d\d$/.test(label) ? label.slice(5)
+    : label.length > 14 ? label.slice(0, 13) + '…' : label);
 
   // --- the user's view -------------------------------------------------------------------------
 
@@ -223,6 +243,7 @@
   async function loadMe() {
     const r = await api('GET', '/v1/me');
     const me = r.data;
+    if (me.account && me.account.email) $('who').textContent = me.account.email + ' · ' + me.role;
     const hd = (n) => r.headers.get(n);
     const facts = [['Tier', show(me.tier)]];
     if (hd('x-ratelimit-limit')) {
@@ -258,8 +279,10 @@
     ]);
     usageTable($('user-by-model'), byModel.data);
     usageTable($('user-by-day'), byDay.data);
-    const days = byDay.data.data.map((r) => r.day);
+    // Every day of the report's span, so that quiet days show as gaps; the figures are the report's.
+    const days = lastDays(30);
     const stacks = {};
+    for (const d of days) stacks[d] = [['total_tokens', 0]];
     for (const r of byDay.data.data) stacks[r.day] = [['total_tokens', r.total_tokens]];
     barChart($('user-chart'), days, stacks, 'total_tokens');
   }
@@ -338,7 +361,6 @@
       ['billing_until', 'billing bench', timer('billing_until')],
       ['breaker_open_until', 'breaker open', timer('breaker_open_until')],
       ['auth_error', 'auth'],
-      ['in_flight', 'in flight'],
       ['consecutive_failures', 'failures in a row'],
       ['requests', 'attempts'], ['failures', 'failed'],
       ['last_error', 'last error'],
@@ -348,6 +370,8 @@
         await loadProfiles();
       }) }, 'Reset')],
     ];
+    // In-flight counts show once the API reports them per profile.
+    if (list.some((p) => p.in_flight !== undefined)) cols.splice(7, 0, ['in_flight', 'in flight']);
     table($('profiles'), cols, list, 'id');
     // The countdown cells tick every second between polls.
     for (const tr of $('profiles').tBodies[0].rows) {
@@ -366,7 +390,6 @@
     await loadProfiles();
   }));
 
-  function dayString(d) { return d.toISOString().slice(0, 10); }
 
   async function loadAdminUsage() {
     const metric = $('usage-metric').value;
@@ -377,13 +400,11 @@
       const rows = totals[i].data.data;
       const stacks = {};
       for (const r of rows) stacks[r[g]] = [[metric, r[metric]]];
-      barChart($('chart-' + g), rows.map((r) => r[g]), stacks, metric);
+      barChart($('chart-' + g), rows.map((r) => r[g]), stacks, metric, 360);
     });
     usageTable($('admin-by-model'), totals[0].data);
     // Over time: one /admin/usage query per UTC day, grouped by the chosen dimension.
-    const today = new Date();
-    const days = [];
-    for (let i = 6; i >= 0; i--) days.push(dayString(new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() - i))));
+    const days = lastDays(7);
     const next = (d) => dayString(new Date(Date.parse(d + 'T00:00:00Z') + 86400000));
     const perDay = await Promise.all(days.map((d) => api('GET', `/admin/usage?group_by=${dim}&from=${d}&to=${next(d)}`)));
     const stacks = {};

@@ -220,6 +220,14 @@ impl Browser {
     /// A PNG of the window, written to `target/ui-screenshots/NAME.png`, and to `docs/NAME.png` when
     /// `UPDATE_SCREENSHOTS=1` (how the README's pictures are made).
     pub async fn screenshot(&self, name: &str) {
+        // The window as tall as the page, so the picture holds all of it and nothing below: the
+        // window's height minus its viewport's is the browser's own frame.
+        let fit = "const need = Math.ceil(document.querySelector('main').getBoundingClientRect().bottom) + 24;
+            return [need, window.outerHeight - window.innerHeight];";
+        let v = self.exec(fit, json!([])).await;
+        let (need, frame) = (v[0].as_u64().unwrap_or(1200), v[1].as_u64().unwrap_or(0));
+        let rect = json!({"width": 1440, "height": (need + frame).clamp(600, 4000)});
+        self.cmd("POST", "/window/rect", Some(rect)).await;
         let v = self.cmd("GET", "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().expect("base64 screenshot"))
