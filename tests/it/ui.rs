@@ -346,6 +346,45 @@ async fn an_account_session_refreshes_its_tokens_and_ends_with_the_account() {
     assert_eq!(s, 401, "{v}");
 }
 
+#[tokio::test]
+async fn the_profile_view_counts_attempts_in_flight() {
+    let (_flaky, steady, server) = dashboard_server(&[]).await;
+    let key = account_key(&server, "acme").await;
+    assert_eq!(admin_profile(&server, "steady").await["in_flight"], 0);
+    // An answer held at the upstream is in flight until it arrives.
+    steady.push(Reply::delayed(Duration::from_secs(3)));
+    let call = {
+        let url = server.url("/v1/chat/completions");
+        let key = key.clone();
+        tokio::spawn(async move {
+            let resp = client()
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat_body("n"))
+                .send()
+                .await;
+            resp.unwrap().status().as_u16()
+        })
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while admin_profile(&server, "steady").await["in_flight"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(call.await.unwrap(), 200);
+    let deadline = std::time::Instant::now() + WAIT;
+    while admin_profile(&server, "steady").await["in_flight"] != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still counted after the answer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A page function: the rows of a table as {row: {column: text}}.
 const ROWS_FN: &str = "function rows(sel) {
         const out = {};
