@@ -449,6 +449,10 @@ fn assert_table_is_report(page: &Value, report: &Value, group: &str) {
             "attempts",
             "prompt_tokens",
             "completion_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+            "cache_write_1h_tokens",
+            "reasoning_tokens",
             "total_tokens",
         ] {
             assert_eq!(
@@ -469,7 +473,7 @@ async fn a_user_sees_the_apis_usage_and_limits_and_manages_keys_in_the_browser()
     let Some(browser) = Browser::start("ui::a_user_sees_the_apis_usage").await else {
         return;
     };
-    let (_flaky, _steady, server) = dashboard_server(&[]).await;
+    let (_flaky, steady, server) = dashboard_server(&[]).await;
     let id = create_account(&server, "ada@example.com", "developer").await;
     let path = format!("/admin/accounts/{id}/credits");
     admin(
@@ -480,6 +484,15 @@ async fn a_user_sees_the_apis_usage_and_limits_and_manages_keys_in_the_browser()
     )
     .await;
     let key = account_key(&server, &id).await;
+    // One answer with cache and reasoning counts, which the page shows as the report has them.
+    let cached = json!({
+        "id": "chatcmpl-cached", "object": "chat.completion", "created": 1, "model": "n",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50,
+            "prompt_tokens_details": {"cached_tokens": 30, "cache_write_tokens": 5},
+            "completion_tokens_details": {"reasoning_tokens": 4}},
+    });
+    steady.push(Reply::status(200, cached.to_string()));
     for model in ["m", "m", "m", "n", "n"] {
         chat_with(&server, &key, model).await;
     }
@@ -514,6 +527,8 @@ async fn a_user_sees_the_apis_usage_and_limits_and_manages_keys_in_the_browser()
         by_model["data"][0]["requests"], 3,
         "known traffic: {by_model}"
     );
+    assert_eq!(by_model["data"][1]["cached_tokens"], 30, "{by_model}");
+    assert_eq!(by_model["data"][1]["cache_write_tokens"], 5, "{by_model}");
 
     let (_, _, by_day) = server
         .get("/v1/usage?group_by=day")

@@ -153,7 +153,9 @@
         if (k.endsWith('_tokens') && !base.includes(k) && k !== 'total_tokens') extra.add(k);
       }
     }
-    const keys = [...base, ...[...extra].sort(), 'total_tokens', 'cost_usd'];
+    const known = ['cached_tokens', 'cache_write_tokens', 'cache_write_1h_tokens', 'reasoning_tokens'];
+    const order = (k) => (known.includes(k) ? known.indexOf(k) : known.length);
+    const keys = [...base, ...[...extra].sort((a, b) => order(a) - order(b) || a.localeCompare(b)), 'total_tokens', 'cost_usd'];
     return [[group, group], ...keys.map((k) => [k, k.replace(/_/g, ' ')])];
   }
 
