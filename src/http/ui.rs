@@ -97,6 +97,10 @@ async fn login(req: HttpRequest, payload: web::Payload, state: web::Data<AppStat
     refuse_cross_origin(&req)?;
     let body: SignIn = json_body(&req, payload).await?;
     let addr = address(&req);
+    // A new sign-in replaces the browser's session: the one its cookie named ends now, not when idle.
+    if let Some(old) = dashboard_cookie(&req) {
+        let _ = state.auth.web_sign_out(&old, addr.as_deref()).await;
+    }
     let signed = match (&body.admin_token, &body.email, &body.password) {
         (Some(given), None, None) => admin_sign_in(&state, given, addr.as_deref())?,
         (None, Some(email), Some(password)) => {

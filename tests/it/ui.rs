@@ -196,8 +196,28 @@ async fn the_dashboard_is_served_with_a_strict_policy_and_a_strict_cookie() {
 #[tokio::test]
 async fn changes_with_the_cookie_need_the_csrf_token_and_the_same_origin() {
     let (_a, _b, server) = dashboard_server(&[]).await;
-    let (cookie, csrf) = http_sign_in(&server, json!({"admin_token": ADMIN_TOKEN})).await;
+    let (first, _) = http_sign_in(&server, json!({"admin_token": ADMIN_TOKEN})).await;
     let origin = server.url("");
+
+    // Signing in again from the same browser ends the session its cookie named.
+    let (s, h, v) = server
+        .post("/ui/api/login")
+        .header("cookie", &first)
+        .json(json!({"admin_token": ADMIN_TOKEN}))
+        .send()
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (cookie, csrf) = (
+        session_cookie(&h).0,
+        v["csrf_token"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(cookie, first);
+    let (s, _, _) = server
+        .get("/admin/profiles")
+        .header("cookie", &first)
+        .send()
+        .await;
+    assert_eq!(s, 401);
 
     // Reads need only the cookie.
     let (s, _, v) = server
