@@ -637,6 +637,34 @@ async fn a_user_sees_the_apis_usage_and_limits_and_manages_keys_in_the_browser()
         .await;
     let (s, _, v) = server.get("/v1/models").bearer(&secret).send().await;
     assert_eq!(s, 401, "{v}");
+
+    // New traffic shows on the refresh button, without a page load.
+    chat_with(&server, &key, "m").await;
+    browser
+        .exec("window.__stillThisPage = 7; return true;", json!([]))
+        .await;
+    browser.click("#user-refresh").await;
+    let script = format!(
+        "{ROWS_FN} const r = rows(arguments[0]); return r.m && r.m.requests === '4' ? r : null;"
+    );
+    let rows = browser
+        .wait_for(
+            "four requests of m",
+            &script,
+            json!(["#user-by-model"]),
+            WAIT,
+        )
+        .await;
+    let (_, _, by_model) = server
+        .get("/v1/usage?group_by=model")
+        .bearer(&key)
+        .send()
+        .await;
+    assert_table_is_report(&rows, &by_model, "model");
+    let marker = browser
+        .exec("return window.__stillThisPage;", json!([]))
+        .await;
+    assert_eq!(marker, 7, "the page was reloaded");
 }
 
 #[tokio::test]

@@ -239,7 +239,8 @@
     $('user-key-form').hidden = !developer;
     every(5000, loadMe);
     every(5000, loadOwnKeys);
-    every(30000, loadOwnUsage);
+    // Each /v1/usage call counts against the tier (as any /v1 call does), so it is polled slowly.
+    every(300000, loadOwnUsage);
   }
 
   async function loadMe() {
@@ -317,6 +318,8 @@
     el.hidden = false;
   }
 
+  $('user-refresh').addEventListener('click', act(loadOwnUsage));
+
   $('user-key-form').addEventListener('submit', act(async (ev) => {
     const body = formData(ev.target);
     const r = await api('POST', '/v1/keys', { name: body.name });
@@ -331,7 +334,8 @@
     $('admin').hidden = false;
     every(2000, loadProfiles);
     S.timers.push(setInterval(tickCountdowns, 1000));
-    every(10000, loadAdminUsage);
+    // /admin/usage reads every record of its span: a slower poll than the rest.
+    every(15000, loadAdminUsage);
     every(10000, loadAccounts);
     every(10000, loadAdminKeys);
     every(10000, loadAudit);
