@@ -371,8 +371,8 @@ async fn the_profile_view_counts_attempts_in_flight() {
     let (_flaky, steady, server) = dashboard_server(&[]).await;
     let key = account_key(&server, "acme").await;
     assert_eq!(admin_profile(&server, "steady").await["in_flight"], 0);
-    // An answer held at the upstream is in flight until it arrives.
-    steady.push(Reply::delayed(Duration::from_secs(3)));
+    // An answer held at the upstream (under the first-byte timeout) is in flight until it arrives.
+    steady.push(Reply::delayed(Duration::from_secs(2)));
     let call = {
         let url = server.url("/v1/chat/completions");
         let key = key.clone();
