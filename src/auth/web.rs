@@ -266,6 +266,20 @@ mod tests {
     }
 
     #[test]
+    fn sessions_end_when_idle_or_old() {
+        let at = |created_ms: u64, seen_ms: u64| WebSession {
+            account: None,
+            created_ms,
+            last_seen_ms: AtomicU64::new(seen_ms),
+        };
+        let now = ms(ABSOLUTE) * 2;
+        assert!(!at(now - 1000, now - 1000).expired(now));
+        assert!(at(now - ms(IDLE) - 1, now - ms(IDLE)).expired(now), "idle");
+        assert!(!at(now - ms(IDLE) - 1, now - 5).expired(now), "busy");
+        assert!(at(now - ms(ABSOLUTE), now - 5).expired(now), "however busy");
+    }
+
+    #[test]
     fn cookies_are_found_by_name_only() {
         let h = "theme=dark; sy_session=abc123;other=1";
         assert_eq!(cookie_value(h, SESSION_COOKIE), Some("abc123"));
