@@ -14,6 +14,7 @@ mod keys;
 mod limiter;
 mod secret;
 pub mod store;
+pub mod web;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,6 +240,8 @@ pub struct AuthService {
     account_writes: parking_lot::Mutex<()>,
     /// An argon2 hash checked when the email is unknown, so that the answer takes as long either way.
     dummy_hash: String,
+    /// The dashboard's signed-in browsers (see `web`).
+    web_sessions: web::WebSessions,
 }
 
 /// `ms` since the epoch as RFC 3339.
@@ -278,6 +281,7 @@ impl AuthService {
             key_writes: parking_lot::Mutex::new(()),
             account_writes: parking_lot::Mutex::new(()),
             dummy_hash,
+            web_sessions: web::WebSessions::default(),
         })
     }
 

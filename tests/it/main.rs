@@ -21,4 +21,5 @@ mod presets;
 mod readme;
 mod routing;
 mod smoke;
+mod ui;
 mod wire;
