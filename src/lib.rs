@@ -14,7 +14,9 @@
 //! * [`auth`] — client identity: gateway keys, accounts, JWTs, JWKS, the audit log. [`upstream`] — the
 //!   profiles' side: per-worker HTTP clients, credentials (and OAuth tokens, `upstream::oauth`), the
 //!   classification of upstream answers (`upstream::classify`), and `provider: echo`, the built-in
-//!   demo upstream answered in-process (`upstream::echo`).
+//!   demo upstream answered in-process (`upstream::echo`). [`shared`] — the Redis client for
+//!   `state.backend: redis` (per-worker connections, a command deadline, a breaker) and what the
+//!   replicas keep there.
 //! * [`limits`] — tiers, rate windows, credit reservations and the ledger, usage reports, billing events.
 //! * [`state`] — [`state::AppState`], what every worker shares, and the router's view of a config;
 //!   [`readiness`], which models have a usable profile now and why the others do not.
@@ -37,6 +39,7 @@ pub mod limits;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;
+pub mod shared;
 pub mod state;
 pub mod upstream;
 pub mod wire;
@@ -90,6 +93,8 @@ pub enum ServeError {
     Metrics(String),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("shared state: {0}")]
+    Shared(String),
 }
 
 /// Runs the proxy until it is told to stop (SIGINT/SIGTERM): then it stops accepting, lets in-flight
@@ -143,7 +148,18 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         .ttl
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
     spawn_session_sweeper(router.clone(), sweep_every);
-    let limits = Arc::new(limits::Limits::new(&store, metrics.clone()).map_err(store_error)?);
+    let mut limits = limits::Limits::new(&store, metrics.clone()).map_err(store_error)?;
+    let redis = match &config.state {
+        config::StateBackend::Redis(redis) => {
+            let shared = shared::Shared::new(redis, &metrics.shared)
+                .map_err(|e| ServeError::Shared(e.to_string()))?;
+            tracing::info!(prefix = %redis.key_prefix, replicas = redis.replicas, "request limits shared through redis");
+            limits = limits.share_through(shared.clone());
+            Some(shared)
+        }
+        config::StateBackend::Local => None,
+    };
+    let limits = Arc::new(limits);
     let (recorder_store, recorder_metrics, recorder_limits) =
         (store.clone(), metrics.actors.clone(), limits.clone());
     let recorder = Supervisor::start(move |_| {
@@ -184,6 +200,9 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
                 std::process::exit(1);
             }
         };
+        if let Some(redis) = redis.clone() {
+            actix_web::rt::spawn(redis.warm());
+        }
         switchyard_app!(factory_shared.clone(), web::Data::new(upstreams))
     })
     // Without TCP_NODELAY every streamed event after the first waits for the client's delayed ACK (~40 ms).

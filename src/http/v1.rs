@@ -111,7 +111,8 @@ async fn model_call(
         let principal = extract::client(state, &config, &req).await?;
         let admission = state
             .limits
-            .admit_principal(&config, principal.as_ref(), CallKind::Llm)?;
+            .admit_principal(&config, principal.as_ref(), CallKind::Llm)
+            .await?;
         rate = admission.rate;
         let body = read_body(&req, payload, config.server.max_body_bytes, &config.server).await?;
         check_depth(&body, MAX_JSON_DEPTH)?;
@@ -342,7 +343,7 @@ async fn list_models(req: HttpRequest, state: State) -> HttpResponse {
     let mut rate = RateStatus::default();
     let result = async {
         let principal = extract::client(&state, &state.config(), &req).await?;
-        rate = admit_other(&state, principal.as_ref())?.rate;
+        rate = admit_other(&state, principal.as_ref()).await?.rate;
         let config = state.config();
         let names: Vec<&str> = usable_models(&config, principal.as_ref()).collect();
         // Claude Code discovers a gateway's models with `anthropic-version` set: answer in its shape.
@@ -360,7 +361,7 @@ async fn get_model(req: HttpRequest, id: web::Path<String>, state: State) -> Htt
     let mut rate = RateStatus::default();
     let result = async {
         let principal = extract::client(&state, &state.config(), &req).await?;
-        rate = admit_other(&state, principal.as_ref())?.rate;
+        rate = admit_other(&state, principal.as_ref()).await?.rate;
         let config = state.config();
         // Any name a request may use, a pattern's matches included, under the name asked for.
         let usable = config

@@ -11,7 +11,7 @@ const FLOORS: &[&[&str]] = &[
     &["wire"],
     &["error", "metrics"],
     &["config"],
-    &["auth", "upstream"],
+    &["auth", "upstream", "shared"],
     &["limits"],
     &["state", "readiness"],
     &["forward", "reload"],
