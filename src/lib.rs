@@ -134,10 +134,24 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     // each worker then builds its own clients.
     drop(Upstreams::build(&config, None, &tokens)?);
     let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
-    let auth = Arc::new(
-        auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?,
-    );
+    let redis = match &config.state {
+        config::StateBackend::Redis(redis) => {
+            tracing::info!(prefix = %redis.key_prefix, replicas = redis.replicas, "state shared through redis");
+            Some(
+                shared::Shared::new(redis, &metrics.shared)
+                    .map_err(|e| ServeError::Shared(e.to_string()))?,
+            )
+        }
+        config::StateBackend::Local => None,
+    };
+    let mut auth_service =
+        auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?;
+    if let Some(redis) = &redis {
+        auth_service.share_through(redis.clone());
+    }
+    let auth = Arc::new(auth_service);
     actix_web::rt::spawn(auth.clone().run_maintenance());
+    actix_web::rt::spawn(auth.clone().run_key_mirror());
     let (prefetch_auth, prefetch_config) = (auth.clone(), config.auth.clone());
     actix_web::rt::spawn(async move { prefetch_auth.prefetch_jwks(&prefetch_config).await });
     let router =
@@ -149,16 +163,9 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
     spawn_session_sweeper(router.clone(), sweep_every);
     let mut limits = limits::Limits::new(&store, metrics.clone()).map_err(store_error)?;
-    let redis = match &config.state {
-        config::StateBackend::Redis(redis) => {
-            let shared = shared::Shared::new(redis, &metrics.shared)
-                .map_err(|e| ServeError::Shared(e.to_string()))?;
-            tracing::info!(prefix = %redis.key_prefix, replicas = redis.replicas, "request limits shared through redis");
-            limits = limits.share_through(shared.clone());
-            Some(shared)
-        }
-        config::StateBackend::Local => None,
-    };
+    if let Some(redis) = &redis {
+        limits = limits.share_through(redis.clone());
+    }
     let limits = Arc::new(limits);
     let (recorder_store, recorder_metrics, recorder_limits) =
         (store.clone(), metrics.actors.clone(), limits.clone());

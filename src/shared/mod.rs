@@ -1,13 +1,14 @@
 //! State several replicas must agree on, in Redis (`state.backend: redis`): the client, with one
 //! connection manager per worker thread, a deadline on every command and a breaker
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
-//! request-rate windows (`rate`).
+//! request-rate windows (`rate`) and the tables every replica mirrors (`records`: API keys).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
 
 pub mod breaker;
 pub mod rate;
+pub mod records;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ use crate::metrics::SharedMetrics;
 pub enum Resource {
     /// Request-rate windows (`tiers:` `requests_per_hour`, `llm_requests_per_hour`).
     RateLimits,
+    /// Gateway API keys, mirrored by every replica.
+    Keys,
 }
 
 impl Resource {
@@ -34,6 +37,7 @@ impl Resource {
     pub fn as_str(self) -> &'static str {
         match self {
             Resource::RateLimits => "rate_limits",
+            Resource::Keys => "keys",
         }
     }
 }
