@@ -191,6 +191,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         reload_lock: tokio::sync::Mutex::new(()),
         auth: auth.clone(),
         limits,
+        redis: redis.clone(),
     });
     spawn_lease_sweeper(shared.clone());
     let factory_shared = shared.clone();

@@ -13,6 +13,7 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 use crate::upstream::{credential_fingerprint, resolve_key};
 
 /// State shared by every worker.
@@ -35,6 +36,8 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     /// Tiers, rate-limit counters and the credit ledger (see `limits`).
     pub limits: Arc<Limits>,
+    /// `state.backend: redis`: what the replicas share (see `shared`); `None` in local mode.
+    pub redis: Option<Arc<Shared>>,
 }
 
 impl AppState {

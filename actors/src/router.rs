@@ -384,6 +384,31 @@ impl Router {
         );
     }
 
+    /// Pins a session to `profile` as another replica decided it (shared state), if `model` is served
+    /// by that profile; the usual rules apply from then on (an unusable pin is picked around).
+    pub fn adopt_pin(&self, model: &str, sid: &str, profile: &str) -> bool {
+        let table = self.table.load();
+        let Some(entry) = table
+            .models
+            .get(model)
+            .and_then(|r| r.profiles.iter().find(|e| &**e.id() == profile))
+        else {
+            return false;
+        };
+        self.pin(model, sid, entry.id());
+        true
+    }
+
+    /// The ids of the profiles serving `model`, in the config's order.
+    pub fn model_profiles(&self, model: &str) -> Vec<Arc<str>> {
+        let table = self.table.load();
+        table
+            .models
+            .get(model)
+            .map(|r| r.profiles.iter().map(|e| e.id().clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The profile a session is pinned to for `model`, if the pin is live.
     pub fn session_profile(&self, model: &str, sid: &str) -> Option<Arc<str>> {
         let pin = self.sessions.get(&(model.to_owned(), sid.to_owned()))?;

@@ -178,7 +178,38 @@ async fn forward(
         accounting,
         native,
     };
-    tracing::Instrument::instrument(proxy.forward(req), span).await
+    forward_pinned(proxy, req, span).await
+}
+
+/// Forwards, with the session's pin shared by every replica when the state is in Redis (read before
+/// the pick, claimed after the answer without delaying it).
+async fn forward_pinned(
+    proxy: &Proxy<'_>,
+    req: ProxyRequest,
+    span: tracing::Span,
+) -> Result<HttpResponse, ApiError> {
+    let sticky = proxy.config.routing.sticky;
+    let redis = proxy.shared.redis.clone().filter(|_| sticky.enabled);
+    let (Some(redis), Some(sid)) = (redis, req.session.clone()) else {
+        return tracing::Instrument::instrument(proxy.forward(req), span).await;
+    };
+    let model = req.fields.model.clone();
+    let router = proxy.shared.router.clone();
+    let before = redis.before_pick(&router, &model, &sid, sticky.ttl).await;
+    let result = tracing::Instrument::instrument(proxy.forward(req), span).await;
+    let answered = result.as_ref().ok().and_then(|r| {
+        let profile = r.headers().get("x-switchyard-profile")?.to_str().ok()?;
+        Some(profile.to_owned())
+    });
+    if let Some(profile) = answered {
+        actix_web::rt::spawn(async move {
+            let pin = (before, profile.as_str());
+            redis
+                .after_answer(&router, &model, &sid, sticky.ttl, pin)
+                .await;
+        });
+    }
+    result
 }
 
 /// The request's span. Debug, like the per-attempt span: an info span is formatted on every request by

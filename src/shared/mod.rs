@@ -1,12 +1,14 @@
 //! State several replicas must agree on, in Redis (`state.backend: redis`): the client, with one
 //! connection manager per worker thread, a deadline on every command and a breaker
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
-//! request-rate windows (`rate`) and the tables every replica mirrors (`records`: API keys).
+//! request-rate windows (`rate`), the tables every replica mirrors (`records`: API keys) and
+//! sticky-session pins (`pins`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
 
 pub mod breaker;
+pub mod pins;
 pub mod rate;
 pub mod records;
 
@@ -30,6 +32,8 @@ pub enum Resource {
     RateLimits,
     /// Gateway API keys, mirrored by every replica.
     Keys,
+    /// Sticky-session pins.
+    Pins,
 }
 
 impl Resource {
@@ -38,6 +42,7 @@ impl Resource {
         match self {
             Resource::RateLimits => "rate_limits",
             Resource::Keys => "keys",
+            Resource::Pins => "pins",
         }
     }
 }
