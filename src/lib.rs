@@ -162,6 +162,9 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         .ttl
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
     spawn_session_sweeper(router.clone(), sweep_every);
+    if let Some(redis) = &redis {
+        actix_web::rt::spawn(redis.clone().run_health_exchange(router.clone()));
+    }
     let mut limits = limits::Limits::new(&store, metrics.clone()).map_err(store_error)?;
     if let Some(redis) = &redis {
         limits = limits.share_through(redis.clone());

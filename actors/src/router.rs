@@ -92,6 +92,18 @@ impl ProfileEntry {
     pub fn reset(&self) {
         self.addr.do_send(ResetProfile);
     }
+
+    /// Merges another replica's cooldown and billing ends into this profile's (the later kept).
+    pub fn merge_lanes(
+        &self,
+        cooldown_until: Option<SystemTime>,
+        billing_until: Option<SystemTime>,
+    ) {
+        self.addr.do_send(profile::MergeLanes {
+            cooldown_until,
+            billing_until,
+        });
+    }
 }
 
 /// What a reload did.

@@ -2,12 +2,13 @@
 //! connection manager per worker thread, a deadline on every command and a breaker
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
 //! request-rate windows (`rate`), the tables every replica mirrors (`records`: API keys) and
-//! sticky-session pins (`pins`).
+//! sticky-session pins (`pins`) and profile health lanes (`health`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
 
 pub mod breaker;
+pub mod health;
 pub mod pins;
 pub mod rate;
 pub mod records;
@@ -34,6 +35,8 @@ pub enum Resource {
     Keys,
     /// Sticky-session pins.
     Pins,
+    /// Profile health lanes (cooldown and billing ends, resets).
+    Health,
 }
 
 impl Resource {
@@ -43,6 +46,7 @@ impl Resource {
             Resource::RateLimits => "rate_limits",
             Resource::Keys => "keys",
             Resource::Pins => "pins",
+            Resource::Health => "health",
         }
     }
 }
