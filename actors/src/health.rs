@@ -503,4 +503,24 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn merged_lanes_keep_the_later_end() {
+        let now = SystemTime::now();
+        let mut h = ProfileHealth::new(policy(), HealthView::healthy(0), now);
+        let (soon, later) = (now + Duration::from_secs(10), now + Duration::from_secs(60));
+        assert!(h.merge_lanes(Some(later), None, now));
+        assert_eq!(h.view().state_at(now), StateName::Cooldown);
+        assert!(
+            !h.merge_lanes(Some(soon), None, now),
+            "an earlier end never shortens it"
+        );
+        assert_eq!(h.view().cooldown_until, Some(later));
+        assert!(
+            !h.merge_lanes(None, Some(now - Duration::from_secs(1)), now),
+            "past ends are ignored"
+        );
+        assert!(h.merge_lanes(None, Some(soon), now));
+        assert_eq!(h.view().state_at(now), StateName::BillingDisabled);
+    }
 }
