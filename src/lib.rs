@@ -11,7 +11,8 @@
 //!   [`metrics`], the Prometheus registry.
 //! * [`config`] — `profiles.yaml`: YAML with spans (`load`), raw serde types (`raw`), validation into
 //!   [`config::Config`] (`validate`, `values`), every problem reported at once (`report`).
-//! * [`auth`] — client identity: gateway keys, accounts, JWTs, JWKS, the audit log. [`upstream`] — the
+//! * [`auth`] — client identity: gateway keys, accounts, JWTs, JWKS, the audit log, the dashboard's
+//!   sessions (`auth::web`). [`upstream`] — the
 //!   profiles' side: per-worker HTTP clients, credentials (and OAuth tokens, `upstream::oauth`), the
 //!   classification of upstream answers (`upstream::classify`), and `provider: echo`, the built-in
 //!   demo upstream answered in-process (`upstream::echo`). [`shared`] — the Redis client for
@@ -23,7 +24,7 @@
 //! * [`forward`] — the failover loop, one attempt, the stream relay, the guard that records every
 //!   attempt once; [`reload`] — hot reload (the only place the config and routing table change).
 //! * [`http`] — routes and thin handlers: `extract` (caller, the admin gate, bodies), `respond`
-//!   (X-RateLimit-*), `v1`, `identity`, `billing`, `admin`.
+//!   (X-RateLimit-*), `v1`, `identity`, `billing`, `admin`, and `ui` (the dashboard at `/ui`).
 //! * this file — [`serve`], which wires them together; `main.rs` is the CLI.
 //!
 //! The actors (profile health, the router's table, the usage recorder, the sled store) live in the

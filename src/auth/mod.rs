@@ -15,6 +15,7 @@ mod limiter;
 mod mirror;
 mod secret;
 pub mod store;
+pub mod web;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,6 +243,8 @@ pub struct AuthService {
     dummy_hash: String,
     /// `state.backend: redis`: keys mirrored across replicas (see `mirror`).
     mirror: Option<mirror::KeyMirror>,
+    /// The dashboard's signed-in browsers (see `web`).
+    web_sessions: web::WebSessions,
 }
 
 /// `ms` since the epoch as RFC 3339.
@@ -282,6 +285,7 @@ impl AuthService {
             account_writes: parking_lot::Mutex::new(()),
             dummy_hash,
             mirror: None,
+            web_sessions: web::WebSessions::default(),
         })
     }
 

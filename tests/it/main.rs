@@ -22,4 +22,5 @@ mod readme;
 mod replicas;
 mod routing;
 mod smoke;
+mod ui;
 mod wire;
