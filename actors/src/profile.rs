@@ -267,6 +267,14 @@ pub struct CredentialChanged {
 pub struct Restart;
 
 /// Owns one profile's health transitions and persists them.
+/// Another replica's cooldown and billing ends (shared state): merged, the later end kept.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MergeLanes {
+    pub cooldown_until: Option<SystemTime>,
+    pub billing_until: Option<SystemTime>,
+}
+
 pub struct ProfileActor {
     shared: Arc<ProfileShared>,
     policy: HealthPolicy,
@@ -392,6 +400,23 @@ impl Handler<ResetProfile> for ProfileActor {
         self.shared.probe_claimed.store(false, Ordering::Release);
         tracing::info!(profile = %self.shared.id(), "profile reset");
         self.persist(ctx, true);
+    }
+}
+
+impl Handler<MergeLanes> for ProfileActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MergeLanes, ctx: &mut Self::Context) {
+        let now = SystemTime::now();
+        let before = self.health.view().state_at(now);
+        if self
+            .health
+            .merge_lanes(msg.cooldown_until, msg.billing_until, now)
+        {
+            let after = self.health.view().state_at(now);
+            tracing::info!(profile = %self.shared.id(), from = before.as_str(), to = after.as_str(), "profile state taken from another replica");
+            self.persist(ctx, false);
+        }
     }
 }
 

@@ -125,6 +125,12 @@ async fn reset_profile(
         return Err(ApiError::NotFound(format!("No profile `{id}`.")));
     };
     p.reset();
+    if let Some(redis) = &state.redis {
+        // The other replicas reset theirs when they next exchange health (within a second).
+        if let Err(e) = redis.reset_lanes(&id).await {
+            tracing::warn!(profile = %id, error = %e, "reset not shared with the other replicas");
+        }
+    }
     tracing::info!(profile = %id, "admin reset profile");
     audit_admin(
         &state,

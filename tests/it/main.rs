@@ -19,6 +19,7 @@ mod oauth;
 mod operations;
 mod presets;
 mod readme;
+mod replicas;
 mod routing;
 mod smoke;
 mod ui;
