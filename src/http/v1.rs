@@ -10,7 +10,7 @@ use serde_json::json;
 use super::extract::{self, read_body};
 use super::respond::{admit_other, reply};
 use crate::auth::Principal;
-use crate::config::{Config, Provider};
+use crate::config::{BodyKey, Config, Provider, StickySource};
 use crate::error::ApiError;
 use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest};
 use crate::limits::{CallKind, RateStatus, Subject};
@@ -163,7 +163,7 @@ async fn forward(
     let span = request_span(&request_id, &fields);
     let req = ProxyRequest {
         endpoint: call.endpoint,
-        session: session_key(req, &fields),
+        session: session_key(&proxy.config.routing.sticky.sources, req, &fields),
         fields,
         upstream_model,
         body,
@@ -243,29 +243,23 @@ fn estimated_count(
         .json(json!({"input_tokens": tokens})))
 }
 
-/// The headers that name a client's session, first found wins: ours, then the coding agents' own
-/// (Claude Code's, Codex's session and thread ids).
-const SESSION_HEADERS: [&str; 4] = [
-    "x-session-id",
-    "x-claude-code-session-id",
-    "session-id",
-    "thread-id",
-];
-
-/// The sticky-session key: the first session header, else the body's `prompt_cache_key` (Codex), else
-/// its `user`.
-fn session_key(req: &HttpRequest, fields: &RoutingFields) -> Option<String> {
-    SESSION_HEADERS
-        .iter()
-        .find_map(|name| {
-            req.headers()
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        })
-        .or_else(|| fields.prompt_cache_key.clone())
-        .or_else(|| fields.user.clone())
+/// The sticky-session key: the first of `routing.sticky.sources` the request has (by default our
+/// header, the coding agents' own, then the body's `prompt_cache_key` and `user`).
+fn session_key(
+    sources: &[StickySource],
+    req: &HttpRequest,
+    fields: &RoutingFields,
+) -> Option<String> {
+    sources.iter().find_map(|source| match source {
+        StickySource::Header(name) => req
+            .headers()
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
+        StickySource::Body(BodyKey::PromptCacheKey) => fields.prompt_cache_key.clone(),
+        StickySource::Body(BodyKey::User) => fields.user.clone(),
+    })
 }
 
 /// The Anthropic headers a Messages client sends that its upstream must see as sent.

@@ -392,3 +392,58 @@ async fn an_overloaded_upstream_reaches_an_anthropic_client_as_overloaded_error(
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "overloaded_error", "{v}");
 }
+
+/// Profiles that answered four turns, each with the session header `s1` and a user of its own.
+async fn profiles_for_turns(server: &Server) -> Vec<String> {
+    let mut out = Vec::new();
+    for turn in 0..4 {
+        let mut body = chat_body("m");
+        body["user"] = json!(format!("user-{turn}"));
+        let resp = client()
+            .post(server.url("/v1/chat/completions"))
+            .header("X-Session-Id", "s1")
+            .header("X-Conversation", "c1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        out.push(
+            resp.headers()["x-switchyard-profile"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_configured_sticky_order_decides_which_key_a_session_sticks_by() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    let base = ConfigBuilder::default()
+        .profile("a", &a)
+        .profile("b", &b)
+        .model("m", &["a", "b"]);
+    // Default: X-Session-Id comes before the body's user, so every turn sticks to one profile.
+    let server = Server::start(&base);
+    let got = profiles_for_turns(&server).await;
+    assert!(got.iter().all(|p| *p == got[0]), "{got:?}");
+    drop(server);
+    // The body's user first: each turn has a new key, and round robin alternates.
+    let mut cfg = base.clone();
+    cfg.sticky_sources = Some(r#"["body:user", "header:X-Session-Id"]"#.into());
+    let server = Server::start(&cfg);
+    let got = profiles_for_turns(&server).await;
+    assert!(got.iter().any(|p| *p != got[0]), "{got:?}");
+    drop(server);
+    // A header of the operator's choosing, the one listed first.
+    let mut cfg = base.clone();
+    cfg.sticky_sources = Some(r#"["header:X-Conversation", "body:user"]"#.into());
+    let server = Server::start(&cfg);
+    let got = profiles_for_turns(&server).await;
+    assert!(got.iter().all(|p| *p == got[0]), "{got:?}");
+}
