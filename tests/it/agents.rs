@@ -447,3 +447,125 @@ async fn a_configured_sticky_order_decides_which_key_a_session_sticks_by() {
     let got = profiles_for_turns(&server).await;
     assert!(got.iter().all(|p| *p == got[0]), "{got:?}");
 }
+
+/// The value of the metric line that starts with `prefix` and has every one of `labels`.
+fn metric(text: &str, prefix: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn cache_and_reasoning_tokens_of_pass_through_routes_are_recorded_exported_and_reported() {
+    let (a, o) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("o").await,
+    );
+    let mut cfg = anthropic_profile(ConfigBuilder::default(), "a", &a)
+        .profile("o", &o)
+        .model("claude-opus-4-8", &["a"])
+        .model("gpt-4o-mini", &["o"]);
+    cfg.auth_required = true;
+    let server = Server::start(&cfg);
+    let key = admin(
+        &server,
+        reqwest::Method::POST,
+        "/admin/keys",
+        Some(json!({"name": "agent", "account": "acme"})),
+    )
+    .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Anthropic, whole: 100 read, 30 written (20 of them for an hour).
+    a.push(Reply::status(
+        200,
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-upstream-name",
+               "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+               "usage": {"input_tokens": 10, "cache_creation_input_tokens": 30,
+                         "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 20},
+                         "cache_read_input_tokens": 100, "output_tokens": 5}})
+        .to_string(),
+    ));
+    // Anthropic, streamed: 50 read.
+    a.push(Reply::events([
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"c\",\"usage\":{\"input_tokens\":3,\"cache_read_input_tokens\":50,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":4}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ]));
+    // Responses, whole: 32 cached, 7 reasoning.
+    o.push(Reply::status(
+        200,
+        json!({"id": "resp_o_x", "object": "response", "status": "completed", "output": [],
+               "usage": {"input_tokens": 40, "input_tokens_details": {"cached_tokens": 32},
+                         "output_tokens": 9, "output_tokens_details": {"reasoning_tokens": 7},
+                         "total_tokens": 49}})
+        .to_string(),
+    ));
+    // Responses, streamed: 8 cached, 3 reasoning.
+    o.push(Reply::events([
+        "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_o_y\",\"status\":\"in_progress\",\"usage\":null}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_o_y\",\"status\":\"completed\",\"usage\":{\"input_tokens\":12,\"input_tokens_details\":{\"cached_tokens\":8},\"output_tokens\":5,\"output_tokens_details\":{\"reasoning_tokens\":3},\"total_tokens\":17}}}\n\n",
+    ]));
+    let messages = json!({"model": "claude-opus-4-8", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let responses = json!({"model": "gpt-4o-mini", "input": "hi"});
+    for (path, body) in [("/v1/messages", &messages), ("/v1/responses", &responses)] {
+        for stream in [false, true] {
+            let mut body = body.clone();
+            body["stream"] = json!(stream);
+            let resp = client()
+                .post(server.url(path))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            resp.text().await.unwrap();
+        }
+    }
+    let (status, _, usage) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/usage?group_by=model",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    let rows = usage["data"].as_array().unwrap();
+    let row = |m: &str| rows.iter().find(|r| r["model"] == m).unwrap().clone();
+    let claude = row("claude-opus-4-8");
+    assert_eq!(claude["prompt_tokens"], 10 + 30 + 100 + 3 + 50, "{usage}");
+    assert_eq!(claude["cached_tokens"], 150, "{usage}");
+    assert_eq!(claude["cache_write_tokens"], 30, "{usage}");
+    let gpt = row("gpt-4o-mini");
+    assert_eq!(gpt["cached_tokens"], 40, "{usage}");
+    assert_eq!(gpt["reasoning_tokens"], 10, "{usage}");
+    assert_eq!(usage["total"]["cached_tokens"], 190, "{usage}");
+    let m = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let detail = "switchyard_token_details_total{";
+    for (model, kind, want) in [
+        ("claude-opus-4-8", "cache_read", 150.0),
+        ("claude-opus-4-8", "cache_write\"", 10.0),
+        ("claude-opus-4-8", "cache_write_1h", 20.0),
+        ("gpt-4o-mini", "cache_read", 40.0),
+        ("gpt-4o-mini", "reasoning", 10.0),
+    ] {
+        let got = metric(&m, detail, &[model, &format!("kind=\"{}", kind)]);
+        assert_eq!(got, want, "{model} {kind}\n{m}");
+    }
+}
