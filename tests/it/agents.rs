@@ -569,3 +569,50 @@ async fn cache_and_reasoning_tokens_of_pass_through_routes_are_recorded_exported
         assert_eq!(got, want, "{model} {kind}\n{m}");
     }
 }
+
+#[tokio::test]
+async fn an_openai_client_on_an_anthropic_profile_gets_prompt_cache_breakpoints() {
+    let a = MockUpstream::start_named("a").await;
+    let server = Server::start(
+        &anthropic_profile(ConfigBuilder::default(), "a", &a).model("claude-opus-4-8", &["a"]),
+    );
+    let body = json!({"model": "claude-opus-4-8", "messages": [
+        {"role": "system", "content": "a long agent prompt"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "second"},
+    ], "tools": [
+        {"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "write", "parameters": {"type": "object"}}},
+    ]});
+    let resp = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sent = a.requests()[0].json();
+    let ephemeral = json!({"type": "ephemeral"});
+    assert_eq!(sent["system"][0]["cache_control"], ephemeral, "{sent}");
+    assert_eq!(sent["system"][0]["text"], "a long agent prompt");
+    assert_eq!(
+        sent["tools"][1]["cache_control"], ephemeral,
+        "the last tool"
+    );
+    assert!(sent["tools"][0].get("cache_control").is_none());
+    let turns = sent["messages"].as_array().unwrap();
+    assert_eq!(
+        turns[2]["content"][0]["cache_control"], ephemeral,
+        "last user turn"
+    );
+    assert_eq!(
+        turns[0]["content"][0]["cache_control"], ephemeral,
+        "the turn before"
+    );
+    assert_eq!(
+        sent.to_string().matches("cache_control").count(),
+        4,
+        "Anthropic's limit"
+    );
+}
