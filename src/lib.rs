@@ -15,7 +15,8 @@
 //!   profiles' side: per-worker HTTP clients, credentials (and OAuth tokens, `upstream::oauth`), the
 //!   classification of upstream answers (`upstream::classify`), and `provider: echo`, the built-in
 //!   demo upstream answered in-process (`upstream::echo`).
-//! * [`limits`] — tiers, rate windows, credit reservations and the ledger, usage reports, billing events.
+//! * [`limits`] — tiers, rate windows, credit reservations and the ledger, usage reports, billing events;
+//!   [`pins`], which profile created each Responses API response id.
 //! * [`state`] — [`state::AppState`], what every worker shares, and the router's view of a config;
 //!   [`readiness`], which models have a usable profile now and why the others do not.
 //! * [`forward`] — the failover loop, one attempt, the stream relay, the guard that records every
@@ -35,6 +36,7 @@ pub mod forward;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod pins;
 pub mod readiness;
 pub mod reload;
 pub mod state;
@@ -168,6 +170,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         reload_lock: tokio::sync::Mutex::new(()),
         auth: auth.clone(),
         limits,
+        response_pins: pins::ResponsePins::default(),
     });
     spawn_lease_sweeper(shared.clone());
     let factory_shared = shared.clone();

@@ -13,6 +13,7 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::pins::ResponsePins;
 use crate::upstream::{credential_fingerprint, resolve_key};
 
 /// State shared by every worker.
@@ -35,6 +36,8 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     /// Tiers, rate-limit counters and the credit ledger (see `limits`).
     pub limits: Arc<Limits>,
+    /// Which profile created each Responses API response id (see `pins`).
+    pub response_pins: ResponsePins,
 }
 
 impl AppState {

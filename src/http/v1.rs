@@ -12,7 +12,7 @@ use super::respond::{admit_other, reply};
 use crate::auth::Principal;
 use crate::config::{BodyKey, Config, Provider, StickySource};
 use crate::error::ApiError;
-use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest};
+use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest, StoredCall};
 use crate::limits::{CallKind, RateStatus, Subject};
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
@@ -28,6 +28,12 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/messages", web::post().to(messages))
         .route("/v1/messages/count_tokens", web::post().to(count_tokens))
         .route("/v1/responses", web::post().to(responses))
+        .route("/v1/responses/{id}", web::get().to(get_response))
+        .route("/v1/responses/{id}", web::delete().to(delete_response))
+        .route(
+            "/v1/responses/{id}/input_items",
+            web::get().to(response_input_items),
+        )
         .route("/v1/models", web::get().to(list_models))
         .route("/v1/models/{id:.*}", web::get().to(get_model));
 }
@@ -75,6 +81,75 @@ async fn count_tokens(req: HttpRequest, body: web::Payload, s: State, w: Workers
 async fn responses(req: HttpRequest, body: web::Payload, s: State, w: Workers) -> HttpResponse {
     let call = Call::new(Endpoint::Responses, Dialect::OpenAi);
     model_call(call, req, body, &s, &w).await
+}
+
+/// `GET /v1/responses/{id}`: asked of the profile that created the response.
+async fn get_response(
+    req: HttpRequest,
+    id: web::Path<String>,
+    s: State,
+    w: Workers,
+) -> HttpResponse {
+    stored(reqwest::Method::GET, "", req, &id, (&s, &w)).await
+}
+
+/// `DELETE /v1/responses/{id}`: asked of the profile that created the response.
+async fn delete_response(
+    req: HttpRequest,
+    id: web::Path<String>,
+    s: State,
+    w: Workers,
+) -> HttpResponse {
+    stored(reqwest::Method::DELETE, "", req, &id, (&s, &w)).await
+}
+
+/// `GET /v1/responses/{id}/input_items`: asked of the profile that created the response.
+async fn response_input_items(
+    req: HttpRequest,
+    id: web::Path<String>,
+    s: State,
+    w: Workers,
+) -> HttpResponse {
+    stored(reqwest::Method::GET, "/input_items", req, &id, (&s, &w)).await
+}
+
+/// Every stored-response route: authenticate, count the call, ask the profile the id is pinned to.
+async fn stored(
+    method: reqwest::Method,
+    tail: &'static str,
+    req: HttpRequest,
+    id: &str,
+    (state, workers): (&AppState, &WorkerUpstreams),
+) -> HttpResponse {
+    let mut rate = RateStatus::default();
+    let result = async {
+        let (config, generation) = state.snapshot();
+        let principal = extract::client(state, &config, &req).await?;
+        rate = admit_other(state, principal.as_ref())?.rate;
+        let upstreams = workers.current(&config, generation);
+        let proxy = Proxy {
+            shared: state,
+            config: &config,
+            upstreams: &upstreams,
+        };
+        let request_id = extract::request_id(&req);
+        let call = StoredCall {
+            method,
+            id,
+            tail,
+            query: req.query_string(),
+            request_id: &request_id,
+            owner: owner_of(principal.as_ref()),
+        };
+        proxy.stored_response(call).await
+    }
+    .await;
+    reply(&rate, Dialect::OpenAi, result)
+}
+
+/// Whose stored responses a caller may reach: its account's, else its key's own.
+fn owner_of(principal: Option<&Principal>) -> Option<&str> {
+    principal.and_then(|p| p.account.as_deref().or_else(|| p.key_id()))
 }
 
 /// What a model route knows before its body is read.
@@ -161,6 +236,11 @@ async fn forward(
         false => hold(proxy, &call, subject.as_ref(), &fields, &body, &request_id)?,
     };
     let span = request_span(&request_id, &fields);
+    let pins = &proxy.shared.response_pins;
+    let pinned = match (call.endpoint, fields.previous_response_id.as_deref()) {
+        (Endpoint::Responses, Some(id)) => pins.profile(id, owner_of(principal.as_ref())),
+        _ => None,
+    };
     let req = ProxyRequest {
         endpoint: call.endpoint,
         session: session_key(&proxy.config.routing.sticky.sources, req, &fields),
@@ -176,6 +256,7 @@ async fn forward(
         dialect: call.dialect,
         accounting,
         native,
+        pinned,
     };
     tracing::Instrument::instrument(proxy.forward(req), span).await
 }

@@ -12,7 +12,7 @@ const FLOORS: &[&[&str]] = &[
     &["error", "metrics"],
     &["config"],
     &["auth", "upstream"],
-    &["limits"],
+    &["limits", "pins"],
     &["state", "readiness"],
     &["forward", "reload"],
     &["http"],

@@ -19,6 +19,7 @@ mod oauth;
 mod operations;
 mod presets;
 mod readme;
+mod responses;
 mod routing;
 mod smoke;
 mod wire;
