@@ -261,6 +261,11 @@ impl StreamCodec {
     /// An error event ending a stream, in the client's dialect (never a fake terminator); `body_json`
     /// is the error body in that dialect.
     pub fn error_event(&self, body_json: &str) -> Bytes {
+        let responses = matches!(self.native, Some(Native::Responses(_)))
+            || matches!(self.encode, Some(Encode::Responses(_)));
+        if responses {
+            return responses_error_event(body_json);
+        }
         match self.client() {
             Dialect::OpenAi => SseRelay::error_event(body_json),
             Dialect::Anthropic => {
@@ -272,6 +277,20 @@ impl StreamCodec {
             }
         }
     }
+}
+
+/// The Responses API's `error` event (`{"type": "error", "code", "message", "param"}`) for an OpenAI
+/// error body: what its SDKs raise on, where a chat-shaped `data: {"error": ...}` would go unread.
+fn responses_error_event(body_json: &str) -> Bytes {
+    let v: serde_json::Value = serde_json::from_str(body_json).unwrap_or(serde_json::Value::Null);
+    let e = &v["error"];
+    let code = if e["code"].is_null() {
+        &e["type"]
+    } else {
+        &e["code"]
+    };
+    let data = json!({"type": "error", "code": code, "message": e["message"], "param": e["param"]});
+    Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
 
 /// A complete upstream answer, converted for the client; `Err` when the upstream's body is unreadable.
@@ -386,6 +405,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_responses_client_gets_the_responses_error_event() {
+        let body = r#"{"error":{"message":"profile a: cut","type":"upstream_error","param":null,"code":null}}"#;
+        for codec in [
+            StreamCodec::native_responses(),
+            StreamCodec::responses_bridge(Dialect::Anthropic, "m"),
+        ] {
+            let ev = String::from_utf8(codec.error_event(body).to_vec()).unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(ev.strip_prefix("event: error\ndata: ").unwrap().trim())
+                    .unwrap();
+            assert_eq!(data["type"], "error");
+            assert_eq!(data["code"], "upstream_error");
+            assert_eq!(data["message"], "profile a: cut");
+        }
+        let chat = StreamCodec::new(Dialect::OpenAi, Dialect::OpenAi, "m", false);
+        assert!(chat.error_event(body).starts_with(b"data: {"));
     }
 
     #[test]
