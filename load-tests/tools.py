@@ -114,12 +114,14 @@ def metric(addr, name, skip=None):
 
 
 def chat_request(host, port, bodyfile, key=""):
-    """The raw keep-alive POST /v1/chat/completions carrying bodyfile (and the key, when given)."""
+    """The raw keep-alive POST carrying bodyfile (and the key, when given), to /v1/chat/completions or
+    the route in SEND_PATH (`/v1/messages`, `/v1/responses`)."""
     with open(bodyfile, "rb") as f:
         body = f.read()
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    path = os.environ.get("SEND_PATH", "/v1/chat/completions")
     return (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
