@@ -18,8 +18,8 @@ use super::{
 use crate::config::Provider;
 use crate::upstream::classify::{classify, error_detail, redirect_detail, Verdict};
 use crate::upstream::UpstreamProfile;
-use crate::wire::anthropic::chat_request_to_messages;
 use crate::wire::anthropic::native::messages_usage;
+use crate::wire::anthropic::{chat_request_to_messages, messages_request_to_chat};
 use crate::wire::openai::{response_usage, upstream_body};
 use crate::wire::responses::response_id;
 use crate::wire::responses_bridge::responses_request_to_chat;
@@ -223,13 +223,19 @@ fn upstream_request_body(
 ) -> Result<Bytes, Unsuitable> {
     let model = &req.fields.model;
     let renamed = up.upstream_model(model).or(req.upstream_model.as_deref());
+    // A Messages request not translated up front (its model had only Messages profiles then).
+    let late = match req.native.as_ref().filter(|n| !n.translated) {
+        Some(n) => Some(Bytes::from(messages_request_to_chat(&n.body)?.0)),
+        None => None,
+    };
+    let client_body = late.as_ref().unwrap_or(&req.body);
     // A Responses request for a profile without that API: first a chat request (asking for stream
     // usage itself), then whatever the profile's dialect needs.
     let bridged = req
         .bridged(up)
-        .then(|| responses_request_to_chat(&req.body).map(Bytes::from))
+        .then(|| responses_request_to_chat(client_body).map(Bytes::from))
         .transpose()?;
-    let chat = bridged.as_ref().unwrap_or(&req.body);
+    let chat = bridged.as_ref().unwrap_or(client_body);
     match up.provider {
         Provider::OpenAi => {
             // Chat streams report usage only when asked; a Responses stream always does.

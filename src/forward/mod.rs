@@ -122,6 +122,9 @@ pub struct NativeRequest {
     pub query: String,
     /// The dialect's own headers, forwarded as sent (`anthropic-beta`, `anthropic-version`).
     pub headers: Vec<(&'static str, String)>,
+    /// Whether `ProxyRequest::body` is the chat translation; when not (every profile of the model
+    /// speaks the dialect), an attempt at a profile that does not translates it then.
+    pub translated: bool,
 }
 
 impl ProxyRequest {

@@ -17,6 +17,7 @@ use crate::limits::{CallKind, RateStatus, Subject};
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
 use crate::wire::anthropic::messages_request_to_chat;
+use crate::wire::anthropic::native::metadata_user;
 use crate::wire::depth::{check_depth, MAX_JSON_DEPTH};
 use crate::wire::openai::{refuse_duplicates, RoutingFields};
 use crate::wire::Dialect;
@@ -193,11 +194,18 @@ async fn model_call(
         let (body, native) = match dialect {
             Dialect::OpenAi => (body, None),
             Dialect::Anthropic => {
-                let chat = Bytes::from(messages_request_to_chat(&body)?.0);
+                // A model whose every profile speaks Messages never sends the chat translation: it
+                // is not built here (it cost a sixth of such a request), but per attempt, should a
+                // reload have added a profile that needs it.
+                let native_only = speaks_messages_only(&config, &body);
+                let chat = match native_only {
+                    true => body.clone(),
+                    false => Bytes::from(messages_request_to_chat(&body)?.0),
+                };
                 // The translation keeps a duplicated key's last value and sends one; refused anyway,
                 // like on the OpenAI routes, so no route reads a duplicated key.
                 refuse_duplicates(&body)?;
-                (chat, Some(native_request(&req, body)))
+                (chat, Some(native_request(&req, body, !native_only)))
             }
         };
         let upstreams = workers.current(&config, generation);
@@ -222,6 +230,10 @@ async fn forward(
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = RoutingFields::parse(&body)?;
+    if let Some(n) = native.as_ref().filter(|n| !n.translated) {
+        // What the translation would have made `user`, for sticky sessions.
+        fields.user = metadata_user(&n.body);
+    }
     let upstream_model = resolve_model(proxy.config, &mut fields);
     check_scope(principal.as_ref(), &fields.model)?;
     let request_id = extract::request_id(req);
@@ -346,8 +358,24 @@ fn session_key(
 /// The Anthropic headers a Messages client sends that its upstream must see as sent.
 const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
-/// An Anthropic client's request as it came, for Anthropic profiles.
-fn native_request(req: &HttpRequest, body: Bytes) -> NativeRequest {
+/// Whether every profile of the model a Messages body names speaks Messages (so nothing of it is ever
+/// translated). A body whose model cannot be read is translated, for the translation's 400.
+fn speaks_messages_only(config: &Config, body: &[u8]) -> bool {
+    let Ok(fields) = RoutingFields::parse(body) else {
+        return false;
+    };
+    config.resolve(&fields.model).is_some_and(|r| {
+        r.model.profiles.iter().all(|id| {
+            config
+                .profile(id)
+                .is_some_and(|p| p.provider == Provider::Anthropic)
+        })
+    })
+}
+
+/// An Anthropic client's request as it came, for Anthropic profiles; `translated`: whether the
+/// request's `body` is its chat translation.
+fn native_request(req: &HttpRequest, body: Bytes, translated: bool) -> NativeRequest {
     let headers = ANTHROPIC_HEADERS
         .iter()
         .filter_map(|name| {
@@ -359,6 +387,7 @@ fn native_request(req: &HttpRequest, body: Bytes) -> NativeRequest {
         body,
         query: req.query_string().to_owned(),
         headers,
+        translated,
     }
 }
 

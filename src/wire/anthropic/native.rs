@@ -88,6 +88,24 @@ struct MessageBody {
     usage: Option<Usage>,
 }
 
+#[derive(Deserialize)]
+struct MetadataOnly {
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+/// A Messages request's `metadata.user_id` (what the chat translation makes `user`), if it has one.
+pub fn metadata_user(body: &[u8]) -> Option<String> {
+    let m: MetadataOnly = serde_json::from_slice(body).ok()?;
+    m.metadata?.user_id.filter(|u| !u.is_empty())
+}
+
 /// The usage of a whole Messages answer; `Err` when the body is not a JSON object.
 pub fn messages_usage(body: &[u8]) -> Result<TokenUsage, TranslateError> {
     let m: MessageBody = serde_json::from_slice(body)
@@ -221,6 +239,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_metadata_user_is_read_for_sticky_sessions() {
+        let body = br#"{"model":"m","metadata":{"user_id":"u-1","x":1},"messages":[]}"#;
+        assert_eq!(metadata_user(body).as_deref(), Some("u-1"));
+        assert_eq!(metadata_user(br#"{"model":"m"}"#), None);
+        assert_eq!(metadata_user(br#"{"metadata":{"user_id":""}}"#), None);
     }
 
     #[test]
