@@ -616,3 +616,47 @@ async fn an_openai_client_on_an_anthropic_profile_gets_prompt_cache_breakpoints(
         "Anthropic's limit"
     );
 }
+
+#[tokio::test]
+async fn a_messages_client_on_anthropic_only_profiles_sticks_by_its_metadata_user_id() {
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    let cfg = anthropic_profile(
+        anthropic_profile(ConfigBuilder::default(), "a", &a),
+        "b",
+        &b,
+    )
+    .model("claude-opus-4-8", &["a", "b"]);
+    let server = Server::start(&cfg);
+    let body = json!({"model": "claude-opus-4-8", "max_tokens": 10, "metadata": {"user_id": "u-7"},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let resp = client()
+            .post(server.url("/v1/messages"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        seen.push(
+            resp.headers()["x-switchyard-profile"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(seen.iter().all(|p| *p == seen[0]), "{seen:?}");
+    let sent = a
+        .requests()
+        .into_iter()
+        .chain(b.requests())
+        .next()
+        .unwrap()
+        .json();
+    let mut want = body.clone();
+    want["model"] = json!("claude-upstream-name");
+    assert_eq!(sent, want, "passed through untouched but model");
+}
