@@ -11,10 +11,13 @@
 //!   [`metrics`], the Prometheus registry.
 //! * [`config`] — `profiles.yaml`: YAML with spans (`load`), raw serde types (`raw`), validation into
 //!   [`config::Config`] (`validate`, `values`), every problem reported at once (`report`).
-//! * [`auth`] — client identity: gateway keys, accounts, JWTs, JWKS, the audit log. [`upstream`] — the
+//! * [`auth`] — client identity: gateway keys, accounts, JWTs, JWKS, the audit log, the dashboard's
+//!   sessions (`auth::web`). [`upstream`] — the
 //!   profiles' side: per-worker HTTP clients, credentials (and OAuth tokens, `upstream::oauth`), the
 //!   classification of upstream answers (`upstream::classify`), and `provider: echo`, the built-in
-//!   demo upstream answered in-process (`upstream::echo`).
+//!   demo upstream answered in-process (`upstream::echo`). [`shared`] — the Redis client for
+//!   `state.backend: redis` (per-worker connections, a command deadline, a breaker) and what the
+//!   replicas keep there.
 //! * [`limits`] — tiers, rate windows, credit reservations and the ledger, usage reports, billing events;
 //!   [`pins`], which profile created each Responses API response id.
 //! * [`state`] — [`state::AppState`], what every worker shares, and the router's view of a config;
@@ -22,7 +25,7 @@
 //! * [`forward`] — the failover loop, one attempt, the stream relay, the guard that records every
 //!   attempt once; [`reload`] — hot reload (the only place the config and routing table change).
 //! * [`http`] — routes and thin handlers: `extract` (caller, the admin gate, bodies), `respond`
-//!   (X-RateLimit-*), `v1`, `identity`, `billing`, `admin`.
+//!   (X-RateLimit-*), `v1`, `identity`, `billing`, `admin`, and `ui` (the dashboard at `/ui`).
 //! * this file — [`serve`], which wires them together; `main.rs` is the CLI.
 //!
 //! The actors (profile health, the router's table, the usage recorder, the sled store) live in the
@@ -39,6 +42,7 @@ pub mod metrics;
 pub mod pins;
 pub mod readiness;
 pub mod reload;
+pub mod shared;
 pub mod state;
 pub mod upstream;
 pub mod wire;
@@ -92,6 +96,8 @@ pub enum ServeError {
     Metrics(String),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("shared state: {0}")]
+    Shared(String),
 }
 
 /// Runs the proxy until it is told to stop (SIGINT/SIGTERM): then it stops accepting, lets in-flight
@@ -131,10 +137,24 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     // each worker then builds its own clients.
     drop(Upstreams::build(&config, None, &tokens)?);
     let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
-    let auth = Arc::new(
-        auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?,
-    );
+    let redis = match &config.state {
+        config::StateBackend::Redis(redis) => {
+            tracing::info!(prefix = %redis.key_prefix, replicas = redis.replicas, "state shared through redis");
+            Some(
+                shared::Shared::new(redis, &metrics.shared)
+                    .map_err(|e| ServeError::Shared(e.to_string()))?,
+            )
+        }
+        config::StateBackend::Local => None,
+    };
+    let mut auth_service =
+        auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?;
+    if let Some(redis) = &redis {
+        auth_service.share_through(redis.clone());
+    }
+    let auth = Arc::new(auth_service);
     actix_web::rt::spawn(auth.clone().run_maintenance());
+    actix_web::rt::spawn(auth.clone().run_key_mirror());
     let (prefetch_auth, prefetch_config) = (auth.clone(), config.auth.clone());
     actix_web::rt::spawn(async move { prefetch_auth.prefetch_jwks(&prefetch_config).await });
     let router =
@@ -145,7 +165,14 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         .ttl
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
     spawn_session_sweeper(router.clone(), sweep_every);
-    let limits = Arc::new(limits::Limits::new(&store, metrics.clone()).map_err(store_error)?);
+    if let Some(redis) = &redis {
+        actix_web::rt::spawn(redis.clone().run_health_exchange(router.clone()));
+    }
+    let mut limits = limits::Limits::new(&store, metrics.clone()).map_err(store_error)?;
+    if let Some(redis) = &redis {
+        limits = limits.share_through(redis.clone());
+    }
+    let limits = Arc::new(limits);
     let (recorder_store, recorder_metrics, recorder_limits) =
         (store.clone(), metrics.actors.clone(), limits.clone());
     let recorder = Supervisor::start(move |_| {
@@ -171,6 +198,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         auth: auth.clone(),
         limits,
         response_pins: pins::ResponsePins::default(),
+        redis: redis.clone(),
     });
     spawn_lease_sweeper(shared.clone());
     let factory_shared = shared.clone();
@@ -187,6 +215,9 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
                 std::process::exit(1);
             }
         };
+        if let Some(redis) = redis.clone() {
+            actix_web::rt::spawn(redis.warm());
+        }
         switchyard_app!(factory_shared.clone(), web::Data::new(upstreams))
     })
     // Without TCP_NODELAY every streamed event after the first waits for the client's delayed ACK (~40 ms).

@@ -33,7 +33,16 @@ pub mod names {
     pub const COST: &str = "switchyard_cost_usd_total";
     pub const USAGE_MISSING: &str = "switchyard_usage_missing_total";
     pub const UNPRICED: &str = "switchyard_unpriced_requests_total";
+    pub const SHARED_UP: &str = "switchyard_shared_state_up";
+    pub const SHARED_DEGRADED: &str = "switchyard_shared_state_degraded";
+    pub const SHARED_FALLBACKS: &str = "switchyard_shared_state_fallbacks_total";
+    pub const SHARED_ROUND_TRIP: &str = "switchyard_shared_state_round_trip_seconds";
 }
+
+/// A local Redis answers in ~0.1 ms; the command deadline is tens of ms.
+const ROUND_TRIP_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -81,6 +90,63 @@ pub struct Metrics {
     /// `{model, outcome}`: metered calls for a model `pricing:` does not list; outcome = default
     /// (charged at `pricing_default`) | refused (403).
     pub unpriced: IntCounterVec,
+    /// The shared state's (Redis's) health and cost, with `state.backend: redis`.
+    pub shared: SharedMetrics,
+}
+
+/// The metrics of `state.backend: redis` (see `shared`). Registered in local mode too, where
+/// `up` stays 0 and nothing else moves.
+#[derive(Clone)]
+pub struct SharedMetrics {
+    /// 1 while Redis answers, 0 after a failed or timed-out command (and in local mode).
+    pub up: IntGauge,
+    /// `{resource}`: 1 while that resource runs on its documented fallback.
+    pub degraded: IntGaugeVec,
+    /// `{resource}`: calls decided by the fallback instead of Redis.
+    pub fallbacks: IntCounterVec,
+    /// `{resource}`: one Redis round trip, answered or not.
+    pub round_trip: HistogramVec,
+}
+
+impl SharedMetrics {
+    fn register(registry: &Registry) -> Result<SharedMetrics, MetricsError> {
+        let up = IntGauge::new(
+            names::SHARED_UP,
+            "1 while the shared state (Redis) answers, 0 when it does not or is not configured.",
+        )?;
+        registry.register(Box::new(up.clone()))?;
+        let degraded = IntGaugeVec::new(
+            Opts::new(
+                names::SHARED_DEGRADED,
+                "1 while a resource runs on its fallback because Redis is unreachable or slow.",
+            ),
+            &["resource"],
+        )?;
+        registry.register(Box::new(degraded.clone()))?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                names::SHARED_FALLBACKS,
+                "Calls decided by a resource's fallback instead of Redis.",
+            ),
+            &["resource"],
+        )?;
+        registry.register(Box::new(fallbacks.clone()))?;
+        let round_trip = HistogramVec::new(
+            HistogramOpts::new(
+                names::SHARED_ROUND_TRIP,
+                "One Redis round trip, by resource.",
+            )
+            .buckets(ROUND_TRIP_BUCKETS.to_vec()),
+            &["resource"],
+        )?;
+        registry.register(Box::new(round_trip.clone()))?;
+        Ok(SharedMetrics {
+            up,
+            degraded,
+            fallbacks,
+            round_trip,
+        })
+    }
 }
 
 impl Metrics {
@@ -196,6 +262,7 @@ impl Metrics {
             "Metered calls for a model without a price: charged at pricing_default, or refused.",
             &["model", "outcome"],
         )?;
+        let shared = SharedMetrics::register(&registry)?;
         Ok(Arc::new(Metrics {
             registry,
             actors,
@@ -217,6 +284,7 @@ impl Metrics {
             cost,
             usage_missing,
             unpriced,
+            shared,
         }))
     }
 

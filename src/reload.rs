@@ -80,6 +80,10 @@ async fn apply(
     if new.server.store_cache_bytes != old.server.store_cache_bytes {
         needs_restart.push("server.store_cache_size".to_owned());
     }
+    // The Redis client is made once at start (every worker holds its connections).
+    if new.state != old.state {
+        needs_restart.push("state".to_owned());
+    }
     let spec = crate::state::router_spec(&new);
     // The router sees only what routing needs; a change to anything else of a profile (base_url,
     // headers, model_map, timeouts...) is applied too, by the workers' rebuilt clients.

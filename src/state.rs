@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pins::ResponsePins;
+use crate::shared::Shared;
 use crate::upstream::{credential_fingerprint, resolve_key};
 
 /// State shared by every worker.
@@ -38,6 +39,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Which profile created each Responses API response id (see `pins`).
     pub response_pins: ResponsePins,
+    /// `state.backend: redis`: what the replicas share (see `shared`); `None` in local mode.
+    pub redis: Option<Arc<Shared>>,
 }
 
 impl AppState {

@@ -293,6 +293,26 @@ impl ProfileHealth {
         self.view.auth_failed = unusable_reason;
     }
 
+    /// Takes another replica's cooldown and billing ends where they are later than ours (a merge
+    /// keeps the later end, so two writers racing never shorten a bench); true if anything moved.
+    pub fn merge_lanes(
+        &mut self,
+        cooldown_until: Option<SystemTime>,
+        billing_until: Option<SystemTime>,
+        now: SystemTime,
+    ) -> bool {
+        let later = |ours: &mut Option<SystemTime>, theirs: Option<SystemTime>| {
+            let theirs = theirs.filter(|t| *t > now && ours.is_none_or(|o| *t > o));
+            if theirs.is_some() {
+                *ours = theirs;
+            }
+            theirs.is_some()
+        };
+        let cooled = later(&mut self.view.cooldown_until, cooldown_until);
+        let benched = later(&mut self.view.billing_until, billing_until);
+        cooled || benched
+    }
+
     /// Clears cooldown, billing, auth and breaker state (admin reset).
     pub fn reset(&mut self) {
         self.breaker.reset();
@@ -482,5 +502,25 @@ mod tests {
                 until: now + Duration::from_millis(200)
             }
         );
+    }
+
+    #[test]
+    fn merged_lanes_keep_the_later_end() {
+        let now = SystemTime::now();
+        let mut h = ProfileHealth::new(policy(), HealthView::healthy(0), now);
+        let (soon, later) = (now + Duration::from_secs(10), now + Duration::from_secs(60));
+        assert!(h.merge_lanes(Some(later), None, now));
+        assert_eq!(h.view().state_at(now), StateName::Cooldown);
+        assert!(
+            !h.merge_lanes(Some(soon), None, now),
+            "an earlier end never shortens it"
+        );
+        assert_eq!(h.view().cooldown_until, Some(later));
+        assert!(
+            !h.merge_lanes(None, Some(now - Duration::from_secs(1)), now),
+            "past ends are ignored"
+        );
+        assert!(h.merge_lanes(None, Some(soon), now));
+        assert_eq!(h.view().state_at(now), StateName::BillingDisabled);
     }
 }

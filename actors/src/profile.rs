@@ -123,6 +123,9 @@ pub struct ProfileShared {
     dropped_reports: AtomicU64,
     /// Times the actor was restarted by its supervisor.
     restarts: AtomicU64,
+    /// Attempts sent and not yet ended (a stream until its last event): an atomic, as every attempt
+    /// moves it twice and the admin view only reads it.
+    in_flight: AtomicU64,
     metrics: ActorMetrics,
     /// The provider's per-minute budget for this credential.
     pub budget: UpstreamBudget,
@@ -144,6 +147,7 @@ impl ProfileShared {
             failures: AtomicU64::new(counters.failures),
             dropped_reports: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             metrics,
             budget: UpstreamBudget::default(),
         }
@@ -199,6 +203,24 @@ impl ProfileShared {
         self.restarts.load(Ordering::Relaxed)
     }
 
+    /// Attempts in flight to this profile now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// An attempt to this profile started; pair with `attempt_ended`.
+    pub fn attempt_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An attempt started with `attempt_started` ended, however it ended.
+    pub fn attempt_ended(&self) {
+        // Saturating: a reload that rebuilt the shared state mid-attempt must not wrap the count.
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
     fn publish(&self, view: HealthView) {
         self.view.store(Arc::new(view));
     }
@@ -245,6 +267,14 @@ pub struct CredentialChanged {
 pub struct Restart;
 
 /// Owns one profile's health transitions and persists them.
+/// Another replica's cooldown and billing ends (shared state): merged, the later end kept.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MergeLanes {
+    pub cooldown_until: Option<SystemTime>,
+    pub billing_until: Option<SystemTime>,
+}
+
 pub struct ProfileActor {
     shared: Arc<ProfileShared>,
     policy: HealthPolicy,
@@ -370,6 +400,23 @@ impl Handler<ResetProfile> for ProfileActor {
         self.shared.probe_claimed.store(false, Ordering::Release);
         tracing::info!(profile = %self.shared.id(), "profile reset");
         self.persist(ctx, true);
+    }
+}
+
+impl Handler<MergeLanes> for ProfileActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MergeLanes, ctx: &mut Self::Context) {
+        let now = SystemTime::now();
+        let before = self.health.view().state_at(now);
+        if self
+            .health
+            .merge_lanes(msg.cooldown_until, msg.billing_until, now)
+        {
+            let after = self.health.view().state_at(now);
+            tracing::info!(profile = %self.shared.id(), from = before.as_str(), to = after.as_str(), "profile state taken from another replica");
+            self.persist(ctx, false);
+        }
     }
 }
 

@@ -92,6 +92,18 @@ impl ProfileEntry {
     pub fn reset(&self) {
         self.addr.do_send(ResetProfile);
     }
+
+    /// Merges another replica's cooldown and billing ends into this profile's (the later kept).
+    pub fn merge_lanes(
+        &self,
+        cooldown_until: Option<SystemTime>,
+        billing_until: Option<SystemTime>,
+    ) {
+        self.addr.do_send(profile::MergeLanes {
+            cooldown_until,
+            billing_until,
+        });
+    }
 }
 
 /// What a reload did.
@@ -382,6 +394,31 @@ impl Router {
                 expires: Instant::now() + ttl,
             },
         );
+    }
+
+    /// Pins a session to `profile` as another replica decided it (shared state), if `model` is served
+    /// by that profile; the usual rules apply from then on (an unusable pin is picked around).
+    pub fn adopt_pin(&self, model: &str, sid: &str, profile: &str) -> bool {
+        let table = self.table.load();
+        let Some(entry) = table
+            .models
+            .get(model)
+            .and_then(|r| r.profiles.iter().find(|e| &**e.id() == profile))
+        else {
+            return false;
+        };
+        self.pin(model, sid, entry.id());
+        true
+    }
+
+    /// The ids of the profiles serving `model`, in the config's order.
+    pub fn model_profiles(&self, model: &str) -> Vec<Arc<str>> {
+        let table = self.table.load();
+        table
+            .models
+            .get(model)
+            .map(|r| r.profiles.iter().map(|e| e.id().clone()).collect())
+            .unwrap_or_default()
     }
 
     /// The profile a session is pinned to for `model`, if the pin is live.

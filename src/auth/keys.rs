@@ -310,6 +310,7 @@ impl AuthService {
             Some(detail),
         );
         self.flush().await?;
+        self.mirror_key(&rec).await;
         Ok(CreatedKey {
             key: format_key(&rec.id, &secret),
             view: view(&rec, 0, now_ms()),
@@ -368,6 +369,7 @@ impl AuthService {
             None,
         );
         self.flush().await?;
+        self.mirror_key(&rec).await;
         Ok(view(&rec, 0, now_ms()))
     }
 
@@ -426,6 +428,7 @@ impl AuthService {
             Some(format!("grace={}", humantime::format_duration(grace))),
         );
         self.flush().await?;
+        self.mirror_key(&rec).await;
         Ok(CreatedKey {
             key: format_key(id, &secret),
             view: view(&rec, 0, now_ms()),

@@ -12,8 +12,10 @@ pub mod error;
 mod jwt;
 mod keys;
 mod limiter;
+mod mirror;
 mod secret;
 pub mod store;
+pub mod web;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,6 +241,10 @@ pub struct AuthService {
     account_writes: parking_lot::Mutex<()>,
     /// An argon2 hash checked when the email is unknown, so that the answer takes as long either way.
     dummy_hash: String,
+    /// `state.backend: redis`: keys mirrored across replicas (see `mirror`).
+    mirror: Option<mirror::KeyMirror>,
+    /// The dashboard's signed-in browsers (see `web`).
+    web_sessions: web::WebSessions,
 }
 
 /// `ms` since the epoch as RFC 3339.
@@ -278,6 +284,8 @@ impl AuthService {
             key_writes: parking_lot::Mutex::new(()),
             account_writes: parking_lot::Mutex::new(()),
             dummy_hash,
+            mirror: None,
+            web_sessions: web::WebSessions::default(),
         })
     }
 

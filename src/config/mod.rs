@@ -35,6 +35,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub routing: RoutingConfig,
     pub usage: UsageConfig,
+    /// `state:` where replicas share their state (see `shared`).
+    pub state: StateBackend,
     /// Client-visible model names, in file order.
     pub models: Vec<ModelConfig>,
     /// Upstream profiles, in file order.
@@ -329,6 +331,32 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// Between two chunks of a streamed body (default 60s).
     pub idle: Duration,
+}
+
+/// `state.backend:` where the state several replicas must agree on lives.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum StateBackend {
+    /// Each process alone, in its sled directory (the default).
+    #[default]
+    Local,
+    /// Shared through Redis (`state.redis`).
+    Redis(RedisConfig),
+}
+
+/// `state.redis:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Put before every key, so several deployments can share one Redis (default `switchyard:`).
+    pub key_prefix: String,
+    /// The longest one Redis command may take before the call falls back (default 50ms).
+    pub command_timeout: Duration,
+    /// How many replicas share the limits (default 1): while Redis is unreachable each enforces
+    /// `limit × (1 − margin) / replicas` on its own.
+    pub replicas: u32,
+    /// The part of each limit the local shares leave unused (default 0.1).
+    pub margin: f64,
 }
 
 /// `usage:`

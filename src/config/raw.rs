@@ -22,6 +22,7 @@ pub(crate) struct RawConfig {
     pub routing: RawRouting,
     pub usage: RawUsage,
     pub credits: RawCredits,
+    pub state: RawState,
     pub models: Vec<Spanned<RawModel>>,
     pub profiles: Vec<Spanned<RawProfile>>,
     /// `tiers:` tier name -> limits.
@@ -204,6 +205,29 @@ pub(crate) struct RawNotify {
     pub thresholds: Option<Vec<Spanned<f64>>>,
     /// The variable holding the signing secret (default `SWITCHYARD_BILLING_WEBHOOK_SECRET`).
     pub secret_env: Option<Text>,
+}
+
+/// `state:` where the state replicas share lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawState {
+    /// `local` (default) or `redis`.
+    pub backend: Option<Text>,
+    pub redis: Option<Spanned<RawRedis>>,
+}
+
+/// `state.redis:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping")]
+pub(crate) struct RawRedis {
+    /// Required with `backend: redis`.
+    pub url: Option<Text>,
+    pub key_prefix: Option<Text>,
+    pub command_timeout: Option<Text>,
+    /// How many replicas share the limits: the local share of a limit while Redis is unreachable.
+    pub replicas: Option<Spanned<i64>>,
+    /// The part of a limit the local shares leave unused, in [0, 1).
+    pub margin: Option<Spanned<f64>>,
 }
 
 /// One entry of `models:`.

@@ -57,7 +57,71 @@ fn empty_file_gets_every_default() {
     assert_eq!(c.routing.timeouts.first_byte, Duration::from_secs(60));
     assert_eq!(c.routing.timeouts.idle, Duration::from_secs(60));
     assert!(c.usage.durable);
+    assert_eq!(c.state, StateBackend::Local);
     assert!(c.models.is_empty() && c.profiles.is_empty());
+}
+
+#[test]
+fn state_redis_is_read_with_defaults() {
+    let c = load("state:\n  backend: redis\n  redis:\n    url: redis://127.0.0.1:6379/0\n");
+    assert_eq!(
+        c.state,
+        StateBackend::Redis(RedisConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "switchyard:".into(),
+            command_timeout: Duration::from_millis(50),
+            replicas: 1,
+            margin: 0.1,
+        })
+    );
+    let c = load(
+        "state:\n  backend: redis\n  redis:\n    url: redis://r:1/2\n    key_prefix: \"sy-a:\"\n    \
+         command_timeout: 20ms\n    replicas: 3\n    margin: 0.25\n",
+    );
+    let StateBackend::Redis(r) = c.state else {
+        panic!("not redis: {:?}", c.state)
+    };
+    assert_eq!(
+        (
+            r.key_prefix.as_str(),
+            r.command_timeout,
+            r.replicas,
+            r.margin
+        ),
+        ("sy-a:", Duration::from_millis(20), 3, 0.25)
+    );
+    // A redis section is allowed (and unused) while the backend stays local.
+    assert_eq!(
+        load("state:\n  redis:\n    replicas: 2\n").state,
+        StateBackend::Local
+    );
+}
+
+#[test]
+fn state_backend_and_redis_keys_are_checked() {
+    check(
+        "state:\n  backend: etcd\n",
+        &[r#"t.yaml:2:12: state.backend: unknown backend "etcd": expected local or redis"#],
+    );
+    check(
+        "state:\n  backend: redis\n",
+        &["t.yaml:2:12: state.redis.url: is required when `state.backend` is `redis`"],
+    );
+    check(
+        "state:\n  backend: redis\n  redis:\n    replicas: 2\n",
+        &["t.yaml:4:5: state.redis.url: is required when `state.backend` is `redis`"],
+    );
+    check(
+        "state:\n  backend: redis\n  redis:\n    url: http://r:1\n    key_prefix: \"\"\n    \
+         command_timeout: 0s\n    replicas: 0\n    margin: 1.0\n",
+        &[
+            "t.yaml:4:10: state.redis.url: must be a redis://host:port/db URL",
+            "t.yaml:5:17: state.redis.key_prefix: must not be empty",
+            "t.yaml:6:22: state.redis.command_timeout: must be > 0",
+            "t.yaml:7:15: state.redis.replicas: must be >= 1",
+            "t.yaml:8:13: state.redis.margin: must be >= 0 and < 1",
+        ],
+    );
 }
 
 #[test]

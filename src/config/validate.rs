@@ -3,6 +3,7 @@
 //! Profiles, the largest section, are checked in [`profile`].
 
 mod profile;
+mod state;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,7 @@ pub(super) fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Co
         auth,
         routing,
         usage,
+        state: state::state(report, &raw.state),
         models,
         profiles,
         tiers: tiers(report, &raw.tiers),

@@ -64,6 +64,8 @@ impl AttemptGuard {
             cache_write_1h_tokens: 0,
             reasoning_tokens: 0,
         };
+        // Counted until the guard drops, which every ending of the attempt goes through.
+        pick.entry.shared.attempt_started();
         AttemptGuard {
             entry: pick.entry,
             probe: pick.probe,
@@ -208,6 +210,7 @@ impl Drop for AttemptGuard {
         if !self.done {
             self.finish(AttemptOutcome::Abandoned, "cancelled", None, false);
         }
+        self.entry.shared.attempt_ended();
     }
 }
 

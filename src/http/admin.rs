@@ -68,6 +68,8 @@ struct ProfileStatus {
     auth_error: Option<String>,
     last_error: Option<String>,
     consecutive_failures: u32,
+    /// Attempts sent to it and not yet ended.
+    in_flight: u64,
     requests: u64,
     failures: u64,
     dropped_reports: u64,
@@ -93,6 +95,7 @@ fn profile_status(p: &ProfileEntry, config: &Config, now: SystemTime) -> Profile
         auth_error: v.auth_failed.clone(),
         last_error: v.last_error.clone(),
         consecutive_failures: v.consecutive_failures,
+        in_flight: p.shared.in_flight(),
         requests: c.requests,
         failures: c.failures,
         dropped_reports: p.shared.dropped_reports(),
@@ -122,6 +125,12 @@ async fn reset_profile(
         return Err(ApiError::NotFound(format!("No profile `{id}`.")));
     };
     p.reset();
+    if let Some(redis) = &state.redis {
+        // The other replicas reset theirs when they next exchange health (within a second).
+        if let Err(e) = redis.reset_lanes(&id).await {
+            tracing::warn!(profile = %id, error = %e, "reset not shared with the other replicas");
+        }
+    }
     tracing::info!(profile = %id, "admin reset profile");
     audit_admin(
         &state,

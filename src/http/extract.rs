@@ -7,13 +7,14 @@
 use std::time::Duration;
 
 use actix_web::dev::Payload;
-use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH, COOKIE};
+use actix_web::http::Method;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{AuthError, Principal, KEY_PREFIX};
+use crate::auth::{web as web_session, AuthError, Principal, KEY_PREFIX};
 use crate::config::{Config, ServerConfig};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -65,12 +66,51 @@ pub fn address(req: &HttpRequest) -> Option<String> {
 }
 
 /// The caller, if it presented a credential; a presented credential is always checked, even with
-/// `auth.required: false`.
+/// `auth.required: false`. Without one, the dashboard's session cookie counts (see `dashboard_caller`).
 pub async fn principal(
     state: &AppState,
     req: &HttpRequest,
 ) -> Result<Option<Principal>, AuthError> {
+    if presented_credential(req).is_none() {
+        if let Some(secret) = dashboard_cookie(req) {
+            return dashboard_caller(state, req, &secret).await.map(Some);
+        }
+    }
     principal_under(state, &state.config(), req).await
+}
+
+/// The secret of the dashboard's session cookie, if the request carries one.
+pub fn dashboard_cookie(req: &HttpRequest) -> Option<String> {
+    let header = req.headers().get(COOKIE)?.to_str().ok()?;
+    web_session::cookie_value(header, web_session::SESSION_COOKIE).map(str::to_owned)
+}
+
+/// The caller behind a dashboard cookie. Only the routes that take `Caller` or `Admin` accept it
+/// (never the model routes), and a change (any method but GET and HEAD) only from the dashboard's
+/// own origin with the session's CSRF token: 403 otherwise, so a form on another site cannot act.
+async fn dashboard_caller(
+    state: &AppState,
+    req: &HttpRequest,
+    secret: &str,
+) -> Result<Principal, AuthError> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let host = req.connection_info().host().to_owned();
+        if !web_session::same_origin(header("origin"), header("sec-fetch-site"), &host) {
+            return Err(AuthError::Forbidden(
+                "Cross-origin request refused: the dashboard's session only acts for its own pages."
+                    .into(),
+            ));
+        }
+        let token = header(web_session::CSRF_HEADER).unwrap_or("");
+        if !web_session::csrf_matches(secret, token) {
+            return Err(AuthError::Forbidden(format!(
+                "Missing or wrong CSRF token: a change made with the dashboard's session needs the `{}` header its page sends.",
+                web_session::CSRF_HEADER
+            )));
+        }
+    }
+    state.auth.web_principal(&state.config().auth, secret).await
 }
 
 /// `principal` under a config snapshot the caller already holds.

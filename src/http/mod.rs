@@ -6,12 +6,14 @@
 //! * `identity.rs` — sign-in, the caller's own keys, the admin API for keys, accounts, audit.
 //! * `billing.rs` — usage, credits, tiers and the billing webhook.
 //! * `admin.rs` — health, `/metrics`, profiles, reload.
+//! * `ui.rs` — the browser dashboard at `/ui` and its sign-in.
 
 mod admin;
 mod billing;
 pub mod extract;
 mod identity;
 pub mod respond;
+mod ui;
 mod v1;
 
 use actix_web::dev::{Service, ServiceResponse};
@@ -46,7 +48,8 @@ pub fn configure(
         .configure(v1::routes)
         .configure(admin::routes)
         .configure(identity::routes)
-        .configure(billing::routes);
+        .configure(billing::routes)
+        .configure(ui::routes);
 }
 
 /// Builds the actix-web app around `configure`, with the request-id middleware and OpenAI-shaped 404s.

@@ -13,10 +13,14 @@ use crate::state::AppState;
 use crate::wire::Dialect;
 
 /// Counts a `/v1` call that is not a model request against the caller's tier (429 when over it).
-pub fn admit_other(state: &AppState, principal: Option<&Principal>) -> Result<Admission, ApiError> {
+pub async fn admit_other(
+    state: &AppState,
+    principal: Option<&Principal>,
+) -> Result<Admission, ApiError> {
     Ok(state
         .limits
-        .admit_principal(&state.config(), principal, CallKind::Other)?)
+        .admit_principal(&state.config(), principal, CallKind::Other)
+        .await?)
 }
 
 /// Runs the work of one of the caller's own account routes (`/v1/me`, `/v1/keys`): not counted against
@@ -28,6 +32,7 @@ where
     let rate = state
         .limits
         .admit_principal(&state.config(), Some(&caller.0), CallKind::Uncounted)
+        .await
         .map(|a| a.rate)
         .unwrap_or_default();
     reply(&rate, Dialect::OpenAi, work.await)
@@ -52,7 +57,7 @@ where
 {
     let mut rate = RateStatus::default();
     let result = async {
-        rate = admit_other(state, Some(&caller.0))?.rate;
+        rate = admit_other(state, Some(&caller.0)).await?.rate;
         work.await
     }
     .await;

@@ -126,7 +126,7 @@ async fn stored(
     let result = async {
         let (config, generation) = state.snapshot();
         let principal = extract::client(state, &config, &req).await?;
-        rate = admit_other(state, principal.as_ref())?.rate;
+        rate = admit_other(state, principal.as_ref()).await?.rate;
         let upstreams = workers.current(&config, generation);
         let proxy = Proxy {
             shared: state,
@@ -187,7 +187,8 @@ async fn model_call(
         let principal = extract::client(state, &config, &req).await?;
         let admission = state
             .limits
-            .admit_principal(&config, principal.as_ref(), CallKind::Llm)?;
+            .admit_principal(&config, principal.as_ref(), CallKind::Llm)
+            .await?;
         rate = admission.rate;
         let body = read_body(&req, payload, config.server.max_body_bytes, &config.server).await?;
         check_depth(&body, MAX_JSON_DEPTH)?;
@@ -270,7 +271,37 @@ async fn forward(
         native,
         pinned,
     };
-    tracing::Instrument::instrument(proxy.forward(req), span).await
+    forward_pinned(proxy, req, span).await
+}
+
+/// Forwards, with the session's pin shared by every replica when the state is in Redis (read before
+/// the pick, claimed after the answer without delaying it).
+async fn forward_pinned(
+    proxy: &Proxy<'_>,
+    req: ProxyRequest,
+    span: tracing::Span,
+) -> Result<HttpResponse, ApiError> {
+    let sticky = &proxy.config.routing.sticky;
+    let (enabled, ttl) = (sticky.enabled, sticky.ttl);
+    let redis = proxy.shared.redis.clone().filter(|_| enabled);
+    let (Some(redis), Some(sid)) = (redis, req.session.clone()) else {
+        return tracing::Instrument::instrument(proxy.forward(req), span).await;
+    };
+    let model = req.fields.model.clone();
+    let router = proxy.shared.router.clone();
+    let before = redis.before_pick(&router, &model, &sid, ttl).await;
+    let result = tracing::Instrument::instrument(proxy.forward(req), span).await;
+    let answered = result.as_ref().ok().and_then(|r| {
+        let profile = r.headers().get("x-switchyard-profile")?.to_str().ok()?;
+        Some(profile.to_owned())
+    });
+    if let Some(profile) = answered {
+        actix_web::rt::spawn(async move {
+            let pin = (before, profile.as_str());
+            redis.after_answer(&router, &model, &sid, ttl, pin).await;
+        });
+    }
+    result
 }
 
 /// The request's span. Debug, like the per-attempt span: an info span is formatted on every request by
@@ -446,7 +477,7 @@ async fn list_models(req: HttpRequest, state: State) -> HttpResponse {
     let mut rate = RateStatus::default();
     let result = async {
         let principal = extract::client(&state, &state.config(), &req).await?;
-        rate = admit_other(&state, principal.as_ref())?.rate;
+        rate = admit_other(&state, principal.as_ref()).await?.rate;
         let config = state.config();
         let names: Vec<&str> = usable_models(&config, principal.as_ref()).collect();
         // Claude Code discovers a gateway's models with `anthropic-version` set: answer in its shape.
@@ -464,7 +495,7 @@ async fn get_model(req: HttpRequest, id: web::Path<String>, state: State) -> Htt
     let mut rate = RateStatus::default();
     let result = async {
         let principal = extract::client(&state, &state.config(), &req).await?;
-        rate = admit_other(&state, principal.as_ref())?.rate;
+        rate = admit_other(&state, principal.as_ref()).await?.rate;
         let config = state.config();
         // Any name a request may use, a pattern's matches included, under the name asked for.
         let usable = config

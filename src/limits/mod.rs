@@ -10,6 +10,7 @@
 
 pub mod credits;
 pub mod events;
+mod shared_windows;
 pub mod usage;
 pub mod webhook;
 
@@ -26,6 +27,7 @@ use crate::auth::Principal;
 use crate::config::{Config, ModelPrice, TierConfig};
 use crate::error::{ApiError, RateHeaders};
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 use crate::wire::openai::TokenUsage;
 pub use credits::{Ledger, LedgerError, Reservation, Transaction};
 
@@ -166,6 +168,8 @@ pub struct Limits {
     /// Account -> tier set through the admin API or the billing webhook; read on every call, so cached.
     tier_overrides: DashMap<String, String>,
     metrics: Arc<Metrics>,
+    /// `state.backend: redis`: request windows counted in Redis for the whole fleet.
+    shared: Option<Arc<Shared>>,
 }
 
 impl Limits {
@@ -180,7 +184,14 @@ impl Limits {
             ledger,
             tier_overrides,
             metrics,
+            shared: None,
         })
+    }
+
+    /// Counts request windows in Redis, shared by every replica, instead of in this process.
+    pub fn share_through(mut self, shared: Arc<Shared>) -> Limits {
+        self.shared = Some(shared);
+        self
     }
 
     /// Sets (or with `None` clears) an account's tier; it takes precedence over the key's and the
@@ -224,17 +235,18 @@ impl Limits {
         })
     }
 
-    /// Resolves the caller's tier and counts the call (see `admit`).
-    pub fn admit_principal(
+    /// Resolves the caller's tier and counts the call (see `admit`; with Redis, `admit_shared`).
+    pub async fn admit_principal(
         &self,
         config: &Config,
         principal: Option<&Principal>,
         kind: CallKind,
     ) -> Result<Admission, Box<Refusal>> {
         let subject = self.subject(config, principal);
-        let rate = match &subject {
-            Some(s) => self.admit(s, kind)?,
-            None => RateStatus::default(),
+        let rate = match (&subject, &self.shared) {
+            (Some(s), Some(shared)) => self.admit_shared(shared, s, kind).await?,
+            (Some(s), None) => self.admit(s, kind)?,
+            (None, _) => RateStatus::default(),
         };
         Ok(Admission { subject, rate })
     }
@@ -242,18 +254,23 @@ impl Limits {
     /// Counts one call against the subject's request limits, or refuses it (429) when any limit — the
     /// daily token budget included — is spent. Nothing is counted for a refused call.
     pub fn admit(&self, s: &Subject, kind: CallKind) -> Result<RateStatus, Box<Refusal>> {
+        self.admit_local(s, kind, |limit| limit)
+    }
+
+    /// `admit` on this process's own windows, each request limit taken as `share(limit)` (all of
+    /// it alone; a replica's share when Redis cannot be asked, see `shared_windows`).
+    fn admit_local(
+        &self,
+        s: &Subject,
+        kind: CallKind,
+        share: impl Fn(u64) -> u64,
+    ) -> Result<RateStatus, Box<Refusal>> {
         let now = now_ms();
-        let window_ms = u64::try_from(s.tier.rate_window.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let day_ms = u64::try_from(DAY.as_millis()).unwrap_or(u64::MAX);
-        let mut checks: Vec<(&'static str, u64)> = Vec::with_capacity(2);
-        if let Some(limit) = s.tier.requests_per_hour {
-            checks.push(("requests", limit));
-        }
-        if let (CallKind::Llm, Some(limit)) = (kind, s.tier.llm_requests_per_hour) {
-            checks.push(("llm_requests", limit));
-        }
+        let window_ms = window_ms(s);
+        let checks: Vec<(&'static str, u64)> = request_checks(s, kind)
+            .into_iter()
+            .map(|(name, limit)| (name, share(limit)))
+            .collect();
         let mut windows = self.windows.lock();
         let mut status = RateStatus::default();
         // First look (so a refusal still reports every limit), then count only if all have room.
@@ -272,14 +289,10 @@ impl Limits {
             }
             current.push((key, w, *limit));
         }
-        if let Some(limit) = s.tier.tokens_per_day {
-            let w = Window::current(windows.get(&(s.id.clone(), "tokens")).copied(), now, day_ms);
-            let held = self.held_tokens.lock().get(&s.id).copied().unwrap_or(0);
-            let used = w.count.saturating_add(held);
-            let reset = token_retry(&w, held, limit, now);
-            status.tokens = Some((limit, limit.saturating_sub(used), w.reset_secs(now)));
-            if used >= limit && full.is_none() {
-                full = Some(("tokens", limit, reset));
+        if let Some((tokens, spent)) = self.token_look(&windows, s, now) {
+            status.tokens = Some(tokens);
+            if let (Some(spent), None) = (spent, full) {
+                full = Some(spent);
             }
         }
         if kind == CallKind::Uncounted {
@@ -300,6 +313,27 @@ impl Limits {
             windows.insert(key, w);
         }
         Ok(status)
+    }
+
+    /// The daily token budget as `X-RateLimit-*-Tokens` shows it (limit, remaining, reset), and when
+    /// it is spent, the refusal's (scope, limit, retry after).
+    #[allow(clippy::type_complexity)]
+    fn token_look(
+        &self,
+        windows: &HashMap<(String, &'static str), Window>,
+        s: &Subject,
+        now: u64,
+    ) -> Option<((u64, u64, u64), Option<(&'static str, u64, u64)>)> {
+        let limit = s.tier.tokens_per_day?;
+        let day_ms = u64::try_from(DAY.as_millis()).unwrap_or(u64::MAX);
+        let w = Window::current(windows.get(&(s.id.clone(), "tokens")).copied(), now, day_ms);
+        let held = self.held_tokens.lock().get(&s.id).copied().unwrap_or(0);
+        let used = w.count.saturating_add(held);
+        let spent = (used >= limit).then(|| ("tokens", limit, token_retry(&w, held, limit, now)));
+        Some((
+            (limit, limit.saturating_sub(used), w.reset_secs(now)),
+            spent,
+        ))
     }
 
     fn rate_refusal(
@@ -667,6 +701,25 @@ fn fraction_used(balance: u64, monthly: u64) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let f = monthly.saturating_sub(balance) as f64 / monthly.max(1) as f64;
     f.clamp(0.0, 1.0)
+}
+
+/// The request limits a call of `kind` counts against: (name, limit).
+fn request_checks(s: &Subject, kind: CallKind) -> Vec<(&'static str, u64)> {
+    let mut checks = Vec::with_capacity(2);
+    if let Some(limit) = s.tier.requests_per_hour {
+        checks.push(("requests", limit));
+    }
+    if let (CallKind::Llm, Some(limit)) = (kind, s.tier.llm_requests_per_hour) {
+        checks.push(("llm_requests", limit));
+    }
+    checks
+}
+
+/// The subject's request window, in ms (at least 1).
+fn window_ms(s: &Subject) -> u64 {
+    u64::try_from(s.tier.rate_window.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Seconds until a spent token budget may have room: the day's end when today's tokens alone spend

@@ -70,9 +70,10 @@ pub fn report(
         attempts: u64,
         prompt: u64,
         completion: u64,
-        /// Parts of `prompt` and `completion`: cache reads, cache writes (both lifetimes), reasoning.
+        /// Parts of `prompt` and `completion`, as the records hold them.
         cached: u64,
         cache_write: u64,
+        cache_write_1h: u64,
         reasoning: u64,
         cost: u64,
     }
@@ -90,7 +91,8 @@ pub fn report(
             row.prompt += r.prompt_tokens;
             row.completion += r.completion_tokens;
             row.cached += r.cached_tokens;
-            row.cache_write += r.cache_write_tokens + r.cache_write_1h_tokens;
+            row.cache_write += r.cache_write_tokens;
+            row.cache_write_1h += r.cache_write_1h_tokens;
             row.reasoning += r.reasoning_tokens;
             row.cost += cost;
         }
@@ -100,7 +102,7 @@ pub fn report(
             "requests": r.requests, "attempts": r.attempts, "prompt_tokens": r.prompt,
             "completion_tokens": r.completion, "total_tokens": r.prompt + r.completion,
             "cached_tokens": r.cached, "cache_write_tokens": r.cache_write,
-            "reasoning_tokens": r.reasoning,
+            "cache_write_1h_tokens": r.cache_write_1h, "reasoning_tokens": r.reasoning,
             "cost_usd": usd(r.cost),
         });
         if let Some(g) = group {

@@ -11,6 +11,7 @@ const FLOORS: &[&[&str]] = &[
     &["wire"],
     &["error", "metrics"],
     &["config"],
+    &["shared"],
     &["auth", "upstream"],
     &["limits", "pins"],
     &["state", "readiness"],

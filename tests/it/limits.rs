@@ -1127,6 +1127,9 @@ async fn a_cut_stream_is_charged_for_the_text_that_reached_the_client() {
 
     // A client that leaves mid-stream pays for the input and at most the whole answer's text; never
     // nothing. The ledger is polled: the server notices the departure on its next write.
+    // The cut's cooldown reaches the profile after the client has the body: wait for it, or the reset
+    // below can land first and the next request find the profile cooling down.
+    wait_state(&server, "a", "cooldown", Duration::from_secs(10)).await;
     admin(
         &server,
         reqwest::Method::POST,

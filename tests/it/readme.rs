@@ -195,6 +195,10 @@ const RUN_ELSEWHERE: &[(&str, &str)] = &[
         "\nclaude\n",
         "needs the Claude Code CLI from npm: load-tests/agents.sh runs it against the proxy",
     ),
+    (
+        "--data-dir ./data$i",
+        "the several-replicas recipe: tests/it/replicas.rs starts a real redis-server and three replicas on it",
+    ),
 ];
 
 /// The config the README's examples assume: `openai-main` serving `gpt-4o-mini` (here from the mock

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 // `server.get(path)`, `server.post(path)`, ...: the request builder every helper below goes through.
 mod call;
+// A real redis-server for the replica tests.
+pub mod redis;
 
 pub use switchyard_load_tests::{MockUpstream, ReceivedRequest, Reply};
 
