@@ -544,7 +544,8 @@ async fn cache_and_reasoning_tokens_of_pass_through_routes_are_recorded_exported
     let claude = row("claude-opus-4-8");
     assert_eq!(claude["prompt_tokens"], 10 + 30 + 100 + 3 + 50, "{usage}");
     assert_eq!(claude["cached_tokens"], 150, "{usage}");
-    assert_eq!(claude["cache_write_tokens"], 30, "{usage}");
+    assert_eq!(claude["cache_write_tokens"], 10, "{usage}");
+    assert_eq!(claude["cache_write_1h_tokens"], 20, "{usage}");
     let gpt = row("gpt-4o-mini");
     assert_eq!(gpt["cached_tokens"], 40, "{usage}");
     assert_eq!(gpt["reasoning_tokens"], 10, "{usage}");
