@@ -4,10 +4,14 @@
 # runs. It counts every thread of the process (the worker, the actix system thread with the usage
 # recorder, sled's threads), so work moved off the request path still counts.
 #
-#   bash load-tests/callgrind.sh [--no-build] [default|fsync|bare|full|fullnd|fullnc] [REQUESTS]   (defaults: default 2000)
+#   bash load-tests/callgrind.sh [--no-build] [default|fsync|bare|full|fullnd|fullnc] [REQUESTS] [chat|messages|responses]
+#                                                               (defaults: default 2000 chat)
 #
 # default = the default config (usage.durable: true: the journal); fsync = the same with usage.fsync: true
 # (each response waits for a sled flush); bare = usage.durable: false.
+# The route: `chat` (POST /v1/chat/completions), `messages` (POST /v1/messages passed through to an
+# Anthropic profile) or `responses` (POST /v1/responses passed through to an OpenAI profile), each a body
+# of the same size and meaning.
 #
 # Starts the mock upstream natively and Switchyard (1 worker) under valgrind, sends 200 warm-up requests,
 # zeroes the counters, sends REQUESTS sequential requests on one keep-alive connection (non-streaming,
@@ -22,6 +26,7 @@ BUILD=1
 if [ "${1:-}" = --no-build ]; then BUILD=0; shift; fi
 VARIANT="${1:-default}"
 N="${2:-2000}"
+ROUTE="${3:-chat}"
 case "$VARIANT" in
   default) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=true ;;
   fsync) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE="true, fsync: true" ;;
@@ -70,6 +75,15 @@ PORT="$($TOOLS freeport)"
 ADMIN="cg-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 sed -e "s|@PORT@|$PORT|g" -e "s|@DATA@|$WORK/data|g" -e "s|@UPSTREAM@|$UPSTREAM|g" -e "s|@CREDITS@|$CREDITS|g" -e "s|@DURABLE@|$DURABLE|g" \
   "$HERE/configs/$TMPL" >"$WORK/config.yaml"
+# The Messages route needs an Anthropic profile at the same mock: the model claude-x.
+python3 - "$WORK/config.yaml" "$UPSTREAM" <<'PY'
+import sys
+path, upstream = sys.argv[1], sys.argv[2]
+s = open(path).read()
+s = s.replace("    profiles: [mock]\nprofiles:\n", "    profiles: [mock]\n  - name: claude-x\n    profiles: [mock-anthropic]\nprofiles:\n", 1)
+s += f'  - id: mock-anthropic\n    provider: anthropic\n    base_url: "http://{upstream}/v1"\n    api_key: "sk-load-test"\n'
+open(path, "w").write(s)
+PY
 SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
   "$BIN/switchyard" serve --config "$WORK/config.yaml" --workers 1 --shutdown-timeout 2s --log-format json \
@@ -81,7 +95,15 @@ KEY=""
 if grep -q '^  required: true' "$WORK/config.yaml"; then
   KEY="$($TOOLS mkkey "127.0.0.1:$PORT" "$ADMIN" '{"name":"load","account":"load-test","tier":"load"}')"
 fi
-printf '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello in five words."}],"max_tokens":16}' >"$WORK/body.json"
+case "$ROUTE" in
+  chat) export SEND_PATH=/v1/chat/completions
+    printf '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello in five words."}],"max_tokens":16}' >"$WORK/body.json" ;;
+  messages) export SEND_PATH=/v1/messages
+    printf '{"model":"claude-x","system":"You are terse.","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}' >"$WORK/body.json" ;;
+  responses) export SEND_PATH=/v1/responses
+    printf '{"model":"gpt-4o-mini","instructions":"You are terse.","input":"Say hello in five words.","max_output_tokens":16}' >"$WORK/body.json" ;;
+  *) echo "unknown route $ROUTE (chat, messages or responses)" >&2; exit 2 ;;
+esac
 
 echo "warm-up: 200 requests" >&2
 $TOOLS send "127.0.0.1:$PORT" 200 "$WORK/body.json" "$KEY" >/dev/null
@@ -97,7 +119,7 @@ DUMP="$(ls -t "$WORK"/callgrind.out.* 2>/dev/null | head -1 || true)"
 TOTAL="$(grep -m1 '^summary:' "$DUMP" | awk '{print $2}')"
 [ -n "$TOTAL" ] || TOTAL="$(grep -m1 '^totals:' "$DUMP" | awk '{print $2}')"
 
-echo "## callgrind: Switchyard $VARIANT, 1 worker, $N sequential non-streaming requests ($ok answered 200)"
+echo "## callgrind: Switchyard $VARIANT, route $ROUTE ($SEND_PATH), 1 worker, $N sequential non-streaming requests ($ok answered 200)"
 echo
 echo "Checkout at commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), binary built $(date -u -r "$BIN/switchyard" +%Y-%m-%dT%H:%MZ)$([ "$BUILD" = 1 ] || echo ' (--no-build)'); $(python3 -c "print(f'{$TOTAL / $N:,.0f}')") instructions per request" \
   "(all threads; $TOTAL in total; $(python3 -c "print(f'{($end - $start) / $N * 1000:.2f}')") ms per request under valgrind)."

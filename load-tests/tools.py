@@ -114,14 +114,16 @@ def metric(addr, name, skip=None):
 
 
 def chat_request(host, port, bodyfile, key=""):
-    """The raw keep-alive POST /v1/chat/completions carrying bodyfile (and the key, when given)."""
+    """The raw keep-alive POST carrying bodyfile (and the key, when given), to /v1/chat/completions or
+    the route in SEND_PATH (`/v1/messages`, `/v1/responses`)."""
     with open(bodyfile, "rb") as f:
         body = f.read()
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    path = os.environ.get("SEND_PATH", "/v1/chat/completions")
     # SY_HEADERS="Name: value|Name: value": what a peer gateway needs on every request (run.sh sets it).
     extra = "".join(f"{h.strip()}\r\n" for h in os.environ.get("SY_HEADERS", "").split("|") if h.strip())
     return (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}{extra}"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 

@@ -18,7 +18,8 @@
 //!   demo upstream answered in-process (`upstream::echo`). [`shared`] — the Redis client for
 //!   `state.backend: redis` (per-worker connections, a command deadline, a breaker) and what the
 //!   replicas keep there.
-//! * [`limits`] — tiers, rate windows, credit reservations and the ledger, usage reports, billing events.
+//! * [`limits`] — tiers, rate windows, credit reservations and the ledger, usage reports, billing events;
+//!   [`pins`], which profile created each Responses API response id.
 //! * [`state`] — [`state::AppState`], what every worker shares, and the router's view of a config;
 //!   [`readiness`], which models have a usable profile now and why the others do not.
 //! * [`forward`] — the failover loop, one attempt, the stream relay, the guard that records every
@@ -38,6 +39,7 @@ pub mod forward;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod pins;
 pub mod readiness;
 pub mod reload;
 pub mod shared;
@@ -214,6 +216,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         auth: auth.clone(),
         limits,
         journal,
+        response_pins: pins::ResponsePins::default(),
         redis: redis.clone(),
     });
     spawn_lease_sweeper(shared.clone());

@@ -21,6 +21,7 @@ pub mod names {
     pub const UPSTREAM_DURATION: &str = "switchyard_upstream_duration_seconds";
     pub const TTFT: &str = "switchyard_time_to_first_token_seconds";
     pub const TOKENS: &str = "switchyard_tokens_total";
+    pub const TOKEN_DETAILS: &str = "switchyard_token_details_total";
     pub const IN_FLIGHT: &str = "switchyard_in_flight_requests";
     pub const ATTEMPTS: &str = "switchyard_attempts_total";
     pub const FAILOVERS: &str = "switchyard_failovers_total";
@@ -64,6 +65,9 @@ pub struct Metrics {
     pub ttft: HistogramVec,
     /// `{model, profile, kind}`: kind = prompt | completion.
     pub tokens: IntCounterVec,
+    /// `{model, profile, kind}`: parts of `tokens`, kind = cache_read | cache_write | cache_write_1h
+    /// (of prompt) | reasoning (of completion). Apart, so summing `tokens` counts nothing twice.
+    pub token_details: IntCounterVec,
     pub in_flight: IntGauge,
     /// `{profile, outcome}`: outcome = ok | client_error | cancelled | a failure class.
     pub attempts: IntCounterVec,
@@ -195,6 +199,11 @@ impl Metrics {
             "Tokens reported by upstreams.",
             &["model", "profile", "kind"],
         )?;
+        let token_details = counter(
+            names::TOKEN_DETAILS,
+            "Parts of the reported tokens: prompt cache reads and writes, and reasoning.",
+            &["model", "profile", "kind"],
+        )?;
         let attempts = counter(
             names::ATTEMPTS,
             "Attempts at upstream profiles by outcome.",
@@ -263,6 +272,7 @@ impl Metrics {
             upstream_duration,
             ttft,
             tokens,
+            token_details,
             in_flight,
             attempts,
             failovers,

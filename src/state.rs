@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::limits::journal::Journal;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::pins::ResponsePins;
 use crate::shared::Shared;
 use crate::upstream::{credential_fingerprint, resolve_key};
 
@@ -40,6 +41,8 @@ pub struct AppState {
     /// Where durable responses' records and credit movements go before the response (`None` with
     /// `usage.fsync: true`: those wait for a flush).
     pub journal: Option<Arc<Journal>>,
+    /// Which profile created each Responses API response id (see `pins`).
+    pub response_pins: ResponsePins,
     /// `state.backend: redis`: what the replicas share (see `shared`); `None` in local mode.
     pub redis: Option<Arc<Shared>>,
 }

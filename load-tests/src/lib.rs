@@ -13,6 +13,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod agent;
 mod anthropic;
 mod http;
 mod openai;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+pub use agent::MARKER as AGENT_MARKER;
 pub use reply::Reply;
 pub use request::ReceivedRequest;
 pub use server::StreamEnd;

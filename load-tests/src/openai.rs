@@ -65,6 +65,9 @@ fn route(method: &str, path: &str) -> Option<Endpoint> {
 
 /// Answers a request the way OpenAI would.
 pub(crate) fn echo(method: &str, path: &str, body: &[u8], ctx: &EchoCtx<'_>) -> Response {
+    if let Some((status, body)) = crate::responses::stored(method, path, ctx) {
+        return fixed(status, body);
+    }
     let Some(endpoint) = route(method, path) else {
         return not_found(method, path);
     };

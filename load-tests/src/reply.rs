@@ -47,6 +47,9 @@ pub enum Reply {
     /// in a stream, even when `stream_options.include_usage` asked for one): some OpenAI-compatible
     /// servers do this.
     NoUsage,
+    /// A coding agent's model: calls the shell tool it is offered once, then answers quoting the
+    /// tool's output (see `agent`); any other request gets the echo.
+    Agent,
 }
 
 impl Reply {

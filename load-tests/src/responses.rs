@@ -24,12 +24,56 @@ fn input_tokens(req: &Value) -> u64 {
     n.max(1)
 }
 
+/// This mock's id for its `seq`-th answer: `resp_<name>_<seq>`, so ids of two mocks never collide and
+/// each mock knows its own (`stored`).
+fn response_id(ctx: &EchoCtx<'_>) -> String {
+    format!("resp_{}_{}", ctx.name, ctx.seq)
+}
+
+/// `GET`/`DELETE /responses/{id}` and `GET /responses/{id}/input_items`, as OpenAI answers them for
+/// a stored response: answered for ids this mock made (by their prefix), 404 for any other. `None`:
+/// not such a path.
+pub(crate) fn stored(method: &str, path: &str, ctx: &EchoCtx<'_>) -> Option<(u16, Value)> {
+    let path = path.split('?').next().unwrap_or_default();
+    let rest = path
+        .strip_prefix("/v1")
+        .unwrap_or(path)
+        .strip_prefix("/responses/")?;
+    let (id, items) = match rest.strip_suffix("/input_items") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
+    if !id.starts_with(&format!("resp_{}_", ctx.name)) {
+        let message = format!("Response with id '{id}' not found.");
+        let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}});
+        return Some((404, body));
+    }
+    let body = match (method, items) {
+        ("GET", false) => {
+            let mut r = response(&json!({}), ctx);
+            r["id"] = json!(id);
+            r
+        }
+        ("DELETE", false) => json!({"id": id, "object": "response", "deleted": true}),
+        ("GET", true) => json!({
+            "object": "list", "has_more": false, "first_id": null, "last_id": null,
+            "data": [{"type": "message", "id": format!("msg_{id}_in"), "role": "user",
+                      "content": [{"type": "input_text", "text": "stored input"}]}],
+        }),
+        _ => return None,
+    };
+    Some((200, body))
+}
+
 /// The whole answer (`status: completed`), with `usage` in the Responses API's words.
 pub(crate) fn response(req: &Value, ctx: &EchoCtx<'_>) -> Value {
     let output_tokens = reply_pieces(ctx.name).len() as u64;
     let input = input_tokens(req);
     json!({
-        "id": format!("resp_mock{}", ctx.seq),
+        "id": response_id(ctx),
         "object": "response",
         "created_at": ctx.created,
         "status": "completed",

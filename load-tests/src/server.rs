@@ -212,6 +212,20 @@ async fn respond(
                 }
             }
         }
+        Reply::Agent => {
+            let answer = crate::agent::answer(&req.method, &req.target, &req.body, &ctx)
+                .unwrap_or_else(|| openai::echo(&req.method, &req.target, &req.body, &ctx));
+            match answer {
+                Response::Fixed { status, body } => {
+                    conn.write_fixed(status, &json_headers(&shared.name), body.as_bytes(), keep)
+                        .await?;
+                    Ok(Flow::KeepAlive)
+                }
+                Response::Stream { events } => {
+                    stream(conn, shared, &events, Duration::ZERO, None, keep).await
+                }
+            }
+        }
         Reply::Echo => match openai::echo(&req.method, &req.target, &req.body, &ctx) {
             Response::Fixed { status, body } => {
                 conn.write_fixed(status, &json_headers(&shared.name), body.as_bytes(), keep)

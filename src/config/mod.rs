@@ -253,12 +253,73 @@ pub struct RoutingConfig {
 }
 
 /// `routing.sticky:`
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StickyConfig {
     /// default true
     pub enabled: bool,
     /// default 30m
     pub ttl: Duration,
+    /// Where the session key is read, first found wins (default [`StickySource::DEFAULTS`]).
+    pub sources: Vec<StickySource>,
+}
+
+/// One place a request's sticky-session key may be read from (`routing.sticky.sources`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickySource {
+    /// A request header, its name lowercased (`header:X-Session-Id`).
+    Header(String),
+    /// A top-level body field the router reads anyway (`body:prompt_cache_key`, `body:user`).
+    Body(BodyKey),
+}
+
+/// The body fields a session key may come from: the ones the routing peek already reads, so a
+/// configured source costs no extra parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKey {
+    PromptCacheKey,
+    User,
+}
+
+impl StickySource {
+    /// The default precedence: ours, then the coding agents' own headers (Claude Code's, Codex's
+    /// session and thread ids), then Codex's body `prompt_cache_key`, then the body's `user`.
+    pub const DEFAULTS: [&'static str; 6] = [
+        "header:X-Session-Id",
+        "header:x-claude-code-session-id",
+        "header:session-id",
+        "header:thread-id",
+        "body:prompt_cache_key",
+        "body:user",
+    ];
+
+    /// Reads `header:NAME` or `body:FIELD`; the error says what is accepted.
+    pub fn parse(text: &str) -> Result<StickySource, String> {
+        let expected = "expected `header:NAME` or `body:prompt_cache_key` / `body:user`";
+        match text.split_once(':') {
+            Some(("header", name)) => {
+                let name = name.trim();
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if name.is_empty() || !name.bytes().all(token) {
+                    return Err(format!("{text:?}: not a valid header name"));
+                }
+                Ok(StickySource::Header(name.to_ascii_lowercase()))
+            }
+            Some(("body", "prompt_cache_key")) => Ok(StickySource::Body(BodyKey::PromptCacheKey)),
+            Some(("body", "user")) => Ok(StickySource::Body(BodyKey::User)),
+            Some(("body", field)) => Err(format!(
+                "{text:?}: body field {field:?} cannot be a session key (prompt_cache_key or user)"
+            )),
+            _ => Err(format!("{text:?}: {expected}")),
+        }
+    }
+
+    /// [`StickySource::DEFAULTS`], parsed.
+    pub fn defaults() -> Vec<StickySource> {
+        Self::DEFAULTS
+            .iter()
+            .filter_map(|s| StickySource::parse(s).ok())
+            .collect()
+    }
 }
 
 /// `routing.timeouts:` or a profile's `timeouts:` (each key optional there, falling back to routing's).
@@ -420,6 +481,20 @@ impl Preset {
             Preset::Anthropic => Provider::Anthropic,
             _ => Provider::OpenAi,
         }
+    }
+
+    /// Whether this service has OpenAI's Responses API (`/responses`): then `/v1/responses` passes
+    /// through; otherwise it is bridged to the service's chat API, statelessly.
+    pub fn speaks_responses(self) -> bool {
+        matches!(
+            self,
+            Preset::OpenAi
+                | Preset::Azure
+                | Preset::OpenRouter
+                | Preset::Groq
+                | Preset::Vllm
+                | Preset::Echo
+        )
     }
 
     /// The `base_url` used when the profile gives none; `None` for Azure, whose URL names the

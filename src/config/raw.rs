@@ -149,6 +149,8 @@ pub(crate) struct RawRouting {
 pub(crate) struct RawSticky {
     pub enabled: Option<bool>,
     pub ttl: Option<Text>,
+    /// Where a request's session key is read, first found wins (`header:NAME`, `body:FIELD`).
+    pub sources: Option<Spanned<Vec<Text>>>,
 }
 
 /// `routing.cooldown:` and `routing.billing_cooldown:`

@@ -820,3 +820,44 @@ fn a_model_name_resolves_by_name_then_alias_then_longest_pattern() {
     assert_eq!(r("or/*"), None, "a pattern is not a name clients send");
     assert_eq!(r("nope"), None);
 }
+
+#[test]
+fn sticky_sources_default_to_the_agents_headers_then_the_body() {
+    let c = load("");
+    assert_eq!(
+        c.routing.sticky.sources,
+        vec![
+            StickySource::Header("x-session-id".into()),
+            StickySource::Header("x-claude-code-session-id".into()),
+            StickySource::Header("session-id".into()),
+            StickySource::Header("thread-id".into()),
+            StickySource::Body(BodyKey::PromptCacheKey),
+            StickySource::Body(BodyKey::User),
+        ]
+    );
+    let c = load("routing:\n  sticky:\n    sources: [\"body:user\", \"header:X-Conversation\"]\n");
+    assert_eq!(
+        c.routing.sticky.sources,
+        vec![
+            StickySource::Body(BodyKey::User),
+            StickySource::Header("x-conversation".into()),
+        ]
+    );
+}
+
+#[test]
+fn sticky_sources_name_what_is_wrong_and_where() {
+    check(
+        "routing:\n  sticky:\n    sources:\n      - \"header:X-Session-Id\"\n      - \"cookie:sid\"\n      - \"body:messages\"\n      - \"header:bad name\"\n      - \"header:x-session-id\"\n",
+        &[
+            r#"t.yaml:5:9: routing.sticky.sources[1]: "cookie:sid": expected `header:NAME` or `body:prompt_cache_key` / `body:user`"#,
+            r#"t.yaml:6:9: routing.sticky.sources[2]: "body:messages": body field "messages" cannot be a session key (prompt_cache_key or user)"#,
+            r#"t.yaml:7:9: routing.sticky.sources[3]: "header:bad name": not a valid header name"#,
+            "t.yaml:8:9: routing.sticky.sources[4]: listed twice",
+        ],
+    );
+    check(
+        "routing:\n  sticky:\n    sources: []\n",
+        &["t.yaml:3:14: routing.sticky.sources: must list at least one source (set routing.sticky.enabled: false to turn stickiness off)"],
+    );
+}

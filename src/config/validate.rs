@@ -27,7 +27,7 @@ use super::values::{
 use super::{
     AuthConfig, BreakerSettings, ClaimMapping, Config, HealthPolicy, IssuerConfig, IssuerKeys,
     LoginLimits, ModelConfig, NotifyConfig, ProfileConfig, RoutingConfig, ServerConfig,
-    StickyConfig, Strategy, TierConfig, UsageConfig,
+    StickyConfig, StickySource, Strategy, TierConfig, UsageConfig,
 };
 
 /// The `iss` of Switchyard's own access tokens; an external issuer cannot take it.
@@ -257,6 +257,7 @@ fn routing(report: &mut Report, r: &RawRouting) -> RoutingConfig {
                 r.sticky.ttl.as_ref(),
                 DEFAULT_STICKY_TTL,
             ),
+            sources: sticky_sources(report, r.sticky.sources.as_ref()),
         },
         health: HealthPolicy {
             cooldown: cooldown(report, "routing.cooldown", &r.cooldown, DEFAULT_COOLDOWN),
@@ -285,6 +286,27 @@ fn routing(report: &mut Report, r: &RawRouting) -> RoutingConfig {
         },
         timeouts: timeouts(report, "routing.timeouts", &r.timeouts, DEFAULT_TIMEOUTS),
     }
+}
+
+/// `routing.sticky.sources`: each a `header:NAME` or `body:FIELD`, none twice, at least one.
+fn sticky_sources(report: &mut Report, raw: Option<&Spanned<Vec<Text>>>) -> Vec<StickySource> {
+    let Some(list) = raw else {
+        return StickySource::defaults();
+    };
+    if list.is_empty() {
+        let why = "must list at least one source (set routing.sticky.enabled: false to turn stickiness off)";
+        report.at(list.span(), "routing.sticky.sources", why);
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, text) in list.iter().enumerate() {
+        let path = format!("routing.sticky.sources[{i}]");
+        match StickySource::parse(text) {
+            Ok(s) if out.contains(&s) => report.at(text.span(), path, "listed twice"),
+            Ok(s) => out.push(s),
+            Err(why) => report.at(text.span(), path, why),
+        }
+    }
+    out
 }
 
 /// `tiers:` each limit a positive count, credits a non-negative amount.

@@ -12,15 +12,18 @@ use switchyard_actors::router::Pick;
 use super::failure::{AttemptEnd, AttemptFailure, Unsuitable};
 use super::guard::{wait_ack, AttemptGuard};
 use super::{
-    Proxy, ProxyRequest, ANTHROPIC_DEFAULT_MAX_TOKENS, MAX_ERROR_BYTES, MAX_RESPONSE_BYTES,
+    Endpoint, Proxy, ProxyRequest, ANTHROPIC_DEFAULT_MAX_TOKENS, MAX_ERROR_BYTES,
+    MAX_RESPONSE_BYTES,
 };
 use crate::config::Provider;
 use crate::upstream::classify::{classify, error_detail, redirect_detail, Verdict};
 use crate::upstream::UpstreamProfile;
-use crate::wire::anthropic::chat_request_to_messages;
 use crate::wire::anthropic::native::messages_usage;
+use crate::wire::anthropic::{chat_request_to_messages, messages_request_to_chat};
 use crate::wire::openai::{response_usage, upstream_body};
-use crate::wire::{client_error_body, response_body, Dialect};
+use crate::wire::responses::response_id;
+use crate::wire::responses_bridge::responses_request_to_chat;
+use crate::wire::{bridged_response_body, client_error_body, response_body, Dialect};
 
 impl Proxy<'_> {
     /// One attempt at `up`: the client's answer, or how the attempt ended without one.
@@ -53,6 +56,7 @@ impl Proxy<'_> {
         };
         let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
         let path = match up.provider {
+            Provider::OpenAi if req.bridged(up) => Endpoint::ChatCompletions.path(),
             Provider::OpenAi => req.endpoint.path(),
             Provider::Anthropic => req.endpoint.anthropic_path().unwrap_or("/messages"),
         };
@@ -181,12 +185,20 @@ impl Proxy<'_> {
             Ok(u) => u,
             Err(_) => return Err(guard.fail(garbage("body is not JSON".into()))),
         };
-        let body = match response_body(Dialect::OpenAi, req.dialect, openai, model) {
+        let body = match req.bridged(up) {
+            true => bridged_response_body(&openai, model),
+            false => response_body(Dialect::OpenAi, req.dialect, openai, model),
+        };
+        let body = match body {
             Ok(b) => b,
             Err(why) => return Err(guard.fail(garbage(why.to_string()))),
         };
         guard.relayed(usage.text_bytes);
-        let content_type = if up.dialect() == req.dialect && req.dialect == Dialect::OpenAi {
+        if !req.bridged(up) {
+            self.pin_response(req, response_id(&body).as_deref(), &guard);
+        }
+        let same_dialect = up.dialect() == req.dialect && req.dialect == Dialect::OpenAi;
+        let content_type = if same_dialect && !req.bridged(up) {
             content_type
         } else {
             "application/json".to_owned()
@@ -211,17 +223,30 @@ fn upstream_request_body(
 ) -> Result<Bytes, Unsuitable> {
     let model = &req.fields.model;
     let renamed = up.upstream_model(model).or(req.upstream_model.as_deref());
+    // A Messages request not translated up front (its model had only Messages profiles then).
+    let late = match req.native.as_ref().filter(|n| !n.translated) {
+        Some(n) => Some(Bytes::from(messages_request_to_chat(&n.body)?.0)),
+        None => None,
+    };
+    let client_body = late.as_ref().unwrap_or(&req.body);
+    // A Responses request for a profile without that API: first a chat request (asking for stream
+    // usage itself), then whatever the profile's dialect needs.
+    let bridged = req
+        .bridged(up)
+        .then(|| responses_request_to_chat(client_body).map(Bytes::from))
+        .transpose()?;
+    let chat = bridged.as_ref().unwrap_or(client_body);
     match up.provider {
         Provider::OpenAi => {
             // Chat streams report usage only when asked; a Responses stream always does.
             let ask_usage =
                 stream && !req.fields.client_wants_usage && req.endpoint.is_chat_shaped();
-            Ok(upstream_body(&req.body, renamed, ask_usage)?)
+            Ok(upstream_body(chat, renamed, ask_usage)?)
         }
         Provider::Anthropic => {
             let upstream_model = renamed.unwrap_or(model);
             let body =
-                chat_request_to_messages(&req.body, upstream_model, ANTHROPIC_DEFAULT_MAX_TOKENS)?;
+                chat_request_to_messages(chat, upstream_model, ANTHROPIC_DEFAULT_MAX_TOKENS)?;
             Ok(Bytes::from(body))
         }
     }

@@ -47,6 +47,9 @@ pub(super) enum Unsuitable {
     /// The body could not be rewritten for it (model name, usage on streams).
     #[error(transparent)]
     Rewrite(#[from] RewriteError),
+    /// `previous_response_id` names a response another profile created.
+    #[error("previous_response_id was created by profile {0}")]
+    PinnedElsewhere(Arc<str>),
 }
 
 /// What the failover loop learned so far: the profiles tried, how each failed, and the ones that could

@@ -152,6 +152,19 @@ impl AttemptGuard {
                     .inc_by(n);
             }
         }
+        for (kind, n) in [
+            ("cache_read", usage.cached_tokens),
+            ("cache_write", usage.cache_write_tokens),
+            ("cache_write_1h", usage.cache_write_1h_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .token_details
+                    .with_label_values(&[&self.record.model, profile, kind])
+                    .inc_by(n);
+            }
+        }
         let mut record = self.record.clone();
         record.ts_ms = now_ms();
         record.outcome = label.to_owned();

@@ -10,6 +10,7 @@
 mod attempt;
 mod failure;
 mod guard;
+mod stored;
 mod stream;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tracing::Instrument;
 
 use self::failure::{AttemptEnd, Failover, Unsuitable};
 use self::guard::AttemptGuard;
+pub use self::stored::StoredCall;
 use crate::config::{Config, Provider};
 use crate::error::ApiError;
 use crate::limits::Hold;
@@ -41,7 +43,8 @@ pub enum Endpoint {
     Embeddings,
     /// Anthropic's `/v1/messages/count_tokens`: only Anthropic profiles answer it.
     CountTokens,
-    /// OpenAI's Responses API, passed through to OpenAI-compatible profiles.
+    /// OpenAI's Responses API: passed through to profiles that have it, bridged to the chat API of
+    /// the others (`wire::responses_bridge`).
     Responses,
 }
 
@@ -60,9 +63,10 @@ impl Endpoint {
     /// The path under an Anthropic profile's base URL, when the Messages API has the endpoint.
     pub fn anthropic_path(self) -> Option<&'static str> {
         match self {
-            Endpoint::ChatCompletions => Some("/messages"),
+            // The Responses API reaches Anthropic through the bridge, as a chat request translated.
+            Endpoint::ChatCompletions | Endpoint::Responses => Some("/messages"),
             Endpoint::CountTokens => Some("/messages/count_tokens"),
-            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses => None,
+            Endpoint::Completions | Endpoint::Embeddings => None,
         }
     }
 
@@ -93,7 +97,7 @@ pub struct ProxyRequest {
     pub upstream_model: Option<String>,
     pub body: Bytes,
     pub request_id: String,
-    /// `X-Session-Id`, else the body's `user`.
+    /// The sticky-session key (the first of `routing.sticky.sources` the request has).
     pub session: Option<String>,
     pub account: Option<String>,
     pub key_id: Option<String>,
@@ -106,6 +110,8 @@ pub struct ProxyRequest {
     /// The client's own request, when it speaks a dialect some profiles speak natively (Anthropic
     /// Messages): those profiles get it untouched but for `model`; others get `body` (translated).
     pub native: Option<NativeRequest>,
+    /// The profile that created the response `previous_response_id` names: only it is asked.
+    pub pinned: Option<Arc<str>>,
 }
 
 /// A client's request as it came, for a profile that speaks its dialect.
@@ -116,12 +122,26 @@ pub struct NativeRequest {
     pub query: String,
     /// The dialect's own headers, forwarded as sent (`anthropic-beta`, `anthropic-version`).
     pub headers: Vec<(&'static str, String)>,
+    /// Whether `ProxyRequest::body` is the chat translation; when not (every profile of the model
+    /// speaks the dialect), an attempt at a profile that does not translates it then.
+    pub translated: bool,
 }
 
 impl ProxyRequest {
     /// Whether `up` gets the client's request untouched (same dialect on both sides).
     fn passes_through(&self, up: &UpstreamProfile) -> bool {
         self.native.is_some() && up.dialect() == self.dialect
+    }
+
+    /// Whether `up` gets this Responses API request through the stateless bridge (it has no
+    /// Responses API of its own).
+    fn bridged(&self, up: &UpstreamProfile) -> bool {
+        self.endpoint == Endpoint::Responses && !up.speaks_responses()
+    }
+
+    /// Whose responses this request's ids are: the account, else the key.
+    pub fn owner(&self) -> Option<&str> {
+        self.account.as_deref().or(self.key_id.as_deref())
     }
 }
 
@@ -198,6 +218,7 @@ impl Proxy<'_> {
         let model = req.fields.model.as_str();
         let max_attempts = self.config.routing.max_attempts as usize;
         let mut failover = Failover::default();
+        self.keep_to_pinned(&req, &mut failover);
         while failover.attempts < max_attempts {
             let pick = match self
                 .router()
@@ -246,6 +267,35 @@ impl Proxy<'_> {
             }
         }
         Err(failover.into_error(model))
+    }
+
+    /// A request continuing a stored response goes only to the profile that made it (the others do
+    /// not know the id): every other profile of the model is set aside before the first pick. A pin
+    /// to a profile the model no longer has is ignored.
+    fn keep_to_pinned(&self, req: &ProxyRequest, failover: &mut Failover) {
+        let (Some(pinned), Some(model)) = (&req.pinned, self.config.model(&req.fields.model))
+        else {
+            return;
+        };
+        if !model.profiles.iter().any(|p| **p == **pinned) {
+            return;
+        }
+        for other in model.profiles.iter().filter(|p| **p != **pinned) {
+            failover.unsuitable(
+                Arc::from(other.as_str()),
+                Unsuitable::PinnedElsewhere(pinned.clone()),
+            );
+        }
+    }
+
+    /// Remembers which profile created a Responses API answer, so its id can be continued there.
+    fn pin_response(&self, req: &ProxyRequest, id: Option<&str>, guard: &AttemptGuard) {
+        // A bridged answer is kept nowhere: its id is not pinned, so asking for it is a 404.
+        if let (Endpoint::Responses, Some(id)) = (req.endpoint, id) {
+            self.shared
+                .response_pins
+                .pin(id, guard.entry.id(), req.owner());
+        }
     }
 
     fn respond(

@@ -28,7 +28,9 @@ impl Proxy<'_> {
     ) -> Result<HttpResponse, AttemptEnd> {
         let durable = self.config.usage.durable;
         let idle = up.timeouts.idle;
-        let mut relay = if req.passes_through(up) {
+        let mut relay = if req.bridged(up) {
+            StreamCodec::responses_bridge(up.dialect(), &req.fields.model)
+        } else if req.passes_through(up) {
             StreamCodec::native_anthropic()
         } else if req.endpoint == Endpoint::Responses {
             StreamCodec::native_responses()
@@ -70,6 +72,7 @@ impl Proxy<'_> {
                         fault: Some(fault), ..
                     }) => return Err(guard.fail(first_event_failure(up, &fault))),
                     Ok(p) if p.done => {
+                        self.pin_response(req, relay.response_id(), &guard);
                         guard.relayed(relay.text_bytes());
                         let ack =
                             guard.finish(AttemptOutcome::Succeeded, "ok", relay.usage(), durable);
@@ -89,6 +92,7 @@ impl Proxy<'_> {
                 },
             }
         };
+        self.pin_response(req, relay.response_id(), &guard);
         self.metrics()
             .ttft
             .with_label_values(&[&req.fields.model, &**guard.entry.id()])

@@ -10,13 +10,14 @@ use serde_json::json;
 use super::extract::{self, read_body};
 use super::respond::{admit_other, reply};
 use crate::auth::Principal;
-use crate::config::{Config, Provider};
+use crate::config::{BodyKey, Config, Provider, StickySource};
 use crate::error::ApiError;
-use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest};
+use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest, StoredCall};
 use crate::limits::{CallKind, RateStatus, Subject};
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
 use crate::wire::anthropic::messages_request_to_chat;
+use crate::wire::anthropic::native::metadata_user;
 use crate::wire::depth::{check_depth, MAX_JSON_DEPTH};
 use crate::wire::openai::{refuse_duplicates, RoutingFields};
 use crate::wire::Dialect;
@@ -28,6 +29,12 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/messages", web::post().to(messages))
         .route("/v1/messages/count_tokens", web::post().to(count_tokens))
         .route("/v1/responses", web::post().to(responses))
+        .route("/v1/responses/{id}", web::get().to(get_response))
+        .route("/v1/responses/{id}", web::delete().to(delete_response))
+        .route(
+            "/v1/responses/{id}/input_items",
+            web::get().to(response_input_items),
+        )
         .route("/v1/models", web::get().to(list_models))
         .route("/v1/models/{id:.*}", web::get().to(get_model));
 }
@@ -77,6 +84,75 @@ async fn responses(req: HttpRequest, body: web::Payload, s: State, w: Workers) -
     model_call(call, req, body, &s, &w).await
 }
 
+/// `GET /v1/responses/{id}`: asked of the profile that created the response.
+async fn get_response(
+    req: HttpRequest,
+    id: web::Path<String>,
+    s: State,
+    w: Workers,
+) -> HttpResponse {
+    stored(reqwest::Method::GET, "", req, &id, (&s, &w)).await
+}
+
+/// `DELETE /v1/responses/{id}`: asked of the profile that created the response.
+async fn delete_response(
+    req: HttpRequest,
+    id: web::Path<String>,
+    s: State,
+    w: Workers,
+) -> HttpResponse {
+    stored(reqwest::Method::DELETE, "", req, &id, (&s, &w)).await
+}
+
+/// `GET /v1/responses/{id}/input_items`: asked of the profile that created the response.
+async fn response_input_items(
+    req: HttpRequest,
+    id: web::Path<String>,
+    s: State,
+    w: Workers,
+) -> HttpResponse {
+    stored(reqwest::Method::GET, "/input_items", req, &id, (&s, &w)).await
+}
+
+/// Every stored-response route: authenticate, count the call, ask the profile the id is pinned to.
+async fn stored(
+    method: reqwest::Method,
+    tail: &'static str,
+    req: HttpRequest,
+    id: &str,
+    (state, workers): (&AppState, &WorkerUpstreams),
+) -> HttpResponse {
+    let mut rate = RateStatus::default();
+    let result = async {
+        let (config, generation) = state.snapshot();
+        let principal = extract::client(state, &config, &req).await?;
+        rate = admit_other(state, principal.as_ref()).await?.rate;
+        let upstreams = workers.current(&config, generation);
+        let proxy = Proxy {
+            shared: state,
+            config: &config,
+            upstreams: &upstreams,
+        };
+        let request_id = extract::request_id(&req);
+        let call = StoredCall {
+            method,
+            id,
+            tail,
+            query: req.query_string(),
+            request_id: &request_id,
+            owner: owner_of(principal.as_ref()),
+        };
+        proxy.stored_response(call).await
+    }
+    .await;
+    reply(&rate, Dialect::OpenAi, result)
+}
+
+/// Whose stored responses a caller may reach: its account's, else its key's own.
+fn owner_of(principal: Option<&Principal>) -> Option<&str> {
+    principal.and_then(|p| p.account.as_deref().or_else(|| p.key_id()))
+}
+
 /// What a model route knows before its body is read.
 struct Call {
     endpoint: Endpoint,
@@ -119,11 +195,18 @@ async fn model_call(
         let (body, native) = match dialect {
             Dialect::OpenAi => (body, None),
             Dialect::Anthropic => {
-                let chat = Bytes::from(messages_request_to_chat(&body)?.0);
+                // A model whose every profile speaks Messages never sends the chat translation: it
+                // is not built here (it cost a sixth of such a request), but per attempt, should a
+                // reload have added a profile that needs it.
+                let native_only = speaks_messages_only(&config, &body);
+                let chat = match native_only {
+                    true => body.clone(),
+                    false => Bytes::from(messages_request_to_chat(&body)?.0),
+                };
                 // The translation keeps a duplicated key's last value and sends one; refused anyway,
                 // like on the OpenAI routes, so no route reads a duplicated key.
                 refuse_duplicates(&body)?;
-                (chat, Some(native_request(&req, body)))
+                (chat, Some(native_request(&req, body, !native_only)))
             }
         };
         let upstreams = workers.current(&config, generation);
@@ -148,6 +231,10 @@ async fn forward(
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = RoutingFields::parse(&body)?;
+    if let Some(n) = native.as_ref().filter(|n| !n.translated) {
+        // What the translation would have made `user`, for sticky sessions.
+        fields.user = metadata_user(&n.body);
+    }
     let upstream_model = resolve_model(proxy.config, &mut fields);
     check_scope(principal.as_ref(), &fields.model)?;
     let request_id = extract::request_id(req);
@@ -162,9 +249,14 @@ async fn forward(
         false => hold(proxy, &call, subject.as_ref(), &fields, &body, &request_id)?,
     };
     let span = request_span(&request_id, &fields);
+    let pins = &proxy.shared.response_pins;
+    let pinned = match (call.endpoint, fields.previous_response_id.as_deref()) {
+        (Endpoint::Responses, Some(id)) => pins.profile(id, owner_of(principal.as_ref())),
+        _ => None,
+    };
     let req = ProxyRequest {
         endpoint: call.endpoint,
-        session: session_key(req, &fields),
+        session: session_key(&proxy.config.routing.sticky.sources, req, &fields),
         fields,
         upstream_model,
         body,
@@ -177,6 +269,7 @@ async fn forward(
         dialect: call.dialect,
         accounting,
         native,
+        pinned,
     };
     forward_pinned(proxy, req, span).await
 }
@@ -188,14 +281,15 @@ async fn forward_pinned(
     req: ProxyRequest,
     span: tracing::Span,
 ) -> Result<HttpResponse, ApiError> {
-    let sticky = proxy.config.routing.sticky;
-    let redis = proxy.shared.redis.clone().filter(|_| sticky.enabled);
+    let sticky = &proxy.config.routing.sticky;
+    let (enabled, ttl) = (sticky.enabled, sticky.ttl);
+    let redis = proxy.shared.redis.clone().filter(|_| enabled);
     let (Some(redis), Some(sid)) = (redis, req.session.clone()) else {
         return tracing::Instrument::instrument(proxy.forward(req), span).await;
     };
     let model = req.fields.model.clone();
     let router = proxy.shared.router.clone();
-    let before = redis.before_pick(&router, &model, &sid, sticky.ttl).await;
+    let before = redis.before_pick(&router, &model, &sid, ttl).await;
     let result = tracing::Instrument::instrument(proxy.forward(req), span).await;
     let answered = result.as_ref().ok().and_then(|r| {
         let profile = r.headers().get("x-switchyard-profile")?.to_str().ok()?;
@@ -204,9 +298,7 @@ async fn forward_pinned(
     if let Some(profile) = answered {
         actix_web::rt::spawn(async move {
             let pin = (before, profile.as_str());
-            redis
-                .after_answer(&router, &model, &sid, sticky.ttl, pin)
-                .await;
+            redis.after_answer(&router, &model, &sid, ttl, pin).await;
         });
     }
     result
@@ -275,36 +367,46 @@ fn estimated_count(
         .json(json!({"input_tokens": tokens})))
 }
 
-/// The headers that name a client's session, first found wins: ours, then the coding agents' own
-/// (Claude Code's, Codex's session and thread ids).
-const SESSION_HEADERS: [&str; 4] = [
-    "x-session-id",
-    "x-claude-code-session-id",
-    "session-id",
-    "thread-id",
-];
-
-/// The sticky-session key: the first session header, else the body's `prompt_cache_key` (Codex), else
-/// its `user`.
-fn session_key(req: &HttpRequest, fields: &RoutingFields) -> Option<String> {
-    SESSION_HEADERS
-        .iter()
-        .find_map(|name| {
-            req.headers()
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        })
-        .or_else(|| fields.prompt_cache_key.clone())
-        .or_else(|| fields.user.clone())
+/// The sticky-session key: the first of `routing.sticky.sources` the request has (by default our
+/// header, the coding agents' own, then the body's `prompt_cache_key` and `user`).
+fn session_key(
+    sources: &[StickySource],
+    req: &HttpRequest,
+    fields: &RoutingFields,
+) -> Option<String> {
+    sources.iter().find_map(|source| match source {
+        StickySource::Header(name) => req
+            .headers()
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
+        StickySource::Body(BodyKey::PromptCacheKey) => fields.prompt_cache_key.clone(),
+        StickySource::Body(BodyKey::User) => fields.user.clone(),
+    })
 }
 
 /// The Anthropic headers a Messages client sends that its upstream must see as sent.
 const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
-/// An Anthropic client's request as it came, for Anthropic profiles.
-fn native_request(req: &HttpRequest, body: Bytes) -> NativeRequest {
+/// Whether every profile of the model a Messages body names speaks Messages (so nothing of it is ever
+/// translated). A body whose model cannot be read is translated, for the translation's 400.
+fn speaks_messages_only(config: &Config, body: &[u8]) -> bool {
+    let Ok(fields) = RoutingFields::parse(body) else {
+        return false;
+    };
+    config.resolve(&fields.model).is_some_and(|r| {
+        r.model.profiles.iter().all(|id| {
+            config
+                .profile(id)
+                .is_some_and(|p| p.provider == Provider::Anthropic)
+        })
+    })
+}
+
+/// An Anthropic client's request as it came, for Anthropic profiles; `translated`: whether the
+/// request's `body` is its chat translation.
+fn native_request(req: &HttpRequest, body: Bytes, translated: bool) -> NativeRequest {
     let headers = ANTHROPIC_HEADERS
         .iter()
         .filter_map(|name| {
@@ -316,6 +418,7 @@ fn native_request(req: &HttpRequest, body: Bytes) -> NativeRequest {
         body,
         query: req.query_string().to_owned(),
         headers,
+        translated,
     }
 }
 

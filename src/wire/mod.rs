@@ -8,6 +8,7 @@ pub mod depth;
 pub mod openai;
 mod passthrough;
 pub mod responses;
+pub mod responses_bridge;
 pub mod sse;
 
 use bytes::{Bytes, BytesMut};
@@ -20,6 +21,7 @@ use self::anthropic::{
 };
 use self::openai::TokenUsage;
 use self::responses::ResponsesStream;
+use self::responses_bridge::{chat_response_to_responses, ChatStreamToResponses};
 use self::sse::SseRelay;
 
 /// A wire format: the one a client speaks (and is answered in), and the one an upstream speaks (a
@@ -88,6 +90,23 @@ enum Native {
     Responses(ResponsesStream),
 }
 
+/// The client's stream, when it is not OpenAI Chat's.
+enum Encode {
+    /// Anthropic Messages events (`/v1/messages` on an OpenAI-shaped upstream).
+    Messages(ChatStreamToMessages),
+    /// Responses API events (`/v1/responses` bridged to a chat upstream).
+    Responses(ChatStreamToResponses),
+}
+
+impl Encode {
+    fn push(&mut self, openai: &[u8]) -> Result<Bytes, TranslateError> {
+        match self {
+            Encode::Messages(e) => e.push(openai),
+            Encode::Responses(e) => e.push(openai),
+        }
+    }
+}
+
 /// Upstream SSE in, client SSE out: decode to OpenAI, relay (usage, terminator), encode for the client.
 pub struct StreamCodec {
     /// Same dialect on both sides: events pass through untouched, and the translation stages below
@@ -95,7 +114,7 @@ pub struct StreamCodec {
     native: Option<Native>,
     decode: Option<MessagesStreamToChat>,
     relay: SseRelay,
-    encode: Option<ChatStreamToMessages>,
+    encode: Option<Encode>,
 }
 
 impl StreamCodec {
@@ -112,8 +131,17 @@ impl StreamCodec {
             decode: (upstream == Dialect::Anthropic)
                 .then(|| MessagesStreamToChat::new(client_model, true)),
             relay: SseRelay::new(!client_wants_usage),
-            encode: (client == Dialect::Anthropic).then(|| ChatStreamToMessages::new(client_model)),
+            encode: (client == Dialect::Anthropic)
+                .then(|| Encode::Messages(ChatStreamToMessages::new(client_model))),
         }
+    }
+
+    /// A Responses API client on an upstream without it: `upstream`'s stream, decoded to chat, becomes
+    /// the Responses events (its usage chunk always reaches the encoder, for `response.completed`).
+    pub fn responses_bridge(upstream: Dialect, client_model: &str) -> StreamCodec {
+        let mut codec = StreamCodec::new(upstream, Dialect::OpenAi, client_model, true);
+        codec.encode = Some(Encode::Responses(ChatStreamToResponses::new(client_model)));
+        codec
     }
 
     /// A pass-through of a Messages stream to a Messages client: nothing translated.
@@ -205,6 +233,14 @@ impl StreamCodec {
         })
     }
 
+    /// The Responses API response id the stream named, if it is one.
+    pub fn response_id(&self) -> Option<&str> {
+        match &self.native {
+            Some(Native::Responses(r)) => r.response_id(),
+            _ => None,
+        }
+    }
+
     /// Bytes of text (content, reasoning, tool calls) in the events relayed so far, counted in OpenAI
     /// form: what the stream is charged for when it reports no usage.
     pub fn text_bytes(&self) -> u64 {
@@ -213,7 +249,9 @@ impl StreamCodec {
 
     /// The dialect the client is answered in.
     pub fn client(&self) -> Dialect {
-        if matches!(self.native, Some(Native::Anthropic(_))) || self.encode.is_some() {
+        if matches!(self.native, Some(Native::Anthropic(_)))
+            || matches!(self.encode, Some(Encode::Messages(_)))
+        {
             Dialect::Anthropic
         } else {
             Dialect::OpenAi
@@ -223,6 +261,11 @@ impl StreamCodec {
     /// An error event ending a stream, in the client's dialect (never a fake terminator); `body_json`
     /// is the error body in that dialect.
     pub fn error_event(&self, body_json: &str) -> Bytes {
+        let responses = matches!(self.native, Some(Native::Responses(_)))
+            || matches!(self.encode, Some(Encode::Responses(_)));
+        if responses {
+            return responses_error_event(body_json);
+        }
         match self.client() {
             Dialect::OpenAi => SseRelay::error_event(body_json),
             Dialect::Anthropic => {
@@ -234,6 +277,20 @@ impl StreamCodec {
             }
         }
     }
+}
+
+/// The Responses API's `error` event (`{"type": "error", "code", "message", "param"}`) for an OpenAI
+/// error body: what its SDKs raise on, where a chat-shaped `data: {"error": ...}` would go unread.
+fn responses_error_event(body_json: &str) -> Bytes {
+    let v: serde_json::Value = serde_json::from_str(body_json).unwrap_or(serde_json::Value::Null);
+    let e = &v["error"];
+    let code = if e["code"].is_null() {
+        &e["type"]
+    } else {
+        &e["code"]
+    };
+    let data = json!({"type": "error", "code": code, "message": e["message"], "param": e["param"]});
+    Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
 
 /// A complete upstream answer, converted for the client; `Err` when the upstream's body is unreadable.
@@ -251,6 +308,12 @@ pub fn response_body(
         Dialect::OpenAi => Ok(openai),
         Dialect::Anthropic => chat_response_to_messages(&openai, client_model).map(Bytes::from),
     }
+}
+
+/// A complete chat-shaped answer (an upstream's own, or translated from Anthropic) as a Responses
+/// API answer, for a `/v1/responses` client bridged to a chat upstream.
+pub fn bridged_response_body(openai: &[u8], client_model: &str) -> Result<Bytes, TranslateError> {
+    chat_response_to_responses(openai, client_model).map(Bytes::from)
 }
 
 /// An upstream client error (400, 404...) in the client's dialect, its message kept.
@@ -342,6 +405,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_responses_client_gets_the_responses_error_event() {
+        let body = r#"{"error":{"message":"profile a: cut","type":"upstream_error","param":null,"code":null}}"#;
+        for codec in [
+            StreamCodec::native_responses(),
+            StreamCodec::responses_bridge(Dialect::Anthropic, "m"),
+        ] {
+            let ev = String::from_utf8(codec.error_event(body).to_vec()).unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(ev.strip_prefix("event: error\ndata: ").unwrap().trim())
+                    .unwrap();
+            assert_eq!(data["type"], "error");
+            assert_eq!(data["code"], "upstream_error");
+            assert_eq!(data["message"], "profile a: cut");
+        }
+        let chat = StreamCodec::new(Dialect::OpenAi, Dialect::OpenAi, "m", false);
+        assert!(chat.error_event(body).starts_with(b"data: {"));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct RoutingFields {
     /// The largest of `max_tokens`, `max_completion_tokens` and (Responses API) `max_output_tokens`,
     /// when one is given (not `null`).
     pub max_tokens: Option<u64>,
+    /// The Responses API's `previous_response_id`: the answer it continues, kept by the profile that
+    /// made it.
+    pub previous_response_id: Option<String>,
 }
 
 /// The top-level keys routing reads; every other key is skipped without being built.
@@ -57,6 +60,7 @@ struct Peek<'a> {
     max_completion_tokens: Option<&'a RawValue>,
     /// The Responses API's `max_tokens`.
     max_output_tokens: Option<&'a RawValue>,
+    previous_response_id: Option<Cow<'a, str>>,
     /// The first read key that appeared twice (reported after the parse, as a typed error).
     duplicate: Option<&'static str>,
 }
@@ -80,6 +84,7 @@ enum Key {
     MaxTokens,
     MaxCompletionTokens,
     MaxOutputTokens,
+    PreviousResponse,
     Other,
 }
 
@@ -101,6 +106,7 @@ impl<'de> Deserialize<'de> for Key {
                     "max_tokens" => Key::MaxTokens,
                     "max_completion_tokens" => Key::MaxCompletionTokens,
                     "max_output_tokens" => Key::MaxOutputTokens,
+                    "previous_response_id" => Key::PreviousResponse,
                     _ => Key::Other,
                 })
             }
@@ -120,6 +126,7 @@ impl Key {
             Key::MaxTokens => "max_tokens",
             Key::MaxCompletionTokens => "max_completion_tokens",
             Key::MaxOutputTokens => "max_output_tokens",
+            Key::PreviousResponse => "previous_response_id",
             Key::Other => "",
         }
     }
@@ -138,7 +145,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Peek<'a> {
                 mut map: A,
             ) -> Result<Peek<'a>, A::Error> {
                 let mut p = Peek::default();
-                let mut seen = [false; 8];
+                let mut seen = [false; 9];
                 while let Some(key) = map.next_key::<Key>()? {
                     let index = match key {
                         Key::Model => {
@@ -168,6 +175,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Peek<'a> {
                         Key::MaxOutputTokens => {
                             p.max_output_tokens = map.next_value()?;
                             7
+                        }
+                        Key::PreviousResponse => {
+                            p.previous_response_id =
+                                map.next_value::<Option<BorrowedStr<'de>>>()?.map(|s| s.0);
+                            8
                         }
                         Key::PromptCache => {
                             p.prompt_cache_key =
@@ -265,6 +277,10 @@ impl RoutingFields {
                 .chain(max_completion)
                 .chain(max_output)
                 .max(),
+            previous_response_id: peek
+                .previous_response_id
+                .map(Cow::into_owned)
+                .filter(|k| !k.is_empty()),
         })
     }
 }

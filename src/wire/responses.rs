@@ -22,6 +22,8 @@ struct Event {
 #[derive(Deserialize)]
 struct ResponseBody {
     #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
     usage: Option<TokenUsage>,
     #[serde(default)]
     error: Option<serde_json::Value>,
@@ -32,6 +34,8 @@ struct ResponseBody {
 pub struct ResponsesStream {
     relay: PassThrough,
     usage: Option<TokenUsage>,
+    /// The response's id, from `response.created` (or the closing event).
+    id: Option<String>,
 }
 
 impl ResponsesStream {
@@ -42,9 +46,9 @@ impl ResponsesStream {
 
     /// Takes one upstream chunk: the whole events to forward, byte for byte.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Relayed, StreamFault> {
-        let usage = &mut self.usage;
+        let (usage, id) = (&mut self.usage, &mut self.id);
         self.relay
-            .push(chunk, |frame, content| read(usage, frame, content))
+            .push(chunk, |frame, content| read(usage, id, frame, content))
     }
 
     /// The held-back closing event (`response.completed` or `response.incomplete`).
@@ -56,14 +60,39 @@ impl ResponsesStream {
     pub fn usage(&self) -> Option<TokenUsage> {
         self.usage
     }
+
+    /// The response's id, once an event named it.
+    pub fn response_id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
 }
 
-/// What one event means: only the closing and failing ones are parsed.
-fn read(usage: &mut Option<TokenUsage>, frame: &Frame, content: bool) -> Step {
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// The `id` of a whole Responses answer, if it has one.
+pub fn response_id(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<IdOnly>(body).ok()?.id
+}
+
+/// What one event means: only the first, the closing and the failing ones are parsed.
+fn read(
+    usage: &mut Option<TokenUsage>,
+    id: &mut Option<String>,
+    frame: &Frame,
+    content: bool,
+) -> Step {
     let interesting = match frame.event_name() {
         Some(name) => matches!(
             name,
-            b"response.completed" | b"response.incomplete" | b"response.failed" | b"error"
+            b"response.created"
+                | b"response.completed"
+                | b"response.incomplete"
+                | b"response.failed"
+                | b"error"
         ),
         None => frame.data().is_some(),
     };
@@ -77,8 +106,16 @@ fn read(usage: &mut Option<TokenUsage>, frame: &Frame, content: bool) -> Step {
         };
     };
     match event.kind.as_str() {
+        "response.created" => {
+            *id = event.response.and_then(|r| r.id);
+            Step::Forward
+        }
         "response.completed" | "response.incomplete" => {
-            *usage = event.response.and_then(|r| r.usage);
+            let body = event.response;
+            if let Some(got) = body.as_ref().and_then(|r| r.id.clone()) {
+                id.get_or_insert(got);
+            }
+            *usage = body.and_then(|r| r.usage);
             Step::End
         }
         // The error object, in the `{"error": {...}}` shape the forwarder classifies.
@@ -117,6 +154,12 @@ mod tests {
         );
         let u = s.usage().unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens), (11, 4));
+        assert_eq!(s.response_id(), Some("resp_1"));
+        assert_eq!(
+            response_id(br#"{"id":"resp_2","object":"response"}"#).as_deref(),
+            Some("resp_2")
+        );
+        assert_eq!(response_id(b"[]"), None);
     }
 
     #[test]

@@ -68,7 +68,9 @@ async fn an_openai_chat_request_is_translated_for_an_anthropic_profile_and_back(
     assert_eq!(got.header("anthropic-version"), Some("2023-06-01"));
     assert_eq!(got.header("authorization"), None);
     let sent = got.json();
-    assert_eq!(sent["system"], "be brief");
+    // One text block, marked for Anthropic's prompt cache (see the cache_control rule in the README).
+    assert_eq!(sent["system"][0]["text"], "be brief");
+    assert_eq!(sent["system"][0]["cache_control"]["type"], "ephemeral");
     assert_eq!(sent["max_tokens"], 4096);
     assert_eq!(sent["messages"][0]["role"], "user");
 }

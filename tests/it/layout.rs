@@ -13,7 +13,7 @@ const FLOORS: &[&[&str]] = &[
     &["config"],
     &["shared"],
     &["auth", "upstream"],
-    &["limits"],
+    &["limits", "pins"],
     &["state", "readiness"],
     &["forward", "reload"],
     &["http"],

@@ -20,6 +20,7 @@ mod operations;
 mod presets;
 mod readme;
 mod replicas;
+mod responses;
 mod routing;
 mod smoke;
 mod ui;

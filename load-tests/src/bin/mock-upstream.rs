@@ -16,18 +16,26 @@ const USAGE: &str =
   --listen ADDR     address to listen on (default 127.0.0.1:0)
   --latency-ms N    wait N ms before every response (default 0)
   --fault-rate F    answer this share of requests (0.0..=1.0) with a 500 (default 0)
-  --name NAME       name in reply texts and the x-mock-upstream header (default mock)";
+  --name NAME       name in reply texts and the x-mock-upstream header (default mock)
+  --agent           answer like a coding agent's model: call the offered shell tool once, then
+                    quote its output (one tool round trip; see load-tests/agents.sh)";
 
-fn parse(args: impl Iterator<Item = String>) -> Result<MockOptions, String> {
+/// The options, and whether `--agent` was given.
+fn parse(args: impl Iterator<Item = String>) -> Result<(MockOptions, bool), String> {
     let mut options = MockOptions {
         // A load test would otherwise keep every request in memory.
         record_requests: false,
         ..MockOptions::default()
     };
     let mut args = args;
+    let mut agent = false;
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
+        }
+        if flag == "--agent" {
+            agent = true;
+            continue;
         }
         let (flag, inline) = match flag.split_once('=') {
             Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
@@ -62,13 +70,13 @@ fn parse(args: impl Iterator<Item = String>) -> Result<MockOptions, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok(options)
+    Ok((options, agent))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = match parse(std::env::args().skip(1)) {
-        Ok(options) => options,
+    let (options, agent) = match parse(std::env::args().skip(1)) {
+        Ok(parsed) => parsed,
         Err(e) if e.is_empty() => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -86,6 +94,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if agent {
+        mock.set_default(switchyard_load_tests::Reply::Agent);
+    }
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "listening on {}", mock.addr());
     let _ = stdout.flush();
@@ -104,10 +115,12 @@ mod tests {
 
     #[test]
     fn parses_flags() {
-        let o = parse(args(
+        let (o, agent) = parse(args(
             "--listen 127.0.0.1:9 --latency-ms 5 --fault-rate=0.3 --name x",
         ))
         .unwrap();
+        assert!(!agent);
+        assert!(parse(args("--agent --name y")).unwrap().1);
         assert_eq!(o.listen, "127.0.0.1:9".parse().unwrap());
         assert_eq!(
             (o.latency, o.fault_rate, o.name.as_str()),

@@ -14,6 +14,11 @@
 //!   which OpenAI clients cannot do), `store`, `metadata`, `service_tier`, `stream_options` (Anthropic
 //!   always reports usage), `prediction`, `web_search_options`, and any field this code does not know.
 //! * `temperature` is passed unchanged: Anthropic accepts 0..=1, so a value above 1 is refused upstream.
+//!
+//! Prompt caching: OpenAI caches prompt prefixes by itself, Anthropic only up to `cache_control`
+//! breakpoints, which an OpenAI client never sends. So the translation places them (see
+//! [`place_cache_breakpoints`]), and an agent's long system prompt and tools are read from the cache on
+//! every turn instead of billed in full.
 
 use serde_json::{json, Map, Value};
 
@@ -76,7 +81,48 @@ pub fn chat_request_to_messages(
         }
     }
     convert_tools(&req, &mut out)?;
+    place_cache_breakpoints(&mut out);
     Ok(Value::Object(out).to_string().into_bytes())
+}
+
+/// Anthropic allows at most this many `cache_control` breakpoints in one request.
+pub const MAX_CACHE_BREAKPOINTS: usize = 4;
+
+/// Marks the prefixes worth caching, in Anthropic's order (tools, system, messages), at most
+/// [`MAX_CACHE_BREAKPOINTS`]: the last tool (so every tool definition is cached), the system prompt,
+/// the last block of the last user turn (what the next turn will read back), and the last block of the
+/// user turn before it (what this turn reads back, written by the previous request). A prefix shorter
+/// than the model's minimum (1024 tokens for most) is simply not cached; a write costs a quarter more
+/// than plain input and every later read a tenth, so a conversation's second turn already saves.
+pub(super) fn place_cache_breakpoints(out: &mut Obj) {
+    let ephemeral = || json!({ "type": "ephemeral" });
+    if let Some(Value::Object(last)) = out
+        .get_mut("tools")
+        .and_then(|t| t.as_array_mut()?.last_mut())
+    {
+        last.insert("cache_control".into(), ephemeral());
+    }
+    if let Some(Value::String(system)) = out.get("system") {
+        let block = json!([{ "type": "text", "text": system, "cache_control": ephemeral() }]);
+        out.insert("system".into(), block);
+    }
+    let Some(Value::Array(turns)) = out.get_mut("messages") else {
+        return;
+    };
+    let user_turns = turns
+        .iter_mut()
+        .rev()
+        .filter(|t| t.get("role").and_then(Value::as_str) == Some("user"))
+        // Tools and system take two of the breakpoints.
+        .take(MAX_CACHE_BREAKPOINTS - 2);
+    for turn in user_turns {
+        if let Some(Value::Object(block)) = turn
+            .get_mut("content")
+            .and_then(|c| c.as_array_mut()?.last_mut())
+        {
+            block.insert("cache_control".into(), ephemeral());
+        }
+    }
 }
 
 fn refuse_unsupported(req: &Obj) -> Result<()> {

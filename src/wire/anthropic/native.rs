@@ -23,6 +23,15 @@ struct Usage {
     cache_read_input_tokens: Option<u64>,
     #[serde(default)]
     output_tokens: Option<u64>,
+    /// The writes split by lifetime (`ephemeral_5m_input_tokens`, `ephemeral_1h_input_tokens`).
+    #[serde(default)]
+    cache_creation: Option<CacheCreation>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct CacheCreation {
+    #[serde(default)]
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl Usage {
@@ -33,12 +42,19 @@ impl Usage {
             + self.cache_read_input_tokens.unwrap_or(0)
     }
 
-    /// In OpenAI terms, cache reads and writes counted apart as well (the 1-hour share of writes is
-    /// not read here: they are priced as 5-minute writes).
+    /// In OpenAI terms, cache reads and writes counted apart as well, the 1-hour writes apart from
+    /// the 5-minute ones (as the translation from Anthropic counts them).
     fn tokens(&self) -> TokenUsage {
+        let writes = self.cache_creation_input_tokens.unwrap_or(0);
+        let write_1h = self
+            .cache_creation
+            .and_then(|c| c.ephemeral_1h_input_tokens)
+            .unwrap_or(0)
+            .min(writes);
         TokenUsage {
             cached_tokens: self.cache_read_input_tokens.unwrap_or(0),
-            cache_write_tokens: self.cache_creation_input_tokens.unwrap_or(0),
+            cache_write_tokens: writes - write_1h,
+            cache_write_1h_tokens: write_1h,
             ..TokenUsage::new(self.prompt(), self.output_tokens.unwrap_or(0))
         }
     }
@@ -60,6 +76,9 @@ impl Usage {
             later.cache_read_input_tokens,
         );
         pick(&mut self.output_tokens, later.output_tokens);
+        if later.cache_creation.is_some() {
+            self.cache_creation = later.cache_creation;
+        }
     }
 }
 
@@ -67,6 +86,24 @@ impl Usage {
 struct MessageBody {
     #[serde(default)]
     usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct MetadataOnly {
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+/// A Messages request's `metadata.user_id` (what the chat translation makes `user`), if it has one.
+pub fn metadata_user(body: &[u8]) -> Option<String> {
+    let m: MetadataOnly = serde_json::from_slice(body).ok()?;
+    m.metadata?.user_id.filter(|u| !u.is_empty())
 }
 
 /// The usage of a whole Messages answer; `Err` when the body is not a JSON object.
@@ -205,6 +242,14 @@ mod tests {
     }
 
     #[test]
+    fn the_metadata_user_is_read_for_sticky_sessions() {
+        let body = br#"{"model":"m","metadata":{"user_id":"u-1","x":1},"messages":[]}"#;
+        assert_eq!(metadata_user(body).as_deref(), Some("u-1"));
+        assert_eq!(metadata_user(br#"{"model":"m"}"#), None);
+        assert_eq!(metadata_user(br#"{"metadata":{"user_id":""}}"#), None);
+    }
+
+    #[test]
     fn a_whole_answer_reports_its_usage() {
         let body = br#"{"id":"msg_1","type":"message","usage":{"input_tokens":3,"cache_read_input_tokens":7,"output_tokens":2}}"#;
         assert_eq!(
@@ -215,5 +260,15 @@ mod tests {
             }
         );
         assert!(messages_usage(b"<html>").is_err());
+        let body = br#"{"usage":{"input_tokens":1,"cache_creation_input_tokens":30,"cache_creation":{"ephemeral_5m_input_tokens":10,"ephemeral_1h_input_tokens":20},"output_tokens":2}}"#;
+        let u = messages_usage(body).unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.cache_write_tokens,
+                u.cache_write_1h_tokens
+            ),
+            (31, 10, 20)
+        );
     }
 }

@@ -187,7 +187,7 @@ fn egress_request_system_and_multi_turn() {
     let out = egress_request("request_multiturn");
     // Hoisted system text, merged consecutive user turns, trimmed final prefill, dropped hints.
     assert_eq!(
-        out["system"],
+        out["system"][0]["text"],
         "You are a terse geography tutor.\n\nAnswer in English."
     );
     assert_eq!(
@@ -196,6 +196,65 @@ fn egress_request_system_and_multi_turn() {
     );
     assert_eq!(out["max_tokens"], DEFAULT_MAX_TOKENS);
     assert!(out.get("presence_penalty").is_none() && out.get("seed").is_none());
+}
+
+/// Every `cache_control` in a translated request, as JSON pointers.
+fn breakpoints(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                if k == "cache_control" {
+                    out.push(at.clone());
+                } else {
+                    breakpoints(x, format!("{at}/{k}"), out);
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                breakpoints(x, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn egress_places_cache_breakpoints_on_tools_system_and_the_last_two_user_turns() {
+    let body = json!({"model": "m", "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": [{"type": "text", "text": "two"}, {"type": "text", "text": "2b"}]},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "three"},
+    ], "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}},
+    ]});
+    let out = parse(&chat_request_to_messages(body.to_string().as_bytes(), "c", 10).unwrap());
+    let mut got = Vec::new();
+    breakpoints(&out, String::new(), &mut got);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "/messages/2/content/1",
+            "/messages/4/content/0",
+            "/system/0",
+            "/tools/1"
+        ],
+        "{out}"
+    );
+    assert!(got.len() <= egress::MAX_CACHE_BREAKPOINTS);
+    assert_eq!(out["system"][0]["text"], "be brief");
+    // No system, no tools, one turn: one breakpoint, on that turn.
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let out = parse(&chat_request_to_messages(body.to_string().as_bytes(), "c", 10).unwrap());
+    let mut got = Vec::new();
+    breakpoints(&out, String::new(), &mut got);
+    assert_eq!(got, ["/messages/0/content/0"]);
+    assert!(out.get("system").is_none());
 }
 
 #[test]
@@ -507,7 +566,7 @@ fn egress_stop_string_user_and_tool_results_first() {
     assert_eq!(out["metadata"], json!({"user_id": "u-1"}));
     assert_eq!(
         out["messages"][2]["content"],
-        json!([{"type": "tool_result", "tool_use_id": "c1", "content": "r"}, {"type": "text", "text": "interjection"}])
+        json!([{"type": "tool_result", "tool_use_id": "c1", "content": "r"}, {"type": "text", "text": "interjection", "cache_control": {"type": "ephemeral"}}])
     );
 }
 
@@ -850,6 +909,12 @@ fn anthropic_request_round_trip() {
     let back = parse(&chat_request_to_messages(&chat, "claude-sonnet-4-5", 1).unwrap());
     let mut want = original.clone();
     want["messages"][2]["content"][0]["content"] = json!("18 C");
+    // The egress translation adds the prompt-cache breakpoints an OpenAI client cannot send.
+    let ephemeral = json!({"type": "ephemeral"});
+    want["system"] = json!([{"type": "text", "text": "Be brief.", "cache_control": ephemeral}]);
+    want["tools"][0]["cache_control"] = ephemeral.clone();
+    want["messages"][0]["content"][1]["cache_control"] = ephemeral.clone();
+    want["messages"][2]["content"][1]["cache_control"] = ephemeral;
     assert_eq!(back, want, "{}", pretty(&back));
 }
 

@@ -35,6 +35,8 @@ pub struct ConfigBuilder {
     pub max_attempts: u32,
     pub sticky: bool,
     pub sticky_ttl: String,
+    /// `routing.sticky.sources`, written as given (a YAML flow list), when set.
+    pub sticky_sources: Option<String>,
     pub cooldown: (String, String),
     pub billing: (String, String),
     pub breaker: (u32, String),
@@ -62,6 +64,7 @@ impl Default for ConfigBuilder {
             max_attempts: 3,
             sticky: true,
             sticky_ttl: "30m".into(),
+            sticky_sources: None,
             cooldown: ("1s".into(), "5m".into()),
             billing: ("5h".into(), "24h".into()),
             breaker: (5, "30s".into()),
@@ -148,6 +151,9 @@ impl ConfigBuilder {
             "routing:\n  strategy: {}\n  max_attempts: {}\n  sticky:\n    enabled: {}\n    ttl: {}\n",
             self.strategy, self.max_attempts, self.sticky, self.sticky_ttl
         ));
+        if let Some(sources) = &self.sticky_sources {
+            y.push_str(&format!("    sources: {sources}\n"));
+        }
         y.push_str(&format!(
             "  cooldown:\n    initial: {}\n    max: {}\n  billing_cooldown:\n    initial: {}\n    max: {}\n",
             self.cooldown.0, self.cooldown.1, self.billing.0, self.billing.1
