@@ -192,21 +192,30 @@ async fn model_call(
         rate = admission.rate;
         let body = read_body(&req, payload, config.server.max_body_bytes, &config.server).await?;
         check_depth(&body, MAX_JSON_DEPTH)?;
-        let (body, native) = match dialect {
-            Dialect::OpenAi => (body, None),
+        let (body, native, fields) = match dialect {
+            Dialect::OpenAi => (body, None, None),
             Dialect::Anthropic => {
                 // A model whose every profile speaks Messages never sends the chat translation: it
                 // is not built here (it cost a sixth of such a request), but per attempt, should a
-                // reload have added a profile that needs it.
-                let native_only = speaks_messages_only(&config, &body);
+                // reload have added a profile that needs it. Its routing fields, read to decide
+                // that, are the ones `forward` needs: not read twice.
+                let native_only = messages_only_fields(&config, &body);
                 let chat = match native_only {
-                    true => body.clone(),
-                    false => Bytes::from(messages_request_to_chat(&body)?.0),
+                    Some(_) => body.clone(),
+                    None => Bytes::from(messages_request_to_chat(&body)?.0),
                 };
                 // The translation keeps a duplicated key's last value and sends one; refused anyway,
-                // like on the OpenAI routes, so no route reads a duplicated key.
-                refuse_duplicates(&body)?;
-                (chat, Some(native_request(&req, body, !native_only)))
+                // like on the OpenAI routes, so no route reads a duplicated key (read fields already
+                // refused them).
+                if native_only.is_none() {
+                    refuse_duplicates(&body)?;
+                }
+                let translated = native_only.is_none();
+                (
+                    chat,
+                    Some(native_request(&req, body, translated)),
+                    native_only,
+                )
             }
         };
         let upstreams = workers.current(&config, generation);
@@ -216,7 +225,7 @@ async fn model_call(
             upstreams: &upstreams,
         };
         let who = (principal, admission.subject);
-        forward(&proxy, call, &req, (body, native), who).await
+        forward(&proxy, call, &req, (body, native, fields), who).await
     }
     .await;
     reply(&rate, dialect, result)
@@ -227,10 +236,13 @@ async fn forward(
     proxy: &Proxy<'_>,
     call: Call,
     req: &HttpRequest,
-    (body, native): (Bytes, Option<NativeRequest>),
+    (body, native, fields): (Bytes, Option<NativeRequest>, Option<RoutingFields>),
     (principal, subject): (Option<Principal>, Option<Subject>),
 ) -> Result<HttpResponse, ApiError> {
-    let mut fields = RoutingFields::parse(&body)?;
+    let mut fields = match fields {
+        Some(fields) => fields,
+        None => RoutingFields::parse(&body)?,
+    };
     if let Some(n) = native.as_ref().filter(|n| !n.translated) {
         // What the translation would have made `user`, for sticky sessions.
         fields.user = metadata_user(&n.body);
@@ -389,19 +401,19 @@ fn session_key(
 /// The Anthropic headers a Messages client sends that its upstream must see as sent.
 const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
-/// Whether every profile of the model a Messages body names speaks Messages (so nothing of it is ever
-/// translated). A body whose model cannot be read is translated, for the translation's 400.
-fn speaks_messages_only(config: &Config, body: &[u8]) -> bool {
-    let Ok(fields) = RoutingFields::parse(body) else {
-        return false;
-    };
-    config.resolve(&fields.model).is_some_and(|r| {
+/// The routing fields of a Messages body whose model's every profile speaks Messages (so nothing of it
+/// is ever translated); `None` otherwise. A body whose model cannot be read is translated, for the
+/// translation's 400.
+fn messages_only_fields(config: &Config, body: &[u8]) -> Option<RoutingFields> {
+    let fields = RoutingFields::parse(body).ok()?;
+    let native_only = config.resolve(&fields.model).is_some_and(|r| {
         r.model.profiles.iter().all(|id| {
             config
                 .profile(id)
                 .is_some_and(|p| p.provider == Provider::Anthropic)
         })
-    })
+    });
+    native_only.then_some(fields)
 }
 
 /// An Anthropic client's request as it came, for Anthropic profiles; `translated`: whether the
