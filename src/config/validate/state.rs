@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use super::super::raw::{RawRedis, RawState};
-use super::super::report::Report;
-use super::super::values::{count, duration};
-use super::super::{RedisConfig, StateBackend};
+use crate::config::raw::{RawRedis, RawState};
+use crate::config::report::Report;
+use crate::config::values::{count, duration};
+use crate::config::{RedisConfig, StateBackend};
 
 /// `state.redis.key_prefix`.
 const DEFAULT_KEY_PREFIX: &str = "switchyard:";
