@@ -158,12 +158,8 @@ async fn stored_response_routes_reach_the_profile_that_created_it() {
         assert_eq!(v["deleted"], true);
         assert_eq!(mock.requests().last().unwrap().method, "DELETE");
         // Deleted: the proxy forgets the id.
-        let resp = client()
-            .get(server.url(&format!("/v1/responses/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 404);
+        let (s, _, _) = server.get(&format!("/v1/responses/{id}")).send().await;
+        assert_eq!(s, 404);
     }
 }
 
@@ -185,12 +181,8 @@ async fn an_unknown_response_id_is_an_openai_shaped_404() {
         assert_eq!(v["error"]["type"], "not_found_error", "{v}");
         assert!(v["error"]["message"].is_string());
     }
-    let resp = client()
-        .delete(server.url("/v1/responses/resp_never_made"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    let (s, _, _) = server.delete("/v1/responses/resp_never_made").send().await;
+    assert_eq!(s, 404);
     assert_eq!(
         a.request_count() + b.request_count(),
         0,
@@ -336,12 +328,8 @@ async fn codex_is_bridged_to_a_chat_only_profile_and_to_an_anthropic_one() {
             );
             // A bridged response is kept nowhere.
             let id = done["id"].as_str().unwrap();
-            let resp = client()
-                .get(server.url(&format!("/v1/responses/{id}")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 404);
+            let (s, _, _) = server.get(&format!("/v1/responses/{id}")).send().await;
+            assert_eq!(s, 404);
         }
     }
 }

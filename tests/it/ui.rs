@@ -416,6 +416,28 @@ const ROWS_FN: &str = "function rows(sel) {
         return out;
     }";
 
+/// The id part of a key's secret (`sy_<id>_<secret>`).
+fn key_id_of(secret: &str) -> String {
+    let id = secret.trim_start_matches("sy_").split('_').next();
+    id.unwrap().to_owned()
+}
+
+/// The secret a key form of `scope` (`user` or `admin`) shows once, checked to work against the API;
+/// returns it and its key id.
+async fn shown_secret(browser: &Browser, server: &Server, scope: &str) -> (String, String) {
+    let script = format!(
+        "const c = document.querySelector('#{scope}-secret code'); return c && c.textContent;"
+    );
+    let secret = browser
+        .wait_for("the new key's secret", &script, json!([]), WAIT)
+        .await;
+    let secret = secret.as_str().unwrap().to_owned();
+    let (s, _, _) = server.get("/v1/models").bearer(&secret).send().await;
+    assert_eq!(s, 200);
+    let key_id = key_id_of(&secret);
+    (secret, key_id)
+}
+
 /// A script returning table `arguments[0]`'s rows once row `arguments[1]` is there.
 fn rows_with(row: &str) -> String {
     format!("{ROWS_FN} const r = rows(arguments[0]); return r[{row:?}] ? r : null;")
@@ -600,23 +622,7 @@ async fn a_user_sees_the_apis_usage_and_limits_and_manages_keys_in_the_browser()
         .type_into("#user-key-form input[name=name]", "laptop")
         .await;
     browser.click("#user-key-form button[type=submit]").await;
-    let secret = browser
-        .wait_for(
-            "the new key's secret",
-            "const c = document.querySelector('#user-secret code'); return c && c.textContent;",
-            json!([]),
-            WAIT,
-        )
-        .await;
-    let secret = secret.as_str().unwrap().to_owned();
-    let (s, _, _) = server.get("/v1/models").bearer(&secret).send().await;
-    assert_eq!(s, 200);
-    let key_id = secret
-        .trim_start_matches("sy_")
-        .split('_')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (secret, key_id) = shown_secret(&browser, &server, "user").await;
     let row = format!("#user-keys tr[data-row=\"{key_id}\"]");
     browser
         .wait_for(
@@ -801,23 +807,7 @@ async fn an_admin_sees_live_profiles_charts_and_keys_and_a_tokenless_form_is_ref
         .type_into("#admin-key-form input[name=account]", "acme")
         .await;
     browser.click("#admin-key-form button[type=submit]").await;
-    let secret = browser
-        .wait_for(
-            "the new key's secret",
-            "const c = document.querySelector('#admin-secret code'); return c && c.textContent;",
-            json!([]),
-            WAIT,
-        )
-        .await;
-    let secret = secret.as_str().unwrap().to_owned();
-    let (s, _, _) = server.get("/v1/models").bearer(&secret).send().await;
-    assert_eq!(s, 200);
-    let key_id = secret
-        .trim_start_matches("sy_")
-        .split('_')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (secret, key_id) = shown_secret(&browser, &server, "admin").await;
     let row = format!("#admin-keys tr[data-row=\"{key_id}\"]");
     let shown = browser
         .wait_for(
@@ -848,12 +838,7 @@ async fn an_admin_sees_live_profiles_charts_and_keys_and_a_tokenless_form_is_ref
     assert_eq!(s, 401);
 
     // Rotating the traffic key on the page shows a new secret, which works.
-    let traffic_id = key
-        .trim_start_matches("sy_")
-        .split('_')
-        .next()
-        .unwrap()
-        .to_owned();
+    let traffic_id = key_id_of(&key);
     browser.click("#admin-secret button").await;
     browser
         .click(&format!(
