@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use super::*;
 use crate::support::redis::RedisServer;
-use crate::support::*;
 
 #[tokio::test]
 async fn a_cooldown_seen_on_one_replica_is_taken_by_all_and_a_reset_clears_it_everywhere() {

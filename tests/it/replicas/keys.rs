@@ -6,9 +6,6 @@ use serde_json::json;
 
 use super::*;
 use crate::support::redis::RedisServer;
-use crate::support::*;
-
-}
 
 async fn create_key(server: &Server) -> (String, String) {
     let v = admin(

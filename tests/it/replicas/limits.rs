@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::support::redis::RedisServer;
-use crate::support::*;
 
 #[tokio::test]
 async fn limits_are_exact_across_three_replicas() {

@@ -29,7 +29,11 @@ pub(super) const SHARE: u64 = 9;
 
 /// A replica's config: the shared issuer, one tier, the mock upstream, the given Redis and command
 /// deadline.
-pub(super) fn replica_config(mock: &MockUpstream, redis: &RedisServer, deadline: &str) -> ConfigBuilder {
+pub(super) fn replica_config(
+    mock: &MockUpstream,
+    redis: &RedisServer,
+    deadline: &str,
+) -> ConfigBuilder {
     let mut config = ConfigBuilder::default()
         .profile("a", mock)
         .model("m", &["a"]);
@@ -59,7 +63,12 @@ pub(super) fn replica_config(mock: &MockUpstream, redis: &RedisServer, deadline:
 
 /// `n` replicas. The deadline decides when Redis counts as too slow: short where a test wants the
 /// fallback quickly, long where two shared cores under a burst must not trigger it.
-pub(super) fn fleet(n: usize, mock: &MockUpstream, redis: &RedisServer, deadline: &str) -> Vec<Server> {
+pub(super) fn fleet(
+    n: usize,
+    mock: &MockUpstream,
+    redis: &RedisServer,
+    deadline: &str,
+) -> Vec<Server> {
     let config = replica_config(mock, redis, deadline);
     (0..n)
         .map(|_| Server::start_with_env(&config, &[("FLEET_JWT_SECRET", SECRET)]))
@@ -125,7 +134,12 @@ pub(super) async fn metric(server: &Server, series: &str) -> f64 {
 }
 
 /// Polls until `server` answers `token`'s chat with `status`; returns how long it took.
-pub(super) async fn until_status(server: &Server, token: &str, status: u16, within: Duration) -> Duration {
+pub(super) async fn until_status(
+    server: &Server,
+    token: &str,
+    status: u16,
+    within: Duration,
+) -> Duration {
     let started = Instant::now();
     loop {
         let (got, _) = chat_as(server, token).await;
@@ -139,3 +153,21 @@ pub(super) async fn until_status(server: &Server, token: &str, status: u16, with
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The profile that answered a chat in session `sid` (none: no session header).
+pub(super) async fn answered_by(server: &Server, token: &str, sid: Option<&str>) -> String {
+    let mut call = client()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&chat_body("m"));
+    if let Some(sid) = sid {
+        call = call.header("x-session-id", sid);
+    }
+    let resp = call.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-switchyard-profile"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}

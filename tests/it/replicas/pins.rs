@@ -4,24 +4,6 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::support::redis::RedisServer;
-use crate::support::*;
-
-/// The profile that answered a chat in session `sid` (none: no session header).
-async fn answered_by(server: &Server, token: &str, sid: Option<&str>) -> String {
-    let mut call = client()
-        .post(server.url("/v1/chat/completions"))
-        .bearer_auth(token)
-        .json(&chat_body("m"));
-    if let Some(sid) = sid {
-        call = call.header("x-session-id", sid);
-    }
-    let resp = call.send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.headers()["x-switchyard-profile"]
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
 
 #[tokio::test]
 async fn a_session_stays_on_one_profile_across_replicas_and_without_redis_by_a_common_hash() {
