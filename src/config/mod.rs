@@ -357,6 +357,9 @@ pub struct RedisConfig {
     pub replicas: u32,
     /// The part of each limit the local shares leave unused (default 0.1).
     pub margin: f64,
+    /// How often each replica exchanges all profile health lanes in full (default 1s): the safety net
+    /// behind the pub/sub pushes, for a push lost while a replica was cut off.
+    pub health_resync: Duration,
 }
 
 /// `usage:`

@@ -2,13 +2,17 @@
 //! connection manager per worker thread, a deadline on every command and a breaker
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
 //! request-rate windows (`rate`), the tables every replica mirrors (`records`: API keys) and
-//! sticky-session pins (`pins`) and profile health lanes (`health`).
+//! sticky-session pins (`pins`), profile health lanes (`health`, pushed to every replica through
+//! pub/sub), fleet-wide leases (`locks`: one half-open probe, one OAuth refresh) and the sealed
+//! OAuth tokens (`oauth`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
 
 pub mod breaker;
 pub mod health;
+pub mod locks;
+pub mod oauth;
 pub mod pins;
 pub mod rate;
 pub mod records;
@@ -35,8 +39,12 @@ pub enum Resource {
     Keys,
     /// Sticky-session pins.
     Pins,
-    /// Profile health lanes (cooldown and billing ends, resets).
+    /// Profile health lanes (cooldown and billing ends, auth failures, resets).
     Health,
+    /// The single-flight half-open probe of each profile.
+    Probes,
+    /// OAuth tokens and the lease of their one refresher.
+    OAuthTokens,
 }
 
 impl Resource {
@@ -47,6 +55,8 @@ impl Resource {
             Resource::Keys => "keys",
             Resource::Pins => "pins",
             Resource::Health => "health",
+            Resource::Probes => "probes",
+            Resource::OAuthTokens => "oauth_tokens",
         }
     }
 }
@@ -87,6 +97,8 @@ pub struct Shared {
     /// `state.redis.replicas` and `margin`: the fallback's local share of a limit.
     replicas: u32,
     margin: f64,
+    /// `state.redis.health_resync`: the period of the full health exchange behind the pushes.
+    health_resync: Duration,
     breaker: Breaker,
     metrics: SharedMetrics,
 }
@@ -102,6 +114,7 @@ impl Shared {
             timeout: config.command_timeout,
             replicas: config.replicas.max(1),
             margin: config.margin,
+            health_resync: config.health_resync,
             breaker: Breaker::default(),
             metrics: metrics.clone(),
         }))
@@ -212,6 +225,7 @@ mod tests {
             command_timeout: Duration::from_millis(50),
             replicas,
             margin,
+            health_resync: Duration::from_secs(1),
         };
         Shared::new(&config, &metrics.shared).unwrap()
     }
