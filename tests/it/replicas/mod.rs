@@ -19,7 +19,9 @@ use crate::support::*;
 mod health;
 mod keys;
 mod limits;
+mod oauth;
 mod pins;
+mod probes;
 
 pub(super) const ISSUER: &str = "https://fleet.test";
 pub(super) const SECRET: &str = "fleet-shared-secret-0123456789abcdef";
