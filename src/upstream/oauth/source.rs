@@ -102,7 +102,7 @@ impl TokenSource {
         let local = self.loaded()?;
         if let Some(fleet) = self.fleet.get() {
             // `None`: Redis cannot be asked; refresh alone, as a lone replica does.
-            if let Some(answer) = self.from_fleet(fleet, local.clone()).await {
+            if let Some(answer) = self.through_fleet(fleet, local.clone()).await {
                 return answer;
             }
         }
@@ -188,7 +188,7 @@ impl TokenSource {
     /// as it is; a due one is refreshed by the one replica that takes the refresh lease, which stores
     /// the new token in Redis sealed with the vault; the others wait for it and read it. `None` when
     /// Redis cannot be asked (the caller refreshes alone). Called under the gate.
-    async fn from_fleet(
+    async fn through_fleet(
         &self,
         fleet: &Arc<Shared>,
         local: Option<StoredCredential>,
