@@ -108,7 +108,8 @@ pub struct SharedMetrics {
     pub fallbacks: IntCounterVec,
     /// `{resource}`: one Redis round trip, answered or not.
     pub round_trip: HistogramVec,
-    /// `{resource}`: changes other replicas published (pub/sub) and this one applied at once.
+    /// `{resource}`: rounds run at once for a change another replica published (pub/sub), or for
+    /// the resync a (re)connected subscriber starts with.
     pub pushes: IntCounterVec,
     /// `{resource, outcome}`: fleet-wide locks asked for (`taken`, or `busy`: another replica holds it).
     pub locks: IntCounterVec,
@@ -149,7 +150,7 @@ impl SharedMetrics {
         let pushes = IntCounterVec::new(
             Opts::new(
                 names::SHARED_PUSHES,
-                "Changes published by another replica and applied here at once, by resource.",
+                "Rounds run at once for a change another replica published, or a resubscription's resync.",
             ),
             &["resource"],
         )?;

@@ -121,3 +121,28 @@ async fn one_replica_refreshes_the_token_for_the_fleet_and_every_replica_sends_t
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn with_redis_down_a_replica_refreshes_the_token_alone() {
+    let Some(mut redis) = RedisServer::start("oauth_redis_down") else {
+        return;
+    };
+    let oauth = MockOAuth::start(1).await;
+    let upstream = MockUpstream::start().await;
+    let config = oauth_config(&upstream, &redis, &oauth);
+    let env = [
+        ("FLEET_JWT_SECRET", SECRET),
+        ("SWITCHYARD_SECRET_KEY", FLEET_KEY),
+    ];
+    let mut replica = Server::start_with_env(&config, &env);
+    replica.terminate();
+    login_sealed_with(&replica, Some(FLEET_KEY)).await;
+    replica.restart();
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = chat_as(&replica, &token("oauth-alone")).await;
+    assert_eq!(status, 200, "{}", replica.logs());
+    assert_eq!(oauth.refreshes.load(Ordering::SeqCst), 1);
+    let refreshed = oauth.state.lock().issued.last().unwrap().clone();
+    assert_eq!(upstream.requests()[0].bearer(), Some(refreshed.as_str()));
+}

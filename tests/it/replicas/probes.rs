@@ -165,12 +165,51 @@ async fn a_half_open_profile_is_probed_by_one_replica_for_the_fleet() {
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
     }
+    for r in &replicas {
+        wait_state(r, "a", "half_open", Duration::from_secs(10)).await;
+    }
+    // Still down: one replica's probe fails, and the fleet waits out `open_for` as that replica
+    // does, though the others' own breakers are half-open.
+    a.set_default(Reply::Delay(
+        Duration::from_millis(500),
+        Box::new(Reply::Status {
+            status: 500,
+            headers: vec![],
+            body: r#"{"error":{"message":"still down","type":"server_error"}}"#.into(),
+        }),
+    ));
+    let before = a.request_count();
+    let burst = replicas.iter().map(|r| chat_as(r, &t));
+    futures_util::future::join_all(burst).await;
+    assert_eq!(
+        a.request_count() - before,
+        1,
+        "one failed probe for the fleet"
+    );
+    // Another caller each phase: every one has 30 requests an hour.
+    let waiting = token("probe-waits");
+    let after_failure = Instant::now();
+    while after_failure.elapsed() < Duration::from_millis(1200) {
+        for r in &replicas {
+            assert_eq!(chat_as(r, &waiting).await.0, 503);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        a.request_count() - before,
+        1,
+        "nobody probed again within open_for"
+    );
+
     // The upstream is back, slowly: the probe's answer takes 3 s, during which every replica sees
     // its own breaker half-open.
     a.set_default(Reply::Delay(Duration::from_secs(3), Box::new(Reply::Echo)));
     for r in &replicas {
         wait_state(r, "a", "half_open", Duration::from_secs(10)).await;
     }
+    // The failed probe's lease ends a round trip after the prober's breaker turned half-open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = token("probe-resumes");
     let before = a.request_count();
     let burst = replicas
         .iter()
@@ -201,4 +240,48 @@ async fn a_half_open_profile_is_probed_by_one_replica_for_the_fleet() {
     for r in &replicas {
         until_status(r, &t, 200, Duration::from_secs(10)).await;
     }
+}
+
+#[tokio::test]
+async fn with_redis_down_each_replica_probes_for_itself() {
+    let Some(mut redis) = RedisServer::start("probe_redis_down") else {
+        return;
+    };
+    let a = MockUpstream::start_named("a").await;
+    let mut config = replica_config(&a, &redis, "200ms");
+    config.breaker = (1, "1s".into());
+    config.cooldown = ("50ms".into(), "50ms".into());
+    let replicas: Vec<Server> = (0..2)
+        .map(|_| Server::start_with_env(&config, &[("FLEET_JWT_SECRET", SECRET)]))
+        .collect();
+    let t = token("probe-alone");
+    redis.kill();
+    a.set_default(Reply::Status {
+        status: 500,
+        headers: vec![],
+        body: r#"{"error":{"message":"down","type":"server_error"}}"#.into(),
+    });
+    for r in &replicas {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while admin_profile(r, "a").await["state"] != "open" {
+            assert!(
+                Instant::now() < deadline,
+                "{} never opened its breaker",
+                r.addr
+            );
+            chat_as(r, &t).await;
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    }
+    a.set_default(Reply::Echo);
+    for r in &replicas {
+        wait_state(r, "a", "half_open", Duration::from_secs(10)).await;
+    }
+    // No lease can be had: each replica sends its own probe, and it closes its breaker.
+    let before = a.request_count();
+    for r in &replicas {
+        assert_eq!(chat_as(r, &t).await.0, 200, "{}", r.logs());
+        wait_state(r, "a", "healthy", Duration::from_secs(5)).await;
+    }
+    assert_eq!(a.request_count() - before, 2);
 }
