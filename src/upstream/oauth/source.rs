@@ -361,25 +361,34 @@ impl TokenSources {
                     continue;
                 }
             };
-            match sealed {
-                Some(s) => {
-                    if store.unseal(profile, &s).is_err() {
-                        return Err(format!(
-                            "profile {profile}: the OAuth token in redis does not open with this replica's key: \
-                             every replica must run with the same {} (base64 of 32 bytes)",
-                            super::vault::SECRET_KEY_ENV
-                        ));
-                    }
+            let shared = match sealed.map(|s| store.unseal(profile, &s)) {
+                Some(Err(_)) => {
+                    return Err(format!(
+                        "profile {profile}: the OAuth token in redis does not open with this replica's key: \
+                         every replica must run with the same {} (base64 of 32 bytes)",
+                        super::vault::SECRET_KEY_ENV
+                    ))
                 }
-                None => {
-                    if let Ok(Some(local)) = store.load(profile) {
-                        if let Ok(sealed) = store.seal(profile, &local) {
-                            if let Err(e) = fleet.offer_oauth_token(profile, &sealed).await {
-                                tracing::warn!(profile = %profile, error = %e, "cannot offer the OAuth token to the fleet");
-                            }
-                        }
-                    }
+                Some(Ok(c)) => Some(c),
+                None => None,
+            };
+            let Ok(Some(local)) = store.load(profile) else {
+                continue;
+            };
+            let Ok(sealed) = store.seal(profile, &local) else {
+                continue;
+            };
+            let offered = match shared {
+                None => fleet.offer_oauth_token(profile, &sealed).await.map(drop),
+                // A login here since (it expires later than the fleet's token): the fleet's now.
+                Some(s) if local.expires_at > s.expires_at && local.secret != s.secret => {
+                    tracing::info!(profile = %profile, "this replica's OAuth token is newer than the fleet's: sharing it");
+                    fleet.store_oauth_token(profile, &sealed).await
                 }
+                Some(_) => Ok(()),
+            };
+            if let Err(e) = offered {
+                tracing::warn!(profile = %profile, error = %e, "cannot offer the OAuth token to the fleet");
             }
         }
         Ok(())

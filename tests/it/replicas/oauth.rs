@@ -146,3 +146,33 @@ async fn with_redis_down_a_replica_refreshes_the_token_alone() {
     let refreshed = oauth.state.lock().issued.last().unwrap().clone();
     assert_eq!(upstream.requests()[0].bearer(), Some(refreshed.as_str()));
 }
+
+#[tokio::test]
+async fn a_new_login_on_one_replica_replaces_the_fleets_token() {
+    let Some(redis) = RedisServer::start("oauth_new_login") else {
+        return;
+    };
+    let oauth = MockOAuth::start(3600).await;
+    let upstream = MockUpstream::start().await;
+    let config = oauth_config(&upstream, &redis, &oauth);
+    let env = [
+        ("FLEET_JWT_SECRET", SECRET),
+        ("SWITCHYARD_SECRET_KEY", FLEET_KEY),
+    ];
+    let mut first = Server::start_with_env(&config, &env);
+    first.terminate();
+    login_sealed_with(&first, Some(FLEET_KEY)).await;
+    first.restart();
+    // Logged in again a second later (the token expires a second later): the fleet takes it.
+    first.terminate();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    login_sealed_with(&first, Some(FLEET_KEY)).await;
+    first.restart();
+    let second = Server::start_with_env(&config, &env);
+    let newest = oauth.state.lock().issued[2].clone();
+    assert!(newest.starts_with("at-first-"), "{newest}");
+    let (status, _) = chat_as(&second, &token("oauth-relogin")).await;
+    assert_eq!(status, 200, "{}", second.logs());
+    assert_eq!(upstream.requests()[0].bearer(), Some(newest.as_str()));
+    assert_eq!(oauth.refreshes.load(Ordering::SeqCst), 0);
+}
