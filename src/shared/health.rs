@@ -40,6 +40,9 @@ const PER_PROFILE: usize = 5;
 /// How long the subscriber waits before connecting again after losing Redis.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 
+/// How soon a failed exchange is tried again (the Redis client's breaker stays open 500 ms).
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
 /// KEYS: one hash per profile. ARGV: (known generation, cooldown end ms, billing end ms, credential
 /// fingerprint of an auth failure or 0, its reason) per profile (0 = none), then the channel.
 /// Returns the same five per profile, as the fleet has them; publishes when it changed anything.
@@ -189,11 +192,18 @@ impl Shared {
         let mut known: HashMap<Arc<str>, u64> = HashMap::new();
         let mut tick = tokio::time::interval(self.health_resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a failed round (Redis down, or its breaker still open just after Redis came back),
+        // another one soon: a change made meanwhile, or the resync a reconnected subscriber asked
+        // for, must not wait for the next periodic round.
+        let retry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(retry);
+        let mut failing = false;
         loop {
             let round = tokio::select! {
                 _ = tick.tick() => Round::Resync,
                 () = router.lanes_changed() => Round::Changed,
                 () = pushed.notified() => Round::Pushed,
+                () = &mut retry, if failing => Round::Resync,
             };
             let result = self.exchange_lanes(&router, &mut known).await;
             if round == Round::Pushed && result.is_ok() {
@@ -202,7 +212,13 @@ impl Shared {
                     .with_label_values(&[Resource::Health.as_str()])
                     .inc();
             }
-            self.set_degraded(Resource::Health, result.is_err());
+            failing = result.is_err();
+            if failing {
+                retry
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + RETRY_AFTER);
+            }
+            self.set_degraded(Resource::Health, failing);
         }
     }
 

@@ -285,3 +285,30 @@ async fn with_redis_down_each_replica_probes_for_itself() {
     }
     assert_eq!(a.request_count() - before, 2);
 }
+
+#[tokio::test]
+async fn a_cooldown_taken_while_redis_was_down_reaches_the_others_once_it_is_back() {
+    let Some(mut redis) = RedisServer::start("health_resubscribe") else {
+        return;
+    };
+    let (a, b) = (
+        MockUpstream::start_named("a").await,
+        MockUpstream::start_named("b").await,
+    );
+    let replicas = two_profile_fleet(&redis, &a, &b).await;
+    let t = token("resubscribe");
+    redis.kill();
+    a.push(Reply::Status {
+        status: 429,
+        headers: vec![],
+        body: r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#.into(),
+    });
+    assert_eq!(answered_by(&replicas[0], &t, None).await, "b");
+    assert_eq!(admin_profile(&replicas[0], "a").await["state"], "cooldown");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(admin_profile(&replicas[1], "a").await["state"], "healthy");
+    // Back, empty: the subscribers reconnect and resync, long before the minute's full exchange.
+    redis.restart();
+    let took = seen_by_all(&[&replicas[1], &replicas[2]], "cooldown").await;
+    assert!(took < Duration::from_secs(8), "the cooldown took {took:?}");
+}
