@@ -318,6 +318,8 @@ impl Shared {
                 }
                 continue;
             }
+            // Equal, or lower after Redis lost its data: follow Redis from here.
+            *seen = gen;
             let later = |ours: Option<SystemTime>, theirs: u64| theirs > ms(ours);
             // Only a failure of the credential this replica sends too.
             let refused = (auth_fp != 0
