@@ -112,12 +112,8 @@ impl TokenSource {
         if !cred.is_due() {
             return Ok(cred.secret);
         }
-        match self.refresh_now(cred).await? {
-            Some(next) => Ok(self.adopt(next, true)),
-            None => Err(CredentialError::Unavailable(
-                "OAuth token refresh failed".into(),
-            )),
-        }
+        let next = self.refresh_now(cred).await?;
+        Ok(self.adopt(next, true))
     }
 
     fn not_logged_in(&self) -> String {
@@ -127,41 +123,38 @@ impl TokenSource {
         )
     }
 
-    /// Refreshes `cred` at the token endpoint: `Ok(None)` is unreachable (the caller answers
-    /// `Unavailable`), an `Err` the failure to answer with (a refusal is remembered). An expired
-    /// token without a refresh token fails; a valid one without is kept (`Ok(Some(cred))`).
+    /// Refreshes `cred` at the token endpoint, or the error to answer with (a refusal is
+    /// remembered). An expired token without a refresh token fails; a valid one without is kept.
     async fn refresh_now(
         &self,
         cred: StoredCredential,
-    ) -> Result<Option<StoredCredential>, CredentialError> {
+    ) -> Result<StoredCredential, CredentialError> {
         let Some(refresh_token) = cred.refresh_token.clone() else {
             if cred.is_expired() {
-                return self
-                    .fail(format!(
-                        "the access token expired and there is no refresh token: run `switchyard login {}`",
-                        self.profile
-                    ))
-                    .map(|_| None);
+                return Err(self.refuse(format!(
+                    "the access token expired and there is no refresh token: run `switchyard login {}`",
+                    self.profile
+                )));
             }
-            return Ok(Some(cred));
+            return Ok(cred);
         };
         tracing::info!(profile = %self.profile, "refreshing the upstream OAuth token");
         match super::refresh(&self.config, &refresh_token).await {
             Ok(t) => {
                 let Some(access) = t.access_token else {
-                    return self
-                        .fail("the token endpoint answered without an access_token".into())
-                        .map(|_| None);
+                    return Err(
+                        self.refuse("the token endpoint answered without an access_token".into())
+                    );
                 };
-                Ok(Some(StoredCredential::new(
+                Ok(StoredCredential::new(
                     access,
                     t.refresh_token.or(Some(refresh_token)),
                     t.expires_in,
-                )))
+                ))
             }
-            Err(e @ TokenError::Rejected { .. }) => self
-                .fail(format!("OAuth token refresh failed: {e}"))
-                .map(|_| None),
+            Err(e @ TokenError::Rejected { .. }) => {
+                Err(self.refuse(format!("OAuth token refresh failed: {e}")))
+            }
             Err(e @ TokenError::Unavailable(_)) => {
                 tracing::warn!(profile = %self.profile, error = %e, "OAuth token refresh failed; will retry");
                 Err(CredentialError::Unavailable(format!(
@@ -246,11 +239,7 @@ impl TokenSource {
             Some(Some(c)) => c,
             Some(None) | None => candidate,
         };
-        let Some(next) = self.refresh_now(latest).await? else {
-            return Err(CredentialError::Unavailable(
-                "OAuth token refresh failed".into(),
-            ));
-        };
+        let next = self.refresh_now(latest).await?;
         match store.seal(&self.profile, &next) {
             Ok(sealed) => {
                 if let Err(e) = fleet.store_oauth_token(&self.profile, &sealed).await {
@@ -311,9 +300,14 @@ impl TokenSource {
     }
 
     fn fail(&self, reason: String) -> Result<String, CredentialError> {
+        Err(self.refuse(reason))
+    }
+
+    /// Remembers that the credential is unusable for `reason`; the error to answer with.
+    fn refuse(&self, reason: String) -> CredentialError {
         tracing::warn!(profile = %self.profile, reason = %reason, "upstream OAuth credential unusable");
         *self.current.write() = Current::Failed(reason.clone());
-        Err(CredentialError::Auth(reason))
+        CredentialError::Auth(reason)
     }
 }
 
