@@ -73,6 +73,7 @@ fn state_redis_is_read_with_defaults() {
             command_timeout: Duration::from_millis(50),
             replicas: 1,
             margin: 0.1,
+            credit_allowance_micros: 0,
         })
     );
     let c = load(

@@ -110,7 +110,7 @@ async fn me(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
             v["credits"] = state
                 .limits
                 .credit_view(&config, &caller.0)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+                .await?;
         }
         Ok(HttpResponse::Ok().json(v))
     };
