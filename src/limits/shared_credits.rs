@@ -319,7 +319,10 @@ impl Limits {
             .map(|line| serde_json::from_str(line))
             .collect::<Result<Vec<Transaction>, _>>()
             .map_err(|e| ApiError::Internal(format!("a transaction in redis: {e}")))?;
-        Ok((a.balance, txs))
+        // The newest transaction carries the balance after it: read with the log in one command,
+        // it matches the log even when a movement landed after the read above.
+        let balance = txs.last().map_or(a.balance, |t| t.balance_micros);
+        Ok((balance, txs))
     }
 
     /// An operator's or the billing webhook's adjustment (a debit beyond the balance refused): in
