@@ -332,15 +332,18 @@ async fn hold(
     request_id: &str,
 ) -> Result<Option<std::sync::Arc<crate::limits::Hold>>, ApiError> {
     let embeddings = call.endpoint == Endpoint::Embeddings;
-    let held = proxy.shared.limits.hold(
-        proxy.config,
-        subject,
-        &fields.model,
-        (body, fields.max_tokens),
-        embeddings,
-        request_id,
-    )
-    .await?;
+    let held = proxy
+        .shared
+        .limits
+        .hold(
+            proxy.config,
+            subject,
+            &fields.model,
+            (body, fields.max_tokens),
+            embeddings,
+            request_id,
+        )
+        .await?;
     Ok(held)
 }
 

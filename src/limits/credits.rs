@@ -885,7 +885,11 @@ fn mark_key(account: &str) -> String {
 }
 
 fn decode_mark(v: &[u8]) -> Option<(Mark, u64)> {
-    let n = |i: usize| Some(u64::from_be_bytes(v.get(i * 8..i * 8 + 8)?.try_into().ok()?));
+    let n = |i: usize| {
+        Some(u64::from_be_bytes(
+            v.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
     Some((
         Mark {
             epoch: n(0)?,
@@ -1145,6 +1149,26 @@ mod tests {
         let ts = 1_795_000_000_000;
         assert_eq!(parse_month(month_of(ts).as_bytes()), Some(month_index(ts)));
         assert_eq!(parse_month(b"garbage"), None);
+    }
+
+    #[test]
+    fn a_high_water_mark_only_rises_and_survives_a_restart() {
+        let store = Store::temporary().unwrap();
+        {
+            let l = Ledger::open(&store).unwrap();
+            assert_eq!(l.mark("a").unwrap(), (Mark::default(), None));
+            l.raise_mark("a", Mark { epoch: 0, seq: 5 }, 700).unwrap();
+            // An older answer (of a concurrent movement) arriving late moves nothing back.
+            l.raise_mark("a", Mark { epoch: 0, seq: 3 }, 900).unwrap();
+            assert_eq!(l.mark("a").unwrap(), (Mark { epoch: 0, seq: 5 }, Some(700)));
+        }
+        let l = Ledger::open(&store).unwrap();
+        assert_eq!(l.mark("a").unwrap(), (Mark { epoch: 0, seq: 5 }, Some(700)));
+        // A reseed's newer epoch, seen on any account, starts every account's count again.
+        l.raise_mark("b", Mark { epoch: 9, seq: 1 }, 10).unwrap();
+        assert_eq!(l.epoch(), 9);
+        assert_eq!(l.mark("a").unwrap(), (Mark { epoch: 9, seq: 0 }, Some(700)));
+        assert_eq!(Ledger::open(&store).unwrap().epoch(), 9);
     }
 
     #[test]

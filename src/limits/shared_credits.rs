@@ -61,9 +61,7 @@ pub(super) enum TokensAt {
 
 fn unavailable(why: &str) -> Box<Refusal> {
     Box::new(Refusal::Unavailable {
-        message: format!(
-            "Credits cannot be checked right now ({why}). Retry in {RETRY_SECS} s."
-        ),
+        message: format!("Credits cannot be checked right now ({why}). Retry in {RETRY_SECS} s."),
         retry_after: RETRY_SECS,
     })
 }
@@ -174,7 +172,9 @@ impl Limits {
             let mut spent = self.away.spent.lock();
             if let Some(used) = spent.get_mut(&r.account) {
                 // What the reservation held becomes what was charged.
-                *used = used.saturating_sub(r.micros).saturating_add(cost.unwrap_or(0));
+                *used = used
+                    .saturating_sub(r.micros)
+                    .saturating_add(cost.unwrap_or(0));
             }
             drop(spent);
             if let Some(cost) = cost.filter(|c| *c > 0) {

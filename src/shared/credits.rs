@@ -296,10 +296,7 @@ impl Shared {
                 for k in &keys {
                     call.key(k);
                 }
-                call.arg(mark.epoch)
-                    .arg(mark.seq)
-                    .arg(seed)
-                    .arg(account);
+                call.arg(mark.epoch).arg(mark.seq).arg(seed).arg(account);
                 for a in &args {
                     call.arg(a);
                 }

@@ -28,7 +28,11 @@ fn credit_config(
 ) -> ConfigBuilder {
     let mut config = replica_config(mock, redis, "2s");
     // The fleet's tier counts requests; these tiers count money and tokens instead.
-    let tiers = config.extra_yaml.iter().position(|l| l == "tiers:").unwrap();
+    let tiers = config
+        .extra_yaml
+        .iter()
+        .position(|l| l == "tiers:")
+        .unwrap();
     config.extra_yaml.truncate(tiers);
     for line in state {
         config.extra_yaml.push(format!("    {line}"));
@@ -38,7 +42,9 @@ fn credit_config(
     for line in tier {
         config.extra_yaml.push(format!("    {line}"));
     }
-    config.extra_yaml.extend(PRICING.iter().map(|l| (*l).to_owned()));
+    config
+        .extra_yaml
+        .extend(PRICING.iter().map(|l| (*l).to_owned()));
     config.extra_yaml.push("credits:".into());
     config.extra_yaml.push("  reservation_lease: 3s".into());
     config
@@ -58,7 +64,8 @@ async fn credits(server: &Server, account: &str) -> Value {
     let path = format!("/admin/accounts/{account}/credits");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, _, v) = call(server, reqwest::Method::GET, &path, Some(ADMIN_TOKEN), None).await;
+        let (status, _, v) =
+            call(server, reqwest::Method::GET, &path, Some(ADMIN_TOKEN), None).await;
         if status != 503 || Instant::now() > deadline {
             assert_eq!(status, 200, "{path}: {v}");
             return v;
@@ -88,7 +95,10 @@ async fn settled_balance(server: &Server, account: &str) -> i64 {
         let closed = txs.iter().filter(|t| t["reservation"].is_string()).count();
         if open == closed {
             let balance = c["balance_micros"].as_i64().unwrap();
-            let sum: i64 = txs.iter().map(|t| t["amount_micros"].as_i64().unwrap()).sum();
+            let sum: i64 = txs
+                .iter()
+                .map(|t| t["amount_micros"].as_i64().unwrap())
+                .sum();
             assert_eq!(sum, balance, "the log must sum to the balance: {c}");
             assert!(balance >= 0);
             return balance;
@@ -117,10 +127,21 @@ where
 }
 
 /// One chat as `token` on `server`: (status, headers, body).
-async fn spend(server: &Server, token: &str, max_tokens: u64) -> (u16, reqwest::header::HeaderMap, Value) {
+async fn spend(
+    server: &Server,
+    token: &str,
+    max_tokens: u64,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut body = chat_body("m");
     body["max_tokens"] = json!(max_tokens);
-    call(server, reqwest::Method::POST, "/v1/chat/completions", Some(token), Some(body)).await
+    call(
+        server,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        Some(token),
+        Some(body),
+    )
+    .await
 }
 
 /// `n` concurrent chats spread over the replicas; (status, total tokens) of each.
@@ -214,7 +235,10 @@ async fn three_replicas_share_one_daily_token_budget() {
     }
     let per_call = spent / calls;
     // One budget for the fleet, not one per replica: the last call may cross it, by one call.
-    assert!(spent >= 50 && spent <= 50 + per_call, "spent {spent} in {calls} calls");
+    assert!(
+        spent >= 50 && spent <= 50 + per_call,
+        "spent {spent} in {calls} calls"
+    );
     assert_eq!(mock.request_count() as i64, calls);
 }
 
@@ -256,7 +280,10 @@ async fn a_second_settle_of_one_reservation_changes_nothing() {
         cost: Some(cost),
     };
     let first = shared.credit_move("a", mark, 0, close(100)).await.unwrap();
-    assert_eq!((first.outcome, first.balance, first.extra.as_str()), (Outcome::Done, 900, "100"));
+    assert_eq!(
+        (first.outcome, first.balance, first.extra.as_str()),
+        (Outcome::Done, 900, "100")
+    );
     let again = shared.credit_move("a", mark, 0, close(300)).await.unwrap();
     assert_eq!((again.outcome, again.balance), (Outcome::Closed, 900));
     assert_eq!(again.mark, first.mark, "nothing moved");
@@ -273,12 +300,20 @@ async fn a_second_settle_of_one_reservation_changes_nothing() {
         epoch: 0,
         seq: first.mark.seq + 1,
     };
-    let b = shared.credit_move("a", ahead, 0, Movement::Read).await.unwrap();
+    let b = shared
+        .credit_move("a", ahead, 0, Movement::Read)
+        .await
+        .unwrap();
     assert_eq!(b.outcome, Outcome::Behind);
     let log = shared.credit_log("a").await.unwrap();
     let kinds: Vec<String> = log
         .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(kinds, ["adjust", "reserve", "settle"]);
 }
@@ -300,7 +335,11 @@ async fn a_replica_killed_holding_a_reservation_gives_it_back_once_after_its_lea
         let _ = client().post(url).bearer_auth(t).json(&body).send().await;
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !credits(&replicas[1], "leaver").await.to_string().contains("\"reserve\"") {
+    while !credits(&replicas[1], "leaver")
+        .await
+        .to_string()
+        .contains("\"reserve\"")
+    {
         assert!(Instant::now() < deadline, "no reservation made");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -404,14 +443,24 @@ async fn an_allowance_lets_a_replica_spend_alone_and_is_charged_when_redis_is_ba
         assert!(admitted < 100, "the allowance never ran out");
     }
     // Up to the allowance (a call is admitted while its largest cost fits in what is left).
-    assert!(admitted >= 1 && spent <= 250_000, "{admitted} calls, {spent}");
+    assert!(
+        admitted >= 1 && spent <= 250_000,
+        "{admitted} calls, {spent}"
+    );
     redis.restart();
     // What was spent alone is charged into Redis, once.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         // 503 until this replica reconnects; then the balance, once what it owes is charged.
         let path = "/admin/accounts/away/credits";
-        let (_, _, c) = call(&replicas[0], reqwest::Method::GET, path, Some(ADMIN_TOKEN), None).await;
+        let (_, _, c) = call(
+            &replicas[0],
+            reqwest::Method::GET,
+            path,
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
         if c["balance_micros"].as_i64() == Some(1_000_000 - spent) {
             break;
         }
@@ -419,7 +468,10 @@ async fn an_allowance_lets_a_replica_spend_alone_and_is_charged_when_redis_is_ba
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(settled_balance(&replicas[0], "away").await, 1_000_000 - spent);
+    assert_eq!(
+        settled_balance(&replicas[0], "away").await,
+        1_000_000 - spent
+    );
 }
 
 #[tokio::test]
