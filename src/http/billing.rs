@@ -34,7 +34,14 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 async fn own_usage(caller: Caller, q: web::Query<UsageQuery>, state: State) -> HttpResponse {
     let work = async {
         let config = state.config();
-        let v = usage::own_report(&config, &state.limits, &state.store, &caller.0, &q)?;
+        let mut v = usage::own_report(&config, &state.limits, &state.store, &caller.0, &q)?;
+        // With the state in Redis the balance is the fleet's, not this replica's ledger's.
+        if let (Some(_), Some(account)) = (&state.redis, &caller.0.account) {
+            if v.get("credits").is_some() {
+                let balance = state.limits.balance_of(account).await?;
+                v["credits"] = json!({"balance_usd": usd(balance)});
+            }
+        }
         Ok(HttpResponse::Ok().json(v))
     };
     metered(&state, &caller, work).await

@@ -2,13 +2,13 @@
 //! replica draws on one balance, decided by one server-side script per movement, so the fleet is
 //! never overdrawn.
 //!
-//! Keys, all under one hash tag per account (`{acct:<hex id>}`, so one script may touch them all on a
-//! cluster too): the account hash (`balance`: what is left after open reservations, `seq`: one more
+//! Keys under one hash tag per account (`{acct:<hex id>}`, one cluster slot): the account hash (`balance`: what is left after open reservations, `seq`: one more
 //! per movement, `granted`: the month of the last monthly grant), `:res` (open reservation id ->
 //! micros, model, request id), `:leases` (reservation id by lease expiry, Unix ms), `:log` (the
 //! account's transactions as JSON, oldest first: the fleet's one transaction log), `:charged` (ids of
 //! charges replayed after an outage, so a replay never charges twice). The `epoch` key, outside any
-//! account, is raised by each reseed.
+//! account, is raised by each reseed; every script reads it, so these scripts need one Redis (with
+//! its replicas), not a cluster.
 //!
 //! Every script first compares the account's `(epoch, seq)` with the high-water mark the calling
 //! replica passes (what it last saw): a Redis behind it (restored from an old snapshot, or emptied)

@@ -194,6 +194,19 @@ async fn three_replicas_never_overdraw_one_balance_and_account_for_every_micro_u
         assert_eq!(settled_balance(r, "crowd").await, 500_000 - spent);
     }
     assert_eq!(mock.request_count(), ok.len());
+    // The caller's own usage report shows the fleet's balance too.
+    let (status, _, usage) = call(
+        &replicas[2],
+        reqwest::Method::GET,
+        "/v1/usage",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    #[allow(clippy::cast_precision_loss)]
+    let usd = format!("{:.6}", (500_000 - spent) as f64 / 1e6);
+    assert_eq!(usage["credits"]["balance_usd"], usd.as_str(), "{usage}");
 }
 
 #[tokio::test]
