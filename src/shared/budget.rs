@@ -38,8 +38,9 @@ redis.call('HINCRBY', k, 'used', tonumber(ARGV[2]))
 return 1
 ";
 
-static HOLD_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(HOLD));
-static SETTLE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SETTLE));
+pub(super) static HOLD_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(HOLD));
+pub(super) static SETTLE_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(SETTLE));
 
 /// What the hold script found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -220,6 +220,27 @@ fn hex(account: &str) -> String {
 }
 
 impl Shared {
+    /// Loads the credit and token budget scripts (at a worker's start), so that no request pays
+    /// for `SCRIPT LOAD` after a `NOSCRIPT`.
+    pub(super) async fn load_credit_scripts(&self) -> Result<(), SharedError> {
+        self.call(Resource::Credits, |mut c| async move {
+            for s in [
+                &*RESERVE_SCRIPT,
+                &*CLOSE_SCRIPT,
+                &*ADJUST_SCRIPT,
+                &*SET_SCRIPT,
+                &*READ_SCRIPT,
+                &*EPOCH_SCRIPT,
+                &*super::budget::HOLD_SCRIPT,
+                &*super::budget::SETTLE_SCRIPT,
+            ] {
+                s.prepare_invoke().load_async(&mut c).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     fn account_keys(&self, account: &str) -> [String; 6] {
         let base = self.key(&format!("cr:{{acct:{}}}", hex(account)));
         [

@@ -148,7 +148,11 @@ impl Shared {
     /// Connects this worker and loads the scripts, so that its first requests do not wait for either
     /// (against the command deadline). Spawned on each worker as it starts; failing is only logged.
     pub async fn warm(self: Arc<Self>) {
-        if let Err(e) = self.load_scripts().await {
+        let loaded = match self.load_scripts().await {
+            Ok(()) => self.load_credit_scripts().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = loaded {
             tracing::warn!(error = %e, "shared state: cannot reach redis yet");
         }
     }

@@ -183,17 +183,41 @@ async fn three_replicas_never_overdraw_one_balance_and_account_for_every_micro_u
     let replicas = start(&credit_config(&mock, &redis, &METERED, &[]), 3);
     let token = token("crowd");
     add_credits(&replicas[0], "crowd", 0.5).await;
-    let results = crowd(&replicas, &token, 45, 10).await;
+    // Redis's share of one call, one at a time (reported, not checked: the machine is shared).
+    let series = "switchyard_shared_state_round_trip_seconds";
+    let sum = format!("{series}_sum{{resource=\"credits\"}}");
+    let count = format!("{series}_count{{resource=\"credits\"}}");
+    let (sum0, n0) = (
+        metric(&replicas[0], &sum).await,
+        metric(&replicas[0], &count).await,
+    );
+    let mut alone = 0;
+    for _ in 0..10 {
+        let (status, _, body) = spend(&replicas[0], &token, 10).await;
+        assert_eq!(status, 200, "{body}");
+        alone += body["usage"]["total_tokens"].as_i64().unwrap();
+    }
+    let (sum1, n1) = (
+        metric(&replicas[0], &sum).await,
+        metric(&replicas[0], &count).await,
+    );
+    eprintln!(
+        "credits, one call at a time: {} round trips, {:.3} ms each on average",
+        n1 - n0,
+        (sum1 - sum0) / (n1 - n0).max(1.0) * 1e3
+    );
+    let mut results = crowd(&replicas, &token, 45, 10).await;
+    results.push((200, alone));
     let ok: Vec<i64> = results.iter().filter(|r| r.0 == 200).map(|r| r.1).collect();
     let refused = results.iter().filter(|r| r.0 == 402).count();
-    assert_eq!(ok.len() + refused, 45, "{results:?}");
-    assert!(!ok.is_empty() && refused > 0, "{results:?}");
+    assert_eq!(ok.len() + refused, 46, "{results:?}");
+    assert!(ok.len() > 1 && refused > 0, "{results:?}");
     let spent: i64 = ok.iter().sum::<i64>() * 1000;
     // Every replica reads the same balance: the start minus exactly what was answered.
     for r in &replicas {
         assert_eq!(settled_balance(r, "crowd").await, 500_000 - spent);
     }
-    assert_eq!(mock.request_count(), ok.len());
+    assert_eq!(mock.request_count(), ok.len() - 1 + 10);
     // The caller's own usage report shows the fleet's balance too.
     let (status, _, usage) = call(
         &replicas[2],
@@ -253,6 +277,43 @@ async fn three_replicas_share_one_daily_token_budget() {
         "spent {spent} in {calls} calls"
     );
     assert_eq!(mock.request_count() as i64, calls);
+}
+
+#[tokio::test]
+async fn with_redis_away_each_replica_spends_only_its_share_of_the_daily_budget() {
+    let Some(mut redis) = RedisServer::start("token_budget_fallback") else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let tier = ["tokens_per_day: 50"];
+    let replicas = start(&credit_config(&mock, &redis, &tier, &[]), 1);
+    let token = token("alone");
+    redis.kill();
+    // 50 × (1 − 0.1) / 3 = 15 tokens for this replica alone.
+    let (mut spent, mut calls) = (0, 0);
+    loop {
+        let (status, _, body) = spend(&replicas[0], &token, 5).await;
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        calls += 1;
+        spent += body["usage"]["total_tokens"].as_i64().unwrap();
+        assert!(calls < 50, "the share never ran out: {spent} tokens");
+    }
+    let per_call = spent / calls.max(1);
+    assert!(
+        spent >= 15 && spent <= 15 + per_call,
+        "spent {spent} in {calls} calls"
+    );
+    assert!(
+        metric(
+            &replicas[0],
+            "switchyard_shared_state_degraded{resource=\"tokens_per_day\"}"
+        )
+        .await
+            > 0.0
+    );
 }
 
 #[tokio::test]
@@ -405,6 +466,8 @@ async fn credits_fail_closed_while_redis_is_away_in_both_dialects() {
     assert!(headers.get("retry-after").is_some(), "{headers:?}");
     let e = error_of(&body.to_string());
     assert_eq!(e["code"], "credits_unavailable", "{body}");
+    let degraded = "switchyard_shared_state_degraded{resource=\"credits\"}";
+    assert_eq!(metric(&replicas[1], degraded).await, 1.0);
     let messages = json!({"model": "m", "max_tokens": 10,
         "messages": [{"role": "user", "content": "hello"}]});
     let (status, headers, body) = call(
@@ -426,6 +489,7 @@ async fn credits_fail_closed_while_redis_is_away_in_both_dialects() {
         until_status(r, &token, 200, Duration::from_secs(10)).await;
     }
     let after = settled_balance(&replicas[1], "closed").await;
+    assert_eq!(metric(&replicas[1], degraded).await, 0.0);
     let spent = before - after;
     assert!(spent > 0 && spent % 1000 == 0, "{before} -> {after}");
 }
