@@ -587,8 +587,10 @@ impl Limits {
                 let estimate = input.div_ceil(4).saturating_add(output);
                 match &self.shared {
                     Some(shared) => {
-                        let (held, at) =
-                            self.hold_tokens_shared(shared, s, limit, estimate).await?;
+                        let lease = config.usage.reservation_lease;
+                        let (held, at) = self
+                            .hold_tokens_shared(shared, s, (limit, estimate), lease)
+                            .await?;
                         tokens_at = at;
                         Some(held)
                     }
@@ -607,7 +609,7 @@ impl Limits {
                         let _windows = self.windows.lock();
                         self.unhold_locked(&id, held);
                     }
-                    TokensAt::Shared(_) => {
+                    TokensAt::Shared { .. } => {
                         actix_web::rt::spawn(async move {
                             limits.settle_tokens(&id, tokens_at, 0, held).await;
                         });

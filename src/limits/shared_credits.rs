@@ -55,8 +55,8 @@ pub(super) struct Away {
 pub(super) enum TokensAt {
     /// This process's windows (local mode, or this replica's share while Redis is away).
     Local,
-    /// Redis, on the day starting at this Unix ms.
-    Shared(u64),
+    /// Redis, on the day starting at `day` (Unix ms), as hold `id`.
+    Shared { day: u64, id: u64 },
 }
 
 fn unavailable(why: &str) -> Box<Refusal> {
@@ -398,15 +398,24 @@ impl Limits {
         &self,
         shared: &Shared,
         s: &Subject,
-        limit: u64,
-        estimate: u64,
+        (limit, estimate): (u64, u64),
+        lease: Duration,
     ) -> Result<(u64, TokensAt), Box<Refusal>> {
         let day_ms = u64::try_from(DAY.as_millis()).unwrap_or(u64::MAX);
-        match shared.hold_budget(&s.id, limit, estimate, day_ms).await {
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let id = uuid::Uuid::new_v4().as_u64_pair().0;
+        match shared
+            .hold_budget(&s.id, (limit, estimate), (day_ms, lease_ms), id)
+            .await
+        {
             Ok(a) => {
                 shared.set_degraded(Resource::TokensPerDay, false);
                 if a.held {
-                    return Ok((a.taken, TokensAt::Shared(a.day_start_ms)));
+                    let at = TokensAt::Shared {
+                        day: a.day_start_ms,
+                        id,
+                    };
+                    return Ok((a.taken, at));
                 }
                 let reset = (a.day_start_ms + day_ms)
                     .saturating_sub(a.now_ms)
@@ -435,8 +444,8 @@ impl Limits {
     /// Counts `used` tokens (and gives back what the call held) where they were held.
     pub(super) async fn settle_tokens(&self, subject: &str, at: TokensAt, used: u64, held: u64) {
         match (at, self.shared()) {
-            (TokensAt::Shared(day), Some(shared)) => {
-                if let Err(e) = shared.settle_budget(subject, day, used, held).await {
+            (TokensAt::Shared { day, id }, Some(shared)) => {
+                if let Err(e) = shared.settle_budget(subject, day, used, id).await {
                     // The hold lapses with the day's key; the tokens used go uncounted.
                     tracing::warn!(error = %e, "daily token budget not settled in redis");
                 }

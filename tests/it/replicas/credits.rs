@@ -317,6 +317,43 @@ async fn with_redis_away_each_replica_spends_only_its_share_of_the_daily_budget(
 }
 
 #[tokio::test]
+async fn a_replica_killed_holding_daily_tokens_gives_them_back_after_the_lease() {
+    let Some(redis) = RedisServer::start("token_budget_killed_replica") else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    mock.push(Reply::Hang);
+    let tier = ["tokens_per_day: 30"];
+    let mut replicas = start(&credit_config(&mock, &redis, &tier, &[]), 2);
+    let token = token("holder");
+    // Its estimate (the body's bytes / 4 and 20 tokens) holds the whole budget.
+    let url = replicas[0].url("/v1/chat/completions");
+    let (t, mut body) = (token.clone(), chat_body("m"));
+    body["max_tokens"] = json!(20);
+    let pending = tokio::spawn(async move {
+        let _ = client().post(url).bearer_auth(t).json(&body).send().await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spend(&replicas[1], &token, 5).await.0 != 429 {
+        assert!(Instant::now() < deadline, "the hold never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replicas[0].kill9();
+    pending.abort();
+    // After the 3 s lease the hold is given back, and the budget is whole again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, body) = spend(&replicas[1], &token, 5).await;
+        if status == 200 {
+            assert!(body["usage"]["total_tokens"].as_i64().unwrap() < 30);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hold was never given back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_second_settle_of_one_reservation_changes_nothing() {
     let Some(redis) = RedisServer::start("credits_settle_once") else {
         return;
