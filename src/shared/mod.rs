@@ -3,13 +3,15 @@
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
 //! request-rate windows (`rate`), the tables every replica mirrors (`records`: API keys) and
 //! sticky-session pins (`pins`), profile health lanes (`health`, pushed to every replica through
-//! pub/sub), fleet-wide leases (`locks`: one half-open probe, one OAuth refresh) and the sealed
-//! OAuth tokens (`oauth`).
+//! pub/sub), fleet-wide leases (`locks`: one half-open probe, one OAuth refresh), the sealed
+//! OAuth tokens (`oauth`), credits (`credits`) and the daily token budget (`budget`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
 
 pub mod breaker;
+pub mod budget;
+pub mod credits;
 pub mod health;
 pub mod locks;
 pub mod oauth;
@@ -45,6 +47,10 @@ pub enum Resource {
     Probes,
     /// OAuth tokens and the lease of their one refresher.
     OAuthTokens,
+    /// Credit balances, reservations and their log.
+    Credits,
+    /// The daily token budget (`tokens_per_day`).
+    TokensPerDay,
 }
 
 impl Resource {
@@ -57,6 +63,8 @@ impl Resource {
             Resource::Health => "health",
             Resource::Probes => "probes",
             Resource::OAuthTokens => "oauth_tokens",
+            Resource::Credits => "credits",
+            Resource::TokensPerDay => "tokens_per_day",
         }
     }
 }
@@ -152,7 +160,11 @@ impl Shared {
     /// Connects this worker and loads the scripts, so that its first requests do not wait for either
     /// (against the command deadline). Spawned on each worker as it starts; failing is only logged.
     pub async fn warm(self: Arc<Self>) {
-        if let Err(e) = self.load_scripts().await {
+        let loaded = match self.load_scripts().await {
+            Ok(()) => self.load_credit_scripts().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = loaded {
             tracing::warn!(error = %e, "shared state: cannot reach redis yet");
         }
     }
@@ -226,6 +238,7 @@ mod tests {
             replicas,
             margin,
             health_resync: Duration::from_secs(1),
+            credit_allowance_micros: 0,
         };
         Shared::new(&config, &metrics.shared).unwrap()
     }

@@ -91,6 +91,20 @@ fn redis(
         raw.health_resync.as_ref(),
         DEFAULT_HEALTH_RESYNC,
     );
+    let credit_allowance_micros = match &raw.credit_allowance_usd {
+        Some(a) if !(a.is_finite() && **a >= 0.0 && **a <= 1e6) => {
+            report.at(
+                a.span(),
+                "state.redis.credit_allowance_usd",
+                "must be between 0 and 1000000",
+            );
+            0
+        }
+        // Bounded above: the cast cannot wrap.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(a) => (**a * 1e6).round() as u64,
+        None => 0,
+    };
     let url = match &raw.url {
         None => {
             if wanted {
@@ -121,5 +135,6 @@ fn redis(
         replicas,
         margin,
         health_resync,
+        credit_allowance_micros,
     })
 }
