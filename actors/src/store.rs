@@ -112,7 +112,7 @@ fn counters_key(profile: &str) -> String {
 /// The highest journal sequence whose record the usage tree holds.
 const JOURNAL_THROUGH_KEY: &[u8] = b"v1/journal/usage_through";
 /// How far usage shipping (`state.backend: redis`) has come: the key time of the newest batch shipped
-/// and the highest batch sequence shipped, 16 bytes big-endian.
+/// and the sequence after the highest batch sequence shipped, 16 bytes big-endian.
 const SHIPPED_KEY: &[u8] = b"v1/shipped/usage";
 /// This store's name among the replicas that ship usage: a UUID, made once.
 const SHIPPER_KEY: &[u8] = b"v1/shipped/replica";
@@ -333,11 +333,11 @@ impl Store {
 
     /// The usage batches (`v2/usage/`) whose key time (their earliest `ts_ms`) is at least
     /// `from_ms`, in key order, as (key time, batch sequence, records). Batches whose sequence is
-    /// at most `after_seq` are listed without their records (not decoded): shipping skips them.
+    /// below `from_seq` are listed without their records (not decoded): shipping skips them.
     pub fn usage_batches_since(
         &self,
         from_ms: u64,
-        after_seq: u64,
+        from_seq: u64,
     ) -> Result<Vec<(u64, u64, Vec<UsageRecord>)>, StoreError> {
         let start = format!("{USAGE_PREFIX}{from_ms:016x}/");
         let mut out = Vec::new();
@@ -355,7 +355,7 @@ impl Store {
             });
             let Some((ts, seq)) = parsed else { continue };
             let mut records = Vec::new();
-            if seq > after_seq {
+            if seq >= from_seq {
                 for line in v.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     records.push(decode(&k, line)?);
                 }
@@ -365,8 +365,8 @@ impl Store {
         Ok(out)
     }
 
-    /// How far usage shipping has come: (key time of the newest batch shipped, highest batch
-    /// sequence shipped); `None` before the first shipment.
+    /// How far usage shipping has come: (key time of the newest batch shipped, the sequence after
+    /// the highest one shipped); `None` before the first shipment.
     pub fn usage_shipped(&self) -> Result<Option<(u64, u64)>, StoreError> {
         Ok(self.usage.get(SHIPPED_KEY)?.and_then(|v| {
             let b = <[u8; 16]>::try_from(v.as_ref()).ok()?;
@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(times, [1_000, 5_000]);
         assert!(all.iter().all(|(_, _, r)| r.len() == 1));
         let first_seq = all[1].1;
-        let after = s.usage_batches_since(0, first_seq).unwrap();
+        let after = s.usage_batches_since(0, first_seq + 1).unwrap();
         assert_eq!(after[0].2.len(), 1, "the later-written batch is decoded");
         assert!(after[1].2.is_empty(), "the shipped one is not");
         assert_eq!(s.usage_batches_since(2_000, 0).unwrap().len(), 1);

@@ -9,8 +9,8 @@
 //! one pipelined round trip, and groups the raw records like a local one (prices applied per
 //! record, exact). Each day expires `KEEP_DAYS` after it ends.
 //!
-//! Shipping: every `SHIP_EVERY`, the batches written since the last shipment (sequence above the
-//! shipped one: the recorder is the only writer of usage batches, so sequences appear in order),
+//! Shipping: every `SHIP_EVERY`, the batches written since the last shipment (sequence from the
+//! one after the last shipped: the recorder is the only writer of usage batches, so sequences appear in order),
 //! looked for from `LOOK_BACK` before the newest batch shipped (a batch's key is its earliest
 //! record's time, written a moment after it). How far shipping came is kept in the replica's own
 //! store, so a replica killed with -9 ships the rest when it is back; a cursor lost with the last
@@ -155,32 +155,33 @@ impl Shared {
 
     /// Ships what was written since the last round and moves the cursor past it.
     async fn ship_round(&self, store: &Store, name: &str) -> Result<(), ShipError> {
-        let (mut newest, mut through) = store.usage_shipped()?.unwrap_or((0, 0));
-        let batches = store.usage_batches_since(newest.saturating_sub(LOOK_BACK_MS), through)?;
+        // `next`: the lowest batch sequence not shipped yet (a fresh store's first batch is 0).
+        let (mut newest, mut next) = store.usage_shipped()?.unwrap_or((0, 0));
+        let batches = store.usage_batches_since(newest.saturating_sub(LOOK_BACK_MS), next)?;
         let mut pending: Vec<(String, &UsageRecord)> = Vec::new();
-        let (mut pending_newest, mut pending_through) = (newest, through);
+        let (mut pending_newest, mut pending_next) = (newest, next);
         for (ts, seq, records) in &batches {
-            if *seq <= through {
+            if *seq < next {
                 continue;
             }
             for (line, r) in records.iter().enumerate() {
                 pending.push((format!("{name}/{seq:x}/{line}"), r));
             }
             pending_newest = pending_newest.max(*ts);
-            pending_through = pending_through.max(*seq);
+            pending_next = pending_next.max(seq + 1);
             // Whole batches per round trip, so the cursor never points inside one.
             if pending.len() >= SHIP_BATCH {
                 self.ship(&pending).await?;
                 pending.clear();
-                (newest, through) = (pending_newest, pending_through);
-                store.set_usage_shipped(newest, through)?;
+                (newest, next) = (pending_newest, pending_next);
+                store.set_usage_shipped(newest, next)?;
             }
         }
         if !pending.is_empty() {
             self.ship(&pending).await?;
         }
-        if (pending_newest, pending_through) != (newest, through) {
-            store.set_usage_shipped(pending_newest, pending_through)?;
+        if (pending_newest, pending_next) != (newest, next) {
+            store.set_usage_shipped(pending_newest, pending_next)?;
         }
         Ok(())
     }
