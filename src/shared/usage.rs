@@ -2,7 +2,7 @@
 //! sled store holds (the recorder's batches, journal replays included) and the usage API reads them
 //! back for the whole fleet.
 //!
-//! Layout: one sorted set per UTC day, `usage:<yyyy-mm-dd>`, scored by the record's `ts_ms`, whose
+//! Layout: one sorted set per UTC day, `{usage}:day:<yyyy-mm-dd>`, scored by the record's `ts_ms`, whose
 //! members are `<record id>\n<record JSON>`. A record's id is `<replica>/<batch sequence>/<line>`:
 //! stable, because a stored batch never changes, so a record shipped twice is the same member and
 //! counts once (`ZADD` of an existing member changes nothing). A report reads the days of its span,
@@ -14,7 +14,10 @@
 //! looked for from `LOOK_BACK` before the newest batch shipped (a batch's key is its earliest
 //! record's time, written a moment after it). How far shipping came is kept in the replica's own
 //! store, so a replica killed with -9 ships the rest when it is back; a cursor lost with the last
-//! unflushed writes only ships some records again, which counts them once.
+//! unflushed writes only ships some records again, which counts them once. Each shipment also sets
+//! the replica's mark in `{usage}:shipped` (replica -> its cursor), in the same MULTI: a Redis whose
+//! mark is behind the replica's cursor (restarted empty, restored from an old snapshot) gets the
+//! replica's whole store again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,13 +69,39 @@ impl Source {
 }
 
 impl Shared {
+    /// Under one hash tag, so a shipment's MULTI may touch its days and the mark on a cluster too.
     fn usage_day_key(&self, day: &str) -> String {
-        self.key(&format!("usage:{day}"))
+        self.key(&format!("{{usage}}:day:{day}"))
     }
 
-    /// Adds records (id, record) to their days; one round trip.
-    async fn ship(&self, records: &[(String, &UsageRecord)]) -> Result<(), SharedError> {
+    fn usage_shipped_key(&self) -> String {
+        self.key("{usage}:shipped")
+    }
+
+    /// How far replica `name` has shipped as Redis knows it (its `next`), `None` when Redis has no
+    /// mark of it.
+    async fn shipped_mark(&self, name: &str) -> Result<Option<u64>, SharedError> {
+        let key = self.usage_shipped_key();
+        self.call(Resource::Usage, |mut c| async move {
+            redis::cmd("HGET")
+                .arg(&key)
+                .arg(name)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Adds records (id, record) to their days, and replica `name`'s mark `next`, in one MULTI:
+    /// one round trip, and the mark never ahead of the records.
+    async fn ship(
+        &self,
+        records: &[(String, &UsageRecord)],
+        name: &str,
+        next: u64,
+    ) -> Result<(), SharedError> {
         let mut pipe = redis::pipe();
+        pipe.atomic();
         let mut days = std::collections::BTreeMap::new();
         for (id, r) in records {
             let d = day(r.ts_ms);
@@ -85,6 +114,7 @@ impl Shared {
             let until = (day_end + KEEP_DAYS * DAY_MS) / 1000;
             pipe.cmd("EXPIREAT").arg(key).arg(until).ignore();
         }
+        pipe.hset(self.usage_shipped_key(), name, next).ignore();
         self.call(Resource::Usage, |mut c| async move {
             pipe.query_async::<()>(&mut c).await
         })
@@ -157,6 +187,17 @@ impl Shared {
     async fn ship_round(&self, store: &Store, name: &str) -> Result<(), ShipError> {
         // `next`: the lowest batch sequence not shipped yet (a fresh store's first batch is 0).
         let (mut newest, mut next) = store.usage_shipped()?.unwrap_or((0, 0));
+        // Redis restarted empty or restored from an old snapshot lacks some of what we shipped:
+        // everything again (the records it has count once).
+        if next > 0
+            && self
+                .shipped_mark(name)
+                .await?
+                .is_none_or(|mark| mark < next)
+        {
+            tracing::warn!("redis lacks usage this replica shipped (restarted or restored): shipping it all again");
+            (newest, next) = (0, 0);
+        }
         let batches = store.usage_batches_since(newest.saturating_sub(LOOK_BACK_MS), next)?;
         let mut pending: Vec<(String, &UsageRecord)> = Vec::new();
         let (mut pending_newest, mut pending_next) = (newest, next);
@@ -171,14 +212,14 @@ impl Shared {
             pending_next = pending_next.max(seq + 1);
             // Whole batches per round trip, so the cursor never points inside one.
             if pending.len() >= SHIP_BATCH {
-                self.ship(&pending).await?;
+                self.ship(&pending, name, pending_next).await?;
                 pending.clear();
                 (newest, next) = (pending_newest, pending_next);
                 store.set_usage_shipped(newest, next)?;
             }
         }
         if !pending.is_empty() {
-            self.ship(&pending).await?;
+            self.ship(&pending, name, pending_next).await?;
         }
         if (pending_newest, pending_next) != (newest, next) {
             store.set_usage_shipped(pending_newest, pending_next)?;

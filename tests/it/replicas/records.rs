@@ -103,7 +103,7 @@ fn tokens(v: &Value) -> (String, String) {
 #[tokio::test]
 async fn an_account_made_on_one_replica_signs_in_on_all_and_disabling_it_reaches_all_within_a_second(
 ) {
-    let Some(redis) = RedisServer::start("accounts_across_replicas") else {
+    let Some(mut redis) = RedisServer::start("accounts_across_replicas") else {
         return;
     };
     let mock = MockUpstream::start().await;
@@ -133,8 +133,27 @@ async fn an_account_made_on_one_replica_signs_in_on_all_and_disabling_it_reaches
     for r in [&replicas[0], &replicas[1]] {
         let took = until_me(r, &access, 401, Duration::from_secs(1)).await;
         assert!(took < Duration::from_secs(1), "disabling took {took:?}");
+        eprintln!("disabled account refused on {} after {took:?}", r.addr);
     }
     assert_eq!(login(&replicas[0], "ana@fleet.test").await.0, 401);
+
+    // Redis comes back empty: the replicas seed the account back (set-if-absent), disabled.
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let held = redis.command(&["HGET", "fleet-test:{tbl:accounts}:rec", &id]);
+        if held
+            .as_deref()
+            .is_some_and(|v| v.contains("\"disabled\":true"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not seeded: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -163,6 +182,7 @@ async fn a_refresh_token_replayed_on_another_replica_is_reuse_and_revokes_the_se
             took < Duration::from_secs(1),
             "the revocation took {took:?}"
         );
+        eprintln!("revoked family refused on {} after {took:?}", r.addr);
     }
     assert_eq!(
         refresh(&replicas[2], &second).await.0,

@@ -77,6 +77,13 @@ async fn usage_on_any_replica_counts_every_answer_of_the_fleet() {
         .unwrap();
     assert_eq!(own["total"]["requests"], 6, "{own}");
 
+    // Redis comes back empty: each replica ships its records again.
+    redis.restart();
+    for r in &replicas {
+        let v = until_usage(r, |n| n == ok).await;
+        assert_eq!(v["source"], "fleet", "{v}");
+    }
+
     // Without Redis: this replica's records only, and the report says so.
     redis.kill();
     let v = fleet_usage(&replicas[0]).await;
@@ -143,6 +150,7 @@ async fn a_replica_killed_mid_traffic_ships_every_acknowledged_record_when_it_is
         counted <= ok + failed,
         "{counted} counted, {ok} answered, {failed} cut: {v}"
     );
+    eprintln!("after kill -9: {ok} answered with 200, {failed} failed or cut, {counted} counted");
     // The restarted replica reports the same.
     let again = until_usage(&replicas[1], |n| n >= counted).await;
     assert_eq!(
