@@ -336,6 +336,18 @@ impl AuthService {
         Ok(())
     }
 
+    /// Removes records this replica swept (expired before `now`) from Redis too, unless Redis holds
+    /// a later version that has not expired (a refresh on another replica pushed a family on).
+    pub(super) async fn forget_expired(&self, table: Table, ids: &[String], now: u64) {
+        let Some(m) = &self.mirror else { return };
+        for batch in ids.chunks(200) {
+            if let Err(e) = m.shared.forget_expired(table, batch, now).await {
+                tracing::warn!(error = %e, table = table.name(), "expired records left in redis until the next sweep");
+                return;
+            }
+        }
+    }
+
     /// Brings record `id` of `table` from Redis when this replica lacks it (made on another replica
     /// in the last pull period). Without Redis, or when Redis lacks it too, nothing changes.
     pub(super) async fn fetch_missing(&self, table: Table, id: &str) -> Result<(), AuthError> {

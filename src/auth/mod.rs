@@ -602,14 +602,20 @@ impl AuthService {
         Ok(())
     }
 
-    /// Forgets expired refresh tokens and families.
-    pub fn sweep(&self) {
-        match self.store.sweep_sessions(now_ms()) {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(removed = n, "forgot expired sign-in sessions");
+    /// Forgets expired refresh tokens and families (in Redis too, with `state.backend: redis`).
+    pub async fn sweep(&self) {
+        let now = now_ms();
+        match self.store.sweep_sessions(now) {
+            Ok((refresh, families)) if refresh.is_empty() && families.is_empty() => {}
+            Ok((refresh, families)) => {
+                tracing::info!(
+                    removed = refresh.len() + families.len(),
+                    "forgot expired sign-in sessions"
+                );
                 // Cached family states reload lazily; forgotten ones now read as revoked.
                 self.families.clear();
+                self.forget_expired(Table::Refresh, &refresh, now).await;
+                self.forget_expired(Table::Families, &families, now).await;
             }
             Err(e) => tracing::warn!(error = %e, "session sweep failed"),
         }
@@ -644,7 +650,7 @@ impl AuthService {
             tick.tick().await;
             self.persist_last_used();
             if ticks.is_multiple_of(60) {
-                self.sweep();
+                self.sweep().await;
             }
             ticks += 1;
         }

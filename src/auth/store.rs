@@ -435,27 +435,28 @@ impl AuthStore {
         &self.store
     }
 
-    /// Forgets refresh tokens and families that expired before `before_ms`. Returns how many records
-    /// were removed.
-    pub fn sweep_sessions(&self, before_ms: u64) -> Result<usize, StoreError> {
-        let mut removed = 0;
+    /// Forgets refresh tokens and families that expired before `before_ms`. Returns the ids removed:
+    /// (refresh tokens, families).
+    pub fn sweep_sessions(&self, before_ms: u64) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let mut refresh = Vec::new();
         for rec in self.scan::<RefreshRecord>(REFRESH)? {
             if rec.expires_ms < before_ms {
                 self.tree
                     .remove(format!("{REFRESH}{}", rec.id))
                     .map_err(StoreError::from)?;
-                removed += 1;
+                refresh.push(rec.id);
             }
         }
+        let mut families = Vec::new();
         for fam in self.scan::<Family>(FAMILIES)? {
             if fam.expires_ms < before_ms {
                 self.tree
                     .remove(format!("{FAMILIES}{}", fam.id))
                     .map_err(StoreError::from)?;
-                removed += 1;
+                families.push(fam.id);
             }
         }
-        Ok(removed)
+        Ok((refresh, families))
     }
 
     // --- audit --------------------------------------------------------------------------------
@@ -604,7 +605,10 @@ mod tests {
             s.spend_refresh("zz", 6, |_| true).unwrap(),
             Spend::Unknown
         ));
-        assert_eq!(s.sweep_sessions(11).unwrap(), 1);
+        assert_eq!(
+            s.sweep_sessions(11).unwrap(),
+            (vec!["r".to_owned()], vec![])
+        );
         assert!(s.refresh("r").unwrap().is_none());
     }
 

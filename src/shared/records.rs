@@ -67,6 +67,26 @@ redis.call('ZADD', KEYS[2], n, ARGV[1])
 return n
 ";
 
+/// KEYS as `PUT`. ARGV: a time, then ids. Removes each record whose JSON's `expires_ms` is before
+/// the time (a record without one, or a later one, stays); returns how many it removed.
+const FORGET: &str = r"
+local removed = 0
+for i = 2, #ARGV do
+  local json = redis.call('HGET', KEYS[1], ARGV[i])
+  if json then
+    local ok, rec = pcall(cjson.decode, json)
+    if ok and type(rec) == 'table' and type(rec.expires_ms) == 'number' and rec.expires_ms < tonumber(ARGV[1]) then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      redis.call('ZREM', KEYS[2], ARGV[i])
+      redis.call('SREM', KEYS[4], ARGV[i])
+      removed = removed + 1
+    end
+  end
+end
+return removed
+";
+
+static FORGET_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FORGET));
 static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM));
 static PUT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUT));
 static SEED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SEED));
@@ -133,6 +153,29 @@ impl Shared {
             })
             .await?;
         Ok(n > 0)
+    }
+
+    /// Removes the records `ids` of `table` that expired before `now_ms` (their JSON's
+    /// `expires_ms`), so swept sign-in sessions do not stay in Redis forever; how many it removed.
+    pub async fn forget_expired(
+        &self,
+        table: Table,
+        ids: &[String],
+        now_ms: u64,
+    ) -> Result<u64, SharedError> {
+        let keys = self.table_keys(table);
+        self.call(table.resource(), |mut c| async move {
+            let mut call = FORGET_SCRIPT.prepare_invoke();
+            for k in &keys[..4] {
+                call.key(k);
+            }
+            call.arg(now_ms);
+            for id in ids {
+                call.arg(id);
+            }
+            call.invoke_async(&mut c).await
+        })
+        .await
     }
 
     /// Record `id` of `table` as Redis has it now, for a record this replica has not pulled yet.

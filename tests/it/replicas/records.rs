@@ -312,3 +312,47 @@ async fn every_replicas_audit_events_are_listed_on_each_in_time_order() {
         }
     }
 }
+
+#[tokio::test]
+async fn expired_sessions_swept_by_a_replica_leave_redis_too() {
+    let Some(redis) = RedisServer::start("sessions_swept_from_redis") else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let mut config = replica_config(&mock, &redis, "2s");
+    config
+        .extra_auth_yaml
+        .push("refresh_token_ttl: 1s".to_owned());
+    let env = [
+        ("FLEET_JWT_SECRET", SECRET),
+        ("SWITCHYARD_JWT_SECRET", SESSION_SECRET),
+    ];
+    let mut replica = Server::start_with_env(&config, &env);
+    create_account(&replica, "di@fleet.test").await;
+    assert_eq!(login(&replica, "di@fleet.test").await.0, 200);
+    let held = |table: &str| redis.command(&["HLEN", &format!("fleet-test:{{tbl:{table}}}:rec")]);
+    let started = Instant::now();
+    while held("families").as_deref() != Some(":1\r\n")
+        || held("refresh").as_deref() != Some(":1\r\n")
+    {
+        assert!(started.elapsed() < Duration::from_secs(5), "not in redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Expired; a replica sweeps as it starts.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    replica.restart();
+    let started = Instant::now();
+    while held("families").as_deref() != Some(":0\r\n")
+        || held("refresh").as_deref() != Some(":0\r\n")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still in redis: {:?} {:?}",
+            held("families"),
+            held("refresh")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The account is no session: it stays.
+    assert_eq!(held("accounts").as_deref(), Some(":1\r\n"));
+}
