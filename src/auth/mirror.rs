@@ -414,3 +414,114 @@ impl AuthService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use switchyard_actors::store::Store;
+
+    use super::*;
+    use crate::auth::store::Role;
+
+    fn service() -> (AuthService, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::load_str(Path::new("t.yaml"), "").unwrap();
+        let store = Store::temporary().unwrap();
+        let auth = AuthService::new(&store, dir.path(), &config.auth).unwrap();
+        (auth, dir)
+    }
+
+    fn account(updated_ms: u64, disabled: bool) -> Account {
+        Account {
+            id: "acc_1".into(),
+            email: "a@b".into(),
+            password_hash: "h".into(),
+            role: Role::User,
+            tier: None,
+            scopes: vec![],
+            disabled,
+            created_ms: 1,
+            updated_ms,
+        }
+    }
+
+    fn family(expires_ms: u64, revoked_ms: Option<u64>) -> Family {
+        Family {
+            id: "fam".into(),
+            account: "acc_1".into(),
+            created_ms: 1,
+            expires_ms,
+            revoked_ms,
+            revoked_reason: None,
+        }
+    }
+
+    #[test]
+    fn a_later_account_change_wins_and_is_found_by_email() {
+        let (auth, _dir) = service();
+        auth.apply_account(account(5, true)).unwrap();
+        assert!(
+            auth.cached_account("acc_1")
+                .unwrap()
+                .unwrap()
+                .account
+                .disabled
+        );
+        // An older copy does not undo the change.
+        auth.apply_account(account(3, false)).unwrap();
+        assert!(auth.store.account("acc_1").unwrap().unwrap().disabled);
+        auth.apply_account(account(9, false)).unwrap();
+        assert!(
+            !auth
+                .cached_account("acc_1")
+                .unwrap()
+                .unwrap()
+                .account
+                .disabled
+        );
+        assert_eq!(
+            auth.store
+                .account_by_email("a@b")
+                .unwrap()
+                .unwrap()
+                .updated_ms,
+            9
+        );
+    }
+
+    #[test]
+    fn a_revoked_family_stays_revoked_and_keeps_the_later_expiry() {
+        let (auth, _dir) = service();
+        // Read as revoked while unknown; the mirrored family replaces that.
+        assert!(auth.family_revoked("fam").unwrap());
+        auth.apply_family(family(10, None)).unwrap();
+        assert!(!auth.family_revoked("fam").unwrap());
+        auth.apply_family(family(20, Some(7))).unwrap();
+        assert!(auth.family_revoked("fam").unwrap());
+        auth.apply_family(family(30, None)).unwrap();
+        let kept = auth.store.family("fam").unwrap().unwrap();
+        assert_eq!((kept.revoked_ms, kept.expires_ms), (Some(7), 20));
+    }
+
+    #[test]
+    fn a_spent_refresh_token_stays_spent() {
+        let (auth, _dir) = service();
+        let rec = RefreshRecord {
+            id: "r".into(),
+            hash: "h".into(),
+            family: "fam".into(),
+            account: "acc_1".into(),
+            created_ms: 1,
+            expires_ms: 10,
+            spent_ms: Some(4),
+        };
+        auth.apply_refresh(rec.clone()).unwrap();
+        auth.apply_refresh(RefreshRecord {
+            spent_ms: None,
+            ..rec
+        })
+        .unwrap();
+        assert_eq!(auth.store.refresh("r").unwrap().unwrap().spent_ms, Some(4));
+    }
+}

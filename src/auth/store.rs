@@ -640,6 +640,42 @@ mod tests {
     }
 
     #[test]
+    fn audit_logs_of_two_replicas_merge_in_time_order_with_distinct_ids() {
+        let (a, b) = (store(), store());
+        let entry = |ts: u64, event: &str| AuditEntry {
+            id: String::new(),
+            ts_ms: ts,
+            event: event.into(),
+            outcome: "success".into(),
+            actor: "a".into(),
+            target: None,
+            address: None,
+            detail: None,
+        };
+        // Fresh stores make the same sequences: the tags keep their ids apart.
+        let mine = a.append_audit(entry(2, "a2")).unwrap();
+        let theirs = [
+            b.append_audit(entry(2, "b2")).unwrap(),
+            b.append_audit(entry(3, "b3")).unwrap(),
+        ];
+        if a.audit_tag != b.audit_tag {
+            assert_ne!(mine.id, theirs[0].id);
+        }
+        for e in &theirs {
+            assert!(a.put_mirrored_audit(e).unwrap());
+            assert!(!a.put_mirrored_audit(e).unwrap(), "once");
+        }
+        assert!(a.audit_entry(&mine.id).unwrap().is_some());
+        let (page, next) = a.audit_page(None, 2).unwrap();
+        assert_eq!(page[0].event, "b3");
+        let (rest, _) = a.audit_page(next.as_deref(), 2).unwrap();
+        assert_eq!(page.len() + rest.len(), 3);
+        assert_eq!(a.audit_all().unwrap().len(), 3);
+        // The tag survives a reopen.
+        assert_eq!(AuthStore::open(&a.store).unwrap().audit_tag, a.audit_tag);
+    }
+
+    #[test]
     fn account_keys_use_the_index() {
         let s = store();
         let mut k = KeyRecord {
