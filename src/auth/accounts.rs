@@ -194,7 +194,8 @@ impl AuthService {
             created_ms: now,
             updated_ms: now,
         };
-        if !self.store.insert_account(&account)? {
+        let free = self.email_free(&account.email, &account.id).await;
+        if !free || !self.store.insert_account(&account)? {
             return Err(AuthError::Invalid {
                 message: format!("An account with email {} exists already.", account.email),
                 param: Some("email"),

@@ -242,6 +242,16 @@ impl AuthService {
         });
         let fresh = uuid::Uuid::new_v4().to_string();
         let (wrote, epoch) = m.shared.seed_records(table, &fresh, &records).await?;
+        if table == Table::Accounts {
+            let emails: Vec<(String, String)> = self
+                .store
+                .accounts()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| (a.email, a.id))
+                .collect();
+            m.shared.seed_emails(&emails).await?;
+        }
         if wrote > 0 {
             tracing::info!(
                 table = table.name(),
@@ -334,6 +344,20 @@ impl AuthService {
         }
         self.store.put_refresh(&remote)?;
         Ok(())
+    }
+
+    /// Whether `email` may be given to the new account `id`: across the fleet with Redis (a claim,
+    /// so of two replicas creating one email at once exactly one succeeds), always without. With
+    /// Redis unavailable the local check alone decides (the README's risk).
+    pub(super) async fn email_free(&self, email: &str, id: &str) -> bool {
+        let Some(m) = &self.mirror else { return true };
+        match m.shared.claim_email(email, id).await {
+            Ok(owner) => owner == id,
+            Err(e) => {
+                tracing::warn!(error = %e, "email checked on this replica only: redis unavailable");
+                true
+            }
+        }
     }
 
     /// Removes records this replica swept (expired before `now`) from Redis too, unless Redis holds

@@ -178,6 +178,52 @@ impl Shared {
         .await
     }
 
+    /// `{tbl:accounts}:email:<email>`: which account an email belongs to, across the fleet.
+    fn email_key(&self, email: &str) -> String {
+        self.key(&format!("{{tbl:{}}}:email:{email}", Table::Accounts.name()))
+    }
+
+    /// Claims `email` for account `id` unless another account has it; returns the owner (`id`
+    /// when the claim is ours or was already).
+    pub async fn claim_email(&self, email: &str, id: &str) -> Result<String, SharedError> {
+        let key = self.email_key(email);
+        let (_, owner): (Option<String>, String) = self
+            .call(Resource::Accounts, |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(id)
+                    .arg("NX")
+                    .cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(owner)
+    }
+
+    /// Claims the emails of existing accounts (email, id) that Redis lacks (seeding), one round
+    /// trip per 200.
+    pub async fn seed_emails(&self, accounts: &[(String, String)]) -> Result<(), SharedError> {
+        for batch in accounts.chunks(200) {
+            let mut pipe = redis::pipe();
+            for (email, id) in batch {
+                pipe.cmd("SET")
+                    .arg(self.email_key(email))
+                    .arg(id)
+                    .arg("NX")
+                    .ignore();
+            }
+            self.call(Resource::Accounts, |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Record `id` of `table` as Redis has it now, for a record this replica has not pulled yet.
     pub async fn record(&self, table: Table, id: &str) -> Result<Option<String>, SharedError> {
         let [hash, ..] = self.table_keys(table);

@@ -356,3 +356,34 @@ async fn expired_sessions_swept_by_a_replica_leave_redis_too() {
     // The account is no session: it stays.
     assert_eq!(held("accounts").as_deref(), Some(":1\r\n"));
 }
+
+#[tokio::test]
+async fn one_email_made_on_two_replicas_at_once_is_one_account() {
+    let Some(redis) = RedisServer::start("emails_across_replicas") else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let replicas = fleet(2, &mock, &redis, "2s");
+    for round in 0..3 {
+        let body = json!({"email": format!("ed{round}@fleet.test"), "password": PASSWORD});
+        let post = |r: &Server| {
+            let body = body.clone();
+            let url = r.url("/admin/accounts");
+            async move {
+                client()
+                    .post(url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        let (a, b) = tokio::join!(post(&replicas[0]), post(&replicas[1]));
+        let mut statuses = [a, b];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 400], "round {round}");
+    }
+}
