@@ -35,6 +35,8 @@ const SHIP_BATCH: usize = 500;
 /// Days of records Redis keeps after each day ends (reports reach back this far).
 const KEEP_DAYS: u64 = 400;
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// A report's read from Redis: a span's records can be many.
+const READ_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `ms`'s UTC day, `yyyy-mm-dd`.
 fn day(ms: u64) -> String {
@@ -139,11 +141,7 @@ impl Shared {
                 .arg(format!("({to_ms}"));
             d += DAY_MS;
         }
-        let days: Vec<Vec<String>> = self
-            .call(Resource::Usage, |mut c| async move {
-                pipe.query_async(&mut c).await
-            })
-            .await?;
+        let days: Vec<Vec<String>> = self.read_large(pipe).await?;
         let mut out = Vec::new();
         for m in days.iter().flatten() {
             let Some((_, json)) = m.split_once('\n') else {
@@ -155,6 +153,33 @@ impl Shared {
         }
         out.sort_by_key(|r: &UsageRecord| r.ts_ms);
         Ok(out)
+    }
+
+    /// A read whose answer may be large (a report's records), on a connection of its own and with
+    /// `READ_DEADLINE`: on the worker's shared connection it would hold up that worker's limit
+    /// checks behind it, and a slow large answer would open the breaker every resource shares.
+    /// With the breaker open (Redis known down) it fails at once.
+    async fn read_large<T: redis::FromRedisValue>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T, SharedError> {
+        if self.breaker.is_open() {
+            return Err(SharedError::Open);
+        }
+        let started = std::time::Instant::now();
+        let read = async {
+            let mut c = self.client.get_multiplexed_async_connection().await?;
+            pipe.query_async::<T>(&mut c).await
+        };
+        let result = match tokio::time::timeout(READ_DEADLINE, read).await {
+            Ok(r) => r.map_err(SharedError::Redis),
+            Err(_) => Err(SharedError::Timeout(READ_DEADLINE)),
+        };
+        self.metrics
+            .round_trip
+            .with_label_values(&[Resource::Usage.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Ships this replica's usage records for as long as the process runs.
