@@ -455,6 +455,15 @@ async fn a_replica_killed_holding_a_reservation_gives_it_back_once_after_its_lea
         assert!(Instant::now() < deadline, "no reservation made");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The reservation is made before the upstream is called: wait until the hanging reply is taken,
+    // or the next call (on replica 1) would be the one to hang.
+    while mock.request_count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the held request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     replicas[0].kill9();
     pending.abort();
     // The 3 s lease runs out; the next look at the account gives it back, once.
