@@ -1,11 +1,14 @@
 //! What a billing front end's events do to an account (the signed webhook delivers them): a tier set or
 //! cleared, credits added. Each event id is applied at most once.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::{usd, LedgerError, Limits};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::shared::Resource;
 
 /// A billing front end's event.
 #[derive(Debug, Deserialize)]
@@ -24,35 +27,84 @@ pub struct EventData {
     pub amount_usd: Option<f64>,
 }
 
+/// How long the fleet remembers an event id in Redis: far beyond any billing provider's retries of
+/// one event (days), after which the signature's timestamp tolerance refuses a replay of the old
+/// delivery anyway.
+const SHARED_EVENT_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Applies `event` once; what it changed, for the audit log. A replay changes nothing and is refused
 /// (409), and an event that cannot be applied leaves its id unclaimed so a corrected delivery can follow.
+/// With `state.backend: redis` the id is claimed for the whole fleet first (a delivery retried to
+/// another replica is a replay too); while Redis cannot be asked the event is refused with 503, so
+/// the sender retries it later rather than have two replicas apply it.
 pub async fn apply(
     limits: &Limits,
     config: &Config,
     event: &BillingEvent,
     now_secs: u64,
 ) -> Result<String, ApiError> {
+    let shared = limits.shared.as_deref();
+    if let Some(shared) = shared {
+        let name = format!("billing_event:{}", event.id);
+        let claimed = shared
+            .claim_once(Resource::BillingEvents, &name, SHARED_EVENT_KEEP)
+            .await
+            .map_err(|e| {
+                shared.set_degraded(Resource::BillingEvents, true);
+                ApiError::Unavailable {
+                    message: format!(
+                        "Billing events cannot be applied now (shared state: {e}); deliver it again later."
+                    ),
+                    code: "shared_state_unavailable",
+                    retry_after: 5,
+                }
+            })?;
+        shared.set_degraded(Resource::BillingEvents, false);
+        if !claimed {
+            return Err(replay(&event.id));
+        }
+    }
     let claimed = limits
         .ledger
         .claim_event(&event.id, now_secs)
-        .map_err(|e| ApiError::Internal(format!("webhook: {e}")))?;
-    if !claimed {
-        return Err(ApiError::Conflict {
-            message: format!(
-                "Event {} was already processed; replays are refused.",
-                event.id
-            ),
-            code: "webhook_replay",
-        });
-    }
-    match change(limits, config, event).await {
-        Ok(detail) => Ok(detail),
-        Err(e) => {
-            if let Err(forget) = limits.ledger.forget_event(&event.id) {
-                tracing::error!(error = %forget, "cannot forget an unapplied billing event id");
+        .map_err(|e| ApiError::Internal(format!("webhook: {e}")));
+    let claimed_here = matches!(claimed, Ok(true));
+    let result = match claimed {
+        Ok(true) => change(limits, config, event).await,
+        Ok(false) => Err(replay(&event.id)),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        // Unclaim what this delivery claimed, unless it was refused as a replay (the claim is another
+        // delivery's).
+        let was_replay = matches!(
+            e,
+            ApiError::Conflict {
+                code: "webhook_replay",
+                ..
             }
-            Err(e)
+        );
+        if !was_replay {
+            if claimed_here {
+                if let Err(forget) = limits.ledger.forget_event(&event.id) {
+                    tracing::error!(error = %forget, "cannot forget an unapplied billing event id");
+                }
+            }
+            if let Some(shared) = shared {
+                let name = format!("billing_event:{}", event.id);
+                if let Err(forget) = shared.forget_claim(Resource::BillingEvents, &name).await {
+                    tracing::error!(error = %forget, "cannot forget an unapplied billing event id in redis");
+                }
+            }
         }
+    }
+    result
+}
+
+fn replay(id: &str) -> ApiError {
+    ApiError::Conflict {
+        message: format!("Event {id} was already processed; replays are refused."),
+        code: "webhook_replay",
     }
 }
 

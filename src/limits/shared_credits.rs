@@ -474,8 +474,8 @@ impl Limits {
         let hexed: String = account.bytes().map(|b| format!("{b:02x}")).collect();
         let name = format!("cr:{{acct:{hexed}}}:notice:{month}:{permille:04}");
         // Kept past the month's end, so a notice is never sent twice in it.
-        let ttl = 40 * 24 * 3_600_000;
-        match shared.claim_once(&name, ttl).await {
+        let keep = Duration::from_secs(40 * 24 * 3600);
+        match shared.claim_once(Resource::Credits, &name, keep).await {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim a credit notice in redis: not sent");

@@ -356,24 +356,6 @@ impl Shared {
         raw.parse()
             .map_err(|_| SharedError::Answer("the epoch script's number"))
     }
-
-    /// Claims a once-only marker (a threshold notice) for the whole fleet: `true` for the first claim.
-    pub async fn claim_once(&self, name: &str, ttl_ms: u64) -> Result<bool, SharedError> {
-        let key = self.key(name);
-        let set: Option<String> = self
-            .call(Resource::Credits, |mut c| async move {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg("1")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(set.is_some())
-    }
 }
 
 fn parse_answer(raw: Vec<String>) -> Result<CreditAnswer, SharedError> {

@@ -5,13 +5,14 @@
 //! sign-in sessions, audit), the fleet's usage records (`usage`), sticky-session pins (`pins`),
 //! profile health lanes (`health`, pushed to every replica through pub/sub), fleet-wide leases
 //! (`locks`: one half-open probe, one OAuth refresh), the sealed OAuth tokens (`oauth`), credits
-//! (`credits`) and the daily token budget (`budget`).
+//! (`credits`), the daily token budget (`budget`) and ids the fleet acts on once (`claims`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
 
 pub mod breaker;
 pub mod budget;
+pub mod claims;
 pub mod credits;
 pub mod health;
 pub mod locks;
@@ -59,6 +60,8 @@ pub enum Resource {
     Credits,
     /// The daily token budget (`tokens_per_day`).
     TokensPerDay,
+    /// The billing webhook's event ids, each applied once by the fleet.
+    BillingEvents,
 }
 
 impl Resource {
@@ -76,6 +79,7 @@ impl Resource {
             Resource::OAuthTokens => "oauth_tokens",
             Resource::Credits => "credits",
             Resource::TokensPerDay => "tokens_per_day",
+            Resource::BillingEvents => "billing_events",
         }
     }
 }

@@ -25,6 +25,7 @@ mod pins;
 mod probes;
 mod records;
 mod usage;
+mod webhook;
 
 pub(super) const ISSUER: &str = "https://fleet.test";
 pub(super) const SECRET: &str = "fleet-shared-secret-0123456789abcdef";
