@@ -10,7 +10,8 @@
 #
 # Peers are installed once with `cargo install --locked --root load-tests/.cache/peers` (gitignored; a
 # release build of each, slow on 2 cores); a peer that fails to install or start is reported, not fatal.
-# Options: --quick, --runs N, --duration S, --no-build, --no-failover, --no-peers, --no-redis, --perf, --perf-system NAME
+# Options: --quick, --runs N, --duration S, --no-build, --no-failover, --no-peers, --no-install (run only the peers
+# already installed), --no-redis, --perf, --perf-system NAME
 # (profile another system: bare-w2, full-w1, full-w2, fullnd-w1, fullnc-w1), --keep DIR (keep raw results, logs, configs
 # and the perf data in DIR), --workers-failover N (default 1).
 # Also measured: /v1/messages and /v1/responses passed through by the default config (against chat), and, when
@@ -34,6 +35,7 @@ RUNS=1
 BUILD=1
 FAILOVER=1
 PEERS=1
+INSTALL=1
 REDIS=1
 PERF=0
 KEEP=""
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --no-failover) FAILOVER=0 ;;
     --no-peers) PEERS=0 ;;
+    --no-install) INSTALL=0 ;;
     --no-redis) REDIS=0 ;;
     --perf) PERF=1 ;;
     --perf-system) PERF=1; PERF_SYSTEM="$2"; shift ;;
@@ -102,6 +105,7 @@ PEER_LIST=(noveum-ai-gateway crabllm)
 install_peer() { # crate
   local crate="$1"
   [ -x "$PEER_ROOT/bin/$crate" ] && return 0
+  if [ "$INSTALL" = 0 ]; then PEER_NOTE[$crate]="not installed (--no-install)"; return 1; fi
   mkdir -p "$HERE/.cache"
   log "installing peer $crate (cargo install --locked --root $PEER_ROOT: a release build, several minutes)"
   if nice -n 10 cargo install --locked --root "$PEER_ROOT" "$crate" >"$HERE/.cache/install-$crate.log" 2>&1 &&
