@@ -64,6 +64,14 @@ pub enum ApiError {
         message: String,
         retry_after: Option<u64>,
     },
+    /// 503: state the answer depends on cannot be decided now (credits while the shared state is
+    /// unreachable or behind its high-water mark); `retry_after` in whole seconds.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        code: &'static str,
+        retry_after: u64,
+    },
     /// 502: profiles were tried and all failed.
     #[error("{0}")]
     Upstream(String),
@@ -161,7 +169,7 @@ impl ApiError {
             ApiError::NoAvailableProfile { .. } => "no_available_profile",
             ApiError::Upstream(_) | ApiError::Overloaded(_) => "upstream_error",
             ApiError::Timeout(_) => "timeout",
-            ApiError::Internal(_) => "server_error",
+            ApiError::Internal(_) | ApiError::Unavailable { .. } => "server_error",
         }
     }
 
@@ -176,7 +184,9 @@ impl ApiError {
             ApiError::Forbidden(_) => "permission_error",
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => "not_found_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
-            ApiError::NoAvailableProfile { .. } | ApiError::Overloaded(_) => "overloaded_error",
+            ApiError::NoAvailableProfile { .. }
+            | ApiError::Overloaded(_)
+            | ApiError::Unavailable { .. } => "overloaded_error",
             ApiError::InsufficientQuota(_)
             | ApiError::Timeout(_)
             | ApiError::Upstream(_)
@@ -192,7 +202,7 @@ impl ApiError {
             ApiError::UnknownModel(_) => Some("model_not_found"),
             ApiError::TooLarge { .. } => Some("request_too_large"),
             ApiError::RequestTimeout(_) => Some("request_timeout"),
-            ApiError::RateLimited { code, .. } => Some(code),
+            ApiError::RateLimited { code, .. } | ApiError::Unavailable { code, .. } => Some(code),
             ApiError::NoAvailableProfile { .. } => Some("no_available_profile"),
             ApiError::Upstream(_) => Some("upstream_error"),
             ApiError::Overloaded(_) => Some("overloaded"),
@@ -245,7 +255,8 @@ impl ApiError {
                 retry_after: Some(retry_after),
                 ..
             }
-            | ApiError::RateLimited { retry_after, .. } => {
+            | ApiError::RateLimited { retry_after, .. }
+            | ApiError::Unavailable { retry_after, .. } => {
                 res.insert_header((RETRY_AFTER, retry_after.to_string()));
             }
             _ => {}
@@ -270,7 +281,9 @@ impl ResponseError for ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NoAvailableProfile { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoAvailableProfile { .. } | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             // 529 is Anthropic's; it is a valid status code, and OpenAI SDKs retry 5xx alike.
             ApiError::Overloaded(_) => {

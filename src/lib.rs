@@ -182,6 +182,10 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         limits = limits.share_through(redis.clone());
     }
     let limits = Arc::new(limits);
+    if redis.is_some() {
+        // Settles that did not reach Redis, and spend under the allowance, once it is back.
+        actix_web::rt::spawn(limits.clone().run_repayment());
+    }
     if let Some(j) = &journal {
         limits.ledger.attach_journal(j.clone());
     }

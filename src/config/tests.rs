@@ -73,6 +73,7 @@ fn state_redis_is_read_with_defaults() {
             command_timeout: Duration::from_millis(50),
             replicas: 1,
             margin: 0.1,
+            credit_allowance_micros: 0,
         })
     );
     let c = load(
@@ -91,6 +92,13 @@ fn state_redis_is_read_with_defaults() {
         ),
         ("sy-a:", Duration::from_millis(20), 3, 0.25)
     );
+    let c = load(
+        "state:\n  backend: redis\n  redis:\n    url: redis://r:1/2\n    credit_allowance_usd: 0.25\n",
+    );
+    let StateBackend::Redis(r) = c.state else {
+        panic!("not redis: {:?}", c.state)
+    };
+    assert_eq!(r.credit_allowance_micros, 250_000);
     // A redis section is allowed (and unused) while the backend stays local.
     assert_eq!(
         load("state:\n  redis:\n    replicas: 2\n").state,
@@ -122,6 +130,10 @@ fn state_backend_and_redis_keys_are_checked() {
             "t.yaml:7:15: state.redis.replicas: must be >= 1",
             "t.yaml:8:13: state.redis.margin: must be >= 0 and < 1",
         ],
+    );
+    check(
+        "state:\n  backend: redis\n  redis:\n    url: redis://r:1\n    credit_allowance_usd: -1\n",
+        &["t.yaml:5:27: state.redis.credit_allowance_usd: must be between 0 and 1000000"],
     );
 }
 

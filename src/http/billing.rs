@@ -11,7 +11,7 @@ use super::extract::{address, json_body, read_limited, Admin, Caller, SMALL_BODY
 use super::respond::metered;
 use crate::auth::AuditEvent;
 use crate::error::ApiError;
-use crate::limits::events::{self, ledger_error, usd_signed, usd_to_micros, BillingEvent};
+use crate::limits::events::{self, usd_signed, usd_to_micros, BillingEvent};
 use crate::limits::usage::{self, UsageQuery};
 use crate::limits::usd;
 use crate::limits::webhook::{self, SignatureError};
@@ -26,6 +26,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/accounts/{id}/credits", web::get().to(get_credits))
         .route("/admin/accounts/{id}/credits", web::post().to(add_credits))
         .route("/admin/accounts/{id}/tier", web::put().to(set_tier))
+        .route("/admin/state/reseed", web::post().to(reseed))
         .route("/billing/webhook", web::post().to(billing_webhook));
 }
 
@@ -33,7 +34,14 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 async fn own_usage(caller: Caller, q: web::Query<UsageQuery>, state: State) -> HttpResponse {
     let work = async {
         let config = state.config();
-        let v = usage::own_report(&config, &state.limits, &state.store, &caller.0, &q)?;
+        let mut v = usage::own_report(&config, &state.limits, &state.store, &caller.0, &q)?;
+        // With the state in Redis the balance is the fleet's, not this replica's ledger's.
+        if let (Some(_), Some(account)) = (&state.redis, &caller.0.account) {
+            if v.get("credits").is_some() {
+                let balance = state.limits.balance_of(account).await?;
+                v["credits"] = json!({"balance_usd": usd(balance)});
+            }
+        }
         Ok(HttpResponse::Ok().json(v))
     };
     metered(&state, &caller, work).await
@@ -49,9 +57,7 @@ async fn admin_usage(_: Admin, q: web::Query<UsageQuery>, state: State) -> Reply
 
 /// `GET /admin/accounts/{id}/credits`: the balance and every transaction, oldest first.
 async fn get_credits(_: Admin, id: web::Path<String>, state: State) -> Reply {
-    let ledger = &state.limits.ledger;
-    let balance = ledger.balance(&id).map_err(ledger_error)?;
-    let txs = ledger.transactions(&id).map_err(ledger_error)?;
+    let (balance, txs) = state.limits.credits_of(&id).await?;
     Ok(HttpResponse::Ok().json(json!({
         "account": *id,
         "balance_micros": balance,
@@ -79,11 +85,7 @@ async fn add_credits(
 ) -> Reply {
     let body: CreditsBody = json_body(&req, payload).await?;
     let micros = usd_to_micros(body.amount_usd)?;
-    let tx = state
-        .limits
-        .ledger
-        .adjust(&id, micros, body.note)
-        .map_err(ledger_error)?;
+    let tx = state.limits.adjust_credits(&id, micros, body.note).await?;
     flush(&state).await?;
     let detail = format!("credits {} USD", usd_signed(micros));
     audit_admin(&state, &admin.actor(), &id, detail);
@@ -92,6 +94,54 @@ async fn add_credits(
         "balance_usd": usd(tx.balance_micros),
         "transaction": tx,
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReseedBody {
+    /// Account -> the balance to set, for accounts whose balance Redis lost.
+    #[serde(default)]
+    balances_usd: std::collections::BTreeMap<String, f64>,
+}
+
+/// `POST /admin/state/reseed {balances_usd?}`: after Redis lost credits (restored from an old
+/// snapshot, or emptied), every replica accepts Redis as it now is, with the given balances set.
+/// Until then credits answer 503 on each replica whose high-water mark Redis is behind.
+async fn reseed(
+    Admin(admin): Admin,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: State,
+) -> Reply {
+    let body: ReseedBody = json_body(&req, payload).await?;
+    let mut balances = Vec::with_capacity(body.balances_usd.len());
+    for (account, amount) in &body.balances_usd {
+        let micros = u64::try_from(usd_to_micros(*amount)?)
+            .map_err(|_| ApiError::invalid("A reseeded balance cannot be negative."))?;
+        balances.push((account.clone(), micros));
+    }
+    let result = state.limits.reseed(&balances).await;
+    let detail = format!(
+        "reseed of the shared credits: {}",
+        match &result {
+            Ok(epoch) => format!("epoch {epoch}, {} balances set", balances.len()),
+            Err(e) => format!("failed: {e}"),
+        }
+    );
+    state.auth.audit(
+        AuditEvent::AdminAction,
+        result.is_ok(),
+        &admin.actor(),
+        Some("state:credits".into()),
+        address(&req).as_deref(),
+        Some(detail),
+    );
+    let epoch = result?;
+    let set: Vec<_> = balances
+        .iter()
+        .map(|(a, m)| json!({"account": a, "balance_usd": usd(*m)}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"epoch": epoch, "balances": set})))
 }
 
 #[derive(Deserialize)]
@@ -140,7 +190,7 @@ async fn billing_webhook(req: HttpRequest, payload: web::Payload, state: State) 
     else {
         return Ok(HttpResponse::Ok().json(json!({"received": true, "ignored": true})));
     };
-    let detail = events::apply(&state.limits, &state.config(), &event, now)?;
+    let detail = events::apply(&state.limits, &state.config(), &event, now).await?;
     flush(&state).await?;
     let what = Some(format!("{} {}: {detail}", event.kind, event.id));
     let target = Some(format!("account:{}", event.data.account));

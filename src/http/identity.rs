@@ -107,10 +107,7 @@ async fn me(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
         let mut v = serde_json::to_value(me).map_err(|e| ApiError::Internal(e.to_string()))?;
         // The credits as the threshold notices see them, for the extension's usage view.
         if caller.0.account.is_some() {
-            v["credits"] = state
-                .limits
-                .credit_view(&config, &caller.0)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            v["credits"] = state.limits.credit_view(&config, &caller.0).await?;
         }
         Ok(HttpResponse::Ok().json(v))
     };

@@ -258,7 +258,7 @@ async fn forward(
     let accounting = match counting {
         // Counting generates nothing: no credits are reserved or charged.
         true => None,
-        false => hold(proxy, &call, subject.as_ref(), &fields, &body, &request_id)?,
+        false => hold(proxy, &call, subject.as_ref(), &fields, &body, &request_id).await?,
     };
     let span = request_span(&request_id, &fields);
     let pins = &proxy.shared.response_pins;
@@ -323,7 +323,7 @@ fn request_span(request_id: &str, fields: &RoutingFields) -> tracing::Span {
 }
 
 /// Checks `max_tokens` against the caller's tier and reserves the request's largest possible cost.
-fn hold(
+async fn hold(
     proxy: &Proxy<'_>,
     call: &Call,
     subject: Option<&Subject>,
@@ -332,14 +332,18 @@ fn hold(
     request_id: &str,
 ) -> Result<Option<std::sync::Arc<crate::limits::Hold>>, ApiError> {
     let embeddings = call.endpoint == Endpoint::Embeddings;
-    let held = proxy.shared.limits.hold(
-        proxy.config,
-        subject,
-        &fields.model,
-        (body, fields.max_tokens),
-        embeddings,
-        request_id,
-    )?;
+    let held = proxy
+        .shared
+        .limits
+        .hold(
+            proxy.config,
+            subject,
+            &fields.model,
+            (body, fields.max_tokens),
+            embeddings,
+            request_id,
+        )
+        .await?;
     Ok(held)
 }
 

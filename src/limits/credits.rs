@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_actors::store::{now_ms, Store, StoreError};
 
 use super::journal::Journal;
+use crate::shared::credits::Mark;
 
 /// Tier overrides set by the admin API or the billing webhook, beside the ledger.
 const TIER_PREFIX: &str = "v1/tier/";
@@ -38,6 +39,12 @@ const LEASE_PREFIX: &str = "v1/lease/";
 
 /// Threshold notices sent: `v1/notice/<hex account>/<month>/<threshold in permille>`.
 const NOTICE_PREFIX: &str = "v1/notice/";
+
+/// With `state.backend: redis`, the high-water mark of each account's credits in Redis as this
+/// replica last saw it: `v1/mark/<hex account>` -> epoch, seq, balance (big-endian u64s).
+const MARK_PREFIX: &str = "v1/mark/";
+/// The newest reseed epoch this replica has seen (a mark of an older epoch is superseded).
+const EPOCH_KEY: &str = "v1/mark-epoch";
 
 /// A reservation as stored until it is settled or released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,9 +85,21 @@ pub struct Transaction {
     pub reservation: Option<String>,
 }
 
+/// Who decided a reservation, and so who settles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This process's ledger.
+    Local,
+    /// Redis, for the whole fleet (`state.backend: redis`).
+    Shared,
+    /// This replica alone, from its allowance while Redis was away: charged into Redis once back.
+    Allowance,
+}
+
 /// Credits set aside for one request until it is settled or released.
 #[derive(Debug)]
 pub struct Reservation {
+    pub source: Source,
     pub account: String,
     pub micros: u64,
     pub request_id: String,
@@ -128,6 +147,10 @@ pub struct Ledger {
     store: Store,
     /// This process's id on its leases.
     boot: String,
+    /// The Redis high-water marks read or written since start (account -> epoch, seq, balance), and
+    /// the newest epoch: see `MARK_PREFIX`.
+    marks: Mutex<HashMap<String, (Mark, u64)>>,
+    epoch: AtomicU64,
     /// Where movements are staged so that the usage record written after them carries them to the
     /// journal (set once at start; unset in fsync mode and in tests).
     journal: OnceLock<Arc<Journal>>,
@@ -227,6 +250,8 @@ impl Ledger {
             write_order: Mutex::new(()),
             store: store.clone(),
             boot: uuid::Uuid::new_v4().simple().to_string(),
+            marks: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(read_u64(&store.open_tree(TREE)?, EPOCH_KEY)?),
             journal: OnceLock::new(),
             written_through: AtomicU64::new(0),
         })
@@ -671,6 +696,7 @@ impl Ledger {
             serde_json::to_vec(&stored)?,
         )?;
         Ok(Reservation {
+            source: Source::Local,
             account: account.to_owned(),
             micros,
             request_id: request_id.to_owned(),
@@ -781,6 +807,51 @@ impl Ledger {
         Ok(tx)
     }
 
+    /// The mark to pass to Redis for `account` (a mark of an older epoch than the newest seen counts
+    /// from 0 in the new one), and the last balance seen there (`None`: never seen).
+    pub fn mark(&self, account: &str) -> Result<(Mark, Option<u64>), LedgerError> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut marks = self.marks.lock();
+        let (mark, balance) = match marks.get(account) {
+            Some(m) => *m,
+            None => {
+                let stored = self.tree.get(mark_key(account))?;
+                let m = stored.as_deref().and_then(decode_mark);
+                let m = m.map_or((Mark::default(), None), |(m, b)| (m, Some(b)));
+                if let (m, Some(b)) = m {
+                    marks.insert(account.to_owned(), (m, b));
+                }
+                return Ok(current(m, epoch));
+            }
+        };
+        Ok(current((mark, Some(balance)), epoch))
+    }
+
+    /// Remembers what Redis answered for `account`, when it is newer than the mark (answers of
+    /// concurrent movements arrive in any order). Written to the store without a flush: a crash may
+    /// lose the newest marks, never move one back.
+    pub fn raise_mark(&self, account: &str, seen: Mark, balance: u64) -> Result<(), LedgerError> {
+        if seen.epoch > self.epoch.fetch_max(seen.epoch, Ordering::AcqRel) {
+            self.tree.insert(EPOCH_KEY, &seen.epoch.to_be_bytes()[..])?;
+        }
+        let mut marks = self.marks.lock();
+        if marks.get(account).is_some_and(|(m, _)| *m >= seen) {
+            return Ok(());
+        }
+        let mut value = Vec::with_capacity(24);
+        for n in [seen.epoch, seen.seq, balance] {
+            value.extend_from_slice(&n.to_be_bytes());
+        }
+        self.tree.insert(mark_key(account), value)?;
+        marks.insert(account.to_owned(), (seen, balance));
+        Ok(())
+    }
+
+    /// The newest reseed epoch seen.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// The account's transactions, oldest first.
     pub fn transactions(&self, account: &str) -> Result<Vec<Transaction>, LedgerError> {
         self.write_pending()?;
@@ -807,6 +878,34 @@ fn decode_batch(key: &[u8], value: &[u8]) -> Result<Vec<Transaction>, LedgerErro
             })
         })
         .collect()
+}
+
+fn mark_key(account: &str) -> String {
+    format!("{MARK_PREFIX}{}", hex(account))
+}
+
+fn decode_mark(v: &[u8]) -> Option<(Mark, u64)> {
+    let n = |i: usize| {
+        Some(u64::from_be_bytes(
+            v.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    Some((
+        Mark {
+            epoch: n(0)?,
+            seq: n(1)?,
+        },
+        n(2)?,
+    ))
+}
+
+/// A stored mark as it counts under the newest epoch seen.
+fn current((mark, balance): (Mark, Option<u64>), epoch: u64) -> (Mark, Option<u64>) {
+    if mark.epoch == epoch {
+        (mark, balance)
+    } else {
+        (Mark { epoch, seq: 0 }, balance)
+    }
 }
 
 fn read_u64(tree: &sled::Tree, key: &str) -> Result<u64, StoreError> {
@@ -1050,6 +1149,26 @@ mod tests {
         let ts = 1_795_000_000_000;
         assert_eq!(parse_month(month_of(ts).as_bytes()), Some(month_index(ts)));
         assert_eq!(parse_month(b"garbage"), None);
+    }
+
+    #[test]
+    fn a_high_water_mark_only_rises_and_survives_a_restart() {
+        let store = Store::temporary().unwrap();
+        {
+            let l = Ledger::open(&store).unwrap();
+            assert_eq!(l.mark("a").unwrap(), (Mark::default(), None));
+            l.raise_mark("a", Mark { epoch: 0, seq: 5 }, 700).unwrap();
+            // An older answer (of a concurrent movement) arriving late moves nothing back.
+            l.raise_mark("a", Mark { epoch: 0, seq: 3 }, 900).unwrap();
+            assert_eq!(l.mark("a").unwrap(), (Mark { epoch: 0, seq: 5 }, Some(700)));
+        }
+        let l = Ledger::open(&store).unwrap();
+        assert_eq!(l.mark("a").unwrap(), (Mark { epoch: 0, seq: 5 }, Some(700)));
+        // A reseed's newer epoch, seen on any account, starts every account's count again.
+        l.raise_mark("b", Mark { epoch: 9, seq: 1 }, 10).unwrap();
+        assert_eq!(l.epoch(), 9);
+        assert_eq!(l.mark("a").unwrap(), (Mark { epoch: 9, seq: 0 }, Some(700)));
+        assert_eq!(Ledger::open(&store).unwrap().epoch(), 9);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub struct EventData {
 
 /// Applies `event` once; what it changed, for the audit log. A replay changes nothing and is refused
 /// (409), and an event that cannot be applied leaves its id unclaimed so a corrected delivery can follow.
-pub fn apply(
+pub async fn apply(
     limits: &Limits,
     config: &Config,
     event: &BillingEvent,
@@ -45,7 +45,7 @@ pub fn apply(
             code: "webhook_replay",
         });
     }
-    match change(limits, config, event) {
+    match change(limits, config, event).await {
         Ok(detail) => Ok(detail),
         Err(e) => {
             if let Err(forget) = limits.ledger.forget_event(&event.id) {
@@ -56,7 +56,11 @@ pub fn apply(
     }
 }
 
-fn change(limits: &Limits, config: &Config, event: &BillingEvent) -> Result<String, ApiError> {
+async fn change(
+    limits: &Limits,
+    config: &Config,
+    event: &BillingEvent,
+) -> Result<String, ApiError> {
     let account = &event.data.account;
     match event.kind.as_str() {
         "subscription.updated" => match &event.data.tier {
@@ -70,9 +74,8 @@ fn change(limits: &Limits, config: &Config, event: &BillingEvent) -> Result<Stri
             Some(a) if a > 0.0 => {
                 let micros = usd_to_micros(a)?;
                 limits
-                    .ledger
-                    .adjust(account, micros, Some(format!("webhook {}", event.id)))
-                    .map_err(ledger_error)
+                    .adjust_credits(account, micros, Some(format!("webhook {}", event.id)))
+                    .await
                     .map(|_| format!("credits {}", usd_signed(micros)))
             }
             _ => Err(ApiError::invalid(

@@ -12,6 +12,7 @@ pub mod credits;
 pub mod events;
 pub mod journal;
 pub mod recovery;
+pub mod shared_credits;
 mod shared_windows;
 pub mod usage;
 pub mod webhook;
@@ -32,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::wire::openai::TokenUsage;
 pub use credits::{Ledger, LedgerError, Reservation, Transaction};
+use shared_credits::TokensAt;
 
 /// The tier used for callers whose tier is unset or unknown, when the config defines it.
 pub const DEFAULT_TIER: &str = "default";
@@ -117,6 +119,9 @@ pub enum Refusal {
     /// The ledger failed (500); logged where it happened.
     #[error("credit reservation failed: {0}")]
     Store(String),
+    /// Credits cannot be decided now: the shared state is unreachable or behind (503).
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u64 },
 }
 
 impl From<Refusal> for ApiError {
@@ -140,6 +145,14 @@ impl From<Refusal> for ApiError {
             Refusal::Insufficient(message) => ApiError::InsufficientQuota(message),
             Refusal::Unpriced(message) => ApiError::Forbidden(message),
             Refusal::Store(detail) => ApiError::Internal(detail),
+            Refusal::Unavailable {
+                message,
+                retry_after,
+            } => ApiError::Unavailable {
+                message,
+                code: "credits_unavailable",
+                retry_after,
+            },
         }
     }
 }
@@ -170,8 +183,11 @@ pub struct Limits {
     /// Account -> tier set through the admin API or the billing webhook; read on every call, so cached.
     tier_overrides: DashMap<String, String>,
     metrics: Arc<Metrics>,
-    /// `state.backend: redis`: request windows counted in Redis for the whole fleet.
+    /// `state.backend: redis`: request windows, credits and the daily token budget in Redis for the
+    /// whole fleet.
     shared: Option<Arc<Shared>>,
+    /// What this replica spent alone, and owes Redis, while Redis was away (see `shared_credits`).
+    away: shared_credits::Away,
 }
 
 impl Limits {
@@ -187,6 +203,7 @@ impl Limits {
             tier_overrides,
             metrics,
             shared: None,
+            away: shared_credits::Away::default(),
         })
     }
 
@@ -419,22 +436,23 @@ impl Limits {
 
     /// The account's credits as `/v1/me` and the threshold notices show them: balance, monthly
     /// credits, fraction used, configured thresholds and those whose notice was sent this month.
-    pub fn credit_view(
+    pub async fn credit_view(
         &self,
         config: &Config,
         p: &Principal,
-    ) -> Result<serde_json::Value, LedgerError> {
+    ) -> Result<serde_json::Value, ApiError> {
         let Some(account) = &p.account else {
             return Ok(serde_json::Value::Null);
         };
-        let balance = self.ledger.balance(account)?;
+        let balance = self.balance_of(account).await?;
         let monthly = self
             .subject(config, Some(p))
             .and_then(|s| s.tier.monthly_credits_micros);
         let thresholds = config.usage.notify.as_ref().map(|n| n.thresholds.clone());
         let crossed: Vec<f64> = self
             .ledger
-            .notices(account, &credits::month_of(now_ms()))?
+            .notices(account, &credits::month_of(now_ms()))
+            .map_err(|e| ApiError::Internal(format!("ledger: {e}")))?
             .into_iter()
             .map(|p| f64::from(p) / 1000.0)
             .collect();
@@ -455,9 +473,7 @@ impl Limits {
         };
         let used = fraction_used(balance, monthly);
         let month = credits::month_of(now_ms());
-        for t in n.thresholds.iter().filter(|t| used >= **t) {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let permille = (t * 1000.0).round() as u32;
+        for (t, permille) in reached(n, used) {
             match self.ledger.claim_notice(account, &month, permille) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -466,26 +482,69 @@ impl Limits {
                     continue;
                 }
             }
-            let body = serde_json::json!({
-                "type": "credits.threshold_crossed",
-                "account": account,
-                "month": month,
-                "threshold": t,
-                "fraction_used": used,
-                "balance_usd": usd(balance),
-                "monthly_credits_usd": usd(monthly),
-            })
-            .to_string();
-            let secret = std::env::var(&n.secret_env).ok().filter(|s| !s.is_empty());
-            actix_web::rt::spawn(webhook::deliver(n.url.clone(), secret, body));
+            send_notice(n, account, (monthly, balance), (&month, t, used));
         }
     }
 
+    /// `notify_thresholds` with the balance a shared settle answered, each notice claimed once for
+    /// the whole fleet in Redis.
+    async fn notify_thresholds_shared(
+        &self,
+        account: &str,
+        monthly: u64,
+        n: &crate::config::NotifyConfig,
+        balance: u64,
+    ) {
+        let used = fraction_used(balance, monthly);
+        let month = credits::month_of(now_ms());
+        for (t, permille) in reached(n, used) {
+            if self.claim_notice_shared(account, &month, permille).await {
+                send_notice(n, account, (monthly, balance), (&month, t, used));
+            }
+        }
+    }
+}
+
+/// The thresholds `used` has reached, each with its permille.
+fn reached(n: &crate::config::NotifyConfig, used: f64) -> Vec<(f64, u32)> {
+    n.thresholds
+        .iter()
+        .filter(|t| used >= **t)
+        .map(|t| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let permille = (t * 1000.0).round() as u32;
+            (*t, permille)
+        })
+        .collect()
+}
+
+/// Delivers one claimed threshold notice.
+fn send_notice(
+    n: &crate::config::NotifyConfig,
+    account: &str,
+    (monthly, balance): (u64, u64),
+    (month, t, used): (&str, f64, f64),
+) {
+    let body = serde_json::json!({
+        "type": "credits.threshold_crossed",
+        "account": account,
+        "month": month,
+        "threshold": t,
+        "fraction_used": used,
+        "balance_usd": usd(balance),
+        "monthly_credits_usd": usd(monthly),
+    })
+    .to_string();
+    let secret = std::env::var(&n.secret_env).ok().filter(|s| !s.is_empty());
+    actix_web::rt::spawn(webhook::deliver(n.url.clone(), secret, body));
+}
+
+impl Limits {
     /// Checks `max_tokens` against the tier and reserves the request's largest possible cost. The hold
     /// settles to the real cost when an attempt answers (see `Hold::attempt_finished`) and gives the
     /// reservation back if none does.
     #[allow(clippy::too_many_arguments)]
-    pub fn hold(
+    pub async fn hold(
         self: &Arc<Self>,
         config: &Config,
         subject: Option<&Subject>,
@@ -521,17 +580,41 @@ impl Limits {
             asked.or(cap).unwrap_or(DEFAULT_MAX_OUTPUT)
         };
         // The daily budget is held before credits, and given back below if credits refuse.
+        let mut tokens_at = TokensAt::Local;
         let tokens_held = match subject.and_then(|s| s.tier.tokens_per_day.map(|l| (s, l))) {
             Some((s, limit)) => {
                 // About four bytes a token, like the estimate charged when usage is missing.
-                Some(self.hold_tokens(s, limit, input.div_ceil(4).saturating_add(output))?)
+                let estimate = input.div_ceil(4).saturating_add(output);
+                match &self.shared {
+                    Some(shared) => {
+                        let lease = config.usage.reservation_lease;
+                        let (held, at) = self
+                            .hold_tokens_shared(shared, s, (limit, estimate), lease)
+                            .await?;
+                        tokens_at = at;
+                        Some(held)
+                    }
+                    None => Some(self.hold_tokens(s, limit, estimate)?),
+                }
             }
             None => None,
         };
+        // Gives the budget back when credits refuse (after the refusal is decided, so the shared
+        // budget's round trip is spawned rather than awaited in a closure).
         let give_back = |e| {
             if let (Some(s), Some(held)) = (subject, tokens_held) {
-                let _windows = self.windows.lock();
-                self.unhold_locked(&s.id, held);
+                let (limits, id) = (self.clone(), s.id.clone());
+                match tokens_at {
+                    TokensAt::Local => {
+                        let _windows = self.windows.lock();
+                        self.unhold_locked(&id, held);
+                    }
+                    TokensAt::Shared { .. } => {
+                        actix_web::rt::spawn(async move {
+                            limits.settle_tokens(&id, tokens_at, 0, held).await;
+                        });
+                    }
+                }
             }
             e
         };
@@ -561,7 +644,34 @@ impl Limits {
                 )))));
             }
         }
-        if let (Some((s, account, monthly)), Some(price)) = (metered, price) {
+        if let (Some((s, account, monthly)), Some(price), Some(shared)) =
+            (metered, price, &self.shared)
+        {
+            let micros = max_cost_micros(price, input, output);
+            let allowance = match &config.state {
+                crate::config::StateBackend::Redis(r) => r.credit_allowance_micros,
+                crate::config::StateBackend::Local => 0,
+            };
+            let lease = config.usage.reservation_lease;
+            match self
+                .reserve_shared(
+                    shared,
+                    (account, monthly, &s.tier_name),
+                    micros,
+                    (request_id, model),
+                    (lease, allowance),
+                )
+                .await
+            {
+                Ok(r) => reservation = Some(r),
+                Err(refusal) => {
+                    if matches!(*refusal, Refusal::Insufficient(_)) {
+                        self.metrics.credit_refusals.inc();
+                    }
+                    return Err(give_back(refusal));
+                }
+            }
+        } else if let (Some((s, account, monthly)), Some(price)) = (metered, price) {
             let micros = max_cost_micros(price, input, output);
             match self.ledger.reserve(
                 account,
@@ -573,13 +683,7 @@ impl Limits {
                 Ok(r) => reservation = Some(r),
                 Err(LedgerError::Insufficient { balance, needed }) => {
                     self.metrics.credit_refusals.inc();
-                    return Err(give_back(Box::new(Refusal::Insufficient(format!(
-                        "Your credits (${}) cannot cover this request (up to ${}). Lower max_tokens, \
-                         add credits or upgrade from the `{}` tier.",
-                        usd(balance),
-                        usd(needed),
-                        s.tier_name
-                    )))));
+                    return Err(give_back(insufficient(balance, needed, &s.tier_name)));
                 }
                 Err(LedgerError::Store(e)) => {
                     tracing::error!(error = %e, "credit reservation failed");
@@ -593,6 +697,7 @@ impl Limits {
                 .filter(|s| s.tier.tokens_per_day.is_some())
                 .map(|s| s.id.clone()),
             tokens_held: tokens_held.unwrap_or(0),
+            tokens_at,
             price: config.price(model, None),
             profile_prices,
             notice: metered.and_then(|(_, account, monthly)| {
@@ -629,6 +734,8 @@ pub struct Hold {
     subject: Option<String>,
     /// Tokens of that budget held until the answer settles (or the hold is dropped).
     tokens_held: u64,
+    /// Where they are held.
+    tokens_at: TokensAt,
     /// The metered account and its monthly credits, when threshold notices are configured.
     notice: Option<(String, u64, crate::config::NotifyConfig)>,
     /// The model's price, and the profiles that price it their own way.
@@ -650,7 +757,16 @@ impl Hold {
         }
         let tokens = r.prompt_tokens.saturating_add(r.completion_tokens);
         if let Some(subject) = &self.subject {
-            self.limits.add_tokens(subject, tokens, self.tokens_held);
+            match self.tokens_at {
+                TokensAt::Local => self.limits.add_tokens(subject, tokens, self.tokens_held),
+                at => {
+                    let (limits, subject, held) =
+                        (self.limits.clone(), subject.clone(), self.tokens_held);
+                    actix_web::rt::spawn(async move {
+                        limits.settle_tokens(&subject, at, tokens, held).await;
+                    });
+                }
+            }
         }
         let price = self
             .profile_prices
@@ -659,7 +775,24 @@ impl Hold {
             .map(|(_, p)| *p)
             .or(self.price);
         let cost = price.map(|p| cost_micros(p, &record_usage(r))).unwrap_or(0);
-        let charged = match self.reservation.lock().take() {
+        let reservation = self.reservation.lock().take();
+        let charged = match reservation {
+            Some(res) if res.source != credits::Source::Local => {
+                // Decided in Redis: settled without delaying the answer; its notices follow the
+                // balance the settle answers.
+                let (limits, notice) = (self.limits.clone(), self.notice.clone());
+                let (model, profile) = (r.model.clone(), r.profile.clone());
+                actix_web::rt::spawn(async move {
+                    let (charged, balance) = limits.close_shared(&res, Some(cost)).await;
+                    if let (Some((account, monthly, notify)), Some(balance)) = (notice, balance) {
+                        limits
+                            .notify_thresholds_shared(&account, monthly, &notify, balance)
+                            .await;
+                    }
+                    limits.count_cost(&model, &profile, charged);
+                });
+                return;
+            }
             Some(res) => match self.limits.ledger.settle(&res, cost) {
                 Ok(c) => c,
                 Err(e) => {
@@ -672,12 +805,18 @@ impl Hold {
         if let Some((account, monthly, notify)) = &self.notice {
             self.limits.notify_thresholds(account, *monthly, notify);
         }
+        self.limits.count_cost(&r.model, &r.profile, charged);
+    }
+}
+
+impl Limits {
+    /// Counts `charged` micro-USD in the cost metric.
+    fn count_cost(&self, model: &str, profile: &str, charged: u64) {
         if charged > 0 {
             #[allow(clippy::cast_precision_loss)]
-            self.limits
-                .metrics
+            self.metrics
                 .cost
-                .with_label_values(&[&r.model, &r.profile])
+                .with_label_values(&[model, profile])
                 .inc_by(charged as f64 / 1e6);
         }
     }
@@ -686,15 +825,41 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         if let (Some(subject), false) = (&self.subject, *self.settled.get_mut()) {
-            let _windows = self.limits.windows.lock();
-            self.limits.unhold_locked(subject, self.tokens_held);
+            match self.tokens_at {
+                TokensAt::Local => {
+                    let _windows = self.limits.windows.lock();
+                    self.limits.unhold_locked(subject, self.tokens_held);
+                }
+                at => {
+                    let (limits, subject, held) =
+                        (self.limits.clone(), subject.clone(), self.tokens_held);
+                    actix_web::rt::spawn(async move {
+                        limits.settle_tokens(&subject, at, 0, held).await;
+                    });
+                }
+            }
         }
         if let Some(res) = self.reservation.get_mut().take() {
-            if let Err(e) = self.limits.ledger.release(&res) {
+            if res.source != credits::Source::Local {
+                let limits = self.limits.clone();
+                actix_web::rt::spawn(async move {
+                    limits.close_shared(&res, None).await;
+                });
+            } else if let Err(e) = self.limits.ledger.release(&res) {
                 tracing::error!(error = %e, "credit release failed");
             }
         }
     }
+}
+
+/// The 402 for a balance that cannot cover a request's largest cost.
+fn insufficient(balance: u64, needed: u64, tier: &str) -> Box<Refusal> {
+    Box::new(Refusal::Insufficient(format!(
+        "Your credits (${}) cannot cover this request (up to ${}). Lower max_tokens, add credits or \
+         upgrade from the `{tier}` tier.",
+        usd(balance),
+        usd(needed),
+    )))
 }
 
 /// The share of `monthly` an account has used: (monthly - balance) / monthly, between 0 and 1 (credits

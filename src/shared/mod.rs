@@ -2,12 +2,15 @@
 //! connection manager per worker thread, a deadline on every command and a breaker
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
 //! request-rate windows (`rate`), the tables every replica mirrors (`records`: API keys) and
-//! sticky-session pins (`pins`) and profile health lanes (`health`).
+//! sticky-session pins (`pins`), profile health lanes (`health`), credits (`credits`) and the daily
+//! token budget (`budget`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
 
 pub mod breaker;
+pub mod budget;
+pub mod credits;
 pub mod health;
 pub mod pins;
 pub mod rate;
@@ -37,6 +40,10 @@ pub enum Resource {
     Pins,
     /// Profile health lanes (cooldown and billing ends, resets).
     Health,
+    /// Credit balances, reservations and their log.
+    Credits,
+    /// The daily token budget (`tokens_per_day`).
+    TokensPerDay,
 }
 
 impl Resource {
@@ -47,6 +54,8 @@ impl Resource {
             Resource::Keys => "keys",
             Resource::Pins => "pins",
             Resource::Health => "health",
+            Resource::Credits => "credits",
+            Resource::TokensPerDay => "tokens_per_day",
         }
     }
 }
@@ -139,7 +148,11 @@ impl Shared {
     /// Connects this worker and loads the scripts, so that its first requests do not wait for either
     /// (against the command deadline). Spawned on each worker as it starts; failing is only logged.
     pub async fn warm(self: Arc<Self>) {
-        if let Err(e) = self.load_scripts().await {
+        let loaded = match self.load_scripts().await {
+            Ok(()) => self.load_credit_scripts().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = loaded {
             tracing::warn!(error = %e, "shared state: cannot reach redis yet");
         }
     }
@@ -212,6 +225,7 @@ mod tests {
             command_timeout: Duration::from_millis(50),
             replicas,
             margin,
+            credit_allowance_micros: 0,
         };
         Shared::new(&config, &metrics.shared).unwrap()
     }

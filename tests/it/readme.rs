@@ -199,6 +199,10 @@ const RUN_ELSEWHERE: &[(&str, &str)] = &[
         "--data-dir ./data$i",
         "the several-replicas recipe: tests/it/replicas.rs starts a real redis-server and three replicas on it",
     ),
+    (
+        "/admin/state/reseed",
+        "needs state.backend: redis and a Redis behind its mark: tests/it/replicas/credits.rs restores an old snapshot and reseeds",
+    ),
 ];
 
 /// The config the README's examples assume: `openai-main` serving `gpt-4o-mini` (here from the mock

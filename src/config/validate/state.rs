@@ -82,6 +82,20 @@ fn redis(
         Some(m) => **m,
         None => DEFAULT_MARGIN,
     };
+    let credit_allowance_micros = match &raw.credit_allowance_usd {
+        Some(a) if !(a.is_finite() && **a >= 0.0 && **a <= 1e6) => {
+            report.at(
+                a.span(),
+                "state.redis.credit_allowance_usd",
+                "must be between 0 and 1000000",
+            );
+            0
+        }
+        // Bounded above: the cast cannot wrap.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(a) => (**a * 1e6).round() as u64,
+        None => 0,
+    };
     let url = match &raw.url {
         None => {
             if wanted {
@@ -111,5 +125,6 @@ fn redis(
         command_timeout,
         replicas,
         margin,
+        credit_allowance_micros,
     })
 }

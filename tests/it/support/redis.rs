@@ -103,6 +103,11 @@ impl RedisServer {
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
+    /// Its working directory (`dump.rdb` after a `SAVE`; loaded again by `restart`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -111,7 +116,7 @@ impl RedisServer {
         }
     }
 
-    /// A new process on the same port (after `kill`), empty.
+    /// A new process on the same port (after `kill`): empty, unless a `SAVE` left a `dump.rdb`.
     pub fn restart(&mut self) {
         self.kill();
         assert!(
