@@ -671,6 +671,19 @@ mod tests {
         assert_eq!(s.all_usage().unwrap(), vec![a, b]);
     }
 
+    /// Opens the store in `dir` once the previous handle's sled threads have let go of its lock
+    /// (dropping a `Store` does not wait for them).
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("cannot reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
     #[test]
     fn the_journal_mark_rides_in_the_counters_and_never_goes_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -694,7 +707,7 @@ mod tests {
             s.flush_blocking().unwrap();
         }
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = reopen(dir.path());
             assert_eq!(s.usage_through().unwrap(), 7, "read back at open");
             // A journaled batch without counters keeps the mark in its own key.
             s.write_usage_batch(&[rec(1_002, "ok")], &[], Some(9))
@@ -702,7 +715,7 @@ mod tests {
             assert!(s.usage.get(JOURNAL_THROUGH_KEY).unwrap().is_some());
             s.flush_blocking().unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(s.usage_through().unwrap(), 9);
         assert_eq!(s.count_usage_records().unwrap(), 3);
         assert_eq!(s.load_counters("q").unwrap(), c);
