@@ -160,10 +160,15 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?;
     if let Some(redis) = &redis {
         auth_service.share_through(redis.clone());
+        let own_secret =
+            std::env::var(&config.auth.jwt_secret_env).is_ok_and(|v| !v.trim().is_empty());
+        if !own_secret {
+            tracing::warn!(variable = %config.auth.jwt_secret_env, "state shared through redis, but the access-token secret is this data directory's own: set the variable to one secret on every replica, or a sign-in on one replica is refused on the others");
+        }
     }
     let auth = Arc::new(auth_service);
     actix_web::rt::spawn(auth.clone().run_maintenance());
-    actix_web::rt::spawn(auth.clone().run_key_mirror());
+    actix_web::rt::spawn(auth.clone().run_mirror());
     let (prefetch_auth, prefetch_config) = (auth.clone(), config.auth.clone());
     actix_web::rt::spawn(async move { prefetch_auth.prefetch_jwks(&prefetch_config).await });
     let router =
@@ -176,6 +181,8 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     spawn_session_sweeper(router.clone(), sweep_every);
     if let Some(redis) = &redis {
         actix_web::rt::spawn(redis.clone().run_health_exchange(router.clone()));
+        // After the journal's replay above: what only it held is in the store, and ships too.
+        actix_web::rt::spawn(redis.clone().run_usage_shipping(store.clone()));
     }
     let mut limits = limits::Limits::new(&store, metrics.clone()).map_err(store_error)?;
     if let Some(redis) = &redis {

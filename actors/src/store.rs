@@ -118,6 +118,11 @@ fn counters_key(profile: &str) -> String {
 /// counters (and as stores before 2026-12-02 kept it for every batch). A batch with counters carries
 /// it in their values instead (`StoredCounters`): one sled insert fewer per batch.
 const JOURNAL_THROUGH_KEY: &[u8] = b"v1/journal/usage_through";
+/// How far usage shipping (`state.backend: redis`) has come: the key time of the newest batch shipped
+/// and the sequence after the highest batch sequence shipped, 16 bytes big-endian.
+const SHIPPED_KEY: &[u8] = b"v1/shipped/usage";
+/// This store's name among the replicas that ship usage: a UUID, made once.
+const SHIPPER_KEY: &[u8] = b"v1/shipped/replica";
 
 /// What start-up reads of a stored counters value: `journal_through` is the store's mark when the
 /// value was written (absent: 0), counting the records of the batch it came with. The store's
@@ -371,6 +376,74 @@ impl Store {
         Ok(out)
     }
 
+    /// The usage batches (`v2/usage/`) whose key time (their earliest `ts_ms`) is at least
+    /// `from_ms`, in key order, as (key time, batch sequence, records). Batches whose sequence is
+    /// below `from_seq` are listed without their records (not decoded): shipping skips them.
+    pub fn usage_batches_since(
+        &self,
+        from_ms: u64,
+        from_seq: u64,
+    ) -> Result<Vec<(u64, u64, Vec<UsageRecord>)>, StoreError> {
+        let start = format!("{USAGE_PREFIX}{from_ms:016x}/");
+        let mut out = Vec::new();
+        for item in self.usage.range(start.as_bytes()..) {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(USAGE_PREFIX.as_bytes()) else {
+                break;
+            };
+            let parsed = std::str::from_utf8(rest).ok().and_then(|r| {
+                let (ts, seq) = r.split_once('/')?;
+                Some((
+                    u64::from_str_radix(ts, 16).ok()?,
+                    u64::from_str_radix(seq, 16).ok()?,
+                ))
+            });
+            let Some((ts, seq)) = parsed else { continue };
+            let mut records = Vec::new();
+            if seq >= from_seq {
+                for line in v.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    records.push(decode(&k, line)?);
+                }
+            }
+            out.push((ts, seq, records));
+        }
+        Ok(out)
+    }
+
+    /// How far usage shipping has come: (key time of the newest batch shipped, the sequence after
+    /// the highest one shipped); `None` before the first shipment.
+    pub fn usage_shipped(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self.usage.get(SHIPPED_KEY)?.and_then(|v| {
+            let b = <[u8; 16]>::try_from(v.as_ref()).ok()?;
+            let (ts, seq) = b.split_at(8);
+            Some((
+                u64::from_be_bytes(ts.try_into().ok()?),
+                u64::from_be_bytes(seq.try_into().ok()?),
+            ))
+        }))
+    }
+
+    /// Records how far usage shipping has come (durable with the store's next flush).
+    pub fn set_usage_shipped(&self, ts: u64, seq: u64) -> Result<(), StoreError> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&ts.to_be_bytes());
+        b[8..].copy_from_slice(&seq.to_be_bytes());
+        self.usage.insert(SHIPPED_KEY, &b[..])?;
+        Ok(())
+    }
+
+    /// This store's shipper name, `fresh` the first time (kept from then on).
+    pub fn shipper_name(&self, fresh: &str) -> Result<String, StoreError> {
+        let _ = self
+            .usage
+            .compare_and_swap(SHIPPER_KEY, None::<&[u8]>, Some(fresh.as_bytes()))?;
+        Ok(self
+            .usage
+            .get(SHIPPER_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_else(|| fresh.to_owned()))
+    }
+
     /// Every usage record, oldest first.
     pub fn all_usage(&self) -> Result<Vec<UsageRecord>, StoreError> {
         self.usage_between(0, u64::MAX)
@@ -551,6 +624,30 @@ mod tests {
             cache_write_1h_tokens: 0,
             reasoning_tokens: 0,
         }
+    }
+
+    #[test]
+    fn usage_batches_are_listed_by_key_time_and_decoded_after_the_shipped_sequence() {
+        let s = Store::temporary().unwrap();
+        s.append_usage(&rec(5_000, "ok")).unwrap();
+        s.append_usage(&rec(1_000, "ok")).unwrap();
+        let all = s.usage_batches_since(0, 0).unwrap();
+        let times: Vec<u64> = all.iter().map(|(t, _, _)| *t).collect();
+        assert_eq!(times, [1_000, 5_000]);
+        assert!(all.iter().all(|(_, _, r)| r.len() == 1));
+        let first_seq = all[1].1;
+        let after = s.usage_batches_since(0, first_seq + 1).unwrap();
+        assert_eq!(after[0].2.len(), 1, "the later-written batch is decoded");
+        assert!(after[1].2.is_empty(), "the shipped one is not");
+        assert_eq!(s.usage_batches_since(2_000, 0).unwrap().len(), 1);
+        assert_eq!(s.usage_shipped().unwrap(), None);
+        s.set_usage_shipped(7, 9).unwrap();
+        assert_eq!(s.usage_shipped().unwrap(), Some((7, 9)));
+        assert_eq!(s.shipper_name("a").unwrap(), "a");
+        assert_eq!(s.shipper_name("b").unwrap(), "a", "kept");
+        // The shipping keys are no usage records.
+        assert_eq!(s.count_usage_records().unwrap(), 2);
+        assert_eq!(s.all_usage().unwrap().len(), 2);
     }
 
     #[test]

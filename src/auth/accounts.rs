@@ -16,6 +16,7 @@ use super::secret::{
 use super::store::{Account, Family, RefreshRecord, Spend};
 use super::{rfc3339, unauth, AuditEvent, AuthError, AuthService, Principal, Role, Via};
 use crate::config::AuthConfig;
+use crate::shared::records::Table;
 
 const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 1024;
@@ -193,7 +194,8 @@ impl AuthService {
             created_ms: now,
             updated_ms: now,
         };
-        if !self.store.insert_account(&account)? {
+        let free = self.email_free(&account.email, &account.id).await;
+        if !free || !self.store.insert_account(&account)? {
             return Err(AuthError::Invalid {
                 message: format!("An account with email {} exists already.", account.email),
                 param: Some("email"),
@@ -201,6 +203,7 @@ impl AuthService {
             });
         }
         self.recache_account(account.clone());
+        self.queue(Table::Accounts, &account.id);
         self.audit(
             AuditEvent::AccountCreated,
             true,
@@ -257,6 +260,7 @@ impl AuthService {
             a.updated_ms = now_ms();
             self.store.put_account(&a)?;
             self.recache_account(a.clone());
+            self.queue(Table::Accounts, &a.id);
             a
         };
         self.audit(
@@ -384,6 +388,7 @@ impl AuthService {
         };
         self.store.put_family(&family)?;
         self.families.insert(family.id.clone(), false);
+        self.queue(Table::Families, &family.id);
         let tokens = self.issue_tokens(config, &account, &family.id, now)?;
         let actor = format!("account:{}", account.id);
         self.audit(
@@ -416,6 +421,7 @@ impl AuthService {
             spent_ms: None,
         };
         self.store.put_refresh(&rec)?;
+        self.queue(Table::Refresh, &rec.id);
         Ok(Tokens {
             access_token: self
                 .session
@@ -440,9 +446,7 @@ impl AuthService {
         let (id, secret) = split_token(token.trim(), REFRESH_PREFIX).ok_or_else(invalid)?;
         let hash = sha256_hex(secret);
         let now = now_ms();
-        let spend = self
-            .store
-            .spend_refresh(id, now, |r| digest_eq(&r.hash, &hash) && r.expires_ms > now)?;
+        let spend = self.spend_refresh(id, &hash, now).await?;
         let rec = match spend {
             Spend::Unknown => return Err(invalid()),
             Spend::AlreadySpent(rec) => {
@@ -473,6 +477,7 @@ impl AuthService {
         let until = now.saturating_add(ms(config.refresh_token_ttl));
         self.store
             .update_family(&rec.family, |f| f.expires_ms = f.expires_ms.max(until))?;
+        self.queue(Table::Families, &rec.family);
         let tokens = self.issue_tokens(config, &account.account, &rec.family, now)?;
         self.audit(
             AuditEvent::TokenRefreshed,
@@ -498,6 +503,7 @@ impl AuthService {
             (Some(token), _) => {
                 let invalid = || unauth("Invalid refresh token.");
                 let (id, secret) = split_token(token.trim(), REFRESH_PREFIX).ok_or_else(invalid)?;
+                self.fetch_missing(Table::Refresh, id).await?;
                 let rec = self
                     .store
                     .refresh(id)?
@@ -537,7 +543,13 @@ impl AuthService {
     // --- /v1/me ---------------------------------------------------------------------------------
 
     /// Who the caller is, what it may do, and what it used: today (UTC) and over the last 30 days.
-    pub fn me(&self, config: &AuthConfig, p: &Principal) -> Result<serde_json::Value, AuthError> {
+    /// With `state.backend: redis` the usage is the fleet's, and `usage.source` says so (`fleet`, or
+    /// `local` while Redis cannot answer).
+    pub async fn me(
+        &self,
+        config: &AuthConfig,
+        p: &Principal,
+    ) -> Result<serde_json::Value, AuthError> {
         let account = match (&p.via, &p.account) {
             (Via::Session { .. } | Via::ApiKey { .. }, Some(id)) => self
                 .cached_account(id)?
@@ -550,9 +562,13 @@ impl AuthService {
         let day = 24 * 60 * 60 * 1000;
         let today_start = now - now % day;
         let month_start = now.saturating_sub(30 * day);
-        let records = self
-            .store
-            .usage_between(month_start, now.saturating_add(1))?;
+        let (records, source) = crate::shared::usage::usage_between(
+            self.shared().map(|s| &**s),
+            self.store.usage_store(),
+            month_start,
+            now.saturating_add(1),
+        )
+        .await?;
         let mine = |r: &&switchyard_actors::store::UsageRecord| match (&p.account, p.key_id()) {
             (Some(a), _) => r.account.as_deref() == Some(a.as_str()),
             (None, Some(k)) => r.key_id.as_deref() == Some(k),
@@ -580,6 +596,13 @@ impl AuthService {
             } => (Some(issuer), Some(subject), project.as_ref()),
             _ => (None, None, None),
         };
+        let mut usage = serde_json::json!({
+            "today": summarize(today_start),
+            "last_30_days": summarize(month_start),
+        });
+        if let Some(s) = source {
+            usage["source"] = serde_json::json!(s.as_str());
+        }
         Ok(serde_json::json!({
             "object": "identity",
             "credential": p.kind(),
@@ -597,10 +620,7 @@ impl AuthService {
                 "tier": p.tier,
                 "max_keys": config.max_keys_per_account,
             },
-            "usage": {
-                "today": summarize(today_start),
-                "last_30_days": summarize(month_start),
-            },
+            "usage": usage,
         }))
     }
 }

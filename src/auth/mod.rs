@@ -32,6 +32,7 @@ pub use keys::{CreatedKey, DurationInput, KeyView, NewKey};
 pub use store::{AuditEntry, Role};
 
 use crate::config::{AuthConfig, IssuerConfig, IssuerKeys, OWN_ISSUER};
+use crate::shared::records::Table;
 use jwt::{IssuerKeyCache, KeyLookup, SessionKeys};
 use limiter::FixedWindow;
 pub use secret::KEY_PREFIX;
@@ -241,8 +242,9 @@ pub struct AuthService {
     account_writes: parking_lot::Mutex<()>,
     /// An argon2 hash checked when the email is unknown, so that the answer takes as long either way.
     dummy_hash: String,
-    /// `state.backend: redis`: keys mirrored across replicas (see `mirror`).
-    mirror: Option<mirror::KeyMirror>,
+    /// `state.backend: redis`: keys, accounts, sessions and audit mirrored across replicas (see
+    /// `mirror`).
+    mirror: Option<mirror::Mirror>,
     /// The dashboard's signed-in browsers (see `web`).
     web_sessions: web::WebSessions,
 }
@@ -516,6 +518,7 @@ impl AuthService {
             }
         })?;
         self.families.insert(id.to_owned(), true);
+        self.queue(Table::Families, id);
         Ok(())
     }
 
@@ -549,8 +552,9 @@ impl AuthService {
             target = entry.target.as_deref().unwrap_or(""),
             "audit"
         );
-        if let Err(e) = self.store.append_audit(entry) {
-            tracing::error!(error = %e, "cannot write the audit log");
+        match self.store.append_audit(entry) {
+            Ok(entry) => self.queue(Table::Audit, &entry.id),
+            Err(e) => tracing::error!(error = %e, "cannot write the audit log"),
         }
     }
 
@@ -598,14 +602,20 @@ impl AuthService {
         Ok(())
     }
 
-    /// Forgets expired refresh tokens and families.
-    pub fn sweep(&self) {
-        match self.store.sweep_sessions(now_ms()) {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(removed = n, "forgot expired sign-in sessions");
+    /// Forgets expired refresh tokens and families (in Redis too, with `state.backend: redis`).
+    pub async fn sweep(&self) {
+        let now = now_ms();
+        match self.store.sweep_sessions(now) {
+            Ok((refresh, families)) if refresh.is_empty() && families.is_empty() => {}
+            Ok((refresh, families)) => {
+                tracing::info!(
+                    removed = refresh.len() + families.len(),
+                    "forgot expired sign-in sessions"
+                );
                 // Cached family states reload lazily; forgotten ones now read as revoked.
                 self.families.clear();
+                self.forget_expired(Table::Refresh, &refresh, now).await;
+                self.forget_expired(Table::Families, &families, now).await;
             }
             Err(e) => tracing::warn!(error = %e, "session sweep failed"),
         }
@@ -640,15 +650,17 @@ impl AuthService {
             tick.tick().await;
             self.persist_last_used();
             if ticks.is_multiple_of(60) {
-                self.sweep();
+                self.sweep().await;
             }
             ticks += 1;
         }
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable, then sends it to the other replicas (with Redis).
     async fn flush(&self) -> Result<(), AuthError> {
-        self.store.flush().await.map_err(AuthError::from)
+        self.store.flush().await.map_err(AuthError::from)?;
+        self.send_queued().await;
+        Ok(())
     }
 }
 

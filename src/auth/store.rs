@@ -19,6 +19,9 @@ const EMAILS: &str = "v1/account_emails/";
 const REFRESH: &str = "v1/refresh/";
 const FAMILIES: &str = "v1/families/";
 const AUDIT: &str = "v1/audit/";
+/// This store's random 16-bit tag, the top of every audit sequence it makes: entries of different
+/// replicas mirrored into one log never share an id (see `append_audit`).
+const AUDIT_TAG: &str = "v1/audit_tag";
 
 /// A gateway API key. The secret itself is never stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +171,7 @@ pub struct AuthStore {
     store: Store,
     tree: sled::Tree,
     audit: sled::Tree,
+    audit_tag: u64,
 }
 
 fn corrupt(key: &[u8], source: serde_json::Error) -> StoreError {
@@ -183,10 +187,26 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T,
 
 impl AuthStore {
     pub fn open(store: &Store) -> Result<AuthStore, StoreError> {
+        let tree = store.open_tree("auth")?;
+        let fresh = u16::from_be_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..2]
+                .try_into()
+                .unwrap_or([0; 2]),
+        );
+        // Set once, so a restart keeps the tag (compare_and_swap: two opens agree on one).
+        let _ = tree
+            .compare_and_swap(AUDIT_TAG, None::<&[u8]>, Some(&fresh.to_be_bytes()[..]))
+            .map_err(StoreError::from)?;
+        let audit_tag = tree
+            .get(AUDIT_TAG)
+            .map_err(StoreError::from)?
+            .and_then(|v| <[u8; 2]>::try_from(v.as_ref()).ok())
+            .map_or(0, |b| u64::from(u16::from_be_bytes(b)));
         Ok(AuthStore {
             store: store.clone(),
-            tree: store.open_tree("auth")?,
+            tree,
             audit: store.open_tree("audit")?,
+            audit_tag,
         })
     }
 
@@ -315,6 +335,15 @@ impl AuthStore {
         self.scan(ACCOUNTS)
     }
 
+    /// Writes another replica's version of an account with its email index entry (the mirror: the
+    /// email was checked where the account was made).
+    pub fn put_mirrored_account(&self, account: &Account) -> Result<(), StoreError> {
+        self.tree
+            .insert(format!("{EMAILS}{}", account.email), account.id.as_bytes())
+            .map_err(StoreError::from)?;
+        self.put_account(account)
+    }
+
     // --- refresh tokens and families ----------------------------------------------------------
 
     pub fn put_refresh(&self, rec: &RefreshRecord) -> Result<(), StoreError> {
@@ -358,6 +387,16 @@ impl AuthStore {
         }
     }
 
+    /// Every refresh token, spent ones included (until swept).
+    pub fn refreshes(&self) -> Result<Vec<RefreshRecord>, StoreError> {
+        self.scan(REFRESH)
+    }
+
+    /// Every sign-in family (until swept).
+    pub fn families(&self) -> Result<Vec<Family>, StoreError> {
+        self.scan(FAMILIES)
+    }
+
     pub fn family(&self, id: &str) -> Result<Option<Family>, StoreError> {
         self.get(&format!("{FAMILIES}{id}"))
     }
@@ -391,49 +430,88 @@ impl AuthStore {
         updated.map(|v| decode(key.as_bytes(), &v)).transpose()
     }
 
-    /// Usage records of the whole proxy with `from_ms <= ts_ms < to_ms`.
-    pub fn usage_between(
-        &self,
-        from_ms: u64,
-        to_ms: u64,
-    ) -> Result<Vec<switchyard_actors::store::UsageRecord>, StoreError> {
-        self.store.usage_between(from_ms, to_ms)
+    /// The store the usage records are in.
+    pub fn usage_store(&self) -> &Store {
+        &self.store
     }
 
-    /// Forgets refresh tokens and families that expired before `before_ms`. Returns how many records
-    /// were removed.
-    pub fn sweep_sessions(&self, before_ms: u64) -> Result<usize, StoreError> {
-        let mut removed = 0;
+    /// Forgets refresh tokens and families that expired before `before_ms`. Returns the ids removed:
+    /// (refresh tokens, families).
+    pub fn sweep_sessions(&self, before_ms: u64) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let mut refresh = Vec::new();
         for rec in self.scan::<RefreshRecord>(REFRESH)? {
             if rec.expires_ms < before_ms {
                 self.tree
                     .remove(format!("{REFRESH}{}", rec.id))
                     .map_err(StoreError::from)?;
-                removed += 1;
+                refresh.push(rec.id);
             }
         }
+        let mut families = Vec::new();
         for fam in self.scan::<Family>(FAMILIES)? {
             if fam.expires_ms < before_ms {
                 self.tree
                     .remove(format!("{FAMILIES}{}", fam.id))
                     .map_err(StoreError::from)?;
-                removed += 1;
+                families.push(fam.id);
             }
         }
-        Ok(removed)
+        Ok((refresh, families))
     }
 
     // --- audit --------------------------------------------------------------------------------
 
     /// Appends an entry; its `id` is filled in here.
     pub fn append_audit(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
-        let seq = self.store.db().generate_id().map_err(StoreError::from)?;
+        let id = self.store.db().generate_id().map_err(StoreError::from)?;
+        let seq = (self.audit_tag << 48) | (id & 0xffff_ffff_ffff);
         entry.id = format!("{:016x}{seq:016x}", entry.ts_ms);
         let key = format!("{AUDIT}{:016x}/{seq:016x}", entry.ts_ms);
         self.audit
             .insert(key, serde_json::to_vec(&entry)?)
             .map_err(StoreError::from)?;
         Ok(entry)
+    }
+
+    /// The sled key of the entry with `id`, when `id` is one (32 hex digits).
+    fn audit_key(id: &str) -> Option<String> {
+        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| format!("{AUDIT}{}/{}", &id[..16], &id[16..]))
+    }
+
+    pub fn audit_entry(&self, id: &str) -> Result<Option<AuditEntry>, StoreError> {
+        let Some(key) = Self::audit_key(id) else {
+            return Ok(None);
+        };
+        match self.audit.get(&key).map_err(StoreError::from)? {
+            None => Ok(None),
+            Some(v) => decode(key.as_bytes(), &v).map(Some),
+        }
+    }
+
+    /// Adds another replica's entry under its own id, in time order with ours; `false` when the log
+    /// has it already (or the id is not one).
+    pub fn put_mirrored_audit(&self, entry: &AuditEntry) -> Result<bool, StoreError> {
+        let Some(key) = Self::audit_key(&entry.id) else {
+            return Ok(false);
+        };
+        let value = serde_json::to_vec(entry)?;
+        let swapped = self
+            .audit
+            .compare_and_swap(key, None::<&[u8]>, Some(value))
+            .map_err(StoreError::from)?;
+        Ok(swapped.is_ok())
+    }
+
+    /// Every entry, oldest first (to seed Redis).
+    pub fn audit_all(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit
+            .scan_prefix(AUDIT)
+            .map(|item| {
+                let (k, v) = item.map_err(StoreError::from)?;
+                decode(&k, &v)
+            })
+            .collect()
     }
 
     /// Up to `limit` entries older than the entry `before` (a previous page's last id), newest first,
@@ -443,13 +521,10 @@ impl AuthStore {
         before: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<AuditEntry>, Option<String>), StoreError> {
-        let end = match before {
-            Some(id) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                format!("{AUDIT}{}/{}", &id[..16], &id[16..])
-            }
-            // An unreadable cursor starts from the newest entry rather than failing.
-            _ => format!("{AUDIT}~"),
-        };
+        // An unreadable cursor starts from the newest entry rather than failing.
+        let end = before
+            .and_then(Self::audit_key)
+            .unwrap_or_else(|| format!("{AUDIT}~"));
         let mut out = Vec::with_capacity(limit.min(1000));
         let mut more = false;
         for item in self.audit.range(AUDIT.as_bytes()..end.as_bytes()).rev() {
@@ -530,7 +605,10 @@ mod tests {
             s.spend_refresh("zz", 6, |_| true).unwrap(),
             Spend::Unknown
         ));
-        assert_eq!(s.sweep_sessions(11).unwrap(), 1);
+        assert_eq!(
+            s.sweep_sessions(11).unwrap(),
+            (vec!["r".to_owned()], vec![])
+        );
         assert!(s.refresh("r").unwrap().is_none());
     }
 
@@ -559,6 +637,42 @@ mod tests {
         let (page, next) = s.audit_page(next.as_deref(), 2).unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(next, None);
+    }
+
+    #[test]
+    fn audit_logs_of_two_replicas_merge_in_time_order_with_distinct_ids() {
+        let (a, b) = (store(), store());
+        let entry = |ts: u64, event: &str| AuditEntry {
+            id: String::new(),
+            ts_ms: ts,
+            event: event.into(),
+            outcome: "success".into(),
+            actor: "a".into(),
+            target: None,
+            address: None,
+            detail: None,
+        };
+        // Fresh stores make the same sequences: the tags keep their ids apart.
+        let mine = a.append_audit(entry(2, "a2")).unwrap();
+        let theirs = [
+            b.append_audit(entry(2, "b2")).unwrap(),
+            b.append_audit(entry(3, "b3")).unwrap(),
+        ];
+        if a.audit_tag != b.audit_tag {
+            assert_ne!(mine.id, theirs[0].id);
+        }
+        for e in &theirs {
+            assert!(a.put_mirrored_audit(e).unwrap());
+            assert!(!a.put_mirrored_audit(e).unwrap(), "once");
+        }
+        assert!(a.audit_entry(&mine.id).unwrap().is_some());
+        let (page, next) = a.audit_page(None, 2).unwrap();
+        assert_eq!(page[0].event, "b3");
+        let (rest, _) = a.audit_page(next.as_deref(), 2).unwrap();
+        assert_eq!(page.len() + rest.len(), 3);
+        assert_eq!(a.audit_all().unwrap().len(), 3);
+        // The tag survives a reopen.
+        assert_eq!(AuthStore::open(&a.store).unwrap().audit_tag, a.audit_tag);
     }
 
     #[test]

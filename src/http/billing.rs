@@ -34,7 +34,9 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 async fn own_usage(caller: Caller, q: web::Query<UsageQuery>, state: State) -> HttpResponse {
     let work = async {
         let config = state.config();
-        let mut v = usage::own_report(&config, &state.limits, &state.store, &caller.0, &q)?;
+        let shared = state.redis.as_deref();
+        let mut v =
+            usage::own_report(&config, &state.limits, &state.store, shared, &caller.0, &q).await?;
         // With the state in Redis the balance is the fleet's, not this replica's ledger's.
         if let (Some(_), Some(account)) = (&state.redis, &caller.0.account) {
             if v.get("credits").is_some() {
@@ -50,8 +52,9 @@ async fn own_usage(caller: Caller, q: web::Query<UsageQuery>, state: State) -> H
 /// `GET /admin/usage?from=&to=&group_by=account|profile|model|day&account=`
 async fn admin_usage(_: Admin, q: web::Query<UsageQuery>, state: State) -> Reply {
     let allowed = ["account", "profile", "model", "day"];
-    let (recs, from, to, group_by) = usage::records(&state.store, &q, &allowed, None)?;
-    let v = usage::report(&state.config(), &recs, from, to, &group_by)?;
+    let shared = state.redis.as_deref();
+    let span = usage::records(&state.store, shared, &q, &allowed, None).await?;
+    let v = span.report(&state.config())?;
     Ok(HttpResponse::Ok().json(v))
 }
 

@@ -103,7 +103,7 @@ async fn logout(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
 async fn me(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
     let work = async {
         let config = state.config();
-        let me = state.auth.me(&config.auth, &caller.0)?;
+        let me = state.auth.me(&config.auth, &caller.0).await?;
         let mut v = serde_json::to_value(me).map_err(|e| ApiError::Internal(e.to_string()))?;
         // The credits as the threshold notices see them, for the extension's usage view.
         if caller.0.account.is_some() {

@@ -1,5 +1,7 @@
 //! Usage reports: the attempt records of a span, grouped by day, model, profile or account, with token
-//! counts and cost; the caller's own report adds its tier and credit balance.
+//! counts and cost; the caller's own report adds its tier and credit balance. With
+//! `state.backend: redis` the records are the whole fleet's (`shared::usage`), and a report says
+//! where its records came from in `source`: `fleet`, or `local` while Redis cannot answer.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -12,6 +14,8 @@ use super::{cost_micros, record_usage, usd, Limits};
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::shared::usage::{self as fleet, Source};
+use crate::shared::Shared;
 
 const DEFAULT_SPAN: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
@@ -120,13 +124,36 @@ pub fn report(
     }))
 }
 
-/// The records in the query's span, optionally for one account (or `key:<id>`).
-pub fn records(
+/// The records of a report and where they came from.
+pub struct Span {
+    pub records: Vec<UsageRecord>,
+    pub from: u64,
+    pub to: u64,
+    pub group_by: String,
+    /// `None` in local mode.
+    pub source: Option<Source>,
+}
+
+impl Span {
+    /// The report of these records, with `source` in redis mode.
+    pub fn report(&self, config: &Config) -> Result<Value, ApiError> {
+        let mut v = report(config, &self.records, self.from, self.to, &self.group_by)?;
+        if let Some(s) = self.source {
+            v["source"] = json!(s.as_str());
+        }
+        Ok(v)
+    }
+}
+
+/// The records in the query's span (the fleet's with Redis), optionally for one account (or
+/// `key:<id>`).
+pub async fn records(
     store: &Store,
+    shared: Option<&Shared>,
     q: &UsageQuery,
     allowed: &[&str],
     subject: Option<(&Option<String>, Option<&str>)>,
-) -> Result<(Vec<UsageRecord>, u64, u64, String), ApiError> {
+) -> Result<Span, ApiError> {
     let to = match &q.to {
         Some(t) => parse_time("to", t)?,
         None => now_ms() + 1,
@@ -143,8 +170,8 @@ pub fn records(
             code: None,
         });
     }
-    let mut all = store
-        .usage_between(from, to)
+    let (mut all, source) = fleet::usage_between(shared, store, from, to)
+        .await
         .map_err(|e| ApiError::Internal(format!("usage: {e}")))?;
     if let Some((account, key)) = subject {
         all.retain(|r| match account {
@@ -155,14 +182,21 @@ pub fn records(
     if let Some(a) = &q.account {
         all.retain(|r| r.account.as_deref() == Some(a.as_str()));
     }
-    Ok((all, from, to, group_by))
+    Ok(Span {
+        records: all,
+        from,
+        to,
+        group_by,
+        source,
+    })
 }
 
 /// The caller's own usage report (`/v1/usage`): its account (or key) only, with its tier and balance.
-pub fn own_report(
+pub async fn own_report(
     config: &Config,
     limits: &Limits,
     store: &Store,
+    shared: Option<&Shared>,
     p: &Principal,
     q: &UsageQuery,
 ) -> Result<Value, ApiError> {
@@ -177,9 +211,15 @@ pub fn own_report(
         to: q.to.clone(),
         group_by: q.group_by.clone(),
     };
-    let (recs, from, to, group_by) =
-        records(store, &q, &["day", "model"], Some((&p.account, p.key_id())))?;
-    let mut v = report(config, &recs, from, to, &group_by)?;
+    let span = records(
+        store,
+        shared,
+        &q,
+        &["day", "model"],
+        Some((&p.account, p.key_id())),
+    )
+    .await?;
+    let mut v = span.report(config)?;
     v["account"] = json!(p.account);
     if let Some(s) = limits.subject(config, Some(p)) {
         v["tier"] = json!(s.tier_name);

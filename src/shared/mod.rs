@@ -1,9 +1,9 @@
 //! State several replicas must agree on, in Redis (`state.backend: redis`): the client, with one
 //! connection manager per worker thread, a deadline on every command and a breaker
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
-//! request-rate windows (`rate`), the tables every replica mirrors (`records`: API keys) and
-//! sticky-session pins (`pins`), profile health lanes (`health`), credits (`credits`) and the daily
-//! token budget (`budget`).
+//! request-rate windows (`rate`), the tables every replica mirrors (`records`: API keys, accounts,
+//! sign-in sessions, audit), the fleet's usage records (`usage`), sticky-session pins (`pins`),
+//! profile health lanes (`health`), credits (`credits`) and the daily token budget (`budget`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
@@ -15,6 +15,7 @@ pub mod health;
 pub mod pins;
 pub mod rate;
 pub mod records;
+pub mod usage;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,12 +31,18 @@ use crate::config::RedisConfig;
 use crate::metrics::SharedMetrics;
 
 /// What is shared, as the metrics' `resource` label names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Resource {
     /// Request-rate windows (`tiers:` `requests_per_hour`, `llm_requests_per_hour`).
     RateLimits,
     /// Gateway API keys, mirrored by every replica.
     Keys,
+    /// Accounts, sign-in families and refresh tokens, mirrored by every replica.
+    Accounts,
+    /// The audit log, mirrored by every replica.
+    Audit,
+    /// Usage records shipped by every replica (`usage`).
+    Usage,
     /// Sticky-session pins.
     Pins,
     /// Profile health lanes (cooldown and billing ends, resets).
@@ -52,6 +59,9 @@ impl Resource {
         match self {
             Resource::RateLimits => "rate_limits",
             Resource::Keys => "keys",
+            Resource::Accounts => "accounts",
+            Resource::Audit => "audit",
+            Resource::Usage => "usage",
             Resource::Pins => "pins",
             Resource::Health => "health",
             Resource::Credits => "credits",

@@ -1,4 +1,5 @@
-//! Tables of records every replica mirrors (API keys): each write goes to Redis with a change number,
+//! Tables of records every replica mirrors (API keys, accounts, sign-in families, refresh tokens
+//! and the audit log): each write goes to Redis with a change number,
 //! and each replica pulls the changes after the last number it saw, a few times a second.
 //!
 //! Per table, three keys: a hash (id -> the record's JSON), a sorted set (id scored by the number of
@@ -55,6 +56,38 @@ end
 return out
 ";
 
+/// KEYS as `PUT`. ARGV: id, JSON. Writes the record as final unless it is final already: of two
+/// claims of one id (a refresh token presented to two replicas at once) exactly one gets a change
+/// number, the other 0.
+const CLAIM: &str = r"
+if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local n = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[2], n, ARGV[1])
+return n
+";
+
+/// KEYS as `PUT`. ARGV: a time, then ids. Removes each record whose JSON's `expires_ms` is before
+/// the time (a record without one, or a later one, stays); returns how many it removed.
+const FORGET: &str = r"
+local removed = 0
+for i = 2, #ARGV do
+  local json = redis.call('HGET', KEYS[1], ARGV[i])
+  if json then
+    local ok, rec = pcall(cjson.decode, json)
+    if ok and type(rec) == 'table' and type(rec.expires_ms) == 'number' and rec.expires_ms < tonumber(ARGV[1]) then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      redis.call('ZREM', KEYS[2], ARGV[i])
+      redis.call('SREM', KEYS[4], ARGV[i])
+      removed = removed + 1
+    end
+  end
+end
+return removed
+";
+
+static FORGET_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FORGET));
+static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM));
 static PUT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUT));
 static SEED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SEED));
 static CHANGES_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHANGES));
@@ -98,6 +131,110 @@ impl Shared {
             })
             .await?;
         Ok(n > 0)
+    }
+
+    /// Makes record `id` of `table` final with `json`, atomically: `Ok(true)` for the one caller that
+    /// did, `Ok(false)` when it was final already (spent elsewhere).
+    pub async fn claim_record(
+        &self,
+        table: Table,
+        id: &str,
+        json: &str,
+    ) -> Result<bool, SharedError> {
+        let keys = self.table_keys(table);
+        let n: u64 = self
+            .call(table.resource(), |mut c| async move {
+                let mut call = CLAIM_SCRIPT.prepare_invoke();
+                for k in &keys[..4] {
+                    call.key(k);
+                }
+                call.arg(id).arg(json);
+                call.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Removes the records `ids` of `table` that expired before `now_ms` (their JSON's
+    /// `expires_ms`), so swept sign-in sessions do not stay in Redis forever; how many it removed.
+    pub async fn forget_expired(
+        &self,
+        table: Table,
+        ids: &[String],
+        now_ms: u64,
+    ) -> Result<u64, SharedError> {
+        let keys = self.table_keys(table);
+        self.call(table.resource(), |mut c| async move {
+            let mut call = FORGET_SCRIPT.prepare_invoke();
+            for k in &keys[..4] {
+                call.key(k);
+            }
+            call.arg(now_ms);
+            for id in ids {
+                call.arg(id);
+            }
+            call.invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    /// `{tbl:accounts}:email:<email>`: which account an email belongs to, across the fleet.
+    fn email_key(&self, email: &str) -> String {
+        self.key(&format!("{{tbl:{}}}:email:{email}", Table::Accounts.name()))
+    }
+
+    /// Claims `email` for account `id` unless another account has it; returns the owner (`id`
+    /// when the claim is ours or was already).
+    pub async fn claim_email(&self, email: &str, id: &str) -> Result<String, SharedError> {
+        let key = self.email_key(email);
+        let (_, owner): (Option<String>, String) = self
+            .call(Resource::Accounts, |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(id)
+                    .arg("NX")
+                    .cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(owner)
+    }
+
+    /// Claims the emails of existing accounts (email, id) that Redis lacks (seeding), one round
+    /// trip per 200.
+    pub async fn seed_emails(&self, accounts: &[(String, String)]) -> Result<(), SharedError> {
+        for batch in accounts.chunks(200) {
+            let mut pipe = redis::pipe();
+            for (email, id) in batch {
+                pipe.cmd("SET")
+                    .arg(self.email_key(email))
+                    .arg(id)
+                    .arg("NX")
+                    .ignore();
+            }
+            self.call(Resource::Accounts, |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Record `id` of `table` as Redis has it now, for a record this replica has not pulled yet.
+    pub async fn record(&self, table: Table, id: &str) -> Result<Option<String>, SharedError> {
+        let [hash, ..] = self.table_keys(table);
+        self.call(table.resource(), |mut c| async move {
+            redis::cmd("HGET")
+                .arg(&hash)
+                .arg(id)
+                .query_async(&mut c)
+                .await
+        })
+        .await
     }
 
     /// Writes the records the table lacks (set-if-absent: a replica's copy never overwrites
@@ -184,22 +321,48 @@ impl Shared {
 }
 
 /// A mirrored table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
     /// Gateway API keys (`auth`).
     Keys,
+    /// Accounts, their password hashes included (`auth`).
+    Accounts,
+    /// Sign-in families (`auth`); a revoked one is final.
+    Families,
+    /// Refresh tokens (`auth`); a spent one is final, and spending is a claim (`claim_record`).
+    Refresh,
+    /// The audit log (`audit`); entries never change.
+    Audit,
 }
 
 impl Table {
-    fn name(self) -> &'static str {
+    /// Every table, in the order a replica seeds and pulls them: accounts before the keys and
+    /// families that name them.
+    pub const ALL: [Table; 5] = [
+        Table::Accounts,
+        Table::Keys,
+        Table::Families,
+        Table::Refresh,
+        Table::Audit,
+    ];
+
+    /// The name in Redis keys and logs.
+    pub fn name(self) -> &'static str {
         match self {
             Table::Keys => "keys",
+            Table::Accounts => "accounts",
+            Table::Families => "families",
+            Table::Refresh => "refresh",
+            Table::Audit => "audit",
         }
     }
 
-    fn resource(self) -> Resource {
+    /// The metrics label: the sign-in tables count as accounts.
+    pub fn resource(self) -> Resource {
         match self {
             Table::Keys => Resource::Keys,
+            Table::Accounts | Table::Families | Table::Refresh => Resource::Accounts,
+            Table::Audit => Resource::Audit,
         }
     }
 }

@@ -21,9 +21,13 @@ mod health;
 mod keys;
 mod limits;
 mod pins;
+mod records;
+mod usage;
 
 pub(super) const ISSUER: &str = "https://fleet.test";
 pub(super) const SECRET: &str = "fleet-shared-secret-0123456789abcdef";
+/// Every replica's secret for its own access tokens: one, so a sign-in on one replica works on all.
+pub(super) const SESSION_SECRET: &str = "fleet-session-secret-0123456789abcdef";
 /// Every caller's tier: 30 requests per hour; with Redis down, 30 × (1 − 0.1) / 3 = 9 per replica.
 pub(super) const LIMIT: u64 = 30;
 pub(super) const SHARE: u64 = 9;
@@ -72,7 +76,15 @@ pub(super) fn fleet(
 ) -> Vec<Server> {
     let config = replica_config(mock, redis, deadline);
     (0..n)
-        .map(|_| Server::start_with_env(&config, &[("FLEET_JWT_SECRET", SECRET)]))
+        .map(|_| {
+            Server::start_with_env(
+                &config,
+                &[
+                    ("FLEET_JWT_SECRET", SECRET),
+                    ("SWITCHYARD_JWT_SECRET", SESSION_SECRET),
+                ],
+            )
+        })
         .collect()
 }
 
