@@ -156,6 +156,17 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         }
         config::StateBackend::Local => None,
     };
+    if let Some(redis) = &redis {
+        let oauth_profiles: Vec<_> = config
+            .profiles
+            .iter()
+            .filter_map(|p| p.oauth.as_ref().map(|o| (p.id.clone(), o.clone())))
+            .collect();
+        tokens
+            .share_through(redis.clone(), &oauth_profiles)
+            .await
+            .map_err(ServeError::Shared)?;
+    }
     let mut auth_service =
         auth::AuthService::new(&store, &opts.data_dir, &config.auth).map_err(ServeError::Auth)?;
     if let Some(redis) = &redis {

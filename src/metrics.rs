@@ -37,6 +37,8 @@ pub mod names {
     pub const SHARED_DEGRADED: &str = "switchyard_shared_state_degraded";
     pub const SHARED_FALLBACKS: &str = "switchyard_shared_state_fallbacks_total";
     pub const SHARED_ROUND_TRIP: &str = "switchyard_shared_state_round_trip_seconds";
+    pub const SHARED_PUSHES: &str = "switchyard_shared_state_pushes_total";
+    pub const SHARED_LOCKS: &str = "switchyard_shared_state_locks_total";
 }
 
 /// A local Redis answers in ~0.1 ms; the command deadline is tens of ms.
@@ -106,6 +108,11 @@ pub struct SharedMetrics {
     pub fallbacks: IntCounterVec,
     /// `{resource}`: one Redis round trip, answered or not.
     pub round_trip: HistogramVec,
+    /// `{resource}`: rounds run at once for a change another replica published (pub/sub), or for
+    /// the resync a (re)connected subscriber starts with.
+    pub pushes: IntCounterVec,
+    /// `{resource, outcome}`: fleet-wide locks asked for (`taken`, or `busy`: another replica holds it).
+    pub locks: IntCounterVec,
 }
 
 impl SharedMetrics {
@@ -140,11 +147,29 @@ impl SharedMetrics {
             &["resource"],
         )?;
         registry.register(Box::new(round_trip.clone()))?;
+        let pushes = IntCounterVec::new(
+            Opts::new(
+                names::SHARED_PUSHES,
+                "Rounds run at once for a change another replica published, or a resubscription's resync.",
+            ),
+            &["resource"],
+        )?;
+        registry.register(Box::new(pushes.clone()))?;
+        let locks = IntCounterVec::new(
+            Opts::new(
+                names::SHARED_LOCKS,
+                "Fleet-wide locks asked for, by resource and outcome (taken, busy).",
+            ),
+            &["resource", "outcome"],
+        )?;
+        registry.register(Box::new(locks.clone()))?;
         Ok(SharedMetrics {
             up,
             degraded,
             fallbacks,
             round_trip,
+            pushes,
+            locks,
         })
     }
 }

@@ -294,11 +294,13 @@ impl ProfileHealth {
     }
 
     /// Takes another replica's cooldown and billing ends where they are later than ours (a merge
-    /// keeps the later end, so two writers racing never shorten a bench); true if anything moved.
+    /// keeps the later end, so two writers racing never shorten a bench), and its auth failure when
+    /// we have none (it has no end: only a reset clears it); true if anything moved.
     pub fn merge_lanes(
         &mut self,
         cooldown_until: Option<SystemTime>,
         billing_until: Option<SystemTime>,
+        auth_failed: Option<String>,
         now: SystemTime,
     ) -> bool {
         let later = |ours: &mut Option<SystemTime>, theirs: Option<SystemTime>| {
@@ -310,7 +312,11 @@ impl ProfileHealth {
         };
         let cooled = later(&mut self.view.cooldown_until, cooldown_until);
         let benched = later(&mut self.view.billing_until, billing_until);
-        cooled || benched
+        let refused = self.view.auth_failed.is_none() && auth_failed.is_some();
+        if refused {
+            self.view.auth_failed = auth_failed;
+        }
+        cooled || benched || refused
     }
 
     /// Clears cooldown, billing, auth and breaker state (admin reset).
@@ -509,18 +515,36 @@ mod tests {
         let now = SystemTime::now();
         let mut h = ProfileHealth::new(policy(), HealthView::healthy(0), now);
         let (soon, later) = (now + Duration::from_secs(10), now + Duration::from_secs(60));
-        assert!(h.merge_lanes(Some(later), None, now));
+        assert!(h.merge_lanes(Some(later), None, None, now));
         assert_eq!(h.view().state_at(now), StateName::Cooldown);
         assert!(
-            !h.merge_lanes(Some(soon), None, now),
+            !h.merge_lanes(Some(soon), None, None, now),
             "an earlier end never shortens it"
         );
         assert_eq!(h.view().cooldown_until, Some(later));
         assert!(
-            !h.merge_lanes(None, Some(now - Duration::from_secs(1)), now),
+            !h.merge_lanes(None, Some(now - Duration::from_secs(1)), None, now),
             "past ends are ignored"
         );
-        assert!(h.merge_lanes(None, Some(soon), now));
+        assert!(h.merge_lanes(None, Some(soon), None, now));
         assert_eq!(h.view().state_at(now), StateName::BillingDisabled);
+    }
+
+    #[test]
+    fn a_merged_auth_failure_sticks_and_keeps_our_own_reason() {
+        let now = SystemTime::now();
+        let mut h = ProfileHealth::new(policy(), HealthView::healthy(7), now);
+        assert!(h.merge_lanes(None, None, Some("401 on another replica".into()), now));
+        assert_eq!(h.view().state_at(now), StateName::AuthFailed);
+        assert!(
+            !h.merge_lanes(None, None, Some("another reason".into()), now),
+            "one auth failure is enough"
+        );
+        assert_eq!(
+            h.view().auth_failed.as_deref(),
+            Some("401 on another replica")
+        );
+        h.reset();
+        assert_eq!(h.view().state_at(now), StateName::Healthy);
     }
 }

@@ -129,6 +129,10 @@ pub struct ProfileShared {
     metrics: ActorMetrics,
     /// The provider's per-minute budget for this credential.
     pub budget: UpstreamBudget,
+    /// Signalled when a lane another replica would take (cooldown, billing, auth) changed here: a
+    /// tokio `Notify`, one per router, because the shared-state task waits on it between exchanges
+    /// and a permit stored while it is busy must not be lost.
+    lanes_changed: Arc<tokio::sync::Notify>,
 }
 
 impl ProfileShared {
@@ -150,7 +154,14 @@ impl ProfileShared {
             in_flight: AtomicU64::new(0),
             metrics,
             budget: UpstreamBudget::default(),
+            lanes_changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Signals lane changes on `signal` (the router's, shared by all its profiles).
+    pub fn with_lane_signal(mut self, signal: Arc<tokio::sync::Notify>) -> ProfileShared {
+        self.lanes_changed = signal;
+        self
     }
 
     /// The profile id.
@@ -222,7 +233,14 @@ impl ProfileShared {
     }
 
     fn publish(&self, view: HealthView) {
-        self.view.store(Arc::new(view));
+        let old = self.view.swap(Arc::new(view));
+        let now = self.view.load();
+        if old.cooldown_until != now.cooldown_until
+            || old.billing_until != now.billing_until
+            || old.auth_failed != now.auth_failed
+        {
+            self.lanes_changed.notify_one();
+        }
     }
 }
 
@@ -266,15 +284,17 @@ pub struct CredentialChanged {
 #[rtype(result = "()")]
 pub struct Restart;
 
-/// Owns one profile's health transitions and persists them.
-/// Another replica's cooldown and billing ends (shared state): merged, the later end kept.
+/// Another replica's cooldown and billing ends and auth failure (shared state): merged, the later
+/// end kept, an auth failure taken when this replica has none.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct MergeLanes {
     pub cooldown_until: Option<SystemTime>,
     pub billing_until: Option<SystemTime>,
+    pub auth_failed: Option<String>,
 }
 
+/// Owns one profile's health transitions and persists them.
 pub struct ProfileActor {
     shared: Arc<ProfileShared>,
     policy: HealthPolicy,
@@ -411,7 +431,7 @@ impl Handler<MergeLanes> for ProfileActor {
         let before = self.health.view().state_at(now);
         if self
             .health
-            .merge_lanes(msg.cooldown_until, msg.billing_until, now)
+            .merge_lanes(msg.cooldown_until, msg.billing_until, msg.auth_failed, now)
         {
             let after = self.health.view().state_at(now);
             tracing::info!(profile = %self.shared.id(), from = before.as_str(), to = after.as_str(), "profile state taken from another replica");

@@ -93,16 +93,24 @@ impl ProfileEntry {
         self.addr.do_send(ResetProfile);
     }
 
-    /// Merges another replica's cooldown and billing ends into this profile's (the later kept).
+    /// Merges another replica's cooldown and billing ends (the later kept) and auth failure into
+    /// this profile's.
     pub fn merge_lanes(
         &self,
         cooldown_until: Option<SystemTime>,
         billing_until: Option<SystemTime>,
+        auth_failed: Option<String>,
     ) {
         self.addr.do_send(profile::MergeLanes {
             cooldown_until,
             billing_until,
+            auth_failed,
         });
+    }
+
+    /// The hash of the credential this profile uses (0 when it has none).
+    pub fn credential_fingerprint(&self) -> u64 {
+        self.spec.credential_fingerprint
     }
 }
 
@@ -174,6 +182,8 @@ pub struct Router {
     /// Session pins, keyed by (model, session id); a concurrent map because every request may write.
     sessions: DashMap<(String, String), Pin>,
     sticky_ttl: Option<Duration>,
+    /// Signalled by every profile whose shareable lanes changed (see `lanes_changed`).
+    lanes_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Router {
@@ -184,14 +194,16 @@ impl Router {
         store: &Store,
         metrics: &ActorMetrics,
     ) -> Result<Arc<Router>, StoreError> {
+        let lanes_changed = Arc::new(tokio::sync::Notify::new());
         let mut profiles = Vec::with_capacity(spec.profiles.len());
         for p in &spec.profiles {
-            profiles.push(spawn_profile(p, store, metrics)?);
+            profiles.push(spawn_profile(p, store, metrics, &lanes_changed)?);
         }
         Ok(Arc::new(Router {
             table: ArcSwap::from_pointee(build_table(profiles, &spec.models)),
             sessions: DashMap::new(),
             sticky_ttl: spec.sticky_ttl,
+            lanes_changed,
         }))
     }
 
@@ -211,7 +223,7 @@ impl Router {
         let mut profiles = Vec::with_capacity(spec.profiles.len());
         for p in &spec.profiles {
             let Some(prev) = old.profiles.iter().find(|e| **e.id() == *p.id) else {
-                profiles.push(spawn_profile(p, store, metrics)?);
+                profiles.push(spawn_profile(p, store, metrics, &self.lanes_changed)?);
                 summary.added.push(p.id.clone());
                 continue;
             };
@@ -256,6 +268,12 @@ impl Router {
         self.table
             .store(Arc::new(build_table(profiles, &spec.models)));
         Ok(summary)
+    }
+
+    /// Resolves once some profile's cooldown, billing or auth lane changed since the last call (a
+    /// change while nobody waits is kept for the next wait): what the shared state pushes.
+    pub async fn lanes_changed(&self) {
+        self.lanes_changed.notified().await;
     }
 
     /// Whether `model` is configured.
@@ -445,6 +463,7 @@ fn spawn_profile(
     p: &ProfileSpec,
     store: &Store,
     metrics: &ActorMetrics,
+    lanes_changed: &Arc<tokio::sync::Notify>,
 ) -> Result<Arc<ProfileEntry>, StoreError> {
     let saved = store.load_health(&p.id)?;
     let mut view = restore_view(saved, p.credential_fingerprint, SystemTime::now());
@@ -454,7 +473,10 @@ fn spawn_profile(
         view.auth_failed = Some(reason.clone());
     }
     let counters = store.load_counters(&p.id)?;
-    let shared = Arc::new(ProfileShared::new(&p.id, view, counters, metrics.clone()));
+    let shared = Arc::new(
+        ProfileShared::new(&p.id, view, counters, metrics.clone())
+            .with_lane_signal(lanes_changed.clone()),
+    );
     shared.budget.set_limits(p.limits);
     let actor_shared = shared.clone();
     let policy = p.health;

@@ -357,6 +357,9 @@ pub struct RedisConfig {
     pub replicas: u32,
     /// The part of each limit the local shares leave unused (default 0.1).
     pub margin: f64,
+    /// How often each replica exchanges all profile health lanes in full (default 1s): the safety net
+    /// behind the pub/sub pushes, for a push lost while a replica was cut off.
+    pub health_resync: Duration,
     /// `state.redis.credit_allowance_usd` (default 0), in micro-USD: what this replica may spend alone
     /// per account while Redis cannot decide credits; settled into Redis once it is back. 0: credits
     /// fail closed (503) while Redis is away.

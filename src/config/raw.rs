@@ -230,6 +230,8 @@ pub(crate) struct RawRedis {
     pub replicas: Option<Spanned<i64>>,
     /// The part of a limit the local shares leave unused, in [0, 1).
     pub margin: Option<Spanned<f64>>,
+    /// The period of the full health exchange behind the pushes.
+    pub health_resync: Option<Text>,
     /// What one replica may spend alone per account while Redis is away, in USD (default 0).
     pub credit_allowance_usd: Option<Spanned<f64>>,
 }

@@ -73,12 +73,13 @@ fn state_redis_is_read_with_defaults() {
             command_timeout: Duration::from_millis(50),
             replicas: 1,
             margin: 0.1,
+            health_resync: Duration::from_secs(1),
             credit_allowance_micros: 0,
         })
     );
     let c = load(
         "state:\n  backend: redis\n  redis:\n    url: redis://r:1/2\n    key_prefix: \"sy-a:\"\n    \
-         command_timeout: 20ms\n    replicas: 3\n    margin: 0.25\n",
+         command_timeout: 20ms\n    replicas: 3\n    margin: 0.25\n    health_resync: 5s\n",
     );
     let StateBackend::Redis(r) = c.state else {
         panic!("not redis: {:?}", c.state)
@@ -88,9 +89,16 @@ fn state_redis_is_read_with_defaults() {
             r.key_prefix.as_str(),
             r.command_timeout,
             r.replicas,
-            r.margin
+            r.margin,
+            r.health_resync
         ),
-        ("sy-a:", Duration::from_millis(20), 3, 0.25)
+        (
+            "sy-a:",
+            Duration::from_millis(20),
+            3,
+            0.25,
+            Duration::from_secs(5)
+        )
     );
     let c = load(
         "state:\n  backend: redis\n  redis:\n    url: redis://r:1/2\n    credit_allowance_usd: 0.25\n",

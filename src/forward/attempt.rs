@@ -16,6 +16,7 @@ use super::{
     MAX_RESPONSE_BYTES,
 };
 use crate::config::Provider;
+use crate::shared::health::FleetProbe;
 use crate::upstream::classify::{classify, error_detail, redirect_detail, Verdict};
 use crate::upstream::UpstreamProfile;
 use crate::wire::anthropic::native::messages_usage;
@@ -33,6 +34,7 @@ impl Proxy<'_> {
         req: &ProxyRequest,
         pick: Pick,
         attempt: u32,
+        fleet_probe: Option<FleetProbe>,
     ) -> Result<HttpResponse, AttemptEnd> {
         let stream = req.fields.stream && req.endpoint.streams();
         let native = req.native.as_ref().filter(|_| req.passes_through(up));
@@ -51,10 +53,14 @@ impl Proxy<'_> {
             Ok(b) => b,
             Err(why) => {
                 pick.entry.release(pick.probe);
+                if let Some(p) = fleet_probe {
+                    p.end(false);
+                }
                 return Err(AttemptEnd::Skipped(why));
             }
         };
         let mut guard = AttemptGuard::new(self, req, pick, attempt, stream);
+        guard.fleet_probe = fleet_probe;
         let path = match up.provider {
             Provider::OpenAi if req.bridged(up) => Endpoint::ChatCompletions.path(),
             Provider::OpenAi => req.endpoint.path(),

@@ -66,6 +66,8 @@ pub(super) struct Failover {
     pub(super) skipped: Vec<(Arc<str>, SkipReason)>,
     /// Profiles of the model the loop never got to: `max_attempts` ran out first.
     never_reached: Vec<Arc<str>>,
+    /// Half-open profiles whose probe another replica is sending (`state.backend: redis`).
+    probed_elsewhere: Vec<Arc<str>>,
 }
 
 impl Failover {
@@ -74,6 +76,12 @@ impl Failover {
         self.tried.push(id);
         self.attempts += 1;
         u32::try_from(self.attempts).unwrap_or(u32::MAX)
+    }
+
+    /// `id` is half-open and another replica holds its probe: skipped, as if still open.
+    pub(super) fn probed_elsewhere(&mut self, id: Arc<str>) {
+        self.tried.push(id.clone());
+        self.probed_elsewhere.push(id);
     }
 
     /// `id` cannot serve the request, found before anything was sent: it does not count as an attempt.
@@ -108,7 +116,13 @@ impl Failover {
     }
 
     /// The error when no profile answered.
-    pub(super) fn into_error(self, model: &str) -> ApiError {
+    pub(super) fn into_error(mut self, model: &str) -> ApiError {
+        // The router saw these as tried; they were skipped for the probe another replica sends.
+        for (id, reason) in &mut self.skipped {
+            if self.probed_elsewhere.contains(id) {
+                *reason = SkipReason::ProbeInFlight;
+            }
+        }
         exhausted_error(
             model,
             &self.failures,

@@ -16,6 +16,7 @@ use super::{Proxy, ProxyRequest};
 use crate::limits::journal::Journal;
 use crate::limits::Hold;
 use crate::metrics::Metrics;
+use crate::shared::health::FleetProbe;
 use crate::wire::openai::TokenUsage;
 
 /// Reports and records one attempt exactly once; if dropped unfinished (the client left), it reports
@@ -23,6 +24,8 @@ use crate::wire::openai::TokenUsage;
 pub(super) struct AttemptGuard {
     pub(super) entry: Arc<ProfileEntry>,
     probe: bool,
+    /// The fleet's lease on this probe (`state.backend: redis`), ended with the outcome.
+    pub(super) fleet_probe: Option<FleetProbe>,
     recorder: Addr<UsageRecorder>,
     pub(super) record: UsageRecord,
     pub(super) started: Instant,
@@ -73,6 +76,7 @@ impl AttemptGuard {
         AttemptGuard {
             entry: pick.entry,
             probe: pick.probe,
+            fleet_probe: None,
             recorder: proxy.shared.recorder.clone(),
             record,
             started: Instant::now(),
@@ -132,6 +136,9 @@ impl AttemptGuard {
                 .with_label_values(&[self.record.model.as_str(), self.entry.id()])
                 .inc();
             tracing::warn!(request_id = %self.record.request_id, profile = %self.entry.id(), prompt_tokens = usage.prompt_tokens, completion_tokens = usage.completion_tokens, "the upstream reported no usage: charging an estimate");
+        }
+        if let Some(p) = self.fleet_probe.take() {
+            p.end(matches!(outcome, AttemptOutcome::Failed { .. }));
         }
         self.entry.report(outcome, self.probe);
         self.entry

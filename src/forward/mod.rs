@@ -14,13 +14,13 @@ mod stored;
 mod stream;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use bytes::Bytes;
 use switchyard_actors::outcome::AttemptOutcome;
-use switchyard_actors::router::{PickError, Router};
+use switchyard_actors::router::{Pick, PickError, Router};
 use tracing::Instrument;
 
 use self::failure::{AttemptEnd, Failover, Unsuitable};
@@ -30,6 +30,7 @@ use crate::config::{Config, Provider};
 use crate::error::ApiError;
 use crate::limits::Hold;
 use crate::metrics::{status_class, InFlight, Metrics};
+use crate::shared::health::FleetProbe;
 use crate::state::AppState;
 use crate::upstream::{UpstreamProfile, Upstreams};
 use crate::wire::openai::RoutingFields;
@@ -250,9 +251,21 @@ impl Proxy<'_> {
                 failover.unsuitable(id, Unsuitable::NoEndpoint(req.endpoint));
                 continue;
             }
+            let fleet_probe = match self.claim_fleet_probe(&pick, up).await {
+                Ok(p) => p,
+                Err(()) => {
+                    pick.entry.release(true);
+                    failover.probed_elsewhere(id);
+                    continue;
+                }
+            };
             let attempt = failover.begin(id.clone());
             let span = tracing::debug_span!("attempt", profile = %id, attempt, probe = pick.probe);
-            match self.attempt(up, &req, pick, attempt).instrument(span).await {
+            match self
+                .attempt(up, &req, pick, attempt, fleet_probe)
+                .instrument(span)
+                .await
+            {
                 Ok(resp) => return Ok(resp),
                 Err(AttemptEnd::Failed(f)) => {
                     tracing::warn!(request_id = %req.request_id, profile = %id, attempt, class = f.class.as_str(), detail = %f.detail, "attempt failed");
@@ -267,6 +280,30 @@ impl Proxy<'_> {
             }
         }
         Err(failover.into_error(model))
+    }
+
+    /// With shared state, a half-open probe is sent by one replica for the fleet: this pick's probe
+    /// lease, `Err` when another replica holds it (skip the profile). Redis unreachable: this
+    /// replica probes for itself, as a lone replica does.
+    async fn claim_fleet_probe(
+        &self,
+        pick: &Pick,
+        up: &UpstreamProfile,
+    ) -> Result<Option<FleetProbe>, ()> {
+        let (true, Some(redis)) = (pick.probe, &self.shared.redis) else {
+            return Ok(None);
+        };
+        // Long enough for the probe's answer to start; a stream's end may outlive it.
+        let lease = (up.timeouts.connect + up.timeouts.first_byte).max(Duration::from_secs(1));
+        let open_for = self.config.routing.health.breaker.open_for;
+        match redis.claim_probe(pick.entry.id(), lease, open_for).await {
+            Ok(Some(probe)) => Ok(Some(probe)),
+            Ok(None) => Err(()),
+            Err(e) => {
+                tracing::debug!(profile = %pick.entry.id(), error = %e, "probing without the fleet lease");
+                Ok(None)
+            }
+        }
     }
 
     /// A request continuing a stored response goes only to the profile that made it (the others do

@@ -3,7 +3,9 @@
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
 //! request-rate windows (`rate`), the tables every replica mirrors (`records`: API keys, accounts,
 //! sign-in sessions, audit), the fleet's usage records (`usage`), sticky-session pins (`pins`),
-//! profile health lanes (`health`), credits (`credits`) and the daily token budget (`budget`).
+//! profile health lanes (`health`, pushed to every replica through pub/sub), fleet-wide leases
+//! (`locks`: one half-open probe, one OAuth refresh), the sealed OAuth tokens (`oauth`), credits
+//! (`credits`) and the daily token budget (`budget`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
@@ -12,6 +14,8 @@ pub mod breaker;
 pub mod budget;
 pub mod credits;
 pub mod health;
+pub mod locks;
+pub mod oauth;
 pub mod pins;
 pub mod rate;
 pub mod records;
@@ -45,8 +49,12 @@ pub enum Resource {
     Usage,
     /// Sticky-session pins.
     Pins,
-    /// Profile health lanes (cooldown and billing ends, resets).
+    /// Profile health lanes (cooldown and billing ends, auth failures, resets).
     Health,
+    /// The single-flight half-open probe of each profile.
+    Probes,
+    /// OAuth tokens and the lease of their one refresher.
+    OAuthTokens,
     /// Credit balances, reservations and their log.
     Credits,
     /// The daily token budget (`tokens_per_day`).
@@ -64,6 +72,8 @@ impl Resource {
             Resource::Usage => "usage",
             Resource::Pins => "pins",
             Resource::Health => "health",
+            Resource::Probes => "probes",
+            Resource::OAuthTokens => "oauth_tokens",
             Resource::Credits => "credits",
             Resource::TokensPerDay => "tokens_per_day",
         }
@@ -106,6 +116,8 @@ pub struct Shared {
     /// `state.redis.replicas` and `margin`: the fallback's local share of a limit.
     replicas: u32,
     margin: f64,
+    /// `state.redis.health_resync`: the period of the full health exchange behind the pushes.
+    health_resync: Duration,
     breaker: Breaker,
     metrics: SharedMetrics,
 }
@@ -121,6 +133,7 @@ impl Shared {
             timeout: config.command_timeout,
             replicas: config.replicas.max(1),
             margin: config.margin,
+            health_resync: config.health_resync,
             breaker: Breaker::default(),
             metrics: metrics.clone(),
         }))
@@ -235,6 +248,7 @@ mod tests {
             command_timeout: Duration::from_millis(50),
             replicas,
             margin,
+            health_resync: Duration::from_secs(1),
             credit_allowance_micros: 0,
         };
         Shared::new(&config, &metrics.shared).unwrap()

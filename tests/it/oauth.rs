@@ -22,11 +22,11 @@ const CLIENT_ID: &str = "switchyard-test";
 
 /// What the mock authorization server remembers and counts.
 #[derive(Default)]
-struct OAuthState {
+pub(crate) struct OAuthState {
     /// code -> (code_challenge, redirect_uri) from the authorize step.
     codes: HashMap<String, (String, String)>,
     /// Every token handed out, to search the data dir for them.
-    issued: Vec<String>,
+    pub(crate) issued: Vec<String>,
     /// The refresh token currently valid.
     refresh_token: Option<String>,
     exchanges: usize,
@@ -35,15 +35,15 @@ struct OAuthState {
 
 /// A port-0 OAuth2 authorization server: `/authorize` redirects to the callback with a code,
 /// `/token` checks the PKCE verifier and hands out tokens, `/keys` is OpenRouter's key exchange.
-struct MockOAuth {
+pub(crate) struct MockOAuth {
     addr: std::net::SocketAddr,
-    state: Arc<Mutex<OAuthState>>,
-    refreshes: Arc<AtomicUsize>,
+    pub(crate) state: Arc<Mutex<OAuthState>>,
+    pub(crate) refreshes: Arc<AtomicUsize>,
     revoked: Arc<AtomicBool>,
 }
 
 impl MockOAuth {
-    async fn start(first_expires_in: u64) -> MockOAuth {
+    pub(crate) async fn start(first_expires_in: u64) -> MockOAuth {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mock = MockOAuth {
             addr: listener.local_addr().unwrap(),
@@ -70,7 +70,7 @@ impl MockOAuth {
         format!("http://{}{path}", self.addr)
     }
 
-    fn auth_line(&self, extra: &str) -> String {
+    pub(crate) fn auth_line(&self, extra: &str) -> String {
         format!(
             "auth: {{type: oauth2, authorize_url: \"{}\", token_url: \"{}\", client_id: {CLIENT_ID}, scopes: [models.read, offline_access], pkce: true{extra}}}",
             self.url("/authorize"),
@@ -245,12 +245,21 @@ struct Login {
 
 impl Login {
     fn start(server: &Server, profile: &str) -> Login {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["login", profile, "--config"])
+        Login::start_sealed_with(server, profile, None)
+    }
+
+    /// Like `start`, sealing the token with `secret_key` (`SWITCHYARD_SECRET_KEY`) when given.
+    fn start_sealed_with(server: &Server, profile: &str, secret_key: Option<&str>) -> Login {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.args(["login", profile, "--config"])
             .arg(&server.config_path)
             .arg("--data-dir")
             .arg(server.data_dir())
-            .env_remove("SWITCHYARD_SECRET_KEY")
+            .env_remove("SWITCHYARD_SECRET_KEY");
+        if let Some(key) = secret_key {
+            cmd.env("SWITCHYARD_SECRET_KEY", key);
+        }
+        let mut child = cmd
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -338,7 +347,12 @@ fn stopped_server(upstream: &MockUpstream, auth_line: &str) -> Server {
 
 /// Runs `switchyard login p` to success, playing the browser.
 async fn login_ok(server: &Server) {
-    let login = Login::start(server, "p");
+    login_sealed_with(server, None).await;
+}
+
+/// Like `login_ok`, sealing the token with `secret_key` when given.
+pub(crate) async fn login_sealed_with(server: &Server, secret_key: Option<&str>) {
+    let login = Login::start_sealed_with(server, "p", secret_key);
     let url = login.authorize_url();
     let (status, page) = browse(&url).await;
     assert_eq!(status, 200, "{page}");

@@ -197,7 +197,7 @@ const RUN_ELSEWHERE: &[(&str, &str)] = &[
     ),
     (
         "--data-dir ./data$i",
-        "the several-replicas recipe: tests/it/replicas.rs starts a real redis-server and three replicas on it",
+        "the several-replicas recipe: tests/it/replicas/ starts a real redis-server and three replicas on it",
     ),
     (
         "/admin/state/reseed",

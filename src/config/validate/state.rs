@@ -13,6 +13,9 @@ const DEFAULT_KEY_PREFIX: &str = "switchyard:";
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
 /// `state.redis.margin`.
 const DEFAULT_MARGIN: f64 = 0.1;
+/// `state.redis.health_resync`: pushes carry changes at once; this only bounds how long a push
+/// lost while a replica was cut off can stay unseen.
+const DEFAULT_HEALTH_RESYNC: Duration = Duration::from_secs(1);
 
 /// `state:` the backend, and with `redis` its connection settings.
 pub(super) fn state(report: &mut Report, raw: &RawState) -> StateBackend {
@@ -82,6 +85,12 @@ fn redis(
         Some(m) => **m,
         None => DEFAULT_MARGIN,
     };
+    let health_resync = duration(
+        report,
+        "state.redis.health_resync",
+        raw.health_resync.as_ref(),
+        DEFAULT_HEALTH_RESYNC,
+    );
     let credit_allowance_micros = match &raw.credit_allowance_usd {
         Some(a) if !(a.is_finite() && **a >= 0.0 && **a <= 1e6) => {
             report.at(
@@ -125,6 +134,7 @@ fn redis(
         command_timeout,
         replicas,
         margin,
+        health_resync,
         credit_allowance_micros,
     })
 }

@@ -116,19 +116,31 @@ impl TokenStore {
         else {
             return Ok(None);
         };
+        self.unseal(profile, &sealed).map(Some)
+    }
+
+    /// `cred` sealed for `profile` with this replica's key, as it is stored (also in Redis).
+    pub fn seal(&self, profile: &str, cred: &StoredCredential) -> Result<Vec<u8>, TokenStoreError> {
+        let plain = serde_json::to_vec(cred).map_err(|e| TokenStoreError::Sled(e.to_string()))?;
+        Ok(self.vault.seal(profile, &plain)?)
+    }
+
+    /// The credential `sealed` holds for `profile`; `Corrupt` when this replica's key cannot open it.
+    pub fn unseal(
+        &self,
+        profile: &str,
+        sealed: &[u8],
+    ) -> Result<StoredCredential, TokenStoreError> {
         let plain = self
             .vault
-            .open_sealed(profile, &sealed)
+            .open_sealed(profile, sealed)
             .map_err(|_| TokenStoreError::Corrupt(profile.to_owned()))?;
-        serde_json::from_slice(&plain)
-            .map(Some)
-            .map_err(|_| TokenStoreError::Corrupt(profile.to_owned()))
+        serde_json::from_slice(&plain).map_err(|_| TokenStoreError::Corrupt(profile.to_owned()))
     }
 
     /// Replaces the credential of `profile` and flushes it to disk.
     pub fn save(&self, profile: &str, cred: &StoredCredential) -> Result<(), TokenStoreError> {
-        let plain = serde_json::to_vec(cred).map_err(|e| TokenStoreError::Sled(e.to_string()))?;
-        let sealed = self.vault.seal(profile, &plain)?;
+        let sealed = self.seal(profile, cred)?;
         self.tree
             .insert(Self::key(profile), sealed)
             .and_then(|_| self.tree.flush())

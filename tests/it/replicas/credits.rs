@@ -365,6 +365,7 @@ async fn a_second_settle_of_one_reservation_changes_nothing() {
         command_timeout: Duration::from_secs(2),
         replicas: 1,
         margin: 0.0,
+        health_resync: Duration::from_secs(1),
         credit_allowance_micros: 0,
     };
     let shared = switchyard::shared::Shared::new(&config, &metrics.shared).unwrap();
@@ -452,6 +453,15 @@ async fn a_replica_killed_holding_a_reservation_gives_it_back_once_after_its_lea
         .contains("\"reserve\"")
     {
         assert!(Instant::now() < deadline, "no reservation made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The reservation is made before the upstream is called: wait until the hanging reply is taken,
+    // or the next call (on replica 1) would be the one to hang.
+    while mock.request_count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the held request never reached the upstream"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     replicas[0].kill9();

@@ -20,7 +20,9 @@ mod credits;
 mod health;
 mod keys;
 mod limits;
+mod oauth;
 mod pins;
+mod probes;
 mod records;
 mod usage;
 
