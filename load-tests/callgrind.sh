@@ -47,7 +47,7 @@ done
 if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release -q -p switchyard -p switchyard-load-tests)
 fi
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 WORK="$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)"
 PIDS=()
@@ -73,17 +73,8 @@ UPSTREAM="$(sed -n 's/^listening on //p' "$WORK/mock.out" | head -1)"
 
 PORT="$($TOOLS freeport)"
 ADMIN="cg-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-sed -e "s|@PORT@|$PORT|g" -e "s|@DATA@|$WORK/data|g" -e "s|@UPSTREAM@|$UPSTREAM|g" -e "s|@CREDITS@|$CREDITS|g" -e "s|@DURABLE@|$DURABLE|g" \
+sed -e "s|@PORT@|$PORT|g" -e "s|@DATA@|$WORK/data|g" -e "s|@UPSTREAM@|$UPSTREAM|g" -e "s|@CREDITS@|$CREDITS|g" -e "s|@DURABLE@|$DURABLE|g" -e "s|@STATE@|# state: local|g" \
   "$HERE/configs/$TMPL" >"$WORK/config.yaml"
-# The Messages route needs an Anthropic profile at the same mock: the model claude-x.
-python3 - "$WORK/config.yaml" "$UPSTREAM" <<'PY'
-import sys
-path, upstream = sys.argv[1], sys.argv[2]
-s = open(path).read()
-s = s.replace("    profiles: [mock]\nprofiles:\n", "    profiles: [mock]\n  - name: claude-x\n    profiles: [mock-anthropic]\nprofiles:\n", 1)
-s += f'  - id: mock-anthropic\n    provider: anthropic\n    base_url: "http://{upstream}/v1"\n    api_key: "sk-load-test"\n'
-open(path, "w").write(s)
-PY
 SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
   "$BIN/switchyard" serve --config "$WORK/config.yaml" --workers 1 --shutdown-timeout 2s --log-format json \

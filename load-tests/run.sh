@@ -10,10 +10,16 @@
 #
 # Peers are installed once with `cargo install --locked --root load-tests/.cache/peers` (gitignored; a
 # release build of each, slow on 2 cores); a peer that fails to install or start is reported, not fatal.
-# Options: --quick, --runs N, --duration S, --no-build, --no-failover, --no-peers, --perf, --perf-system NAME (profile
-# another system: bare-w2, full-w1, full-w2, fullnd-w1, fullnc-w1), --keep DIR (keep raw results, logs, configs and the
-# perf data in DIR), --workers-failover N (default 1).
-# Environment: RUST_LOG (passed to Switchyard; default: its own default, info: no line per request).
+# Options: --quick, --runs N, --duration S, --no-build, --no-failover, --no-peers, --no-install (run only the peers
+# already installed), --no-redis, --perf, --perf-system NAME
+# (profile another system: bare-w2, full-w1, full-w2, fullnd-w1, fullnc-w1), --keep DIR (keep raw results, logs, configs
+# and the perf data in DIR), --workers-failover N (default 1).
+# Also measured: /v1/messages and /v1/responses passed through by the default config (against chat), and, when
+# redis-server is installed, `state.backend: redis` against a redis-server the script starts on a free port: the
+# default and full configs at 1 connection beside local mode, Redis's own round trip (redis-benchmark, 1 connection),
+# and 3 full replicas behind nginx at 50 connections.
+# Environment: RUST_LOG (passed to Switchyard; default: its own default, info: no line per request); CARGO_TARGET_DIR
+# (where the release binaries are built and taken from; default: target/).
 #
 # Everything this script starts is stopped by PID on exit (trap EXIT); nothing is killed by name.
 set -euo pipefail
@@ -29,6 +35,8 @@ RUNS=1
 BUILD=1
 FAILOVER=1
 PEERS=1
+INSTALL=1
+REDIS=1
 PERF=0
 KEEP=""
 FO_WORKERS=1
@@ -41,6 +49,8 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --no-failover) FAILOVER=0 ;;
     --no-peers) PEERS=0 ;;
+    --no-install) INSTALL=0 ;;
+    --no-redis) REDIS=0 ;;
     --perf) PERF=1 ;;
     --perf-system) PERF=1; PERF_SYSTEM="$2"; shift ;;
     --keep) KEEP="$2"; shift ;;
@@ -59,6 +69,10 @@ need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v python3 >/dev/null || need_apt+=(python3)
+if [ "$REDIS" = 1 ] && ! command -v redis-server >/dev/null; then
+  log "redis-server is not installed: the redis-mode runs are skipped (apt-get install redis-server to add them)"
+  REDIS=0
+fi
 if [ "$PERF" = 1 ] && ! command -v perf >/dev/null; then need_apt+=(linux-perf); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} from Debian"
@@ -72,7 +86,7 @@ if [ "$BUILD" = 1 ]; then
   log "building release binaries (cargo build --release -p switchyard -p switchyard-load-tests)"
   (cd "$ROOT" && cargo build --release -q -p switchyard -p switchyard-load-tests)
 fi
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 # What is measured: the checkout at start (a commit that lands mid-run is not in this binary).
 SOURCE=""
 if git -C "$ROOT" rev-parse --short HEAD >/dev/null 2>&1; then
@@ -91,6 +105,7 @@ PEER_LIST=(noveum-ai-gateway crabllm)
 install_peer() { # crate
   local crate="$1"
   [ -x "$PEER_ROOT/bin/$crate" ] && return 0
+  if [ "$INSTALL" = 0 ]; then PEER_NOTE[$crate]="not installed (--no-install)"; return 1; fi
   mkdir -p "$HERE/.cache"
   log "installing peer $crate (cargo install --locked --root $PEER_ROOT: a release build, several minutes)"
   if nice -n 10 cargo install --locked --root "$PEER_ROOT" "$crate" >"$HERE/.cache/install-$crate.log" 2>&1 &&
@@ -148,15 +163,18 @@ start_mock() { # name [extra args...]
   [ -n "${ADDR_OF[$name]}" ] || { echo "mock $name did not start" >&2; cat "$WORK/$name.err" >&2; exit 1; }
 }
 
-start_nginx() { # upstream-addr
+start_nginx() { # name ready-path upstream-addr... (several: round robin over them)
+  local name="$1" ready="$2"; shift 2
   local port; port="$($TOOLS freeport)"
-  local dir="$WORK/nginx"; mkdir -p "$dir/tmp"
+  local dir="$WORK/$name"; mkdir -p "$dir/tmp"
   local user_line=""; [ "$(id -u)" = 0 ] && user_line="user root;"
-  sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@UPSTREAM@|$1|g" -e "s|@USER@|$user_line|g" \
+  local servers="" a
+  for a in "$@"; do servers="$servers server $a;"; done
+  sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@SERVERS@|$servers|g" -e "s|@USER@|$user_line|g" \
     "$HERE/nginx.conf.tmpl" >"$dir/nginx.conf"
   "$NGINX" -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' >"$dir/stdout" 2>"$dir/stderr" &
-  local pid=$!; PIDS+=("$pid"); PID_OF[nginx]=$pid; ADDR_OF[nginx]="127.0.0.1:$port"
-  $TOOLS wait "127.0.0.1:$port" /v1/models 10 || { cat "$dir/stderr" "$dir/error.log" >&2; exit 1; }
+  local pid=$!; PIDS+=("$pid"); PID_OF[$name]=$pid; ADDR_OF[$name]="127.0.0.1:$port"
+  $TOOLS wait "127.0.0.1:$port" "$ready" 10 || { cat "$dir/stderr" "$dir/error.log" >&2; exit 1; }
 }
 
 # name workers config-template [substitutions as KEY=VALUE...]
@@ -167,6 +185,7 @@ start_switchyard() {
   local sed_args=(-e "s|@PORT@|$port|g" -e "s|@DATA@|$dir/data|g")
   local kv
   for kv in "$@"; do sed_args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+  sed_args+=(-e "s|@STATE@|# state: local (the default)|g")
   sed "${sed_args[@]}" "$HERE/configs/$tmpl" >"$dir/config.yaml"
   SWITCHYARD_ADMIN_TOKEN="$ADMIN_TOKEN" SWITCHYARD_NO_WATCH=true "$BIN/switchyard" serve --config "$dir/config.yaml" --workers "$workers" \
     --shutdown-timeout 2s --log-format json >"$dir/stdout" 2>"$dir/log" &
@@ -217,13 +236,16 @@ RAW="$WORK/results.tsv"
 printf 'run\tsystem\tkey\tvalue\n' >"$RAW"
 put() { printf '%s\t%s\t%s\t%s\n' "$RUN" "$1" "$2" "$3" >>"$RAW"; }
 
-# wrk_run system prefix threads conns seconds stream sessions -> records prefix_p50.. and prints RESULT
+# The path of each request shape (chat.lua's SY_ROUTE).
+declare -A ROUTE_PATH=([chat]=/v1/chat/completions [messages]=/v1/messages [responses]=/v1/responses)
+
+# wrk_run system prefix threads conns seconds stream sessions [route] -> records prefix_p50.. and prints RESULT
 wrk_run() {
-  local sys="$1" prefix="$2" t="$3" c="$4" d="$5" stream="$6" sessions="$7"
+  local sys="$1" prefix="$2" t="$3" c="$4" d="$5" stream="$6" sessions="$7" route="${8:-chat}"
   local out="$WORK/wrk-$RUN-$sys-$prefix.txt"
-  SY_STREAM="$stream" SY_SESSIONS="$sessions" SY_AUTH="${KEY_OF[$sys]:-}" SY_HEADERS="${HEADERS_OF[$sys]:-}" timeout $((d + 30)) \
-    wrk -t"$t" -c"$c" -d"${d}s" --timeout 5s --latency -s "$LUA" \
-    "http://${ADDR_OF[$sys]}/v1/chat/completions" >"$out" 2>&1 || true
+  SY_ROUTE="$route" SY_STREAM="$stream" SY_SESSIONS="$sessions" SY_AUTH="${KEY_OF[$sys]:-}" SY_HEADERS="${HEADERS_OF[$sys]:-}" \
+    timeout $((d + 30)) wrk -t"$t" -c"$c" -d"${d}s" --timeout 5s --latency -s "$LUA" \
+    "http://${ADDR_OF[$sys]}${ROUTE_PATH[$route]}" >"$out" 2>&1 || true
   local line; line="$(grep '^RESULT ' "$out" | tail -1 || true)"
   if [ -z "$line" ]; then log "wrk failed for $sys $prefix: $(tail -3 "$out")"; return 0; fi
   local kv
@@ -314,6 +336,52 @@ measure_rss_loaded() {
   done
 }
 
+# The default config's pass-through routes beside chat: 1 connection (and the direct path of each, for
+# the added latency), then 50 connections with the CPU used.
+measure_routes() {
+  local route sys pid before after
+  for route in messages responses; do
+    for sys in direct default-w2; do
+      log "run $RUN: $sys: $route at 1 connection (${DURATION}s)"
+      wrk_run "$sys" "lat_$route" 1 1 "$DURATION" 0 "$SESSIONS" "$route" >/dev/null
+    done
+    pid="${PID_OF[default-w2]}"
+    log "run $RUN: default-w2: $route at 50 connections (${DURATION}s)"
+    before="$($TOOLS cpu "$pid")"
+    wrk_run default-w2 "thr_$route" 2 50 "$DURATION" 0 "$SESSIONS" "$route" >/dev/null
+    after="$($TOOLS cpu "$pid")"
+    put default-w2 "thr_${route}_cpu_s" "$(python3 -c "print(round($after - $before, 2))")"
+  done
+}
+
+# Redis mode: Redis's own round trip at 1 connection (PING, and a one-key script like the limits'),
+# the redis-mode systems at 1 connection (right after their local twins, in the same run), and the
+# 3-replica fleet behind nginx at 50 connections.
+measure_redis() {
+  local cmd key
+  for cmd in ping eval; do
+    case "$cmd" in
+      ping) set -- PING ;;
+      eval) set -- EVAL "return redis.call('INCR', KEYS[1])" 1 load:rtt ;;
+    esac
+    # p50 in ms, in microseconds for the table
+    key="$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 1 -n 20000 --csv "$@" 2>/dev/null |
+      awk -F'","' 'NR == 2 {print $5 * 1000}')"
+    put redis "rtt_${cmd}_p50" "${key:-}"
+  done
+  local sys
+  for sys in redis-w2 fullr-w2; do
+    log "run $RUN: $sys: latency at 1 connection (${DURATION}s)"
+    wrk_run "$sys" lat 1 1 "$DURATION" 0 "$SESSIONS" >/dev/null
+  done
+  log "run $RUN: fleet (3 replicas, redis, behind nginx): throughput at 50 connections (${DURATION}s)"
+  local before=0 after=0 p
+  for p in "${FLEET_PIDS[@]}"; do before="$(python3 -c "print($before + $($TOOLS cpu "$p"))")"; done
+  wrk_run fleet thr 2 50 "$DURATION" 0 "$SESSIONS" >/dev/null
+  for p in "${FLEET_PIDS[@]}"; do after="$(python3 -c "print($after + $($TOOLS cpu "$p"))")"; done
+  put fleet thr_cpu_s "$(python3 -c "print(round($after - $before, 2))")"
+}
+
 # ---------------------------------------------------------------------------------------------------
 # Start everything
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -332,7 +400,7 @@ printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello i
 
 start_mock mock
 ADDR_OF[direct]="${ADDR_OF[mock]}"; PID_OF[direct]="${PID_OF[mock]}"
-start_nginx "${ADDR_OF[mock]}"
+start_nginx nginx /v1/models "${ADDR_OF[mock]}"
 if [ "$PEERS" = 1 ]; then
   for crate in "${PEER_LIST[@]}"; do
     [ -z "${PEER_NOTE[$crate]:-}" ] && start_peer "$crate" && MAIN_SYSTEMS+=("$crate")
@@ -349,6 +417,33 @@ start_switchyard full-w2 2 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_
 start_switchyard fullnd-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON" DURABLE=false
 start_switchyard fullnc-w1 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "CREDITS=# no monthly_credits: not metered" DURABLE=true
 MAIN_SYSTEMS+=(default-w2 bare-w1 bare-w2 full-w1 full-w2 fullnd-w1 fullnc-w1)
+FLEET_PIDS=()
+if [ "$REDIS" = 1 ]; then
+  REDIS_PORT="$($TOOLS freeport)"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK" \
+    >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!); PID_OF[redis]=$!
+  for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  redis_state() { # db: a state section on one line (each system its own database, so none shares another's keys)
+    echo "state: {backend: redis, redis: {url: \"redis://127.0.0.1:$REDIS_PORT/$1\", replicas: 3, margin: 0.1}}"
+  }
+  start_switchyard redis-w2 2 bare.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" DURABLE=true "STATE=$(redis_state 1)"
+  start_switchyard fullr-w2 2 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON" DURABLE=true "STATE=$(redis_state 2)"
+  fleet=()
+  for i in 1 2 3; do
+    start_switchyard "fleet-r$i" 1 full.yaml.tmpl "UPSTREAM=${ADDR_OF[mock]}" "$CREDITS_ON" DURABLE=true "STATE=$(redis_state 3)"
+    fleet+=("${ADDR_OF[fleet-r$i]}"); FLEET_PIDS+=("${PID_OF[fleet-r$i]}")
+  done
+  start_nginx fleet /health/ready "${fleet[@]}"
+  # One key for the fleet (made on replica 1): wait until every replica has pulled it from Redis.
+  KEY_OF[fleet]="${KEY_OF[fleet-r1]}"
+  for i in 2 3; do
+    for _ in $(seq 100); do
+      [ "$($TOOLS send "${ADDR_OF[fleet-r$i]}" 1 "$WORK/body.json" "${KEY_OF[fleet]}")" = 1 ] && break
+      sleep 0.1
+    done
+  done
+fi
 if [ "$FAILOVER" = 1 ]; then
   start_mock mock-b
   start_mock mock-faulty --fault-rate 0.3
@@ -377,9 +472,11 @@ done
 for RUN in $(seq "$RUNS"); do
   put direct loadavg_start "$(cut -d' ' -f1 /proc/loadavg)"
   measure_one_connection lat 0 latency
+  [ "$REDIS" = 1 ] && measure_redis
   measure_one_connection stream 1 "streaming, time to last chunk"
   measure_throughput "${MAIN_SYSTEMS[@]}"
   measure_stream_throughput "${MAIN_SYSTEMS[@]}"
+  measure_routes
   [ "$FAILOVER" = 1 ] && measure_throughput fo-steady fo-30 fo-30-fast
   measure_rss_loaded
   put direct loadavg_end "$(cut -d' ' -f1 /proc/loadavg)"

@@ -474,6 +474,16 @@ def targets(raw, runs, systems, labels, per_run, m):
             / (x["thr_cpu_s"] / x["thr_requests"]), "<=", 1.3)
         row("4. full (2 workers) added p50 c=1 / default's",
             lambda r, x: added(r, "full-w2", "lat_p50") / added(r, d, "lat_p50"), "<=", 1.3)
+    for route in ("messages", "responses"):
+        if not any(f"lat_{route}_p50" in raw[run].get(d, {}) for run in runs):
+            continue
+        row(f"6. default /v1/{route} added p50 c=1 / chat's",
+            lambda r, x, route=route: added(r, d, f"lat_{route}_p50") / added(r, d, "lat_p50"), "<=", 1.1)
+        row(f"6. default /v1/{route} CPU per request c=50 / chat's",
+            lambda r, x, route=route: (x[f"thr_{route}_cpu_s"] / x[f"thr_{route}_requests"])
+            / (x["thr_cpu_s"] / x["thr_requests"]), "<=", 1.1)
+    six = [r for r in rows if r.startswith("| 6.")]
+    rows = [r for r in rows if not r.startswith("| 6.")]
     print("\nTargets of issue 14, each a ratio within one run (median over runs). Best peer = the better of "
           + (", ".join(peers) if peers else "no peer (none ran)") + ".\n")
     print("| target | measured | wanted | verdict |")
@@ -486,7 +496,40 @@ def targets(raw, runs, systems, labels, per_run, m):
                                        ("**not met**" if rss / 1024 > 25 else "not shown (fewer than 500,000 served)"))
     print(f"| 5. default RSS after load, MB (served {fmt(served, ',.0f')}) | {fmt(None if rss is None else rss / 1024, '.1f')} "
           f"| <= 25 after 500,000 | {verdict} |")
-    print("| 6. /v1/messages and /v1/responses pass-through / chat | - | <= 1.1 | not measured by this harness |")
+    for r in six or ["| 6. /v1/messages and /v1/responses pass-through / chat | - | <= 1.1 | not measured in this run |"]:
+        print(r)
+    redis_mode(raw, runs, systems, per_run, m)
+
+
+def redis_mode(raw, runs, systems, per_run, m):
+    """Issue 18's benchmark: redis mode against local mode at 1 connection, and the 3-replica fleet."""
+    if "redis-w2" not in systems:
+        return
+    print("\nRedis mode (`state.backend: redis`, a local redis-server), each beside its local twin in the same run. "
+          "Redis round trip = redis-benchmark p50 at 1 connection (its resolution is ~0.01 ms). Latency in ms.\n")
+    print("| system | added p50 c=1 | local twin's | redis minus local | Redis round trip (PING / script) | "
+          "wanted: at most one round trip + 0.05 | verdict |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    ping, script = m("redis", "rtt_ping_p50"), m("redis", "rtt_eval_p50")
+    rtt = None if ping is None else max(ping, script or 0)
+    for sys, twin, what in [("redis-w2", "default-w2", "default config, 2 workers"),
+                            ("fullr-w2", "full-w2", "full*, 2 workers")]:
+        if sys not in systems:
+            continue
+        a = med(per_run(sys, lambda r, x: x["lat_p50"] - r["direct"]["lat_p50"]))
+        b = med(per_run(twin, lambda r, x: x["lat_p50"] - r["direct"]["lat_p50"]))
+        diff = med(per_run(sys, lambda r, x, twin=twin: x["lat_p50"] - r[twin]["lat_p50"]))
+        ok = "-" if diff is None or rtt is None else ("**met**" if diff <= rtt + 50 else "**not met**")
+        print(f"| {what} | {fmt_ms(a)} | {fmt_ms(b)} | {fmt_ms(diff)} | {fmt_ms(ping)} / {fmt_ms(script)} | "
+              f"<= {fmt_ms(None if rtt is None else rtt + 50)} | {ok} |")
+    if "fleet" in systems:
+        rps = med(per_run("fleet", lambda r, x: x["thr_requests"] / (x["thr_duration_us"] / 1e6)))
+        one = med(per_run("full-w2", lambda r, x: x["thr_requests"] / (x["thr_duration_us"] / 1e6)))
+        cpu = med(per_run("fleet", lambda r, x: x["thr_cpu_s"] / x["thr_requests"] * 1e6))
+        print(f"\n3 replicas (full*, redis, 1 worker each) behind nginx on this box, 50 connections: "
+              f"{fmt(rps, ',.0f')} requests/s (one local full* replica with 2 workers: {fmt(one, ',.0f')}); "
+              f"replicas' CPU {fmt(cpu, '.1f')} µs per request; non-2xx {fmt(m('fleet', 'thr_non2xx'), '.0f')}, "
+              f"socket errors {fmt(m('fleet', 'thr_errors'), '.0f')}.")
 
 
 def main(argv):

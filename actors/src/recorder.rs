@@ -47,6 +47,8 @@ pub struct RecordUsage {
     /// sequence order (the journal hands them on under its lock), so the store's `usage_through`
     /// says exactly which journaled records it holds.
     pub seq: Option<u64>,
+    /// The record's JSON when the sender made it already (the journal's line): stored as is.
+    pub encoded: Option<Vec<u8>>,
 }
 
 /// Asks for a flush of everything recorded so far; answers when it is durable.
@@ -76,6 +78,8 @@ pub struct UsageRecorder {
     store: Store,
     /// Records not yet written to the store.
     buffer: Vec<UsageRecord>,
+    /// Their JSON where the sender gave it (`RecordUsage::encoded`), index for index.
+    buffer_encoded: Vec<Option<Vec<u8>>>,
     /// The highest journal sequence among them.
     buffer_through: Option<u64>,
     /// The highest journal sequence whose record the store has been given (shared with the journal's
@@ -106,6 +110,7 @@ impl UsageRecorder {
         UsageRecorder {
             store,
             buffer: Vec::new(),
+            buffer_encoded: Vec::new(),
             buffer_through: None,
             through,
             buffered_acks: Vec::new(),
@@ -183,12 +188,13 @@ impl UsageRecorder {
             return;
         }
         let mut records = std::mem::take(&mut self.buffer);
+        let mut encoded = std::mem::take(&mut self.buffer_encoded);
         let acks = std::mem::take(&mut self.buffered_acks);
         let through = self.buffer_through.take();
         // Records are written even when a companion fails; their acks then carry its error.
         let companions = self.write_companions();
         let written = self
-            .write_counted(&records, through)
+            .write_counted(&records, &encoded, through)
             .map_err(|e| RecordError::Write(Arc::new(e)));
         let result = companions.and(written.clone());
         match result {
@@ -205,9 +211,12 @@ impl UsageRecorder {
             // otherwise tell replay that the store holds them.
             self.buffer_through = through;
             self.buffer = records;
+            self.buffer_encoded = encoded;
         } else {
             records.clear();
             self.buffer = records;
+            encoded.clear();
+            self.buffer_encoded = encoded;
         }
     }
 
@@ -216,6 +225,7 @@ impl UsageRecorder {
     fn write_counted(
         &mut self,
         records: &[UsageRecord],
+        encoded: &[Option<Vec<u8>>],
         through: Option<u64>,
     ) -> Result<(), StoreError> {
         for r in records {
@@ -229,7 +239,10 @@ impl UsageRecorder {
             .iter()
             .filter_map(|p| self.counters.get(p).map(|c| (p.as_str(), *c)))
             .collect();
-        match self.store.write_usage_batch(records, &counters, through) {
+        match self
+            .store
+            .write_encoded_usage_batch(records, encoded, &counters, through)
+        {
             Ok(()) => {
                 if let Some(seq) = through {
                     self.through.fetch_max(seq, Ordering::AcqRel);
@@ -362,6 +375,7 @@ impl Handler<RecordUsage> for UsageRecorder {
 
     fn handle(&mut self, msg: RecordUsage, ctx: &mut Self::Context) {
         self.buffer.push(msg.record);
+        self.buffer_encoded.push(msg.encoded);
         if msg.seq.is_some() {
             self.buffer_through = self.buffer_through.max(msg.seq);
         }
@@ -447,6 +461,7 @@ mod tests {
                 record: rec("a", outcome),
                 ack: Some(tx),
                 seq: None,
+                encoded: None,
             })
             .await
             .unwrap();
@@ -487,6 +502,7 @@ mod tests {
                 record: rec("b", outcome),
                 ack: Some(tx),
                 seq: None,
+                encoded: None,
             });
             acks.push(rx);
         }
@@ -520,6 +536,7 @@ mod tests {
             record: rec("c", "ok"),
             ack: None,
             seq: None,
+            encoded: None,
         });
         addr.send(FlushUsage).await.unwrap().unwrap();
         assert_eq!(store.all_usage().unwrap().len(), 1);
@@ -551,6 +568,7 @@ mod tests {
             record: rec("f", "ok"),
             ack: Some(tx),
             seq: None,
+            encoded: None,
         })
         .await
         .unwrap();
@@ -563,6 +581,7 @@ mod tests {
                 record: rec("f", "ok"),
                 ack: None,
                 seq: None,
+                encoded: None,
             })
             .await
             .unwrap();
@@ -606,6 +625,7 @@ mod tests {
             record: rec("e", "ok"),
             ack: Some(tx),
             seq: None,
+            encoded: None,
         })
         .await
         .unwrap();
@@ -621,14 +641,21 @@ mod tests {
         let recorder = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap());
         let through = recorder.through();
         let addr = recorder.start();
+        let mut sent = Vec::new();
         for (seq, outcome) in [(5, "ok"), (6, "server")] {
+            let record = rec("j", outcome);
+            // As the journal hands them on: with the line it wrote (the first one), or without.
+            let encoded = (seq == 5).then(|| serde_json::to_vec(&record).unwrap());
+            sent.push(record.clone());
             addr.do_send(RecordUsage {
-                record: rec("j", outcome),
+                record,
                 ack: None,
                 seq: Some(seq),
+                encoded,
             });
         }
         addr.send(FlushUsage).await.unwrap().unwrap();
+        assert_eq!(store.all_usage().unwrap(), sent);
         assert_eq!(store.usage_through().unwrap(), 6);
         assert_eq!(through.load(Ordering::Acquire), 6);
         // Written with the records, not on a later tick.

@@ -13,6 +13,7 @@
 #![allow(clippy::disallowed_types)]
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -99,6 +100,9 @@ pub struct Store {
     profiles: sled::Tree,
     /// Shared by every clone, like the sled handles: one set of counts per open store.
     high_water: Arc<HighWater>,
+    /// `usage_through`, read once at open and advanced by each batch once applied: every counters
+    /// value written carries it, so the highest stored mark never goes back.
+    journal_through: Arc<AtomicU64>,
 }
 
 /// One record per value (the layout before batching; still read).
@@ -106,16 +110,41 @@ const USAGE_PREFIX_V1: &str = "v1/usage/";
 /// One batch of records per value, keyed by the batch's earliest `ts_ms`.
 const USAGE_PREFIX: &str = "v2/usage/";
 /// Per-profile counters, in the usage tree so that they are written atomically with the records.
+const COUNTERS_PREFIX: &str = "v1/counters/";
 fn counters_key(profile: &str) -> String {
-    format!("v1/counters/{profile}")
+    format!("{COUNTERS_PREFIX}{profile}")
 }
-/// The highest journal sequence whose record the usage tree holds.
+/// The highest journal sequence whose record the usage tree holds, for a batch that carries no
+/// counters (and as stores before 2026-12-02 kept it for every batch). A batch with counters carries
+/// it in their values instead (`StoredCounters`): one sled insert fewer per batch.
 const JOURNAL_THROUGH_KEY: &[u8] = b"v1/journal/usage_through";
 /// How far usage shipping (`state.backend: redis`) has come: the key time of the newest batch shipped
 /// and the sequence after the highest batch sequence shipped, 16 bytes big-endian.
 const SHIPPED_KEY: &[u8] = b"v1/shipped/usage";
 /// This store's name among the replicas that ship usage: a UUID, made once.
 const SHIPPER_KEY: &[u8] = b"v1/shipped/replica";
+
+/// What start-up reads of a stored counters value: `journal_through` is the store's mark when the
+/// value was written (absent: 0), counting the records of the batch it came with. The store's
+/// `usage_through` is the highest of these and of `JOURNAL_THROUGH_KEY`. Readers of
+/// `ProfileCounters` ignore the extra field.
+#[derive(Deserialize)]
+struct StoredCounters {
+    #[serde(default)]
+    journal_through: u64,
+}
+
+/// The stored value of `c` (the JSON of `ProfileCounters`, plus the mark when there is one); written
+/// by hand, as it is once per batch.
+fn encode_counters(c: &ProfileCounters, journal_through: u64) -> Vec<u8> {
+    let mut s = format!(r#"{{"requests":{},"failures":{}"#, c.requests, c.failures);
+    if journal_through > 0 {
+        s.push_str(&format!(r#","journal_through":{journal_through}"#));
+    }
+    s.push('}');
+    s.into_bytes()
+}
+
 /// The widest span of `ts_ms` within one stored batch.
 pub const USAGE_BATCH_SPAN_MS: u64 = 60_000;
 
@@ -148,11 +177,13 @@ impl Store {
     fn from_db(db: sled::Db) -> Result<Store, StoreError> {
         let usage = db.open_tree("usage")?;
         let profiles = db.open_tree("profiles")?;
+        let journal_through = Arc::new(AtomicU64::new(stored_usage_through(&usage)?));
         Ok(Store {
             db,
             usage,
             profiles,
             high_water: Arc::new(HighWater::default()),
+            journal_through,
         })
     }
 
@@ -187,41 +218,55 @@ impl Store {
         counters: &[(&str, ProfileCounters)],
         through: Option<u64>,
     ) -> Result<(), StoreError> {
+        self.write_encoded_usage_batch(records, &[], counters, through)
+    }
+
+    /// `write_usage_batch`, where `encoded[i]`, when present, is `records[i]`'s JSON already made
+    /// (the journal's line: compact, so one line), written as is instead of serialising it again.
+    pub fn write_encoded_usage_batch(
+        &self,
+        records: &[UsageRecord],
+        encoded: &[Option<Vec<u8>>],
+        counters: &[(&str, ProfileCounters)],
+        through: Option<u64>,
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        let mut rest = records;
-        while !rest.is_empty() {
-            let (min, n) = span_prefix(rest);
-            let mut value = Vec::with_capacity(n * 256);
-            for r in &rest[..n] {
-                serde_json::to_writer(&mut value, r)?;
+        let mut start = 0;
+        while start < records.len() {
+            let (min, n) = span_prefix(&records[start..]);
+            let mut value = Vec::with_capacity(n * 320);
+            for (i, r) in records[start..start + n].iter().enumerate() {
+                match encoded.get(start + i).and_then(Option::as_deref) {
+                    Some(line) => value.extend_from_slice(line),
+                    None => serde_json::to_writer(&mut value, r)?,
+                }
                 value.push(b'\n');
             }
             let seq = self.db.generate_id()?;
-            batch.insert(
-                format!("{USAGE_PREFIX}{min:016x}/{seq:016x}").into_bytes(),
-                value,
-            );
-            rest = &rest[n..];
+            batch.insert(batch_key(min, seq), value);
+            start += n;
         }
+        // The mark rides in the counters' values when there are any (every batch the recorder
+        // writes counts its records), else in its own key: atomic with the records either way.
+        let mark = self
+            .journal_through
+            .load(Ordering::Acquire)
+            .max(through.unwrap_or(0));
         for (profile, c) in counters {
-            batch.insert(counters_key(profile).into_bytes(), serde_json::to_vec(c)?);
+            batch.insert(counters_key(profile).into_bytes(), encode_counters(c, mark));
         }
-        if let Some(seq) = through {
+        if let (Some(seq), true) = (through, counters.is_empty()) {
             batch.insert(JOURNAL_THROUGH_KEY, &seq.to_be_bytes()[..]);
         }
         self.usage.apply_batch(batch)?;
+        self.journal_through.fetch_max(mark, Ordering::AcqRel);
         self.high_water.add_usage_records(records.len() as u64);
         Ok(())
     }
 
     /// The highest journal sequence whose usage record the store holds (0 when none came that way).
     pub fn usage_through(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .usage
-            .get(JOURNAL_THROUGH_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(self.journal_through.load(Ordering::Acquire))
     }
 
     /// Writes the journal's usage records that the store lacks (sequence above `usage_through`), with
@@ -428,9 +473,11 @@ impl Store {
     }
 
     /// Saves the counters of a profile (not yet durable: see `flush`).
+    /// Carries the journal mark like every counters value, so the stored mark never goes back.
     pub fn save_counters(&self, profile: &str, c: &ProfileCounters) -> Result<(), StoreError> {
+        let mark = self.journal_through.load(Ordering::Acquire);
         self.usage
-            .insert(counters_key(profile), serde_json::to_vec(c)?)?;
+            .insert(counters_key(profile), encode_counters(c, mark))?;
         Ok(())
     }
 
@@ -474,6 +521,45 @@ impl Store {
     pub fn is_writable(&self) -> bool {
         self.profiles.insert("v1/probe", &b"1"[..]).is_ok()
     }
+}
+
+/// `v2/usage/{min:016x}/{seq:016x}`, written by hand: `format!`'s padded hex cost a tenth of a
+/// one-record batch.
+fn batch_key(min: u64, seq: u64) -> Vec<u8> {
+    fn hex16(out: &mut Vec<u8>, n: u64) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        out.extend(
+            (0..16)
+                .rev()
+                .map(|i| DIGITS[((n >> (i * 4)) & 0xf) as usize]),
+        );
+    }
+    let mut key = Vec::with_capacity(USAGE_PREFIX.len() + 33);
+    key.extend_from_slice(USAGE_PREFIX.as_bytes());
+    hex16(&mut key, min);
+    key.push(b'/');
+    hex16(&mut key, seq);
+    key
+}
+
+/// The highest journal mark in `usage`: its own key (stores before 2026-12-02, and batches without
+/// counters) or any profile's counters (one value per profile: read once, at open).
+fn stored_usage_through(usage: &sled::Tree) -> Result<u64, StoreError> {
+    let mut through = usage
+        .get(JOURNAL_THROUGH_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    for item in usage.scan_prefix(COUNTERS_PREFIX) {
+        let (k, v) = item?;
+        let stored: StoredCounters =
+            serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                source,
+            })?;
+        through = through.max(stored.journal_through);
+    }
+    Ok(through)
 }
 
 /// The earliest `ts_ms` of the longest prefix of `records` whose times lie within one batch span, and
@@ -658,6 +744,78 @@ mod tests {
         s.save_counters("a", &c).unwrap();
         assert_eq!(s.load_counters("a").unwrap(), c);
         assert_eq!(s.load_counters("b").unwrap(), ProfileCounters::default());
+    }
+
+    #[test]
+    fn batch_keys_are_the_padded_hex_of_their_time_and_sequence() {
+        assert_eq!(
+            batch_key(0x1a2b, u64::MAX),
+            format!("{USAGE_PREFIX}{:016x}/{:016x}", 0x1a2b, u64::MAX).into_bytes()
+        );
+        assert_eq!(
+            batch_key(0, 7),
+            format!("{USAGE_PREFIX}{:016x}/{:016x}", 0, 7).into_bytes()
+        );
+    }
+
+    #[test]
+    fn an_encoded_record_is_stored_as_given_and_the_others_serialised() {
+        let s = Store::temporary().unwrap();
+        let (a, b) = (rec(1_000, "ok"), rec(1_001, "server"));
+        let line = serde_json::to_vec(&a).unwrap();
+        s.write_encoded_usage_batch(&[a.clone(), b.clone()], &[Some(line), None], &[], None)
+            .unwrap();
+        assert_eq!(s.all_usage().unwrap(), vec![a, b]);
+    }
+
+    /// Opens the store in `dir` once the previous handle's sled threads have let go of its lock
+    /// (dropping a `Store` does not wait for them).
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("cannot reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
+    #[test]
+    fn the_journal_mark_rides_in_the_counters_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ProfileCounters {
+            requests: 1,
+            failures: 0,
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.write_usage_batch(&[rec(1_000, "ok")], &[("p", c)], Some(7))
+                .unwrap();
+            assert_eq!(s.usage.len(), 2, "the batch and the counters, no mark key");
+            assert_eq!(s.usage.get(JOURNAL_THROUGH_KEY).unwrap(), None);
+            assert_eq!(s.usage_through().unwrap(), 7);
+            assert_eq!(s.load_counters("p").unwrap(), c);
+            // Not journaled, and counters saved on their own: both keep the mark.
+            s.write_usage_batch(&[rec(1_001, "ok")], &[("q", c)], None)
+                .unwrap();
+            s.save_counters("p", &c).unwrap();
+            assert_eq!(s.usage_through().unwrap(), 7);
+            s.flush_blocking().unwrap();
+        }
+        {
+            let s = reopen(dir.path());
+            assert_eq!(s.usage_through().unwrap(), 7, "read back at open");
+            // A journaled batch without counters keeps the mark in its own key.
+            s.write_usage_batch(&[rec(1_002, "ok")], &[], Some(9))
+                .unwrap();
+            assert!(s.usage.get(JOURNAL_THROUGH_KEY).unwrap().is_some());
+            s.flush_blocking().unwrap();
+        }
+        let s = reopen(dir.path());
+        assert_eq!(s.usage_through().unwrap(), 9);
+        assert_eq!(s.count_usage_records().unwrap(), 3);
+        assert_eq!(s.load_counters("q").unwrap(), c);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 --   SY_SESSIONS=N   cycle through N distinct X-Session-Id values (0: no header)
 --   SY_AUTH=KEY     send Authorization: Bearer KEY (Switchyard "full" only: other systems get no header)
 --   SY_HEADERS="Name: value|Name: value"  extra headers a peer gateway needs (noveum's x-provider)
+--   SY_ROUTE=chat|messages|responses  the request's shape (below)
 -- done() prints one machine-readable line that run.sh parses:
 --   RESULT requests=.. duration_us=.. p50=.. p90=.. p99=.. p999=.. max=.. non2xx=.. errors=..
 -- (latencies in microseconds, as wrk records them).
@@ -16,9 +17,18 @@ for h in string.gmatch(os.getenv("SY_HEADERS") or "", "[^|]+") do
   if name then extra[name] = value end
 end
 
-local body = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},'
-  .. '{"role":"user","content":"Say hello in five words."}],"max_tokens":16'
-  .. (stream and ',"stream":true' or '') .. '}'
+-- SY_ROUTE=messages|responses: the same small request in the Anthropic Messages or OpenAI Responses
+-- shape (for /v1/messages, /v1/responses; run.sh sets the path); default: chat.
+local route = os.getenv("SY_ROUTE") or "chat"
+local bodies = {
+  chat = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},'
+    .. '{"role":"user","content":"Say hello in five words."}],"max_tokens":16',
+  messages = '{"model":"claude-x","system":"You are terse.",'
+    .. '"messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16',
+  responses = '{"model":"gpt-4o-mini","instructions":"You are terse.",'
+    .. '"input":"Say hello in five words.","max_output_tokens":16',
+}
+local body = assert(bodies[route], "unknown SY_ROUTE") .. (stream and ',"stream":true' or '') .. '}'
 
 wrk.method = "POST"
 wrk.body = body

@@ -206,6 +206,7 @@ impl AttemptGuard {
             record,
             ack,
             seq: None,
+            encoded: None,
         });
         rx
     }
@@ -224,10 +225,12 @@ impl AttemptGuard {
         let mut slot = Some(record);
         let written = journal.append(&body, |seq| {
             if let Some(record) = slot.take() {
+                // The journal's JSON is the store's too: serialised once.
                 self.recorder.do_send(RecordUsage {
                     record,
                     ack: None,
                     seq: Some(seq),
+                    encoded: Some(body.clone()),
                 });
             }
         });
