@@ -203,6 +203,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     if redis.is_some() {
         // Settles that did not reach Redis, and spend under the allowance, once it is back.
         actix_web::rt::spawn(limits.clone().run_repayment());
+        actix_web::rt::spawn(limits.clone().run_tier_mirror());
     }
     if let Some(j) = &journal {
         limits.ledger.attach_journal(j.clone());
