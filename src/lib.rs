@@ -239,7 +239,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         auth: auth.clone(),
         limits,
         journal,
-        response_pins: pins::ResponsePins::default(),
+        response_pins: pins::ResponsePins::default().share_through(redis.clone()),
         redis: redis.clone(),
     });
     spawn_lease_sweeper(shared.clone());

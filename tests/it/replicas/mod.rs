@@ -24,6 +24,7 @@ mod oauth;
 mod pins;
 mod probes;
 mod records;
+mod responses;
 mod tiers;
 mod usage;
 mod webhook;
