@@ -25,6 +25,7 @@ mod pins;
 mod probes;
 mod records;
 mod responses;
+mod signin;
 mod tiers;
 mod usage;
 mod webhook;
