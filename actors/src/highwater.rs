@@ -129,7 +129,7 @@ pub fn write(dir: &Path, counts: &Counts) -> Result<(), HighWaterError> {
     };
     let file = MarkFile {
         version: VERSION,
-        written_ms: crate::store::now_ms(),
+        written_ms: crate::clock::now_ms(),
         counts: *counts,
     };
     let mut text = serde_json::to_vec_pretty(&file).map_err(|e| failed(e.into()))?;

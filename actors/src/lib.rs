@@ -1,6 +1,7 @@
 //! Switchyard's actors: profile health, the router, usage recording and the sled store. No web dependency.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod health;
 pub mod highwater;
 pub mod metrics;

@@ -15,7 +15,6 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -591,13 +590,8 @@ fn decode(key: &[u8], value: &[u8]) -> Result<UsageRecord, StoreError> {
     })
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch (kept here too: every caller has long named it `store::now_ms`).
+pub use crate::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

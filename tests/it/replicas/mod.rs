@@ -190,3 +190,21 @@ pub(super) async fn answered_by(server: &Server, token: &str, sid: Option<&str>)
         .unwrap()
         .to_owned()
 }
+
+/// `POST /auth/login` on `server`; (status, body).
+pub(super) async fn sign_in(
+    server: &Server,
+    email: &str,
+    password: &str,
+) -> (u16, serde_json::Value) {
+    let body = json!({"email": email, "password": password});
+    let (s, _, v) = call(
+        server,
+        reqwest::Method::POST,
+        "/auth/login",
+        None,
+        Some(body),
+    )
+    .await;
+    (s, v)
+}

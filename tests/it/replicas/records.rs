@@ -45,16 +45,7 @@ async fn until_known(server: &Server, id: &str) {
 }
 
 async fn login(server: &Server, email: &str) -> (u16, Value) {
-    let body = json!({"email": email, "password": PASSWORD});
-    let (s, _, v) = call(
-        server,
-        reqwest::Method::POST,
-        "/auth/login",
-        None,
-        Some(body),
-    )
-    .await;
-    (s, v)
+    sign_in(server, email, PASSWORD).await
 }
 
 async fn refresh(server: &Server, token: &str) -> (u16, Value) {

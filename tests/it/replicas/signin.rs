@@ -3,24 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::*;
 
 const PASSWORD: &str = "correct horse battery";
-
-async fn login(server: &Server, email: &str, password: &str) -> (u16, Value) {
-    let body = json!({"email": email, "password": password});
-    let (s, _, v) = call(
-        server,
-        reqwest::Method::POST,
-        "/auth/login",
-        None,
-        Some(body),
-    )
-    .await;
-    (s, v)
-}
 
 /// Polls until every replica knows account `id` (the admin listing: no sign-in budget spent).
 async fn until_everywhere(replicas: &[Server], id: &str) {
@@ -73,23 +60,26 @@ async fn an_accounts_failure_budget_is_one_for_the_fleet_and_a_success_anywhere_
 
     // One wrong guess on each replica: alone, each would allow two more; together they spent three.
     for r in &replicas {
-        assert_eq!(login(r, "guessed@example.com", "wrong-guess").await.0, 401);
+        assert_eq!(
+            sign_in(r, "guessed@example.com", "wrong-guess").await.0,
+            401
+        );
     }
-    let (status, body) = login(&replicas[0], "guessed@example.com", PASSWORD).await;
+    let (status, body) = sign_in(&replicas[0], "guessed@example.com", PASSWORD).await;
     assert_eq!(status, 429, "{body}");
 
     // Two typos, a success elsewhere, two more typos: the success gave the budget back, so the
     // right password still works.
     for r in &replicas[..2] {
-        assert_eq!(login(r, "typo@example.com", "typo-typo").await.0, 401);
+        assert_eq!(sign_in(r, "typo@example.com", "typo-typo").await.0, 401);
     }
     assert_eq!(
-        login(&replicas[2], "typo@example.com", PASSWORD).await.0,
+        sign_in(&replicas[2], "typo@example.com", PASSWORD).await.0,
         200
     );
     for r in &replicas[..2] {
-        assert_eq!(login(r, "typo@example.com", "typo-typo").await.0, 401);
+        assert_eq!(sign_in(r, "typo@example.com", "typo-typo").await.0, 401);
     }
-    let (status, body) = login(&replicas[2], "typo@example.com", PASSWORD).await;
+    let (status, body) = sign_in(&replicas[2], "typo@example.com", PASSWORD).await;
     assert_eq!(status, 200, "{body}");
 }
