@@ -5,8 +5,8 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::wire::relayed::{Relayed, StreamFault};
 use crate::wire::sse::{Frame, SseFramer};
-use crate::wire::{Relayed, StreamFault};
 
 /// What one event means to the proxy.
 pub(crate) enum Step {

@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use crate::wire::openai::TokenUsage;
 use crate::wire::passthrough::{PassThrough, Step};
+use crate::wire::relayed::{Relayed, StreamFault};
 use crate::wire::sse::Frame;
-use crate::wire::{Relayed, StreamFault};
 
 #[derive(Deserialize)]
 struct Event {

@@ -150,3 +150,151 @@ fn no_two_modules_import_each_other() {
         "modules importing each other: {circles:?}"
     );
 }
+
+/// A file's module path in its crate (`src/http/v1.rs` -> `http::v1`, `src/http/mod.rs` -> `http`,
+/// `src/lib.rs` -> the root, as an empty path).
+fn module_path(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap();
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let last = parts.pop().unwrap();
+    match last.trim_end_matches(".rs") {
+        "mod" | "lib" => {}
+        name => parts.push(name.to_owned()),
+    }
+    parts
+}
+
+/// The module paths `code` (the file `me`) names through `crate::`, `super::` and `self::`, as far
+/// as they go: `use super::{a, b::C}` names `<parent>::a` and `<parent>::b::C`.
+fn named_paths(code: &str, me: &[String], is_mod_file: bool) -> Vec<Vec<String>> {
+    let parent: Vec<String> = if is_mod_file || me.is_empty() {
+        me.iter()
+            .take(me.len().saturating_sub(1))
+            .cloned()
+            .collect()
+    } else {
+        me[..me.len() - 1].to_vec()
+    };
+    // `self::` in a file is the file's own module; `super::` its parent (for `a/mod.rs`, module a,
+    // the parent is the root).
+    let roots: [(&str, Vec<String>); 3] = [
+        ("crate::", Vec::new()),
+        ("super::", parent),
+        ("self::", me.to_vec()),
+    ];
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = Vec::new();
+    for (prefix, base) in &roots {
+        for (i, _) in code.match_indices(prefix) {
+            let before = code[..i].chars().last();
+            if before.is_some_and(|c| ident(c) || c == '$' || c == ':') {
+                continue;
+            }
+            let rest = &code[i + prefix.len()..];
+            // One path, or a `{...}` list of them (one level deep is enough for this code base).
+            let tails: Vec<&str> = match rest.strip_prefix('{') {
+                Some(list) => list[..list.find('}').unwrap_or(list.len())]
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![rest],
+            };
+            for tail in tails {
+                let mut path = base.clone();
+                for seg in tail.split("::") {
+                    let name: String = seg.chars().take_while(|c| ident(*c)).collect();
+                    if name.is_empty() || name.len() != seg.len() && !seg.starts_with(&name) {
+                        break;
+                    }
+                    path.push(name.clone());
+                    if name.len() != seg.len() {
+                        break;
+                    }
+                }
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Circles of files that import each other (`a.rs` -> `b.rs` -> `a.rs`), in one crate's `src`.
+fn file_circles(src: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files.retain(|f| !f.ends_with("main.rs"));
+    let modules: BTreeMap<Vec<String>, PathBuf> = files
+        .iter()
+        .map(|f| (module_path(src, f), f.clone()))
+        .collect();
+    let mut edges: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+    for file in &files {
+        let me = module_path(src, file);
+        let is_mod_file = file.ends_with("mod.rs") || file.ends_with("lib.rs");
+        for path in named_paths(&code_of(file), &me, is_mod_file) {
+            // The longest prefix of the path that is a file: what the import reaches.
+            let target = (1..=path.len()).rev().find_map(|k| modules.get(&path[..k]));
+            if let Some(t) = target.filter(|t| *t != file) {
+                edges.entry(file.clone()).or_default().insert(t.clone());
+            }
+        }
+    }
+    let rel = |p: &PathBuf| p.strip_prefix(src).unwrap().display().to_string();
+    let mut circles = Vec::new();
+    for (a, targets) in &edges {
+        for b in targets {
+            // Two files naming each other; a longer loop is rare enough to leave to review. A
+            // folder's `mod.rs` and its own files are one module split up (the type there, its
+            // methods here), not a circle.
+            let (ma, mb) = (module_path(src, a), module_path(src, b));
+            let parent_and_child = |p: &[String], c: &[String]| {
+                c.len() == p.len() + 1 && c.starts_with(p) && !p.is_empty()
+            };
+            if parent_and_child(&ma, &mb) || parent_and_child(&mb, &ma) {
+                continue;
+            }
+            if edges.get(b).is_some_and(|t| t.contains(a)) && a < b {
+                circles.push(format!("{} <-> {}", rel(a), rel(b)));
+            }
+        }
+    }
+    circles
+}
+
+/// No two files import each other, in the server's crate or the actors': a circle of files is one
+/// concern split in two, or two concerns tangled.
+#[test]
+fn no_two_files_import_each_other() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for src in [root.join("src"), root.join("actors/src")] {
+        let circles = file_circles(&src);
+        assert!(
+            circles.is_empty(),
+            "files importing each other in {}: {circles:?}",
+            src.display()
+        );
+    }
+}
+
+#[test]
+fn the_file_reader_resolves_super_self_and_lists() {
+    let me = ["config".to_owned(), "validate".to_owned()];
+    let paths = named_paths(
+        "use super::{report::Report, values};\nuse crate::wire::sse::SseFramer;\nuse self::state::x;",
+        &me,
+        false,
+    );
+    let joined: Vec<String> = paths.iter().map(|p| p.join("::")).collect();
+    assert_eq!(
+        joined,
+        [
+            "wire::sse::SseFramer",
+            "config::report::Report",
+            "config::values",
+            "config::validate::state::x"
+        ]
+    );
+}

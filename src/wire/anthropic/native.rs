@@ -9,8 +9,8 @@ use serde::Deserialize;
 use super::TranslateError;
 use crate::wire::openai::TokenUsage;
 use crate::wire::passthrough::{PassThrough, Step};
+use crate::wire::relayed::{Relayed, StreamFault};
 use crate::wire::sse::Frame;
-use crate::wire::{Relayed, StreamFault};
 
 /// Anthropic's usage object (message body, `message_start.message.usage`, `message_delta.usage`).
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
