@@ -203,6 +203,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     if redis.is_some() {
         // Settles that did not reach Redis, and spend under the allowance, once it is back.
         actix_web::rt::spawn(limits.clone().run_repayment());
+        actix_web::rt::spawn(limits.clone().run_tier_mirror());
     }
     if let Some(j) = &journal {
         limits.ledger.attach_journal(j.clone());
@@ -238,7 +239,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         auth: auth.clone(),
         limits,
         journal,
-        response_pins: pins::ResponsePins::default(),
+        response_pins: pins::ResponsePins::default().share_through(redis.clone()),
         redis: redis.clone(),
     });
     spawn_lease_sweeper(shared.clone());

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_actors::store::now_ms;
 
 use super::keys::scopes;
+use super::limiter::SharedWindow;
 use super::secret::{
     digest_eq, hash_password, new_id, new_secret, sha256_hex, split_token, verify_password,
     REFRESH_PREFIX,
@@ -326,12 +327,30 @@ impl AuthService {
         let limits = config.login;
         let email = email_raw.trim().to_lowercase();
         let target = Some(format!("email:{email}"));
+        let shared = self.shared().cloned();
         if let Some(addr) = address {
-            let over = self.login_attempts.hit_and_check(
-                addr,
-                limits.max_attempts_per_address,
-                limits.window,
-            );
+            let fleet = match &shared {
+                Some(shared) => {
+                    let window = SharedWindow {
+                        shared,
+                        kind: "address",
+                        key: addr,
+                    };
+                    window
+                        .try_take(limits.max_attempts_per_address, limits.window)
+                        .await
+                        .ok()
+                }
+                None => None,
+            };
+            let over = match fleet {
+                Some(taken) => taken.err(),
+                None => self.login_attempts.hit_and_check(
+                    addr,
+                    limits.max_attempts_per_address,
+                    limits.window,
+                ),
+            };
             if let Some(retry_after) = over {
                 let why = "too many attempts from this address";
                 let limit = limits.max_attempts_per_address;
@@ -340,9 +359,30 @@ impl AuthService {
         }
         // The attempt is counted before the password is checked: counted after, every attempt of a
         // concurrent burst passes the check before any is counted, and all of them reach argon2.
-        let taken =
-            self.login_failures
-                .try_take(&email, limits.max_failures_per_account, limits.window);
+        let account_window = shared.as_deref().map(|shared| SharedWindow {
+            shared,
+            kind: "account",
+            key: &email,
+        });
+        let fleet = match &account_window {
+            Some(w) => w
+                .try_take(limits.max_failures_per_account, limits.window)
+                .await
+                .ok(),
+            None => None,
+        };
+        let (taken, fleet_start) = match fleet {
+            Some(Ok(start)) => (Ok(()), Some(start)),
+            Some(Err(left)) => (Err(left), None),
+            None => (
+                self.login_failures.try_take(
+                    &email,
+                    limits.max_failures_per_account,
+                    limits.window,
+                ),
+                None,
+            ),
+        };
         if let Err(retry_after) = taken {
             let why = "too many failed attempts for this account";
             let limit = limits.max_failures_per_account;
@@ -377,6 +417,11 @@ impl AuthService {
             }
         };
         self.login_failures.reset(&email);
+        if let (Some(w), Some(start)) = (&account_window, fleet_start) {
+            if let Err(e) = w.reset(limits.window, start).await {
+                tracing::warn!(error = %e, "cannot reset the fleet's sign-in failure window");
+            }
+        }
         let now = now_ms();
         let family = Family {
             id: new_id(),

@@ -1,5 +1,8 @@
 //! Sign-in rate limits: fixed windows budgeting password checks per account and counting attempts per
-//! client address.
+//! client address. With `state.backend: redis` the windows are Redis's (`shared::rate`), so the
+//! fleet together allows what one replica would; while Redis cannot be asked each replica counts
+//! its own, as in local mode (an abuse control: failing open costs a few more guesses, failing
+//! closed would lock everyone out).
 //!
 //! A fixed window is coarse (a burst can straddle two windows) but needs one small entry per key and
 //! no timer; for slowing down password guessing that is enough.
@@ -7,6 +10,9 @@
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+
+use super::secret::sha256_hex;
+use crate::shared::{Shared, SharedError};
 
 /// Entries beyond this trigger a sweep of expired windows, so random emails cannot grow the map forever.
 const SWEEP_ABOVE: usize = 10_000;
@@ -64,6 +70,49 @@ impl FixedWindow {
             *count = 0;
         }
         entry
+    }
+}
+
+/// One sign-in window in Redis for the whole fleet: `kind` (`address`, `account`) and the key,
+/// hashed (an email may hold any character, and the key names no one in Redis).
+pub struct SharedWindow<'a> {
+    pub shared: &'a Shared,
+    pub kind: &'static str,
+    pub key: &'a str,
+}
+
+impl SharedWindow<'_> {
+    fn subject(&self) -> String {
+        format!("login:{}:{}", self.kind, &sha256_hex(self.key)[..32])
+    }
+
+    /// `try_take` for the fleet: `Ok(Ok(window start))` when taken, `Ok(Err(time left))` when the
+    /// limit is reached (nothing counted); `Err` when Redis cannot decide.
+    pub async fn try_take(
+        &self,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Result<u64, Duration>, SharedError> {
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let answer = self
+            .shared
+            .take_windows(&self.subject(), window_ms, &[("n", u64::from(limit))], true)
+            .await?;
+        Ok(match answer.full {
+            None => Ok(answer.start_ms),
+            Some(_) => {
+                let ends = answer.start_ms.saturating_add(window_ms);
+                Err(Duration::from_millis(ends.saturating_sub(answer.now_ms)))
+            }
+        })
+    }
+
+    /// Forgets the window that started at `start_ms` (a sign-in succeeded).
+    pub async fn reset(&self, window: Duration, start_ms: u64) -> Result<(), SharedError> {
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.shared
+            .reset_window(&self.subject(), "n", window_ms, start_ms)
+            .await
     }
 }
 

@@ -137,6 +137,8 @@ impl AuthService {
                 Some(e) => Some((json(&e)?, true)),
                 None => None,
             },
+            // Not an identity table: `limits::shared_tiers` mirrors it.
+            Table::TierOverrides => None,
         })
     }
 
@@ -169,6 +171,7 @@ impl AuthService {
                     out.push((e.id.clone(), json(&e)?, true));
                 }
             }
+            Table::TierOverrides => {}
         }
         Ok(out)
     }
@@ -274,6 +277,7 @@ impl AuthService {
                 self.store.put_mirrored_audit(&entry)?;
                 Ok(())
             }
+            Table::TierOverrides => Ok(()),
         }
     }
 

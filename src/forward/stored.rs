@@ -34,9 +34,15 @@ fn plausible_id(id: &str) -> bool {
 impl Proxy<'_> {
     /// Asks the profile that created `call.id`; an id no profile is known to have made is a 404.
     pub async fn stored_response(&self, call: StoredCall<'_>) -> Result<HttpResponse, ApiError> {
-        let pinned = plausible_id(call.id)
-            .then(|| self.shared.response_pins.profile(call.id, call.owner))
-            .flatten();
+        let pinned = match plausible_id(call.id) {
+            true => {
+                self.shared
+                    .response_pins
+                    .profile_anywhere(call.id, call.owner)
+                    .await
+            }
+            false => None,
+        };
         let not_found = || {
             ApiError::NotFound(format!(
                 "No response with id '{}' was created through this proxy.",
@@ -64,7 +70,7 @@ impl Proxy<'_> {
         };
         let status = resp.status();
         if call.method == reqwest::Method::DELETE && status.is_success() {
-            self.shared.response_pins.forget(call.id);
+            self.shared.response_pins.forget(call.id).await;
         }
         let mut b = HttpResponse::build(
             actix_web::http::StatusCode::from_u16(status.as_u16())

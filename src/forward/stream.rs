@@ -72,7 +72,9 @@ impl Proxy<'_> {
                         fault: Some(fault), ..
                     }) => return Err(guard.fail(first_event_failure(up, &fault))),
                     Ok(p) if p.done => {
-                        self.pin_response(req, relay.response_id(), &guard);
+                        // The whole stream is answered at once: the fleet learns the id first.
+                        self.pin_response_now(req, relay.response_id(), &guard)
+                            .await;
                         guard.relayed(relay.text_bytes());
                         let ack =
                             guard.finish(AttemptOutcome::Succeeded, "ok", relay.usage(), durable);

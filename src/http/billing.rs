@@ -163,7 +163,7 @@ async fn set_tier(
     state: State,
 ) -> Reply {
     let body: TierBody = json_body(&req, payload).await?;
-    events::set_tier(&state.limits, &state.config(), &id, body.tier.as_deref())?;
+    events::set_tier(&state.limits, &state.config(), &id, body.tier.as_deref()).await?;
     flush(&state).await?;
     let detail = format!("tier {}", body.tier.as_deref().unwrap_or("(cleared)"));
     audit_admin(&state, &admin.actor(), &id, detail);

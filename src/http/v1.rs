@@ -263,7 +263,10 @@ async fn forward(
     let span = request_span(&request_id, &fields);
     let pins = &proxy.shared.response_pins;
     let pinned = match (call.endpoint, fields.previous_response_id.as_deref()) {
-        (Endpoint::Responses, Some(id)) => pins.profile(id, owner_of(principal.as_ref())),
+        (Endpoint::Responses, Some(id)) => {
+            pins.profile_anywhere(id, owner_of(principal.as_ref()))
+                .await
+        }
         _ => None,
     };
     let req = ProxyRequest {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::shared_tiers::TierError;
 use super::{usd, LedgerError, Limits};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -116,12 +117,14 @@ async fn change(
     let account = &event.data.account;
     match event.kind.as_str() {
         "subscription.updated" => match &event.data.tier {
-            Some(t) => set_tier(limits, config, account, Some(t)).map(|()| format!("tier {t}")),
+            Some(t) => set_tier(limits, config, account, Some(t))
+                .await
+                .map(|()| format!("tier {t}")),
             None => Err(ApiError::invalid("subscription.updated needs data.tier")),
         },
-        "subscription.deleted" => {
-            set_tier(limits, config, account, None).map(|()| "tier cleared".into())
-        }
+        "subscription.deleted" => set_tier(limits, config, account, None)
+            .await
+            .map(|()| "tier cleared".into()),
         "credits.purchased" => match event.data.amount_usd {
             Some(a) if a > 0.0 => {
                 let micros = usd_to_micros(a)?;
@@ -138,8 +141,9 @@ async fn change(
     }
 }
 
-/// Sets (or clears) an account's tier after checking the tier exists.
-pub fn set_tier(
+/// Sets (or clears) an account's tier after checking the tier exists; with Redis, for the whole
+/// fleet, or not at all (503) while Redis cannot take it.
+pub async fn set_tier(
     limits: &Limits,
     config: &Config,
     account: &str,
@@ -155,8 +159,18 @@ pub fn set_tier(
         }
     }
     limits
-        .set_tier(account, tier)
-        .map_err(|e| ApiError::Internal(format!("tier: {e}")))
+        .set_tier_everywhere(account, tier)
+        .await
+        .map_err(|e| match e {
+            TierError::Shared(e) => ApiError::Unavailable {
+                message: format!(
+                    "The tier cannot be set for the fleet now (shared state: {e}); try again."
+                ),
+                code: "shared_state_unavailable",
+                retry_after: 5,
+            },
+            TierError::Store(e) => ApiError::Internal(format!("tier: {e}")),
+        })
 }
 
 /// Dollars as micro-dollars; refused outside ±1e9 or when not finite.

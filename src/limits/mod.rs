@@ -13,6 +13,7 @@ pub mod events;
 pub mod journal;
 pub mod recovery;
 pub mod shared_credits;
+pub mod shared_tiers;
 mod shared_windows;
 pub mod usage;
 pub mod webhook;

@@ -62,6 +62,8 @@ pub enum Resource {
     TokensPerDay,
     /// The billing webhook's event ids, each applied once by the fleet.
     BillingEvents,
+    /// Accounts' tier overrides, mirrored by every replica.
+    Tiers,
 }
 
 impl Resource {
@@ -80,6 +82,7 @@ impl Resource {
             Resource::Credits => "credits",
             Resource::TokensPerDay => "tokens_per_day",
             Resource::BillingEvents => "billing_events",
+            Resource::Tiers => "tiers",
         }
     }
 }

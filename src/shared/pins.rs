@@ -146,6 +146,69 @@ fn rendezvous(sid: &str, profiles: &[std::sync::Arc<str>]) -> Option<String> {
         .map(|p| p.to_string())
 }
 
+/// Response ids (`pins::ResponsePins`): `resp:<id>` -> `{"profile", "owner"}` with the pin's TTL.
+impl Shared {
+    fn response_pin_key(&self, id: &str) -> String {
+        self.key(&format!("resp:{id}"))
+    }
+
+    /// Writes that `profile` created response `id` for `owner`, for `ttl`.
+    pub async fn put_response_pin(
+        &self,
+        id: &str,
+        profile: &str,
+        owner: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), super::SharedError> {
+        let key = self.response_pin_key(id);
+        let value = serde_json::json!({"profile": profile, "owner": owner}).to_string();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.call(Resource::Pins, |mut c| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("PX")
+                .arg(ms)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// (profile, owner) of response `id`, if some replica pinned it.
+    pub async fn response_pin(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, Option<String>)>, super::SharedError> {
+        let key = self.response_pin_key(id);
+        let raw: Option<String> = self
+            .call(Resource::Pins, |mut c| async move {
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        let Some(raw) = raw else { return Ok(None) };
+        let v: serde_json::Value = serde_json::from_str(&raw)
+            .map_err(|_| super::SharedError::Answer("a response pin's JSON"))?;
+        let profile = v["profile"]
+            .as_str()
+            .ok_or(super::SharedError::Answer("a response pin's profile"))?;
+        Ok(Some((
+            profile.to_owned(),
+            v["owner"].as_str().map(str::to_owned),
+        )))
+    }
+
+    /// Forgets response `id` (it was deleted).
+    pub async fn forget_response_pin(&self, id: &str) -> Result<(), super::SharedError> {
+        let key = self.response_pin_key(id);
+        self.call(Resource::Pins, |mut c| async move {
+            redis::cmd("DEL").arg(&key).query_async::<i64>(&mut c).await
+        })
+        .await
+        .map(drop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,4 +103,21 @@ impl Shared {
             _ => Err(SharedError::Answer("the rate-window script's list")),
         }
     }
+
+    /// Forgets `subject`'s window `name` that started at `start_ms` (a sign-in succeeded: its
+    /// failure budget starts again).
+    pub async fn reset_window(
+        &self,
+        subject: &str,
+        name: &str,
+        window_ms: u64,
+        start_ms: u64,
+    ) -> Result<(), SharedError> {
+        let key = self.key(&format!("rl:{{{subject}}}:{name}:{window_ms}:{start_ms}"));
+        self.call(Resource::RateLimits, |mut c| async move {
+            redis::cmd("DEL").arg(&key).query_async::<i64>(&mut c).await
+        })
+        .await
+        .map(drop)
+    }
 }

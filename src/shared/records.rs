@@ -333,11 +333,13 @@ pub enum Table {
     Refresh,
     /// The audit log (`audit`); entries never change.
     Audit,
+    /// Tier overrides (`limits::shared_tiers`, not the identity mirror): account -> tier or none.
+    TierOverrides,
 }
 
 impl Table {
-    /// Every table, in the order a replica seeds and pulls them: accounts before the keys and
-    /// families that name them.
+    /// Every table of the identity mirror (`auth`), in the order a replica seeds and pulls them:
+    /// accounts before the keys and families that name them. (`TierOverrides` has its own loop.)
     pub const ALL: [Table; 5] = [
         Table::Accounts,
         Table::Keys,
@@ -354,6 +356,7 @@ impl Table {
             Table::Families => "families",
             Table::Refresh => "refresh",
             Table::Audit => "audit",
+            Table::TierOverrides => "tiers",
         }
     }
 
@@ -363,6 +366,7 @@ impl Table {
             Table::Keys => Resource::Keys,
             Table::Accounts | Table::Families | Table::Refresh => Resource::Accounts,
             Table::Audit => Resource::Audit,
+            Table::TierOverrides => Resource::Tiers,
         }
     }
 }

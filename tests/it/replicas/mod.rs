@@ -24,6 +24,9 @@ mod oauth;
 mod pins;
 mod probes;
 mod records;
+mod responses;
+mod signin;
+mod tiers;
 mod usage;
 mod webhook;
 
