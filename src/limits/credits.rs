@@ -33,8 +33,9 @@ use crate::shared::credits::Mark;
 const TIER_PREFIX: &str = "v1/tier/";
 /// Seen billing event ids, kept so a replay is refused.
 const EVENT_PREFIX: &str = "v1/webhook/";
-/// Open reservations: `v1/lease/<reserve transaction id>` -> `Lease`, removed when settled or
-/// released; what a crash leaves here is released once its lease has run out.
+/// Open reservations: `v1/lease/<reserve transaction id>` -> `Lease`, stored in the batch that writes
+/// the reserve and removed in the one that writes its settle or release (neither, when both are in one
+/// batch); what a crash leaves here is released once its lease has run out.
 const LEASE_PREFIX: &str = "v1/lease/";
 
 /// Threshold notices sent: `v1/notice/<hex account>/<month>/<threshold in permille>`.
@@ -136,9 +137,9 @@ pub struct Ledger {
     /// movement is a hash lookup and one sled insert, and a single lock is the simplest way to make
     /// read-decide-write exact across accounts and across the grant check.
     accounts: Mutex<HashMap<String, AccountState>>,
-    /// Transactions decided but not yet written, in the order they were decided, with their sequence
-    /// numbers. Lock order: `accounts`, then `write_order`, then `unwritten`.
-    unwritten: Mutex<Vec<(u64, Transaction)>>,
+    /// Transactions decided but not yet written, in the order they were decided. Lock order:
+    /// `accounts`, then `write_order`, then `unwritten`.
+    unwritten: Mutex<Vec<Queued>>,
     /// Held while a batch is written, so batches reach the store in the order they were decided.
     write_order: Mutex<()>,
     /// The store: its id generator orders transactions written within the same millisecond and stays
@@ -160,6 +161,198 @@ pub struct Ledger {
     written_through: AtomicU64,
 }
 
+/// A transaction decided but not yet written: its JSON line, encoded once (the journal stages the same
+/// bytes), and what its batch does to the leases.
+#[derive(Debug)]
+struct Queued {
+    seq: u64,
+    /// The transaction's id.
+    id: String,
+    account: String,
+    ts_ms: u64,
+    line: Vec<u8>,
+    lease: LeaseChange,
+}
+
+/// What writing a transaction does to the open reservations' leases.
+#[derive(Debug)]
+enum LeaseChange {
+    None,
+    /// A `reserve`: its lease is stored in the same batch (so a crash keeps both or neither), unless
+    /// the same batch also closes it.
+    Open {
+        micros: u64,
+        request_id: String,
+        model: String,
+        expires_ms: u64,
+    },
+    /// A settle, release or `lease_expired`: the lease of this `reserve` goes in the same batch.
+    Close(String),
+}
+
+impl Queued {
+    /// Encodes `tx` (its journal line and its stored line).
+    fn new(seq: u64, tx: &Transaction, lease: LeaseChange) -> Result<Queued, serde_json::Error> {
+        let line = encode(&TxFields {
+            id: &tx.id,
+            ts_ms: tx.ts_ms,
+            account: &tx.account,
+            kind: &tx.kind,
+            amount_micros: tx.amount_micros,
+            balance_micros: tx.balance_micros,
+            meta: (
+                tx.request_id.as_deref(),
+                tx.model.as_deref(),
+                tx.note.as_deref(),
+            ),
+            reservation: tx.reservation.as_deref(),
+        })?;
+        Ok(Queued {
+            seq,
+            id: tx.id.clone(),
+            account: tx.account.clone(),
+            ts_ms: tx.ts_ms,
+            line,
+            lease,
+        })
+    }
+}
+
+/// A movement's request id, model and note.
+type Meta<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+/// A transaction's fields, borrowed: what the request path encodes without building a `Transaction`.
+struct TxFields<'a> {
+    id: &'a str,
+    ts_ms: u64,
+    account: &'a str,
+    kind: &'a str,
+    amount_micros: i64,
+    balance_micros: u64,
+    meta: Meta<'a>,
+    reservation: Option<&'a str>,
+}
+
+/// A transaction's JSON line, byte for byte what serde_json makes of `Transaction` (same fields, same
+/// order, same escapes), written by hand: serde_json's derive cost ~3,900 instructions a transaction.
+fn encode(t: &TxFields<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    let (request_id, model, note) = t.meta;
+    let text = [t.id, t.account, t.kind, request_id.unwrap_or_default()];
+    let more = [model, note, t.reservation].map(|s| s.map_or(0, str::len));
+    let mut out = Vec::with_capacity(
+        160 + text.iter().map(|s| s.len()).sum::<usize>() + more.iter().sum::<usize>(),
+    );
+    out.extend_from_slice(b"{\"id\":");
+    json_str(&mut out, t.id)?;
+    out.extend_from_slice(b",\"ts_ms\":");
+    push_decimal(&mut out, t.ts_ms, 1);
+    out.extend_from_slice(b",\"account\":");
+    json_str(&mut out, t.account)?;
+    out.extend_from_slice(b",\"kind\":");
+    json_str(&mut out, t.kind)?;
+    out.extend_from_slice(b",\"amount_micros\":");
+    if t.amount_micros < 0 {
+        out.push(b'-');
+    }
+    push_decimal(&mut out, t.amount_micros.unsigned_abs(), 1);
+    out.extend_from_slice(b",\"balance_micros\":");
+    push_decimal(&mut out, t.balance_micros, 1);
+    for (name, value) in [
+        (&b",\"request_id\":"[..], request_id),
+        (b",\"model\":", model),
+        (b",\"note\":", note),
+    ] {
+        out.extend_from_slice(name);
+        match value {
+            Some(v) => json_str(&mut out, v)?,
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    if let Some(r) = t.reservation {
+        out.extend_from_slice(b",\"reservation\":");
+        json_str(&mut out, r)?;
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// A JSON string: copied as is when nothing in it needs an escape, else serde_json's.
+fn json_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, s)
+    }
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits (at most 20).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = start.min(digits.len().saturating_sub(width));
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// `tx_<ts_ms, 13 digits>_<seq, at least 6>`: a transaction's id (`format!` cost ~1,000 instructions).
+fn tx_id(ts_ms: u64, seq: u64) -> String {
+    let mut id = Vec::with_capacity(3 + 13 + 1 + 20);
+    id.extend_from_slice(b"tx_");
+    push_decimal(&mut id, ts_ms, 13);
+    id.push(b'_');
+    push_decimal(&mut id, seq, 6);
+    String::from_utf8(id).unwrap_or_default()
+}
+
+/// A movement as decided: what the request path needs of it (the whole `Transaction` is built only
+/// where a caller returns it).
+struct Decided {
+    id: String,
+    ts_ms: u64,
+    amount_micros: i64,
+    balance_micros: u64,
+}
+
+impl Decided {
+    fn into_transaction(
+        self,
+        account: &str,
+        kind: &str,
+        (request_id, model, note): Meta<'_>,
+        reservation: Option<&str>,
+    ) -> Transaction {
+        Transaction {
+            id: self.id,
+            ts_ms: self.ts_ms,
+            account: account.to_owned(),
+            kind: kind.to_owned(),
+            amount_micros: self.amount_micros,
+            balance_micros: self.balance_micros,
+            request_id: request_id.map(str::to_owned),
+            model: model.map(str::to_owned),
+            note: note.map(str::to_owned),
+            reservation: reservation.map(str::to_owned),
+        }
+    }
+}
+
+fn lease_key(reserve_tx: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(LEASE_PREFIX.len() + reserve_tx.len());
+    key.extend_from_slice(LEASE_PREFIX.as_bytes());
+    key.extend_from_slice(reserve_tx.as_bytes());
+    key
+}
+
 /// What the ledger knows of one account, as on disk.
 #[derive(Debug, Clone, Copy)]
 struct AccountState {
@@ -168,15 +361,33 @@ struct AccountState {
     granted: Option<u32>,
 }
 
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// Account ids are client-chosen text; hex keeps one account's key range from containing another's.
 fn hex(account: &str) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(account.len() * 2);
     for b in account.bytes() {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     out
+}
+
+/// A batch's key, `v1/tx/<hex account>/<016x ts>/<016x seq>`, without `format!` (it runs per batch).
+fn batch_key(account: &str, ts_ms: u64, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(TX_PREFIX.len() + account.len() * 2 + 34);
+    key.extend_from_slice(TX_PREFIX.as_bytes());
+    for b in account.bytes() {
+        key.push(DIGITS[usize::from(b >> 4)]);
+        key.push(DIGITS[usize::from(b & 0xf)]);
+    }
+    for n in [ts_ms, seq] {
+        key.push(b'/');
+        for shift in (0..16).rev() {
+            key.push(DIGITS[usize::try_from((n >> (shift * 4)) & 0xf).unwrap_or(0)]);
+        }
+    }
+    key
 }
 
 fn balance_key(account: &str) -> String {
@@ -342,7 +553,16 @@ impl Ledger {
             }
         }
         let n = missing.len();
-        self.unwritten.lock().extend(missing);
+        let mut queued = Vec::with_capacity(n);
+        for (seq, tx) in &missing {
+            // Replayed reserves got their leases above (from a process before this one).
+            let lease = match &tx.reservation {
+                Some(r) => LeaseChange::Close(r.clone()),
+                None => LeaseChange::None,
+            };
+            queued.push(Queued::new(*seq, tx, lease)?);
+        }
+        self.unwritten.lock().extend(queued);
         self.write_pending()?;
         Ok(n)
     }
@@ -475,10 +695,11 @@ impl Ledger {
         &self,
         account: &str,
         kind: &str,
-        meta: (Option<&str>, Option<&str>, Option<String>),
+        meta: Meta<'_>,
         decide: impl FnOnce(u64) -> Result<i64, LedgerError>,
     ) -> Result<Transaction, LedgerError> {
-        self.closing(account, kind, meta, None, decide)
+        let decided = self.closing(account, kind, meta, None, decide)?;
+        Ok(decided.into_transaction(account, kind, meta, None))
     }
 
     /// `movement`, for one that closes the reservation whose `reserve` transaction is `reservation`.
@@ -486,26 +707,29 @@ impl Ledger {
         &self,
         account: &str,
         kind: &str,
-        meta: (Option<&str>, Option<&str>, Option<String>),
+        meta: Meta<'_>,
         reservation: Option<&str>,
         decide: impl FnOnce(u64) -> Result<i64, LedgerError>,
-    ) -> Result<Transaction, LedgerError> {
+    ) -> Result<Decided, LedgerError> {
         self.with_account(account, |state| {
-            self.movement_locked(state, account, kind, meta, decide, |t| {
-                t.reservation = reservation.map(str::to_owned);
-            })
+            self.movement_locked(state, account, kind, meta, decide, reservation, None)
         })
     }
 
+    /// Decides one movement and queues it; `reservation` is the `reserve` it closes, `lease_ms` (for a
+    /// `reserve`) the lease stored with it.
+    #[allow(clippy::too_many_arguments)]
     fn movement_locked(
         &self,
         state: &mut AccountState,
         account: &str,
         kind: &str,
-        (request_id, model, note): (Option<&str>, Option<&str>, Option<String>),
+        meta: Meta<'_>,
         decide: impl FnOnce(u64) -> Result<i64, LedgerError>,
-        finish: impl FnOnce(&mut Transaction),
-    ) -> Result<Transaction, LedgerError> {
+        reservation: Option<&str>,
+        lease_ms: Option<u64>,
+    ) -> Result<Decided, LedgerError> {
+        let (request_id, model, _) = meta;
         let balance = state.balance;
         let amount = decide(balance)?;
         let after = i128::from(balance) + i128::from(amount);
@@ -515,28 +739,48 @@ impl Ledger {
         })?;
         let ts_ms = now_ms();
         let seq = self.store.db().generate_id()?;
-        let tx = Transaction {
-            id: format!("tx_{ts_ms:013}_{seq:06}"),
+        let id = tx_id(ts_ms, seq);
+        let line = encode(&TxFields {
+            id: &id,
             ts_ms,
-            account: account.to_owned(),
-            kind: kind.to_owned(),
+            account,
+            kind,
             amount_micros: amount,
             balance_micros: after,
-            request_id: request_id.map(str::to_owned),
-            model: model.map(str::to_owned),
-            note,
-            reservation: None,
+            meta,
+            reservation,
+        })?;
+        let lease = match (reservation, lease_ms) {
+            (Some(r), _) => LeaseChange::Close(r.to_owned()),
+            (None, Some(ms)) => LeaseChange::Open {
+                micros: amount.unsigned_abs(),
+                request_id: request_id.unwrap_or_default().to_owned(),
+                model: model.unwrap_or_default().to_owned(),
+                expires_ms: ts_ms.saturating_add(ms),
+            },
+            (None, None) => LeaseChange::None,
         };
-        let mut tx = tx;
-        finish(&mut tx);
+        let queued = Queued {
+            seq,
+            id: id.clone(),
+            account: account.to_owned(),
+            ts_ms,
+            line,
+            lease,
+        };
         // Queued, not written: see the module's comment. Staged under the accounts lock, so the
         // journal holds movements in the order they were decided.
         if let Some(journal) = self.journal.get() {
-            journal.stage(seq, &serde_json::to_vec(&tx)?);
+            journal.stage(seq, &queued.line);
         }
-        self.unwritten.lock().push((seq, tx.clone()));
+        self.unwritten.lock().push(queued);
         state.balance = after;
-        Ok(tx)
+        Ok(Decided {
+            id,
+            ts_ms,
+            amount_micros: amount,
+            balance_micros: after,
+        })
     }
 
     /// Writes the queued transactions (not yet durable: the store's flush does that). A batch that
@@ -548,15 +792,28 @@ impl Ledger {
             return Ok(());
         }
         // Group by account, keeping each account's order; a few accounts per batch is the usual case.
-        let mut groups: Vec<Vec<(u64, Transaction)>> = Vec::new();
+        let mut groups: Vec<Vec<Queued>> = Vec::new();
         let mut slot_of: HashMap<String, usize> = HashMap::new();
         for item in queued {
-            let slot = match slot_of.get(item.1.account.as_str()) {
-                Some(&slot) => slot,
+            let slot = match groups.first() {
+                // One account (what a quiet batch holds): no map.
+                Some(g) if slot_of.is_empty() && g[0].account == item.account => 0,
                 None => {
-                    slot_of.insert(item.1.account.clone(), groups.len());
                     groups.push(Vec::new());
-                    groups.len() - 1
+                    0
+                }
+                Some(_) => {
+                    if slot_of.is_empty() {
+                        slot_of.insert(groups[0][0].account.clone(), 0);
+                    }
+                    match slot_of.get(item.account.as_str()) {
+                        Some(&slot) => slot,
+                        None => {
+                            slot_of.insert(item.account.clone(), groups.len());
+                            groups.push(Vec::new());
+                            groups.len() - 1
+                        }
+                    }
                 }
             };
             groups[slot].push(item);
@@ -570,7 +827,7 @@ impl Ledger {
         }
         match failed {
             None => {
-                let max = groups.iter().flatten().map(|(seq, _)| *seq).max();
+                let max = groups.iter().flatten().map(|q| q.seq).max();
                 if let Some(max) = max {
                     self.written_through.fetch_max(max, Ordering::AcqRel);
                 }
@@ -586,29 +843,71 @@ impl Ledger {
         }
     }
 
-    /// One sled value: one account's transactions of a batch, keyed by the first, with the leases its
-    /// settlements close removed in the same atomic batch: a lease goes only with the transaction that
-    /// closes it, so a crash never leaves a reservation without both.
-    fn write_group(&self, group: &[(u64, Transaction)]) -> Result<(), LedgerError> {
-        let Some((seq, first)) = group.first() else {
+    /// One sled value: one account's transactions of a batch, keyed by the first, with the leases of
+    /// its reserves stored and those its settlements close removed in the same atomic batch: a lease
+    /// comes only with its reserve and goes only with the transaction that closes it, so a crash never
+    /// leaves one without the other. A reserve closed within the batch needs no lease at all (the
+    /// usual case: the request was answered before the batch was written), so such a batch is a single
+    /// sled insert.
+    fn write_group(&self, group: &[Queued]) -> Result<(), LedgerError> {
+        let Some(first) = group.first() else {
             return Ok(());
         };
-        let mut value = Vec::with_capacity(group.len() * 256);
-        let mut batch = sled::Batch::default();
-        for (_, tx) in group {
-            serde_json::to_writer(&mut value, tx)?;
+        let mut value = Vec::with_capacity(group.iter().map(|q| q.line.len() + 1).sum());
+        let mut opened: Vec<&Queued> = Vec::new();
+        let mut closed: Vec<&str> = Vec::new();
+        for q in group {
+            value.extend_from_slice(&q.line);
             value.push(b'\n');
-            if let Some(r) = &tx.reservation {
-                batch.remove(format!("{LEASE_PREFIX}{r}").into_bytes());
+            match &q.lease {
+                LeaseChange::None => {}
+                LeaseChange::Open { .. } => opened.push(q),
+                LeaseChange::Close(r) => closed.push(r),
             }
         }
-        let key = format!(
-            "{}{:016x}/{seq:016x}",
-            tx_prefix(&first.account),
-            first.ts_ms
-        );
-        batch.insert(key.into_bytes(), value);
-        self.tree.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
+        let mut lease_changes = 0;
+        for r in closed {
+            match opened.iter().position(|o| o.id == r) {
+                Some(i) => {
+                    opened.swap_remove(i);
+                }
+                None => {
+                    batch.remove(lease_key(r));
+                    lease_changes += 1;
+                }
+            }
+        }
+        for o in opened {
+            let LeaseChange::Open {
+                micros,
+                request_id,
+                model,
+                expires_ms,
+            } = &o.lease
+            else {
+                continue;
+            };
+            let stored = Lease {
+                tx: o.id.clone(),
+                account: o.account.clone(),
+                micros: *micros,
+                request_id: request_id.clone(),
+                model: model.clone(),
+                created_ms: o.ts_ms,
+                expires_ms: *expires_ms,
+                boot: self.boot.clone(),
+            };
+            batch.insert(lease_key(&o.id), serde_json::to_vec(&stored)?);
+            lease_changes += 1;
+        }
+        let key = batch_key(&first.account, first.ts_ms, first.seq);
+        if lease_changes == 0 {
+            self.tree.insert(key, value)?;
+        } else {
+            batch.insert(key, value);
+            self.tree.apply_batch(batch)?;
+        }
         self.store
             .high_water()
             .add_ledger_transactions(group.len() as u64);
@@ -630,13 +929,15 @@ impl Ledger {
         let label = month_of(now);
         let top_up = monthly.saturating_sub(state.balance);
         if top_up > 0 {
+            let note = format!("monthly credits for {label}");
             self.movement_locked(
                 state,
                 account,
                 "grant",
-                (None, None, Some(format!("monthly credits for {label}"))),
+                (None, None, Some(&note)),
                 |_| Ok(i64::try_from(top_up).unwrap_or(0)),
-                |_| {},
+                None,
+                None,
             )?;
         }
         // The grant's transaction before the month that records it: a crash between them grants again
@@ -648,7 +949,8 @@ impl Ledger {
     }
 
     /// Sets `micros` aside for a request, after this month's grant; refused when the balance is short.
-    /// The reservation is stored with a lease of `lease` (see `release_expired`).
+    /// The reservation is stored with a lease of `lease` (see `release_expired`), in the batch that
+    /// writes its transaction.
     pub fn reserve(
         &self,
         account: &str,
@@ -657,6 +959,7 @@ impl Ledger {
         (request_id, model): (&str, &str),
         lease: std::time::Duration,
     ) -> Result<Reservation, LedgerError> {
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let tx = self.with_account(account, |state| {
             if let Some(monthly) = monthly {
                 self.grant_locked(state, account, monthly)?;
@@ -675,26 +978,10 @@ impl Ledger {
                     }
                     Ok(-i64::try_from(micros).unwrap_or(i64::MAX))
                 },
-                |_| {},
+                None,
+                Some(lease_ms),
             )
         })?;
-        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let stored = Lease {
-            tx: tx.id.clone(),
-            account: account.to_owned(),
-            micros,
-            request_id: request_id.to_owned(),
-            model: model.to_owned(),
-            created_ms: tx.ts_ms,
-            expires_ms: tx.ts_ms.saturating_add(lease_ms),
-            boot: self.boot.clone(),
-        };
-        // Not flushed here: whichever flush makes the reserve durable covers its lease (one sled log),
-        // and a lease whose reserve never reached disk is dropped at the check.
-        self.tree.insert(
-            format!("{LEASE_PREFIX}{}", tx.id),
-            serde_json::to_vec(&stored)?,
-        )?;
         Ok(Reservation {
             source: Source::Local,
             account: account.to_owned(),
@@ -729,21 +1016,25 @@ impl Ledger {
                 .iter()
                 .any(|t| t.reservation.as_deref() == Some(l.tx.as_str()));
             if reserved && !closed {
-                let tx = self.closing(
+                let note = format!(
+                    "reservation {} left open by a process that stopped; released after its lease",
+                    l.tx
+                );
+                let meta = (
+                    Some(l.request_id.as_str()),
+                    Some(l.model.as_str()),
+                    Some(note.as_str()),
+                );
+                let decided =
+                    self.closing(&l.account, "lease_expired", meta, Some(&l.tx), |_| {
+                        Ok(i64::try_from(l.micros).unwrap_or(i64::MAX))
+                    })?;
+                released.push(decided.into_transaction(
                     &l.account,
                     "lease_expired",
-                    (
-                        Some(&l.request_id),
-                        Some(&l.model),
-                        Some(format!(
-                            "reservation {} left open by a process that stopped; released after its lease",
-                            l.tx
-                        )),
-                    ),
+                    meta,
                     Some(&l.tx),
-                    |_| Ok(i64::try_from(l.micros).unwrap_or(i64::MAX)),
-                )?;
-                released.push(tx);
+                ));
             }
             self.write_pending()?;
             self.tree.remove(key)?;
@@ -757,14 +1048,16 @@ impl Ledger {
     /// Charges the real cost: refunds what was set aside beyond it, or takes the excess (as far as the
     /// balance goes; the rest is noted, never overdrawn). Returns the micro-USD actually charged.
     pub fn settle(&self, r: &Reservation, cost: u64) -> Result<u64, LedgerError> {
+        // `cost {cost} micro-USD`, without `format!`.
+        let mut note = Vec::with_capacity(36);
+        note.extend_from_slice(b"cost ");
+        push_decimal(&mut note, cost, 1);
+        note.extend_from_slice(b" micro-USD");
+        let note = String::from_utf8(note).unwrap_or_default();
         let tx = self.closing(
             &r.account,
             "settle",
-            (
-                Some(&r.request_id),
-                Some(&r.model),
-                Some(format!("cost {cost} micro-USD")),
-            ),
+            (Some(&r.request_id), Some(&r.model), Some(&note)),
             Some(&r.tx),
             |balance| {
                 let extra = cost.saturating_sub(r.micros).min(balance);
@@ -794,15 +1087,20 @@ impl Ledger {
         micros: i64,
         note: Option<String>,
     ) -> Result<Transaction, LedgerError> {
-        let tx = self.movement(account, "adjust", (None, None, note), |balance| {
-            if micros < 0 && micros.unsigned_abs() > balance {
-                return Err(LedgerError::Insufficient {
-                    balance,
-                    needed: micros.unsigned_abs(),
-                });
-            }
-            Ok(micros)
-        })?;
+        let tx = self.movement(
+            account,
+            "adjust",
+            (None, None, note.as_deref()),
+            |balance| {
+                if micros < 0 && micros.unsigned_abs() > balance {
+                    return Err(LedgerError::Insufficient {
+                        balance,
+                        needed: micros.unsigned_abs(),
+                    });
+                }
+                Ok(micros)
+            },
+        )?;
         self.write_pending()?;
         Ok(tx)
     }
@@ -1117,6 +1415,103 @@ mod tests {
             .release_expired(std::time::Duration::ZERO, now + 2)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_lease_is_stored_with_its_reserve_and_goes_with_its_settle() {
+        let l = ledger();
+        l.adjust("a", 1_000, None).unwrap();
+        let leases = || {
+            l.tree
+                .scan_prefix(LEASE_PREFIX)
+                .filter_map(Result::ok)
+                .map(|(_, v)| serde_json::from_slice::<Lease>(&v).unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Reserved and settled before the batch: no lease is ever written.
+        let r = l.reserve("a", None, 100, ("quick", "m"), LEASE).unwrap();
+        l.settle(&r, 40).unwrap();
+        l.write_pending().unwrap();
+        assert!(leases().is_empty());
+        // Open at its batch: the lease is written with the reserve, not before.
+        let open = l.reserve("a", None, 200, ("slow", "m"), LEASE).unwrap();
+        assert!(leases().is_empty(), "the reserve is not written yet");
+        l.write_pending().unwrap();
+        let stored = leases();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(
+            (
+                stored[0].tx.as_str(),
+                stored[0].micros,
+                stored[0].request_id.as_str()
+            ),
+            (open.tx.as_str(), 200, "slow")
+        );
+        assert_eq!(stored[0].boot, l.boot);
+        assert_eq!(
+            stored[0].expires_ms,
+            stored[0].created_ms + u64::try_from(LEASE.as_millis()).unwrap()
+        );
+        // Closed in a later batch: the lease goes with it.
+        l.release(&open).unwrap();
+        assert_eq!(leases().len(), 1, "the release is not written yet");
+        l.write_pending().unwrap();
+        assert!(leases().is_empty());
+        assert_eq!(l.balance("a").unwrap(), 960);
+        assert_eq!(sum(&l, "a"), 960);
+        let kinds: Vec<String> = l
+            .transactions("a")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.kind)
+            .collect();
+        assert_eq!(kinds, ["adjust", "reserve", "settle", "reserve", "release"]);
+    }
+
+    #[test]
+    fn the_hand_written_encoding_is_serde_jsons() {
+        let tx = |id: &str, note: Option<&str>, reservation: Option<&str>, amount| Transaction {
+            id: id.to_owned(),
+            ts_ms: 1_795_000_000_123,
+            account: "acc \"q\"\\ \u{1}\t é".to_owned(),
+            kind: "settle".to_owned(),
+            amount_micros: amount,
+            balance_micros: u64::MAX,
+            request_id: Some("req-1".to_owned()),
+            model: None,
+            note: note.map(str::to_owned),
+            reservation: reservation.map(str::to_owned),
+        };
+        for t in [
+            tx("tx_1", Some("cost 5 micro-USD"), Some("tx_0"), -42),
+            tx("tx_2", None, None, i64::MIN),
+            tx("", Some("line\nbreak \u{7f} \u{1f}"), None, 0),
+            tx("tx_3", Some(""), Some("r"), i64::MAX),
+        ] {
+            let mine = Queued::new(1, &t, LeaseChange::None).unwrap().line;
+            assert_eq!(
+                String::from_utf8(mine).unwrap(),
+                serde_json::to_string(&t).unwrap()
+            );
+        }
+        assert_eq!(tx_id(1_795_000_000_123, 42), "tx_1795000000123_000042");
+        assert_eq!(
+            tx_id(5, 1_234_567),
+            format!("tx_{:013}_{:06}", 5, 1_234_567)
+        );
+        let mut out = Vec::new();
+        push_decimal(&mut out, u64::MAX, 1);
+        push_decimal(&mut out, 0, 3);
+        assert_eq!(out, format!("{}000", u64::MAX).into_bytes());
+    }
+
+    #[test]
+    fn batch_keys_are_the_formatted_ones() {
+        let (ts, seq) = (1_795_000_000_123, 0xabc_def);
+        assert_eq!(
+            batch_key("a/b", ts, seq),
+            format!("{}{ts:016x}/{seq:016x}", tx_prefix("a/b")).into_bytes()
+        );
     }
 
     #[test]
