@@ -26,7 +26,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchyard_actors::store::{now_ms, Store, StoreError};
 
+use self::encoding::{batch_key, encode, hex, push_decimal, tx_id, Meta, TxFields};
 use super::journal::Journal;
+
+mod encoding;
 use crate::shared::credits::Mark;
 
 /// Tier overrides set by the admin API or the billing webhook, beside the ledger.
@@ -218,102 +221,6 @@ impl Queued {
     }
 }
 
-/// A movement's request id, model and note.
-type Meta<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
-
-/// A transaction's fields, borrowed: what the request path encodes without building a `Transaction`.
-struct TxFields<'a> {
-    id: &'a str,
-    ts_ms: u64,
-    account: &'a str,
-    kind: &'a str,
-    amount_micros: i64,
-    balance_micros: u64,
-    meta: Meta<'a>,
-    reservation: Option<&'a str>,
-}
-
-/// A transaction's JSON line, byte for byte what serde_json makes of `Transaction` (same fields, same
-/// order, same escapes), written by hand: serde_json's derive cost ~3,900 instructions a transaction.
-fn encode(t: &TxFields<'_>) -> Result<Vec<u8>, serde_json::Error> {
-    let (request_id, model, note) = t.meta;
-    let text = [t.id, t.account, t.kind, request_id.unwrap_or_default()];
-    let more = [model, note, t.reservation].map(|s| s.map_or(0, str::len));
-    let mut out = Vec::with_capacity(
-        160 + text.iter().map(|s| s.len()).sum::<usize>() + more.iter().sum::<usize>(),
-    );
-    out.extend_from_slice(b"{\"id\":");
-    json_str(&mut out, t.id)?;
-    out.extend_from_slice(b",\"ts_ms\":");
-    push_decimal(&mut out, t.ts_ms, 1);
-    out.extend_from_slice(b",\"account\":");
-    json_str(&mut out, t.account)?;
-    out.extend_from_slice(b",\"kind\":");
-    json_str(&mut out, t.kind)?;
-    out.extend_from_slice(b",\"amount_micros\":");
-    if t.amount_micros < 0 {
-        out.push(b'-');
-    }
-    push_decimal(&mut out, t.amount_micros.unsigned_abs(), 1);
-    out.extend_from_slice(b",\"balance_micros\":");
-    push_decimal(&mut out, t.balance_micros, 1);
-    for (name, value) in [
-        (&b",\"request_id\":"[..], request_id),
-        (b",\"model\":", model),
-        (b",\"note\":", note),
-    ] {
-        out.extend_from_slice(name);
-        match value {
-            Some(v) => json_str(&mut out, v)?,
-            None => out.extend_from_slice(b"null"),
-        }
-    }
-    if let Some(r) = t.reservation {
-        out.extend_from_slice(b",\"reservation\":");
-        json_str(&mut out, r)?;
-    }
-    out.push(b'}');
-    Ok(out)
-}
-
-/// A JSON string: copied as is when nothing in it needs an escape, else serde_json's.
-fn json_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-        Ok(())
-    } else {
-        serde_json::to_writer(out, s)
-    }
-}
-
-/// `n` in decimal, zero-padded to at least `width` digits (at most 20).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + u8::try_from(n % 10).unwrap_or(0);
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let start = start.min(digits.len().saturating_sub(width));
-    out.extend_from_slice(&digits[start..]);
-}
-
-/// `tx_<ts_ms, 13 digits>_<seq, at least 6>`: a transaction's id (`format!` cost ~1,000 instructions).
-fn tx_id(ts_ms: u64, seq: u64) -> String {
-    let mut id = Vec::with_capacity(3 + 13 + 1 + 20);
-    id.extend_from_slice(b"tx_");
-    push_decimal(&mut id, ts_ms, 13);
-    id.push(b'_');
-    push_decimal(&mut id, seq, 6);
-    String::from_utf8(id).unwrap_or_default()
-}
-
 /// A movement as decided: what the request path needs of it (the whole `Transaction` is built only
 /// where a caller returns it).
 struct Decided {
@@ -359,35 +266,6 @@ struct AccountState {
     balance: u64,
     /// The UTC month (see `month_index`) of the last monthly grant.
     granted: Option<u32>,
-}
-
-const DIGITS: &[u8; 16] = b"0123456789abcdef";
-
-/// Account ids are client-chosen text; hex keeps one account's key range from containing another's.
-fn hex(account: &str) -> String {
-    let mut out = String::with_capacity(account.len() * 2);
-    for b in account.bytes() {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
-}
-
-/// A batch's key, `v1/tx/<hex account>/<016x ts>/<016x seq>`, without `format!` (it runs per batch).
-fn batch_key(account: &str, ts_ms: u64, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(TX_PREFIX.len() + account.len() * 2 + 34);
-    key.extend_from_slice(TX_PREFIX.as_bytes());
-    for b in account.bytes() {
-        key.push(DIGITS[usize::from(b >> 4)]);
-        key.push(DIGITS[usize::from(b & 0xf)]);
-    }
-    for n in [ts_ms, seq] {
-        key.push(b'/');
-        for shift in (0..16).rev() {
-            key.push(DIGITS[usize::try_from((n >> (shift * 4)) & 0xf).unwrap_or(0)]);
-        }
-    }
-    key
 }
 
 fn balance_key(account: &str) -> String {
