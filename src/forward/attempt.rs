@@ -201,7 +201,7 @@ impl Proxy<'_> {
         };
         guard.relayed(usage.text_bytes);
         if !req.bridged(up) {
-            self.pin_response_now(req, response_id(&body).as_deref(), &guard)
+            self.pin_response(req, response_id(&body).as_deref(), &guard, true)
                 .await;
         }
         let same_dialect = up.dialect() == req.dialect && req.dialect == Dialect::OpenAi;

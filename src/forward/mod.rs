@@ -325,24 +325,23 @@ impl Proxy<'_> {
         }
     }
 
-    /// Remembers which profile created a Responses API answer, so its id can be continued there
-    /// (for a stream: the fleet is told in the background, see `ResponsePins::pin`).
-    fn pin_response(&self, req: &ProxyRequest, id: Option<&str>, guard: &AttemptGuard) {
+    /// Remembers which profile created a Responses API answer, so its id can be continued there.
+    /// `whole`: the client gets the answer next, so the fleet is told first; else (a stream that
+    /// goes on) the fleet is told in the background, see `ResponsePins::pin`.
+    async fn pin_response(
+        &self,
+        req: &ProxyRequest,
+        id: Option<&str>,
+        guard: &AttemptGuard,
+        whole: bool,
+    ) {
         // A bridged answer is kept nowhere: its id is not pinned, so asking for it is a 404.
         if let (Endpoint::Responses, Some(id)) = (req.endpoint, id) {
-            self.shared
-                .response_pins
-                .pin(id, guard.entry.id(), req.owner());
-        }
-    }
-
-    /// `pin_response` for a whole answer: the fleet knows the id before the client has it.
-    async fn pin_response_now(&self, req: &ProxyRequest, id: Option<&str>, guard: &AttemptGuard) {
-        if let (Endpoint::Responses, Some(id)) = (req.endpoint, id) {
-            self.shared
-                .response_pins
-                .pin_now(id, guard.entry.id(), req.owner())
-                .await;
+            let pins = &self.shared.response_pins;
+            match whole {
+                true => pins.pin_now(id, guard.entry.id(), req.owner()).await,
+                false => pins.pin(id, guard.entry.id(), req.owner()),
+            }
         }
     }
 

@@ -73,7 +73,7 @@ impl Proxy<'_> {
                     }) => return Err(guard.fail(first_event_failure(up, &fault))),
                     Ok(p) if p.done => {
                         // The whole stream is answered at once: the fleet learns the id first.
-                        self.pin_response_now(req, relay.response_id(), &guard)
+                        self.pin_response(req, relay.response_id(), &guard, true)
                             .await;
                         guard.relayed(relay.text_bytes());
                         let ack =
@@ -94,7 +94,8 @@ impl Proxy<'_> {
                 },
             }
         };
-        self.pin_response(req, relay.response_id(), &guard);
+        self.pin_response(req, relay.response_id(), &guard, false)
+            .await;
         self.metrics()
             .ttft
             .with_label_values(&[&req.fields.model, &**guard.entry.id()])
