@@ -471,8 +471,10 @@ impl Limits {
         let Some(shared) = self.shared() else {
             return false;
         };
-        let hexed: String = account.bytes().map(|b| format!("{b:02x}")).collect();
-        let name = format!("cr:{{acct:{hexed}}}:notice:{month}:{permille:04}");
+        let name = format!(
+            "{}:notice:{month}:{permille:04}",
+            crate::shared::credits::account_tag(account)
+        );
         // Kept past the month's end, so a notice is never sent twice in it.
         let keep = Duration::from_secs(40 * 24 * 3600);
         match shared.claim_once(Resource::Credits, &name, keep).await {

@@ -214,9 +214,11 @@ pub enum Movement<'a> {
     Read,
 }
 
-/// Account ids are client-chosen text: hex keeps a `}` in one from breaking the hash tag.
-fn hex(account: &str) -> String {
-    account.bytes().map(|b| format!("{b:02x}")).collect()
+/// An account's keys' common start, `cr:{acct:<hex id>}` (before the prefix): account ids are
+/// client-chosen text, and hex keeps a `}` in one from breaking the hash tag.
+pub fn account_tag(account: &str) -> String {
+    let hex: String = account.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("cr:{{acct:{hex}}}")
 }
 
 impl Shared {
@@ -242,7 +244,7 @@ impl Shared {
     }
 
     fn account_keys(&self, account: &str) -> [String; 6] {
-        let base = self.key(&format!("cr:{{acct:{}}}", hex(account)));
+        let base = self.key(&account_tag(account));
         [
             base.clone(),
             format!("{base}:res"),
