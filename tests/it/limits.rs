@@ -643,15 +643,7 @@ fn signed(body: &str, t: u64, secret: &str) -> String {
 }
 
 async fn deliver(server: &Server, body: &str, signature: &str) -> (u16, String) {
-    let resp = client()
-        .post(server.url("/billing/webhook"))
-        .header("content-type", "application/json")
-        .header("switchyard-signature", signature)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
+    deliver_webhook(server, body, signature).await
 }
 
 #[tokio::test]

@@ -14,15 +14,7 @@ const WEBHOOK_SECRET: &str = "whsec-fleet-0123456789";
 /// Delivers `body`, signed now; (status, body text).
 async fn deliver(server: &Server, body: &str) -> (u16, String) {
     let signature = webhook::sign(WEBHOOK_SECRET.as_bytes(), now(), body.as_bytes());
-    let resp = client()
-        .post(server.url("/billing/webhook"))
-        .header("content-type", "application/json")
-        .header("switchyard-signature", signature)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
+    deliver_webhook(server, body, &signature).await
 }
 
 /// `deliver`, retried while the replica answers 503: after Redis restarts, each worker's connection

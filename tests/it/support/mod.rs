@@ -537,3 +537,16 @@ pub async fn admin(
     assert!((200..300).contains(&status), "{path}: {status} {v}");
     v
 }
+
+/// Posts `body` to the billing webhook with `signature`; (status, body text).
+pub async fn deliver_webhook(server: &Server, body: &str, signature: &str) -> (u16, String) {
+    let resp = client()
+        .post(server.url("/billing/webhook"))
+        .header("content-type", "application/json")
+        .header("switchyard-signature", signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
