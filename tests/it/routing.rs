@@ -523,8 +523,10 @@ async fn a_refused_port_is_connect_and_a_stuck_tls_handshake_is_a_connect_timeou
             open.push(sock);
         }
     });
-    let mut cfg = ConfigBuilder::default();
-    cfg.timeouts = ("400ms".into(), "20s".into(), "20s".into());
+    let cfg = ConfigBuilder {
+        timeouts: ("400ms".into(), "20s".into(), "20s".into()),
+        ..ConfigBuilder::default()
+    };
     let cfg = cfg
         .profile_with(
             "dead",
