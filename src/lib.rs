@@ -360,8 +360,9 @@ fn open_journal(
     if config.usage.fsync {
         return Ok(None);
     }
-    let ids = store.clone();
-    let journal = limits::journal::Journal::create(data_dir, move || ids.next_id().ok())
+    let ids =
+        limits::recovery::usage_sequence(store).map_err(|e| journal_error(data_dir)(e.into()))?;
+    let journal = limits::journal::Journal::create(data_dir, ids)
         .map_err(|e| journal_error(data_dir)(e.into()))?;
     Ok(Some(Arc::new(journal)))
 }
