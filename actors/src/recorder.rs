@@ -486,6 +486,9 @@ impl Handler<RecordUsage> for UsageRecorder {
     type Result = ();
 
     fn handle(&mut self, msg: RecordUsage, ctx: &mut Self::Context) {
+        // What was queued before this message goes first, in its batch: with `usage.fsync`, the
+        // flush that acknowledges a request's record covers its earlier attempts' records too.
+        self.take_queue();
         self.buffer_record(msg);
         if !self.write_queued {
             self.write_queued = true;
@@ -744,6 +747,39 @@ mod tests {
         assert_eq!(batches(&store), 1);
         rx.await.unwrap().unwrap();
         assert_eq!(store.load_counters("w").unwrap().failures, 1);
+    }
+
+    #[actix_rt::test]
+    async fn an_acked_record_takes_the_queued_ones_before_it_into_its_flush() {
+        let store = Store::temporary().unwrap();
+        let recorder = UsageRecorder::new(store.clone(), ActorMetrics::unregistered().unwrap());
+        let queue = recorder.queue();
+        let addr = recorder.start();
+        // A failed attempt (queued), then the answered one, whose response waits for its flush.
+        queue.push(
+            &addr,
+            RecordUsage {
+                record: rec("f", "server"),
+                ack: None,
+                seq: None,
+                encoded: None,
+            },
+        );
+        let (tx, rx) = oneshot::channel();
+        addr.do_send(RecordUsage {
+            record: rec("f", "ok"),
+            ack: Some(tx),
+            seq: None,
+            encoded: None,
+        });
+        rx.await.unwrap().unwrap();
+        let outcomes: Vec<String> = store
+            .all_usage()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.outcome)
+            .collect();
+        assert_eq!(outcomes, ["server", "ok"], "both flushed, in order");
     }
 
     /// Polls the mark in `dir` until it counts `n` usage records.
