@@ -452,9 +452,12 @@ impl Actor for UsageRecorder {
             ctx.notify(WriteBatch);
         }
         ctx.run_interval(std::time::Duration::from_millis(200), |act, ctx| {
-            if let Err(e) = act.write_companions() {
-                tracing::error!(error = %e, "cannot write queued ledger entries");
-            }
+            // Also what the queue holds: a `Gather` timer lost to a restart leaves the queue's
+            // flag set, and nobody would send another.
+            act.take_queue();
+            // With nothing buffered this writes the companions' queues alone.
+            act.write_buffer();
+            act.start_flush(ctx);
             act.save_counters();
             act.maybe_mark(ctx);
         });
