@@ -2,7 +2,7 @@
 # Resident memory of Switchyard after a fixed number of requests (issue 14, target 5), by kind.
 #
 #   bash load-tests/memory.sh [--no-build] [--runs R] [--workers W] [--conns C]
-#                             [--server 'KEY: VALUE'] [VARIANT] [REQUESTS]
+#                             [--server 'KEY: VALUE'] [--purge] [VARIANT] [REQUESTS]
 #                             (defaults: 3 runs, 2 workers, 50 connections, default 500000)
 #
 # VARIANT: default (usage.durable: true), bare (usage.durable: false) or full (a key, a tier, credits and
@@ -16,13 +16,15 @@
 # the kernel: its decay is 10 s). "Memory" is /proc/PID/status (VmRSS = RssAnon + RssFile) and
 # /proc/PID/smaps: thread stacks, the other anonymous memory (the heap: jemalloc's extents), and
 # file-backed pages by file (the binary's code and read-only data). The last table is the median of the
-# runs. Everything started is stopped by PID on exit.
+# runs. --purge: then, with gdb attached, tell jemalloc to purge every arena's unused pages
+# (mallctl arena.4096.purge) and read it once more ("purged"): what is left is memory in use, and the
+# difference to "settled" is what the allocator held for reuse. Everything started is stopped by PID on exit.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 TOOLS="python3 $HERE/tools.py"
-BUILD=1 RUNS=3 WORKERS=2 CONNS=50
+BUILD=1 RUNS=3 WORKERS=2 CONNS=50 PURGE=0
 SERVER_LINES=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,6 +33,7 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS="$2"; shift ;;
     --conns) CONNS="$2"; shift ;;
     --server) SERVER_LINES+=("$2"); shift ;;
+    --purge) PURGE=1 ;;
     -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) break ;;
@@ -124,6 +127,18 @@ for run in $(seq "$RUNS"); do
   cp "$WORK/smaps.after" "$WORK/smaps.after.$run"
   sleep 14
   printf 'run %s\t' "$run" >>"$ROWS"; snapshot "$SY_PID" settled "$served" >>"$ROWS"
+  if [ "$PURGE" = 1 ]; then
+    # The binary's symbols carry no C types for gdb: call mallctl by its address (PIE: load base + offset).
+    off="$(nm "$BIN/switchyard" | awk '$3 == "_rjem_mallctl" {print $1}')"
+    base="$(awk '$6 ~ /\/switchyard$/ {split($1, a, "-"); print a[1]; exit}' "/proc/$SY_PID/maps")"
+    [ -n "$off" ] && [ -n "$base" ] || { echo "--purge: no _rjem_mallctl in $BIN/switchyard" >&2; exit 1; }
+    gdb -batch -p "$SY_PID" \
+      -ex "print ((int (*)(const char *, void *, void *, void *, unsigned long)) (0x$base + 0x$off))(\"arena.4096.purge\", 0, 0, 0, 0)" \
+      >"$WORK/gdb.out" 2>&1
+    grep -q '^\$1 = 0$' "$WORK/gdb.out" || { echo "--purge: mallctl failed:" >&2; tail -5 "$WORK/gdb.out" >&2; exit 1; }
+    sleep 0.5
+    printf 'run %s\t' "$run" >>"$ROWS"; snapshot "$SY_PID" purged "$served" >>"$ROWS"
+  fi
   stop_all
 done
 
@@ -140,8 +155,10 @@ print("| run | when | " + " | ".join(cols) + " |")
 print("|" + " --- |" * (len(cols) + 2))
 for r in rows:
     print(f"| {r[0]} | {r[1]} | " + " | ".join(r[2:]) + " |")
-for when in ("idle", "after", "settled"):
+for when in ("idle", "after", "settled", "purged"):
     sel = [r for r in rows if r[1] == when]
+    if not sel:
+        continue
     med = [statistics.median(float(r[i]) for r in sel) for i in range(2, 2 + len(cols))]
     print(f"| median | {when} | " + " | ".join(f"{v:g}" for v in med) + " |")
 EOF

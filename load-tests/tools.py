@@ -226,9 +226,18 @@ def rss_kb(pid):
 def smaps(pid):
     """Resident kB of one process by kind: `key value` lines (memory.sh parses them).
 
-    A thread's stack is an anonymous read-write mapping that starts where a PROT_NONE mapping (its
-    guard page) ends; glibc's malloc arenas have their PROT_NONE reserve above, not below.
+    A thread's stack is the mapping that holds the stack pointer /proc/PID/task/TID/syscall shows for
+    it (needs the right to ptrace the process, as its owner or root).
     """
+    sps = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                fields = f.read().split()
+            if len(fields) >= 3 and fields[-2].startswith("0x"):
+                sps.append(int(fields[-2], 16))
+        except OSError:
+            pass
     status = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -245,16 +254,14 @@ def smaps(pid):
                 maps[-1][4] = int(line.split()[1])
     stacks = stack_n = other_anon = 0
     files = defaultdict(int)
-    prev_end, prev_none = None, False
     for start, end, perms, path, rss in maps:
         if path and not path.startswith("["):
             files[os.path.basename(path)] += rss
-        elif path == "[stack]" or (perms.startswith("rw") and not path and prev_none and prev_end == start):
+        elif path == "[stack]" or any(start <= sp < end for sp in sps):
             stacks += rss
             stack_n += 1
         else:
             other_anon += rss
-        prev_end, prev_none = end, perms.startswith("---")
     for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "Threads"):
         print(f"{k} {status.get(k, 0)}")
     print(f"anon_thread_stacks {stacks}")
