@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use actix_web::HttpResponse;
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use switchyard_actors::outcome::{AttemptOutcome, FailureClass};
 use switchyard_actors::router::Pick;
 
@@ -18,6 +17,7 @@ use super::{
 use crate::config::Provider;
 use crate::shared::health::FleetProbe;
 use crate::upstream::classify::{classify, error_detail, redirect_detail, Verdict};
+use crate::upstream::client::{ReadError, UpstreamResponse};
 use crate::upstream::UpstreamProfile;
 use crate::wire::anthropic::native::messages_usage;
 use crate::wire::anthropic::{chat_request_to_messages, messages_request_to_chat};
@@ -94,7 +94,7 @@ impl Proxy<'_> {
         }
         let is_sse = resp
             .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|t| t.starts_with("text/event-stream"));
         if stream && is_sse {
@@ -109,7 +109,7 @@ impl Proxy<'_> {
         &self,
         up: &UpstreamProfile,
         req: &ProxyRequest,
-        resp: reqwest::Response,
+        resp: UpstreamResponse,
         mut guard: AttemptGuard,
     ) -> Result<HttpResponse, AttemptEnd> {
         let status = resp.status().as_u16();
@@ -148,13 +148,13 @@ impl Proxy<'_> {
         &self,
         up: &UpstreamProfile,
         req: &ProxyRequest,
-        resp: reqwest::Response,
+        resp: UpstreamResponse,
         mut guard: AttemptGuard,
     ) -> Result<HttpResponse, AttemptEnd> {
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
@@ -261,36 +261,16 @@ fn upstream_request_body(
 
 /// Reads a whole body, at most `limit` bytes, with `idle` as the longest pause between chunks.
 async fn read_body(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     limit: usize,
     idle: Duration,
 ) -> Result<Bytes, AttemptFailure> {
-    let mut stream = resp.bytes_stream();
-    let mut buf = BytesMut::new();
-    loop {
-        match tokio::time::timeout(idle, stream.next()).await {
-            Err(_) => {
-                return Err(AttemptFailure::new(
-                    FailureClass::Timeout,
-                    "the body stalled past the idle timeout",
-                ))
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Ok(Some(Err(_))) => {
-                return Err(AttemptFailure::new(
-                    FailureClass::StreamCut,
-                    "the connection broke while reading the body",
-                ))
-            }
-            Ok(Some(Ok(chunk))) => {
-                if buf.len() + chunk.len() > limit {
-                    return Err(AttemptFailure::new(
-                        FailureClass::Server,
-                        format!("the body exceeds {limit} bytes"),
-                    ));
-                }
-                buf.extend_from_slice(&chunk);
-            }
-        }
-    }
+    resp.read_whole(limit, idle).await.map_err(|e| {
+        let class = match e {
+            ReadError::Stalled => FailureClass::Timeout,
+            ReadError::Broken(_) => FailureClass::StreamCut,
+            ReadError::TooLarge(_) => FailureClass::Server,
+        };
+        AttemptFailure::new(class, e.to_string())
+    })
 }

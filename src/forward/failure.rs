@@ -9,6 +9,7 @@ use switchyard_actors::outcome::FailureClass;
 use switchyard_actors::router::SkipReason;
 
 use crate::error::{ApiError, RateHeaders};
+use crate::upstream::client::{TransportError, TransportKind};
 use crate::upstream::SendError;
 use crate::wire::anthropic::TranslateError;
 use crate::wire::openai::RewriteError;
@@ -152,14 +153,16 @@ impl AttemptFailure {
     }
 }
 
-/// A request that got no response: timed out, refused, or broken before the headers.
-pub(super) fn transport_failure(e: &reqwest::Error) -> AttemptFailure {
-    if e.is_timeout() {
-        AttemptFailure::new(FailureClass::Timeout, "timed out")
-    } else if e.is_connect() {
-        AttemptFailure::new(FailureClass::Connect, "cannot connect")
-    } else {
-        AttemptFailure::new(FailureClass::Connect, "connection failed before a response")
+/// A request that got no response: timed out, refused, or broken before the headers (or before the
+/// first event of a stream). The detail is fixed text: the class says what happened, and nothing of
+/// the error chain can carry a secret into a message.
+pub(super) fn transport_failure(e: &TransportError) -> AttemptFailure {
+    match e.kind() {
+        TransportKind::Timeout => AttemptFailure::new(FailureClass::Timeout, "timed out"),
+        TransportKind::Connect => AttemptFailure::new(FailureClass::Connect, "cannot connect"),
+        TransportKind::Other => {
+            AttemptFailure::new(FailureClass::Connect, "connection failed before a response")
+        }
     }
 }
 

@@ -3,13 +3,14 @@
 
 use actix_web::HttpResponse;
 use futures_util::StreamExt;
+use http::Method;
 
 use super::{Proxy, MAX_ERROR_BYTES};
 use crate::error::ApiError;
 
 /// Which stored object a client asks for.
 pub struct StoredCall<'a> {
-    pub method: reqwest::Method,
+    pub method: Method,
     /// The response id, as the client sent it.
     pub id: &'a str,
     /// `/input_items`, or empty for the response itself.
@@ -69,14 +70,14 @@ impl Proxy<'_> {
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
-        if call.method == reqwest::Method::DELETE && status.is_success() {
+        if call.method == Method::DELETE && status.is_success() {
             self.shared.response_pins.forget(call.id).await;
         }
         let mut b = HttpResponse::build(
             actix_web::http::StatusCode::from_u16(status.as_u16())
                 .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
         );
-        if let Some(ct) = resp.headers().get(reqwest::header::CONTENT_TYPE) {
+        if let Some(ct) = resp.headers().get(http::header::CONTENT_TYPE) {
             b.insert_header((actix_web::http::header::CONTENT_TYPE, ct.as_bytes()));
         }
         b.insert_header(("x-switchyard-profile", profile.to_string()));
@@ -84,7 +85,7 @@ impl Proxy<'_> {
         if !status.is_success() {
             // Upstreams quote the key they were sent in their error messages.
             let mut body = Vec::new();
-            let mut chunks = resp.bytes_stream();
+            let mut chunks = resp.into_stream();
             while let Some(Ok(c)) = chunks.next().await {
                 body.extend_from_slice(&c);
                 if body.len() > MAX_ERROR_BYTES {
@@ -94,7 +95,7 @@ impl Proxy<'_> {
             return Ok(b.body(up.redactor().redact_bytes(body.into())));
         }
         let redactor = up.redactor();
-        let stream = resp.bytes_stream().map(move |c| match c {
+        let stream = resp.into_stream().map(move |c| match c {
             Ok(bytes) => Ok(bytes),
             Err(e) => Err(actix_web::error::ErrorBadGateway(
                 redactor.redact(&e.to_string()),

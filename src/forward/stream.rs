@@ -15,6 +15,7 @@ use super::{Endpoint, Proxy, ProxyRequest};
 use crate::error::ApiError;
 use crate::metrics::InFlight;
 use crate::upstream::classify::classify_stream_error;
+use crate::upstream::client::{BodyStream, TransportError, UpstreamResponse};
 use crate::upstream::{Redactor, UpstreamProfile};
 use crate::wire::{Relayed, StreamCodec, StreamFault};
 
@@ -23,7 +24,7 @@ impl Proxy<'_> {
         &self,
         up: &UpstreamProfile,
         req: &ProxyRequest,
-        resp: reqwest::Response,
+        resp: UpstreamResponse,
         mut guard: AttemptGuard,
     ) -> Result<HttpResponse, AttemptEnd> {
         let durable = self.config.usage.durable;
@@ -42,7 +43,7 @@ impl Proxy<'_> {
                 req.fields.client_wants_usage,
             )
         };
-        let mut upstream = resp.bytes_stream().boxed_local();
+        let mut upstream = resp.into_stream();
         // Comments and keep-alives before the first content event: held, since they commit nothing.
         let mut held = BytesMut::new();
         let first = loop {
@@ -123,12 +124,12 @@ impl Proxy<'_> {
 
 /// A streamed answer in flight: everything its next step needs.
 struct StreamState {
-    upstream: futures_util::stream::LocalBoxStream<'static, reqwest::Result<Bytes>>,
+    upstream: BodyStream,
     relay: StreamCodec,
     first: Option<Bytes>,
     /// The end of the upstream stream (or its error), seen while collecting chunks that were already
     /// there: handled on the next step, after what was collected has been sent.
-    stashed: Option<Option<reqwest::Result<Bytes>>>,
+    stashed: Option<Option<Result<Bytes, TransportError>>>,
     guard: AttemptGuard,
     idle: Duration,
     durable: bool,
@@ -226,7 +227,7 @@ impl StreamState {
 
     /// The next upstream item if it is already here, without waiting for the network. hyper's connection
     /// task decodes one chunk per turn, so it gets one turn (a yield) before the answer is "not yet".
-    async fn already_here(&mut self) -> Option<Option<reqwest::Result<Bytes>>> {
+    async fn already_here(&mut self) -> Option<Option<Result<Bytes, TransportError>>> {
         for turn in 0..2 {
             let polled =
                 std::future::poll_fn(|cx| Poll::Ready(self.upstream.poll_next_unpin(cx))).await;

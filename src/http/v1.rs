@@ -91,7 +91,7 @@ async fn get_response(
     s: State,
     w: Workers,
 ) -> HttpResponse {
-    stored(reqwest::Method::GET, "", req, &id, (&s, &w)).await
+    stored(http::Method::GET, "", req, &id, (&s, &w)).await
 }
 
 /// `DELETE /v1/responses/{id}`: asked of the profile that created the response.
@@ -101,7 +101,7 @@ async fn delete_response(
     s: State,
     w: Workers,
 ) -> HttpResponse {
-    stored(reqwest::Method::DELETE, "", req, &id, (&s, &w)).await
+    stored(http::Method::DELETE, "", req, &id, (&s, &w)).await
 }
 
 /// `GET /v1/responses/{id}/input_items`: asked of the profile that created the response.
@@ -111,12 +111,12 @@ async fn response_input_items(
     s: State,
     w: Workers,
 ) -> HttpResponse {
-    stored(reqwest::Method::GET, "/input_items", req, &id, (&s, &w)).await
+    stored(http::Method::GET, "/input_items", req, &id, (&s, &w)).await
 }
 
 /// Every stored-response route: authenticate, count the call, ask the profile the id is pinned to.
 async fn stored(
-    method: reqwest::Method,
+    method: http::Method,
     tail: &'static str,
     req: HttpRequest,
     id: &str,

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::HeaderMap;
+use http::header::HeaderMap;
 use serde::Deserialize;
 use switchyard_actors::outcome::FailureClass;
 
@@ -192,7 +192,7 @@ pub fn classify_stream_error(body: &[u8]) -> FailureClass {
 /// What an operator reads about a redirect: its status and where it pointed, since that is how to fix
 /// the profile's `base_url`.
 pub fn redirect_detail(status: u16, headers: &HeaderMap) -> String {
-    let location = headers.get(reqwest::header::LOCATION).map(|v| {
+    let location = headers.get(http::header::LOCATION).map(|v| {
         String::from_utf8_lossy(v.as_bytes())
             .chars()
             .take(300)
@@ -225,7 +225,7 @@ pub fn error_detail(status: u16, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
+    use http::header::HeaderValue;
 
     fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -20,8 +20,11 @@
 
 use base64::Engine;
 use bytes::Bytes;
+use http::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use super::client::UpstreamResponse;
 
 /// Characters of the user's text repeated in the answer.
 pub const ECHO_CHARS: usize = 200;
@@ -31,7 +34,7 @@ pub const DEFAULT_DIMENSIONS: usize = 16;
 const MAX_DIMENSIONS: usize = 4096;
 
 /// The echo upstream's answer to a POST of `body` to `path` (an OpenAI API path).
-pub fn answer(path: &str, body: &[u8]) -> reqwest::Response {
+pub fn answer(path: &str, body: &[u8]) -> UpstreamResponse {
     let request: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
         _ => return error(400, "the request body is not a JSON object"),
@@ -320,7 +323,7 @@ impl Reply {
     }
 }
 
-fn embeddings(request: &Value, model: &str) -> reqwest::Response {
+fn embeddings(request: &Value, model: &str) -> UpstreamResponse {
     let inputs: Vec<String> = match &request["input"] {
         Value::String(s) => vec![s.clone()],
         Value::Array(a) if a.iter().all(Value::is_string) => a
@@ -398,63 +401,56 @@ pub fn vector(text: &str, dimensions: usize) -> Vec<f32> {
     out
 }
 
-fn json_response(body: &Value) -> reqwest::Response {
-    respond(
-        200,
-        "application/json",
-        Bytes::from(body.to_string()).into(),
-    )
+fn json_response(body: &Value) -> UpstreamResponse {
+    respond(200, "application/json", vec![Bytes::from(body.to_string())])
 }
 
 /// An SSE stream, one event a chunk, ending `data: [DONE]`.
-fn sse_response(events: Vec<Value>) -> reqwest::Response {
-    let mut chunks: Vec<Result<Bytes, std::io::Error>> = events
+fn sse_response(events: Vec<Value>) -> UpstreamResponse {
+    let mut chunks: Vec<Bytes> = events
         .iter()
-        .map(|e| Ok(Bytes::from(format!("data: {e}\n\n"))))
+        .map(|e| Bytes::from(format!("data: {e}\n\n")))
         .collect();
-    chunks.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
-    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    respond(200, "text/event-stream", body)
+    chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    respond(200, "text/event-stream", chunks)
 }
 
 /// A stream of named events (the Responses API's form), with no `[DONE]`.
-fn events_response(events: Vec<(&'static str, Value)>) -> reqwest::Response {
-    let chunks: Vec<Result<Bytes, std::io::Error>> = events
+fn events_response(events: Vec<(&'static str, Value)>) -> UpstreamResponse {
+    let chunks: Vec<Bytes> = events
         .iter()
-        .map(|(name, e)| Ok(Bytes::from(format!("event: {name}\ndata: {e}\n\n"))))
+        .map(|(name, e)| Bytes::from(format!("event: {name}\ndata: {e}\n\n")))
         .collect();
-    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    respond(200, "text/event-stream", body)
+    respond(200, "text/event-stream", chunks)
 }
 
 /// An OpenAI-shaped error (the echo upstream's only refusals are the client's fault).
-fn error(status: u16, message: &str) -> reqwest::Response {
+fn error(status: u16, message: &str) -> UpstreamResponse {
     let body = json!({"error": {"message": message, "type": "invalid_request_error",
         "param": null, "code": null}});
     respond(
         status,
         "application/json",
-        Bytes::from(body.to_string()).into(),
+        vec![Bytes::from(body.to_string())],
     )
 }
 
-fn respond(status: u16, content_type: &'static str, body: reqwest::Body) -> reqwest::Response {
-    let mut resp = http::Response::new(body);
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    reqwest::Response::from(resp)
+fn respond(status: u16, content_type: &'static str, frames: Vec<Bytes>) -> UpstreamResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    UpstreamResponse::local(status, content_type, frames)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn body(resp: reqwest::Response) -> (u16, String) {
+    async fn body(resp: UpstreamResponse) -> (u16, String) {
         let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap())
+        let whole = resp
+            .read_whole(usize::MAX, std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        (status, String::from_utf8(whole.to_vec()).unwrap())
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! Upstream profiles as the forwarder uses them: base URL, credential header, model map, timeouts and an
-//! HTTP client. Built once per actix-web worker, because a reqwest client shared across the workers'
-//! runtimes routes every connection's I/O through the runtime that opened it.
+//! HTTP client (`client`). Built once per actix-web worker, because a pooled client shared across the
+//! workers' runtimes routes every connection's I/O through the runtime that opened it.
 
 pub mod classify;
+pub mod client;
 pub mod echo;
 pub mod oauth;
 
@@ -15,9 +16,12 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use switchyard_actors::outcome::FailureClass;
 
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::Full;
 use indexmap::IndexMap;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use self::client::{ClientBuildError, HttpClient, TransportError, UpstreamResponse};
 use self::oauth::{CredentialError, TokenSource, TokenSources};
 use crate::config::{
     ApiKeySource, Config, OAuthReturns, Preset, ProfileConfig, Provider, Timeouts,
@@ -35,15 +39,15 @@ pub struct UpstreamProfile {
     base_url: String,
     /// `?api-version=...` (Azure), appended to every URL.
     query: String,
-    /// The URLs of the API paths the proxy calls, parsed once: reqwest would parse a string per request.
-    parsed: Vec<(&'static str, reqwest::Url)>,
+    /// The URLs of the API paths the proxy calls, parsed once (a `Uri` clone shares its bytes).
+    parsed: Vec<(&'static str, Uri)>,
     /// The credential header in this service's convention (`Authorization: Bearer ...`, Anthropic's
     /// `x-api-key`, Azure's `api-key`), its value marked sensitive so it is never printed.
     auth: Option<(HeaderName, HeaderValue)>,
     headers: HeaderMap,
     model_map: IndexMap<String, String>,
     pub timeouts: Timeouts,
-    pub client: reqwest::Client,
+    pub client: HttpClient,
     /// The raw credential, kept only to redact it from upstream error text.
     key: Option<String>,
     /// An OAuth profile's credential, asked for (and refreshed) before each request instead of `auth`.
@@ -99,26 +103,20 @@ impl UpstreamProfile {
     /// A POST to `path` carrying this profile's credential and headers (and none of the client's). An
     /// OAuth profile's token is added by `UpstreamRequest::send`, which may have to refresh it first.
     pub fn post(&self, path: &str, request_id: &str) -> UpstreamRequest<'_> {
-        self.request(reqwest::Method::POST, path, "", request_id, &[])
+        self.request(Method::POST, path, "", request_id, &[])
     }
 
     /// A bodiless request (`GET`/`DELETE /responses/{id}`) with this profile's credential and headers
     /// and the client's query string.
     pub fn fetch(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         query: &str,
         request_id: &str,
     ) -> UpstreamRequest<'_> {
         self.request(method, path, query, request_id, &[])
     }
-}
-
-/// A request the echo upstream answers in-process: what it needs of the request.
-struct LocalCall {
-    path: String,
-    body: Bytes,
 }
 
 impl UpstreamProfile {
@@ -132,14 +130,15 @@ impl UpstreamProfile {
         request_id: &str,
         headers: &[(&'static str, String)],
     ) -> UpstreamRequest<'_> {
-        self.request(reqwest::Method::POST, path, query, request_id, headers)
+        self.request(Method::POST, path, query, request_id, headers)
     }
 
     /// The one builder behind `post`, `post_native` and `fetch`. Without a query string the URL parsed
-    /// once per profile is reused (reqwest would parse a string per request).
+    /// once per profile is reused. Headers are appended in the order reqwest's builder appended them,
+    /// so a profile header of the same name is sent beside ours, as before.
     fn request(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         query: &str,
         request_id: &str,
@@ -149,64 +148,79 @@ impl UpstreamProfile {
             .is_empty()
             .then(|| self.parsed.iter().find(|(p, _)| *p == path))
             .flatten();
-        let builder = match parsed {
-            Some((_, url)) => self.client.request(method, url.clone()),
+        let uri = match parsed {
+            Some((_, uri)) => Ok(uri.clone()),
             None => {
                 let mut url = self.url(path);
                 if !query.is_empty() {
                     url.push(if url.contains('?') { '&' } else { '?' });
                     url.push_str(query);
                 }
-                self.client.request(method, url)
+                parse_uri(&url)
             }
         };
-        let mut req = builder
-            .headers(self.headers.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", request_id);
+        let mut map = self.headers.clone();
+        map.append(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match HeaderValue::from_str(request_id) {
+            Ok(v) => map.append(HeaderName::from_static("x-request-id"), v),
+            Err(_) => false,
+        };
         let sent_version = headers.iter().any(|(n, _)| *n == "anthropic-version");
         if self.provider == Provider::Anthropic && !sent_version {
-            req = req.header("anthropic-version", ANTHROPIC_VERSION);
+            map.append(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(ANTHROPIC_VERSION),
+            );
         }
         for (name, value) in headers {
-            req = req.header(*name, value.as_str());
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                map.append(n, v);
+            }
         }
         if let Some((name, value)) = &self.auth {
-            req = req.header(name.clone(), value.clone());
+            map.append(name.clone(), value.clone());
         }
-        // The echo upstream answers in-process, whichever way it was asked.
-        let local = self.in_process.then(|| LocalCall {
-            path: path.to_owned(),
-            body: Bytes::new(),
-        });
         UpstreamRequest {
-            req,
+            method,
+            uri,
+            headers: map,
+            body: Bytes::new(),
             up: self,
-            local,
+            local: self.in_process.then(|| path.to_owned()),
         }
     }
 }
 
-/// A request to one upstream, sent with `send` like a `reqwest::RequestBuilder`.
+/// `url` as a request target, through `url`'s parser as reqwest took it (it percent-encodes what a
+/// client's query string may carry and `http::Uri` refuses). Only for URLs not parsed up front.
+fn parse_uri(url: &str) -> Result<Uri, http::Error> {
+    let normalised = url::Url::parse(url).map(String::from);
+    let text = normalised.as_deref().unwrap_or(url);
+    Ok(Uri::try_from(text)?)
+}
+
+/// A request to one upstream, sent with `send`.
 pub struct UpstreamRequest<'a> {
-    req: reqwest::RequestBuilder,
+    method: Method,
+    /// The target, or why the URL is not one (reported by `send`, which sends nothing then).
+    uri: Result<Uri, http::Error>,
+    headers: HeaderMap,
+    body: Bytes,
     up: &'a UpstreamProfile,
-    /// Set for an in-process upstream: then `send` answers from this, and `req` is never sent.
-    local: Option<LocalCall>,
+    /// The API path, for an in-process upstream: then `send` answers locally and nothing is sent.
+    local: Option<String>,
 }
 
 impl UpstreamRequest<'_> {
+    /// Sets the body (sent with its `content-length`).
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
-        let body: Bytes = body.into();
-        if let Some(local) = &mut self.local {
-            local.body = body.clone();
-        }
-        self.req = self.req.body(body);
-        self
-    }
-
-    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.req = self.req.header(name, value);
+        self.body = body.into();
         self
     }
 
@@ -214,12 +228,19 @@ impl UpstreamRequest<'_> {
     /// When there is none to send, nothing is sent without a credential: the attempt fails with
     /// `auth` when only a new login helps (the profile is marked `auth_failed` with the reason), or
     /// with `server` when the token endpoint is only down (the profile cools down).
-    pub async fn send(self) -> Result<reqwest::Response, SendError> {
-        let UpstreamRequest { mut req, up, local } = self;
-        if let Some(call) = local {
+    pub async fn send(self) -> Result<UpstreamResponse, SendError> {
+        let UpstreamRequest {
+            method,
+            uri,
+            mut headers,
+            body,
+            up,
+            local,
+        } = self;
+        if let Some(path) = local {
             // A genuine answer of the echo provider, built here instead of read off a socket; from
             // here on it goes through the same classification, relay and accounting as any other.
-            return Ok(echo::answer(&call.path, &call.body));
+            return Ok(echo::answer(&path, &body));
         }
         if let Some(source) = &up.oauth {
             let secret = source.credential().await.map_err(|e| match e {
@@ -240,9 +261,18 @@ impl UpstreamRequest<'_> {
                 class: FailureClass::Auth,
                 reason: "the stored credential is not a valid header value".to_owned(),
             })?;
-            req = req.header(name, value);
+            headers.append(name, value);
         }
-        req.send().await.map_err(SendError::Transport)
+        // reqwest's client sent this by default; upstreams may log or route on it.
+        if !headers.contains_key(http::header::ACCEPT) {
+            headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        let uri = uri.map_err(|e| SendError::Transport(TransportError::invalid_url(e)))?;
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        up.client.send(req).await.map_err(SendError::Transport)
     }
 }
 
@@ -251,7 +281,7 @@ impl UpstreamRequest<'_> {
 pub enum SendError {
     /// The network or the upstream failed before response headers.
     #[error("{0}")]
-    Transport(reqwest::Error),
+    Transport(TransportError),
     /// No credential could be had for an OAuth profile; nothing was sent.
     #[error("{reason}")]
     Credential { class: FailureClass, reason: String },
@@ -320,7 +350,7 @@ pub enum UpstreamBuildError {
     #[error("profile {profile}: cannot build HTTP client: {source}")]
     Client {
         profile: String,
-        source: reqwest::Error,
+        source: ClientBuildError,
     },
     #[error("profile {profile}: header {header}: invalid value")]
     Header { profile: String, header: String },
@@ -365,14 +395,8 @@ fn build_profile(
     p: &ProfileConfig,
     tokens: &TokenSources,
 ) -> Result<UpstreamProfile, UpstreamBuildError> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(p.timeouts.connect)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .build()
-        .map_err(|source| UpstreamBuildError::Client {
+    let client =
+        HttpClient::new(p.timeouts.connect).map_err(|source| UpstreamBuildError::Client {
             profile: p.id.clone(),
             source,
         })?;
@@ -403,7 +427,7 @@ fn build_profile(
             .iter()
             .filter_map(|path| {
                 let url = format!("{}{}{}", p.base_url, path, query);
-                reqwest::Url::parse(&url).ok().map(|u| (*path, u))
+                parse_uri(&url).ok().map(|u| (*path, u))
             })
             .collect(),
         query,
@@ -428,7 +452,7 @@ fn credential_header(
     let (name, value) = match (p.preset, p.provider) {
         (Preset::Azure, _) => (HeaderName::from_static("api-key"), key.to_owned()),
         (_, Provider::Anthropic) => (HeaderName::from_static("x-api-key"), key.to_owned()),
-        (_, Provider::OpenAi) => (reqwest::header::AUTHORIZATION, format!("Bearer {key}")),
+        (_, Provider::OpenAi) => (http::header::AUTHORIZATION, format!("Bearer {key}")),
     };
     let mut value = HeaderValue::from_str(&value).map_err(|_| UpstreamBuildError::Header {
         profile: p.id.clone(),
@@ -448,7 +472,7 @@ fn bearer(p: &ProfileConfig, token: &str) -> Result<(HeaderName, HeaderValue), U
         }
     })?;
     value.set_sensitive(true);
-    Ok((reqwest::header::AUTHORIZATION, value))
+    Ok((http::header::AUTHORIZATION, value))
 }
 
 /// The credential of a profile: `Ok(None)` when it has none by design, `Err(reason)` when it should have

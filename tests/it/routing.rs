@@ -505,6 +505,55 @@ async fn fails_over_when_a_profile_cannot_be_reached() {
     );
 }
 
+/// Transport failures keep their classes in what the client is told: a refused port is `connect`,
+/// and an HTTPS upstream whose TLS handshake never finishes is a `timeout` within the connect timeout
+/// (it covers the handshake, not only TCP), long before the first-byte timeout.
+#[tokio::test]
+async fn a_refused_port_is_connect_and_a_stuck_tls_handshake_is_a_connect_timeout() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // Accepts TCP connections and never says a word, so a client hello gets no answer.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_addr = stuck.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((sock, _)) = stuck.accept().await {
+            open.push(sock);
+        }
+    });
+    let cfg = ConfigBuilder {
+        timeouts: ("400ms".into(), "20s".into(), "20s".into()),
+        ..ConfigBuilder::default()
+    };
+    let cfg = cfg
+        .profile_with(
+            "dead",
+            &format!("http://{dead}/v1"),
+            &["api_key: \"sk-dead-secret\"", "priority: 1"],
+        )
+        .profile_with(
+            "stuck",
+            &format!("https://{stuck_addr}/v1"),
+            &["api_key: \"sk-stuck-secret\"", "priority: 2"],
+        );
+    let server = Server::start(&cfg.model_with_strategy("m", &["dead", "stuck"], "priority"));
+    let started = Instant::now();
+    let (status, _, body) = chat(&server, &chat_body("m")).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    let message = error_of(&body)["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("dead: connect (cannot connect)"),
+        "{message}"
+    );
+    assert!(message.contains("stuck: timeout (timed out)"), "{message}");
+    assert!(!message.contains("secret"), "{message}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    held.abort();
+}
+
 #[tokio::test]
 async fn max_attempts_limits_the_profiles_tried() {
     let (a, b, c) = (

@@ -525,6 +525,67 @@ async fn a_client_request_id_is_echoed_and_forwarded() {
     );
 }
 
+/// What goes upstream is the profile's request and none of the client's headers: the same set reqwest
+/// sent (host, a content-length for the body, `accept: */*`, JSON, the request id, the credential, the
+/// profile's own headers), on HTTP/1.1.
+#[tokio::test]
+async fn the_upstream_gets_the_profiles_headers_and_none_of_the_clients() {
+    let a = MockUpstream::start_named("a").await;
+    let cfg = ConfigBuilder::default()
+        .profile_with(
+            "a",
+            &a.base_url(),
+            &["api_key: \"sk-a-secret\"", "headers: {x-team: core}"],
+        )
+        .model("m", &["a"]);
+    let server = Server::start(&cfg);
+    let (status, _, body) = post(
+        &server,
+        "/v1/chat/completions",
+        &chat_body("m"),
+        &[
+            ("x-request-id", "hdr-req-1"),
+            ("x-client-only", "secret-ish"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let got = &a.requests()[0];
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(got.header("host"), Some(a.addr().to_string().as_str()));
+    assert_eq!(
+        got.header("content-length"),
+        Some(got.body.len().to_string().as_str())
+    );
+    assert_eq!(got.header("accept"), Some("*/*"));
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.header("x-request-id"), Some("hdr-req-1"));
+    assert_eq!(got.bearer(), Some("sk-a-secret"));
+    assert_eq!(got.header("x-team"), Some("core"));
+    assert_eq!(got.header("x-client-only"), None);
+    let mut names: Vec<String> = got
+        .headers
+        .iter()
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "accept",
+            "authorization",
+            "content-length",
+            "content-type",
+            "host",
+            "x-request-id",
+            "x-team"
+        ],
+        "{:?}",
+        got.headers
+    );
+}
+
 #[tokio::test]
 async fn without_a_client_request_id_one_is_generated_and_forwarded() {
     let a = MockUpstream::start_named("a").await;
