@@ -128,7 +128,11 @@ mod tests {
             keep: Duration::from_secs(1),
             keep_unshipped: true,
         };
-        assert_eq!(sweep(&s, &retention, 60_000, &counter).unwrap(), 0, "none shipped");
+        assert_eq!(
+            sweep(&s, &retention, 60_000, &counter).unwrap(),
+            0,
+            "none shipped"
+        );
         let third = s.usage_batches_since(0, 0).unwrap()[2].1;
         s.set_usage_shipped(2_000, third).unwrap();
         assert_eq!(sweep(&s, &retention, 60_000, &counter).unwrap(), 2);

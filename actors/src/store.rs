@@ -352,7 +352,10 @@ impl Store {
         let mut batch = sled::Batch::default();
         let mut looked = 0;
         let ranges = [
-            (USAGE_PREFIX_V1, format!("{USAGE_PREFIX_V1}{cutoff_ms:016x}/")),
+            (
+                USAGE_PREFIX_V1,
+                format!("{USAGE_PREFIX_V1}{cutoff_ms:016x}/"),
+            ),
             (USAGE_PREFIX, format!("{USAGE_PREFIX}{cutoff_ms:016x}/")),
         ];
         'ranges: for (prefix, end) in &ranges {
@@ -989,7 +992,10 @@ mod tests {
             .map(|(_, seq, _)| *seq)
             .collect();
         // Nothing shipped yet: everything stays.
-        assert_eq!(s.expire_usage(10_000, Some(0), None, 100).unwrap().records, 0);
+        assert_eq!(
+            s.expire_usage(10_000, Some(0), None, 100).unwrap().records,
+            0
+        );
         // The first two shipped: only they may go, one value a step.
         let mut resume = None;
         let mut steps = 0;
@@ -1030,10 +1036,24 @@ mod tests {
             s.flush_blocking().unwrap();
         }
         let s = reopen(dir.path());
-        assert_eq!(s.all_usage().unwrap().len(), 1, "only the young record is held");
-        assert_eq!(s.expired_usage_records(), 5, "the expired count is read back");
-        assert_eq!(highwater::read(dir.path()).unwrap().unwrap().usage_records, 6);
-        assert!(s.arm_high_water(dir.path(), held(&s)).unwrap(), "not behind its mark");
+        assert_eq!(
+            s.all_usage().unwrap().len(),
+            1,
+            "only the young record is held"
+        );
+        assert_eq!(
+            s.expired_usage_records(),
+            5,
+            "the expired count is read back"
+        );
+        assert_eq!(
+            highwater::read(dir.path()).unwrap().unwrap().usage_records,
+            6
+        );
+        assert!(
+            s.arm_high_water(dir.path(), held(&s)).unwrap(),
+            "not behind its mark"
+        );
         // Without the expired count the store would look rolled back.
         let only_held = Counts {
             usage_records: 1,
