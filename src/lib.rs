@@ -55,7 +55,7 @@ use std::time::Duration;
 
 use actix::Supervisor;
 use actix_web::{web, HttpServer};
-use switchyard_actors::recorder::{FlushUsage, UsageRecorder};
+use switchyard_actors::recorder::{FlushUsage, UsageQueue, UsageRecorder};
 use switchyard_actors::router::{spawn_session_sweeper, Router};
 use switchyard_actors::store::{Store, StoreError};
 
@@ -215,10 +215,13 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         limits.clone(),
         usage_through.clone(),
     );
+    let usage_queue = Arc::new(UsageQueue::default());
+    let recorder_queue = usage_queue.clone();
     let recorder = Supervisor::start(move |_| {
         UsageRecorder::new(recorder_store.clone(), recorder_metrics.clone())
             .with_companion(recorder_limits.clone())
             .with_through(recorder_through.clone())
+            .with_queue(recorder_queue.clone())
     });
     if let Some(keep) = config.usage.retention {
         // After the journal's replay: a sweep never races the start-up reads of the store.
@@ -239,6 +242,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         config: arc_swap::ArcSwap::new(Arc::new(config)),
         router,
         recorder,
+        usage_queue,
         store: store.clone(),
         admin_token,
         metrics,
@@ -368,8 +372,9 @@ fn open_journal(
     if config.usage.fsync {
         return Ok(None);
     }
-    let ids = store.clone();
-    let journal = limits::journal::Journal::create(data_dir, move || ids.next_id().ok())
+    let ids =
+        limits::recovery::usage_sequence(store).map_err(|e| journal_error(data_dir)(e.into()))?;
+    let journal = limits::journal::Journal::create(data_dir, ids)
         .map_err(|e| journal_error(data_dir)(e.into()))?;
     Ok(Some(Arc::new(journal)))
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
-use switchyard_actors::recorder::UsageRecorder;
+use switchyard_actors::recorder::{UsageQueue, UsageRecorder};
 use switchyard_actors::router::{ModelSpec, ProfileSpec, Router, RouterSpec};
 use switchyard_actors::store::Store;
 
@@ -24,6 +24,8 @@ pub struct AppState {
     pub config: arc_swap::ArcSwap<Config>,
     pub router: Arc<Router>,
     pub recorder: Addr<UsageRecorder>,
+    /// The recorder's queue: records nobody waits for, gathered (see `UsageQueue`).
+    pub usage_queue: Arc<UsageQueue>,
     pub store: Store,
     /// `None` when the admin token's variable is unset: admin routes then refuse everyone.
     pub admin_token: Option<String>,

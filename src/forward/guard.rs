@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use actix::Addr;
 use switchyard_actors::outcome::AttemptOutcome;
-use switchyard_actors::recorder::{Ack, RecordUsage, UsageRecorder};
+use switchyard_actors::recorder::{Ack, RecordUsage, UsageQueue, UsageRecorder};
 use switchyard_actors::router::{Pick, ProfileEntry};
 use switchyard_actors::store::{now_ms, UsageRecord};
 use tokio::sync::oneshot;
@@ -27,6 +27,8 @@ pub(super) struct AttemptGuard {
     /// The fleet's lease on this probe (`state.backend: redis`), ended with the outcome.
     pub(super) fleet_probe: Option<FleetProbe>,
     recorder: Addr<UsageRecorder>,
+    /// Where records nobody waits for go: gathered, one recorder wakeup for many.
+    queue: Arc<UsageQueue>,
     pub(super) record: UsageRecord,
     pub(super) started: Instant,
     pub(super) status: Option<u16>,
@@ -78,6 +80,7 @@ impl AttemptGuard {
             probe: pick.probe,
             fleet_probe: None,
             recorder: proxy.shared.recorder.clone(),
+            queue: proxy.shared.usage_queue.clone(),
             record,
             started: Instant::now(),
             status: None,
@@ -195,20 +198,21 @@ impl AttemptGuard {
             },
             None => record,
         };
-        let (ack, rx) = if want_ack {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        // do_send: a usage record is never dropped for a full mailbox.
-        self.recorder.do_send(RecordUsage {
+        let msg = |ack| RecordUsage {
             record,
             ack,
             seq: None,
             encoded: None,
-        });
-        rx
+        };
+        if !want_ack {
+            self.queue.push(&self.recorder, msg(None));
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        // A message of its own: a response waits for its flush, so it is not gathered. do_send: a
+        // usage record is never dropped for a full mailbox.
+        self.recorder.do_send(msg(Some(tx)));
+        Some(rx)
     }
 
     /// Writes `record` (after the credit movements staged before it) to the journal, and hands it to
@@ -225,13 +229,17 @@ impl AttemptGuard {
         let mut slot = Some(record);
         let written = journal.append(&body, |seq| {
             if let Some(record) = slot.take() {
-                // The journal's JSON is the store's too: serialised once.
-                self.recorder.do_send(RecordUsage {
-                    record,
-                    ack: None,
-                    seq: Some(seq),
-                    encoded: Some(body.clone()),
-                });
+                // The journal's JSON is the store's too: serialised once. Queued under the
+                // journal's lock, so in sequence order.
+                self.queue.push(
+                    &self.recorder,
+                    RecordUsage {
+                        record,
+                        ack: None,
+                        seq: Some(seq),
+                        encoded: Some(body.clone()),
+                    },
+                );
             }
         });
         match (written, slot) {

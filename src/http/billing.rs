@@ -35,8 +35,16 @@ async fn own_usage(caller: Caller, q: web::Query<UsageQuery>, state: State) -> H
     let work = async {
         let config = state.config();
         let shared = state.redis.as_deref();
-        let mut v =
-            usage::own_report(&config, &state.limits, &state.store, shared, &caller.0, &q).await?;
+        let mut v = usage::own_report(
+            &config,
+            &state.limits,
+            &state.recorder,
+            &state.store,
+            shared,
+            &caller.0,
+            &q,
+        )
+        .await?;
         // With the state in Redis the balance is the fleet's, not this replica's ledger's.
         if let (Some(_), Some(account)) = (&state.redis, &caller.0.account) {
             if v.get("credits").is_some() {
@@ -53,7 +61,7 @@ async fn own_usage(caller: Caller, q: web::Query<UsageQuery>, state: State) -> H
 async fn admin_usage(_: Admin, q: web::Query<UsageQuery>, state: State) -> Reply {
     let allowed = ["account", "profile", "model", "day"];
     let shared = state.redis.as_deref();
-    let span = usage::records(&state.store, shared, &q, &allowed, None).await?;
+    let span = usage::records(&state.recorder, &state.store, shared, &q, &allowed, None).await?;
     let v = span.report(&state.config())?;
     Ok(HttpResponse::Ok().json(v))
 }

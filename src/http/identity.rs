@@ -103,6 +103,8 @@ async fn logout(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
 async fn me(caller: Caller, state: web::Data<AppState>) -> HttpResponse {
     let work = async {
         let config = state.config();
+        // Its usage summary reads the store.
+        crate::limits::usage::written(&state.recorder).await;
         let me = state.auth.me(&config.auth, &caller.0).await?;
         let mut v = serde_json::to_value(me).map_err(|e| ApiError::Internal(e.to_string()))?;
         // The credits as the threshold notices see them, for the extension's usage view.

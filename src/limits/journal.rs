@@ -8,7 +8,8 @@
 //! store lacks are replayed into it before anything reads it (`limits::recover`).
 //!
 //! One line per entry: a tag (`U` usage record, `T` ledger transaction), the entry's sequence number
-//! (sled's id counter: unique and increasing across restarts) and the entry's JSON. Replay skips lines
+//! (unique and increasing across restarts within its kind: sled's id counter for transactions,
+//! `recovery::usage_sequence` for usage records) and the entry's JSON. Replay skips lines
 //! that do not parse (a torn tail after a power loss), so the format needs no framing beyond `\n`.
 
 use std::fs::{File, OpenOptions};
@@ -86,7 +87,7 @@ struct Inner {
 /// callers hand records on, see `append`).
 pub struct Journal {
     dir: PathBuf,
-    /// Sequence numbers: sled's id counter in the server, so they grow across restarts.
+    /// Usage sequence numbers: `recovery::usage_sequence` in the server, so they grow across restarts.
     ids: Box<dyn Fn() -> Option<u64> + Send + Sync>,
     inner: Mutex<Inner>,
 }

@@ -61,6 +61,21 @@ pub fn recover(
     Ok(recovered)
 }
 
+/// The journal's usage sequence for a run: an in-memory counter, so an append draws its number
+/// without a sled call. sled's `generate_id` takes sled's global concurrency-control lock, which
+/// the usage recorder's batch holds for writing: drawn under the journal's mutex, a request thread
+/// waited there for the batch (and the other request threads for the mutex). The counter starts above
+/// sled's id counter and above the store's `usage_through`, so it grows across restarts (replay skips
+/// records at or below the store's mark): the store's mark covers every record of the previous run
+/// that the journal or the store holds, once `recover` has run.
+pub fn usage_sequence(store: &Store) -> Result<impl Fn() -> Option<u64> + Send + Sync, StoreError> {
+    let start = store
+        .next_id()?
+        .max(store.usage_through()?.saturating_add(1));
+    let next = AtomicU64::new(start);
+    Ok(move || Some(next.fetch_add(1, Ordering::Relaxed)))
+}
+
 /// Makes the staged movements safe, starts a new segment, flushes the store and deletes the closed
 /// segments that flush covers: `usage_through` (the recorder's) and the ledger's `written_through`
 /// are read before the flush starts, so everything at or below them is on disk once it completes.
@@ -115,8 +130,7 @@ mod tests {
     fn open(dir: &Path) -> (Store, Ledger, Arc<Journal>) {
         let store = Store::open(dir).unwrap();
         let ledger = Ledger::open(&store).unwrap();
-        let ids = store.clone();
-        let journal = Arc::new(Journal::create(dir, move || ids.next_id().ok()).unwrap());
+        let journal = Arc::new(Journal::create(dir, usage_sequence(&store).unwrap()).unwrap());
         ledger.attach_journal(journal.clone());
         (store, ledger, journal)
     }
@@ -172,6 +186,37 @@ mod tests {
             recover(&store, dir.path(), LEASE).unwrap(),
             Recovered::default()
         );
+    }
+
+    /// A run draws far more usage sequences than sled ids; the next run must still start above them,
+    /// or replay would take its records for ones the store holds.
+    #[test]
+    fn the_next_runs_usage_sequence_starts_above_the_last_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = {
+            let (store, _ledger, journal) = open(dir.path());
+            let body = serde_json::to_vec(&rec("r")).unwrap();
+            let mut last = 0;
+            for _ in 0..5_000 {
+                last = journal.append(&body, |seq| seq).unwrap();
+            }
+            // The store got all but the last (as a kill -9 leaves it), the journal has all.
+            store
+                .write_usage_batch(&[rec("r")], &[], Some(last - 1))
+                .unwrap();
+            store.flush_blocking().unwrap();
+            last
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            recover(&store, dir.path(), LEASE).unwrap().usage_records,
+            1,
+            "the one the store lacked"
+        );
+        let next = usage_sequence(&store).unwrap();
+        let first = next().unwrap();
+        assert!(first > last, "{first} after {last}");
+        assert_eq!(next().unwrap(), first + 1);
     }
 
     #[tokio::test]

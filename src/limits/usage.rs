@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
+use actix::Addr;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use switchyard_actors::recorder::{UsageRecorder, WriteUsage};
 use switchyard_actors::store::{now_ms, Store, UsageRecord};
 
 use super::{cost_micros, record_usage, usd, Limits};
@@ -145,9 +147,20 @@ impl Span {
     }
 }
 
+/// Waits until `recorder` has written every record handed on so far (it gathers them for a few
+/// milliseconds first): a reader of the store then sees the records of every response already sent.
+pub async fn written(recorder: &Addr<UsageRecorder>) {
+    if let Err(e) = recorder.send(WriteUsage).await {
+        // The reader still answers, from what the store has.
+        tracing::warn!(error = %e, "usage recorder unavailable: recent records may be missing");
+    }
+}
+
 /// The records in the query's span (the fleet's with Redis), optionally for one account (or
-/// `key:<id>`).
+/// `key:<id>`). Asks `recorder` to write what it has gathered first, so the report holds every
+/// record of a response sent before it was asked for.
 pub async fn records(
+    recorder: &Addr<UsageRecorder>,
     store: &Store,
     shared: Option<&Shared>,
     q: &UsageQuery,
@@ -170,6 +183,7 @@ pub async fn records(
             code: None,
         });
     }
+    written(recorder).await;
     let (mut all, source) = fleet::usage_between(shared, store, from, to)
         .await
         .map_err(|e| ApiError::Internal(format!("usage: {e}")))?;
@@ -195,6 +209,7 @@ pub async fn records(
 pub async fn own_report(
     config: &Config,
     limits: &Limits,
+    recorder: &Addr<UsageRecorder>,
     store: &Store,
     shared: Option<&Shared>,
     p: &Principal,
@@ -212,6 +227,7 @@ pub async fn own_report(
         group_by: q.group_by.clone(),
     };
     let span = records(
+        recorder,
         store,
         shared,
         &q,
