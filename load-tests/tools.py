@@ -4,6 +4,8 @@
   tools.py freeport                      print a free TCP port on 127.0.0.1
   tools.py wait HOST:PORT PATH SECONDS   poll GET PATH until it answers 200 (exit 1 on timeout)
   tools.py rss PID                       VmRSS in kB of PID plus its direct children (nginx workers)
+  tools.py smaps PID                     one process's resident memory by kind (kB): anonymous (thread
+                                         stacks, the rest), file-backed by file, from /proc/PID/smaps
   tools.py cpu PID                       utime+stime in seconds of PID plus its direct children
   tools.py hold HOST:PORT N BODYFILE [KEY]  open N keep-alive connections, send one POST on each, read the
                                          answer, print "held N", keep them open until stdin closes
@@ -219,6 +221,55 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def smaps(pid):
+    """Resident kB of one process by kind: `key value` lines (memory.sh parses them).
+
+    A thread's stack is the mapping that holds the stack pointer /proc/PID/task/TID/syscall shows for
+    it (needs the right to ptrace the process, as its owner or root).
+    """
+    sps = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                fields = f.read().split()
+            if len(fields) >= 3 and fields[-2].startswith("0x"):
+                sps.append(int(fields[-2], 16))
+        except OSError:
+            pass
+    status = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "Threads"):
+                status[k] = int(v.split()[0])
+    maps = []  # (start, end, perms, path, rss_kb)
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = re.match(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$", line)
+            if head:
+                maps.append([int(head[1], 16), int(head[2], 16), head[3], head[4].strip(), 0])
+            elif line.startswith("Rss:") and maps:
+                maps[-1][4] = int(line.split()[1])
+    stacks = stack_n = other_anon = 0
+    files = defaultdict(int)
+    for start, end, perms, path, rss in maps:
+        if path and not path.startswith("["):
+            files[os.path.basename(path)] += rss
+        elif path == "[stack]" or any(start <= sp < end for sp in sps):
+            stacks += rss
+            stack_n += 1
+        else:
+            other_anon += rss
+    for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "Threads"):
+        print(f"{k} {status.get(k, 0)}")
+    print(f"anon_thread_stacks {stacks}")
+    print(f"anon_thread_stack_mappings {stack_n}")
+    print(f"anon_other {other_anon}")
+    for name, rss in sorted(files.items(), key=lambda kv: -kv[1]):
+        if rss:
+            print(f"file:{name} {rss}")
 
 
 def cpu_ticks(pid):
@@ -544,6 +595,9 @@ def main(argv):
         return wait(*args)
     if cmd == "rss":
         rss(*args)
+        return 0
+    if cmd == "smaps":
+        smaps(int(args[0]))
         return 0
     if cmd == "cpu":
         cpu(*args)
