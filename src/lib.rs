@@ -223,6 +223,14 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             .with_through(recorder_through.clone())
             .with_queue(recorder_queue.clone())
     });
+    if let Some(keep) = config.usage.retention {
+        // After the journal's replay: a sweep never races the start-up reads of the store.
+        let retention = switchyard_actors::retention::Retention {
+            keep,
+            keep_unshipped: redis.is_some(),
+        };
+        switchyard_actors::retention::spawn(store.clone(), retention, metrics.actors.clone())?;
+    }
     let admin_token = std::env::var(&config.auth.admin_token_env)
         .ok()
         .filter(|t| !t.trim().is_empty());

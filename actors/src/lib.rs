@@ -9,5 +9,6 @@ pub mod outcome;
 pub mod policy;
 pub mod profile;
 pub mod recorder;
+pub mod retention;
 pub mod router;
 pub mod store;

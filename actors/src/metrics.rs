@@ -2,7 +2,7 @@
 //!
 //! Labels are bounded: a profile id (from the config), a failure class, a state or an actor kind.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 /// Metric names, shared with the dashboard test.
 pub mod names {
@@ -13,6 +13,7 @@ pub mod names {
     pub const ACTOR_RESTARTS: &str = "switchyard_actor_restarts_total";
     pub const MAILBOX_DROPS: &str = "switchyard_actor_mailbox_drops_total";
     pub const STORE_FLUSH: &str = "switchyard_store_flush_seconds";
+    pub const USAGE_EXPIRED: &str = "switchyard_usage_expired_records_total";
 }
 
 /// Counters the actors move; cheap to clone (prometheus handles are shared).
@@ -32,6 +33,8 @@ pub struct ActorMetrics {
     pub mailbox_drops: IntCounterVec,
     /// sled flush latency.
     pub store_flush: Histogram,
+    /// Usage records removed by retention (`usage.retention`).
+    pub usage_expired: IntCounter,
 }
 
 /// A metric definition that cannot fail for our constant names; an error means a bug in this file.
@@ -85,6 +88,10 @@ impl ActorMetrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
                 ]),
             )?,
+            usage_expired: IntCounter::new(
+                names::USAGE_EXPIRED,
+                "Usage records removed by retention (usage.retention).",
+            )?,
         })
     }
 
@@ -98,6 +105,7 @@ impl ActorMetrics {
         registry.register(Box::new(m.restarts.clone()))?;
         registry.register(Box::new(m.mailbox_drops.clone()))?;
         registry.register(Box::new(m.store_flush.clone()))?;
+        registry.register(Box::new(m.usage_expired.clone()))?;
         // Series that may stay at zero for a process's life still appear in every scrape, so dashboards
         // and alerts see 0 rather than "no data".
         for actor in ["profile", "usage_recorder"] {

@@ -9,6 +9,10 @@
 //!
 //! Every store carries the live side of its high-water mark (`highwater.rs`): writers of records that
 //! only grow count them there, and the usage recorder writes the mark after its flushes.
+//!
+//! Retention (`expire_usage`) removes whole batches whose records are all older than a cutoff, and
+//! counts what it removed in the same sled batch (`EXPIRED_KEY`): the mark counts usage records ever
+//! written, held or expired, so a store swept by retention is not taken for one that lost data.
 // Raw sled is allowed here: this is the store (see clippy.toml).
 #![allow(clippy::disallowed_types)]
 
@@ -16,6 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::health::HealthView;
@@ -102,6 +107,10 @@ pub struct Store {
     /// `usage_through`, read once at open and advanced by each batch once applied: every counters
     /// value written carries it, so the highest stored mark never goes back.
     journal_through: Arc<AtomicU64>,
+    /// How many usage records retention removed (`EXPIRED_KEY`), read once at open. A mutex, not an
+    /// atomic: a sweep reads, adds and writes it back with its deletions, and sweeps must not
+    /// interleave (one thread sweeps; the lock makes a second caller safe too).
+    expired: Arc<Mutex<u64>>,
 }
 
 /// One record per value (the layout before batching; still read).
@@ -122,6 +131,9 @@ const JOURNAL_THROUGH_KEY: &[u8] = b"v1/journal/usage_through";
 const SHIPPED_KEY: &[u8] = b"v1/shipped/usage";
 /// This store's name among the replicas that ship usage: a UUID, made once.
 const SHIPPER_KEY: &[u8] = b"v1/shipped/replica";
+/// How many usage records retention removed so far, 8 bytes big-endian; written in the batch that
+/// removes them, so the records held plus this count never go down.
+const EXPIRED_KEY: &[u8] = b"v1/retention/expired_records";
 
 /// What start-up reads of a stored counters value: `journal_through` is the store's mark when the
 /// value was written (absent: 0), counting the records of the batch it came with. The store's
@@ -177,12 +189,14 @@ impl Store {
         let usage = db.open_tree("usage")?;
         let profiles = db.open_tree("profiles")?;
         let journal_through = Arc::new(AtomicU64::new(stored_usage_through(&usage)?));
+        let expired = Arc::new(Mutex::new(read_u64(&usage, EXPIRED_KEY)?));
         Ok(Store {
             db,
             usage,
             profiles,
             high_water: Arc::new(HighWater::default()),
             journal_through,
+            expired,
         })
     }
 
@@ -299,9 +313,11 @@ impl Store {
         Ok(records.len())
     }
 
-    /// How many usage records the store holds (every value is read, none decoded: for start-up).
+    /// How many usage records were written to the store: those it holds (every value is read, none
+    /// decoded: for start-up) and those retention removed. This is what the high-water mark compares,
+    /// so it must never go down.
     pub fn count_usage_records(&self) -> Result<u64, StoreError> {
-        let mut n = 0;
+        let mut n = *self.expired.lock();
         for item in self.usage.iter() {
             let (k, v) = item?;
             n += if k.starts_with(USAGE_PREFIX.as_bytes()) {
@@ -313,6 +329,74 @@ impl Store {
             };
         }
         Ok(n)
+    }
+
+    /// How many usage records retention removed from this store, ever.
+    pub fn expired_usage_records(&self) -> u64 {
+        *self.expired.lock()
+    }
+
+    /// One bounded step of retention: looks at up to `limit` usage values keyed before `cutoff_ms`
+    /// (both layouts), from `resume` on (`None`: the start), and removes those whose records are all
+    /// older than `cutoff_ms`. A v2 batch whose sequence is `keep_from_seq` or later is kept (not yet
+    /// shipped to the fleet); so is a batch with a record at or after the cutoff (it goes in a later
+    /// sweep). The removals and the expired count go in one sled batch.
+    pub fn expire_usage(
+        &self,
+        cutoff_ms: u64,
+        keep_from_seq: Option<u64>,
+        resume: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Expired, StoreError> {
+        let mut out = Expired::default();
+        let mut batch = sled::Batch::default();
+        let mut looked = 0;
+        let ranges = [
+            (
+                USAGE_PREFIX_V1,
+                format!("{USAGE_PREFIX_V1}{cutoff_ms:016x}/"),
+            ),
+            (USAGE_PREFIX, format!("{USAGE_PREFIX}{cutoff_ms:016x}/")),
+        ];
+        'ranges: for (prefix, end) in &ranges {
+            let start = match resume {
+                Some(r) if r > prefix.as_bytes() => r,
+                _ => prefix.as_bytes(),
+            };
+            if start >= end.as_bytes() {
+                continue;
+            }
+            for item in self.usage.range(start..end.as_bytes()) {
+                let (k, v) = item?;
+                if looked == limit {
+                    out.resume = Some(k.to_vec());
+                    break 'ranges;
+                }
+                looked += 1;
+                let records = if *prefix == USAGE_PREFIX_V1 {
+                    1
+                } else {
+                    let unshipped = keep_from_seq
+                        .is_some_and(|keep| batch_seq(&k).is_none_or(|seq| seq >= keep));
+                    if unshipped || newest_ts(&k, &v)? >= cutoff_ms {
+                        continue;
+                    }
+                    count_lines(&v)
+                };
+                batch.remove(k);
+                out.batches += 1;
+                out.records += records;
+            }
+        }
+        if out.batches == 0 {
+            return Ok(out);
+        }
+        let mut expired = self.expired.lock();
+        let total = *expired + out.records;
+        batch.insert(EXPIRED_KEY, &total.to_be_bytes()[..]);
+        self.usage.apply_batch(batch)?;
+        *expired = total;
+        Ok(out)
     }
 
     /// The counts of the high-water mark: written records are added by their writers.
@@ -539,6 +623,50 @@ fn batch_key(min: u64, seq: u64) -> Vec<u8> {
     key.push(b'/');
     hex16(&mut key, seq);
     key
+}
+
+/// What one step of retention removed (`Store::expire_usage`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// Stored values removed (batches, or records of the one-record layout).
+    pub batches: u64,
+    /// Usage records among them.
+    pub records: u64,
+    /// Where the next step starts, when this one stopped at its limit.
+    pub resume: Option<Vec<u8>>,
+}
+
+/// A big-endian u64 stored under `key` (0 when absent).
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// The sequence of a v2 batch key (`None` when it is not one).
+fn batch_seq(key: &[u8]) -> Option<u64> {
+    let rest = key.strip_prefix(USAGE_PREFIX.as_bytes())?;
+    let (_, seq) = std::str::from_utf8(rest).ok()?.split_once('/')?;
+    u64::from_str_radix(seq, 16).ok()
+}
+
+/// The newest `ts_ms` among a batch's records; only that field is decoded.
+fn newest_ts(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    #[derive(Deserialize)]
+    struct Ts {
+        ts_ms: u64,
+    }
+    let mut newest = 0;
+    for line in value.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let t: Ts = serde_json::from_slice(line).map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })?;
+        newest = newest.max(t.ts_ms);
+    }
+    Ok(newest)
 }
 
 /// The highest journal mark in `usage`: its own key (stores before 2026-12-02, and batches without
@@ -810,6 +938,129 @@ mod tests {
         assert_eq!(s.usage_through().unwrap(), 9);
         assert_eq!(s.count_usage_records().unwrap(), 3);
         assert_eq!(s.load_counters("q").unwrap(), c);
+    }
+
+    #[test]
+    fn retention_removes_only_batches_whose_records_all_expired() {
+        let s = Store::temporary().unwrap();
+        // The one-record layout, before and after the cutoff.
+        for (ts, seq) in [(1_000u64, 1u64), (9_000, 2)] {
+            s.usage
+                .insert(
+                    format!("{USAGE_PREFIX_V1}{ts:016x}/{seq:016x}"),
+                    serde_json::to_vec(&rec(ts, "ok")).unwrap(),
+                )
+                .unwrap();
+        }
+        s.append_usage_batch(&[rec(2_000, "ok"), rec(2_500, "server")])
+            .unwrap();
+        // Keyed before the cutoff, with a record after it: kept whole.
+        s.append_usage_batch(&[rec(4_000, "ok"), rec(6_000, "ok")])
+            .unwrap();
+        s.append_usage(&rec(7_000, "ok")).unwrap();
+        let c = ProfileCounters {
+            requests: 6,
+            failures: 1,
+        };
+        s.save_counters("p", &c).unwrap();
+        let before = s.count_usage_records().unwrap();
+        assert_eq!(before, 7);
+
+        let step = s.expire_usage(5_000, None, None, 100).unwrap();
+        assert_eq!((step.batches, step.records, step.resume), (2, 3, None));
+        let left: Vec<u64> = s.all_usage().unwrap().iter().map(|r| r.ts_ms).collect();
+        assert_eq!(left, vec![4_000, 6_000, 7_000, 9_000]);
+        assert_eq!(s.expired_usage_records(), 3);
+        assert_eq!(s.count_usage_records().unwrap(), before, "held + expired");
+        assert_eq!(s.load_counters("p").unwrap(), c, "counters are totals");
+        // Nothing more to do at the same cutoff; the spanning batch goes once it all expired.
+        assert_eq!(s.expire_usage(5_000, None, None, 100).unwrap().records, 0);
+        assert_eq!(s.expire_usage(6_001, None, None, 100).unwrap().records, 2);
+        assert_eq!(s.count_usage_records().unwrap(), before);
+    }
+
+    #[test]
+    fn retention_keeps_unshipped_batches_and_works_in_bounded_steps() {
+        let s = Store::temporary().unwrap();
+        for ts in [1_000, 2_000, 3_000, 4_000] {
+            s.append_usage(&rec(ts, "ok")).unwrap();
+        }
+        let seqs: Vec<u64> = s
+            .usage_batches_since(0, 0)
+            .unwrap()
+            .iter()
+            .map(|(_, seq, _)| *seq)
+            .collect();
+        // Nothing shipped yet: everything stays.
+        assert_eq!(
+            s.expire_usage(10_000, Some(0), None, 100).unwrap().records,
+            0
+        );
+        // The first two shipped: only they may go, one value a step.
+        let mut resume = None;
+        let mut steps = 0;
+        loop {
+            let step = s
+                .expire_usage(10_000, Some(seqs[2]), resume.as_deref(), 1)
+                .unwrap();
+            steps += 1;
+            assert!(step.batches <= 1);
+            match step.resume {
+                Some(r) => resume = Some(r),
+                None => break,
+            }
+        }
+        assert_eq!(steps, 4, "one value looked at per step");
+        let left: Vec<u64> = s.all_usage().unwrap().iter().map(|r| r.ts_ms).collect();
+        assert_eq!(left, vec![3_000, 4_000]);
+        assert_eq!(s.expired_usage_records(), 2);
+    }
+
+    #[test]
+    fn the_high_water_check_passes_after_a_sweep_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = |s: &Store| Counts {
+            usage_records: s.count_usage_records().unwrap(),
+            id_counter: s.next_id().unwrap(),
+            ..Counts::default()
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.arm_high_water(dir.path(), held(&s)).unwrap();
+            let batch: Vec<_> = (0..5).map(|i| rec(1_000 + i, "ok")).collect();
+            s.append_usage_batch(&batch).unwrap();
+            s.append_usage(&rec(90_000, "ok")).unwrap();
+            s.flush_blocking().unwrap();
+            assert!(s.mark_high_water().unwrap());
+            assert_eq!(s.expire_usage(50_000, None, None, 100).unwrap().records, 5);
+            s.flush_blocking().unwrap();
+        }
+        let s = reopen(dir.path());
+        assert_eq!(
+            s.all_usage().unwrap().len(),
+            1,
+            "only the young record is held"
+        );
+        assert_eq!(
+            s.expired_usage_records(),
+            5,
+            "the expired count is read back"
+        );
+        assert_eq!(
+            highwater::read(dir.path()).unwrap().unwrap().usage_records,
+            6
+        );
+        assert!(
+            s.arm_high_water(dir.path(), held(&s)).unwrap(),
+            "not behind its mark"
+        );
+        // Without the expired count the store would look rolled back.
+        let only_held = Counts {
+            usage_records: 1,
+            ..held(&s)
+        };
+        let err = highwater::check(dir.path(), &only_held).unwrap_err();
+        assert!(err.to_string().contains("usage records 1 < 6"), "{err}");
     }
 
     #[test]

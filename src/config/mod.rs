@@ -375,6 +375,9 @@ pub struct UsageConfig {
     /// `usage.fsync` (default false): durable responses wait for a sled flush (fsync) instead of the
     /// journal's write, so they also survive a power loss. Read at start.
     pub fsync: bool,
+    /// `usage.retention` (default 90 days): usage records older than this are removed; `None`
+    /// (`0` or `forever`) keeps every record. Read at start.
+    pub retention: Option<Duration>,
     /// `credits.reservation_lease` (default 10m): a reservation a crashed process left open is released
     /// once this long has passed since it was made.
     pub reservation_lease: Duration,

@@ -185,6 +185,8 @@ pub(crate) struct RawUsage {
     pub durable: Option<bool>,
     /// Wait for an fsync (power-loss safety) instead of the journal's write (kill -9 safety).
     pub fsync: Option<Spanned<bool>>,
+    /// How long usage records are kept: a duration, or `0` / `forever`.
+    pub retention: Option<Text>,
 }
 
 /// `credits:`

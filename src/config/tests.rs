@@ -208,6 +208,21 @@ profiles:
     assert!(!c.usage.durable);
     let f = load("usage: {fsync: true}\n");
     assert!(f.usage.fsync && f.usage.durable);
+    assert_eq!(
+        c.usage.retention,
+        Some(Duration::from_secs(90 * 86_400)),
+        "bounded by default"
+    );
+    for (text, kept) in [
+        ("30d", Some(Duration::from_secs(30 * 86_400))),
+        ("\"0\"", None),
+        ("0", None),
+        ("forever", None),
+        ("10s", Some(Duration::from_secs(10))),
+    ] {
+        let r = load(&format!("usage: {{retention: {text}}}\n"));
+        assert_eq!(r.usage.retention, kept, "{text}");
+    }
     assert_eq!(c.models[0].strategy, Some(Strategy::Priority));
     let a = &c.profiles[0];
     assert_eq!(a.base_url, "https://a.example/v1");
@@ -630,6 +645,10 @@ fn syntax_and_type_errors_are_reported_with_their_position() {
     check(
         "usage:\n  fsync: always\n",
         &[r#"t.yaml:2:10: usage.fsync: expected true or false, found "always""#],
+    );
+    check(
+        "usage:\n  retention: 500ms\n",
+        &["t.yaml:2:14: usage.retention: must be at least 1s (or 0 / forever to keep every record)"],
     );
     check(
         "usage:\n  durable: false\n  fsync: true\n",

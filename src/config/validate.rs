@@ -17,8 +17,8 @@ use super::raw::{
 };
 use super::report::{line_of, Report};
 use super::values::{
-    cooldown, count, duration, env_name, parse_size, price, pricing, socket_addr, strategy,
-    timeouts, usd_micros, DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_ADMIN_TOKEN_ENV,
+    cooldown, count, duration, env_name, parse_size, price, pricing, retention, socket_addr,
+    strategy, timeouts, usd_micros, DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_ADMIN_TOKEN_ENV,
     DEFAULT_BILLING_COOLDOWN, DEFAULT_BREAKER, DEFAULT_COOLDOWN, DEFAULT_DATA_DIR,
     DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFETCH, DEFAULT_JWT_SECRET_ENV, DEFAULT_LOGIN,
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_KEYS_PER_ACCOUNT,
@@ -52,6 +52,7 @@ pub(super) fn validate(report: &mut Report, source: &Path, raw: RawConfig) -> Co
     let usage = UsageConfig {
         durable,
         fsync,
+        retention: retention(report, "usage.retention", raw.usage.retention.as_ref()),
         reservation_lease: duration(
             report,
             "credits.reservation_lease",

@@ -144,6 +144,40 @@ pub(super) fn duration(
     }
 }
 
+/// What `usage.retention` keeps when the config says nothing: three months, so the last full
+/// calendar month's reports are always there, while the store stays bounded.
+pub(super) const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+
+/// A retention: a humantime duration of at least 1s, or `0` / `forever` to keep everything (`None`).
+pub(super) fn retention(report: &mut Report, path: &str, raw: Option<&Text>) -> Option<Duration> {
+    let Some(raw) = raw else {
+        return Some(DEFAULT_RETENTION);
+    };
+    if matches!(raw.as_str().trim(), "0" | "forever") {
+        return None;
+    }
+    match humantime::parse_duration(raw) {
+        Ok(d) if d.is_zero() => None,
+        Ok(d) if d < Duration::from_secs(1) => {
+            report.at(
+                raw.span(),
+                path,
+                "must be at least 1s (or 0 / forever to keep every record)",
+            );
+            Some(DEFAULT_RETENTION)
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            let message = format!(
+                "invalid duration {:?}: {e} (e.g. 30d, 12h; 0 or forever keeps every record)",
+                raw.as_str()
+            );
+            report.at(raw.span(), path, message);
+            Some(DEFAULT_RETENTION)
+        }
+    }
+}
+
 /// A cooldown's `initial` and `max`, with `initial <= max`.
 pub(super) fn cooldown(
     report: &mut Report,

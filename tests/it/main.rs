@@ -21,6 +21,7 @@ mod presets;
 mod readme;
 mod replicas;
 mod responses;
+mod retention;
 mod routing;
 mod smoke;
 mod ui;

@@ -42,6 +42,8 @@ pub struct ConfigBuilder {
     pub breaker: (u32, String),
     pub timeouts: (String, String, String),
     pub durable: bool,
+    /// Extra YAML lines under `usage:` (unindented; the builder indents them), e.g. `retention: 5s`.
+    pub extra_usage_yaml: Vec<String>,
     pub max_body_size: Option<String>,
     /// Extra YAML lines under `server:` (unindented; the builder indents them), e.g. `body_timeout: 1s`.
     pub extra_server_yaml: Vec<String>,
@@ -70,6 +72,7 @@ impl Default for ConfigBuilder {
             breaker: (5, "30s".into()),
             timeouts: ("2s".into(), "5s".into(), "5s".into()),
             durable: true,
+            extra_usage_yaml: Vec::new(),
             max_body_size: None,
             extra_server_yaml: Vec::new(),
             auth_required: false,
@@ -167,6 +170,9 @@ impl ConfigBuilder {
             self.timeouts.0, self.timeouts.1, self.timeouts.2
         ));
         y.push_str(&format!("usage:\n  durable: {}\n", self.durable));
+        for line in &self.extra_usage_yaml {
+            y.push_str(&format!("  {line}\n"));
+        }
         y.push_str("models:\n");
         for (name, profiles, strategy) in &self.models {
             y.push_str(&format!(
