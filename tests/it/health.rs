@@ -597,6 +597,16 @@ async fn requests_and_failures_count_attempts() {
     a.push(Reply::server_error());
     let (status, _, _) = chat(&server, &chat_body("m")).await;
     assert_eq!(status, 200);
+    // The failure reaches a's actor after the answer (a message): until it has, `healthy` is the
+    // state from before it, and request 2 would meet a cooling down.
+    wait_for(
+        &server,
+        "a",
+        "counted its failure",
+        Duration::from_secs(2),
+        |p| p["consecutive_failures"] == 1,
+    )
+    .await;
     wait_state(&server, "a", "healthy", Duration::from_secs(2)).await;
     // 2: a answers. 3: a returns the client's error (an attempt, not a failure).
     let (status, _, _) = chat(&server, &chat_body("m")).await;
