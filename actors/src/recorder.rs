@@ -651,7 +651,8 @@ mod tests {
                 .unwrap()
                 .scan_prefix("v2/usage/")
                 .count(),
-            1
+            // One batch, in as few values as the store's cap on records a value allows.
+            100usize.div_ceil(crate::store::MAX_RECORDS_PER_VALUE)
         );
         addr.send(FlushUsage).await.unwrap().unwrap();
         assert_eq!(
