@@ -176,11 +176,9 @@ impl UpstreamProfile {
             );
         }
         for (name, value) in headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                map.append(n, v);
+            // The names are the dialect's own constants (`anthropic-beta`...), lowercase and valid.
+            if let Ok(v) = HeaderValue::from_str(value) {
+                map.append(HeaderName::from_static(name), v);
             }
         }
         if let Some((name, value)) = &self.auth {
@@ -262,10 +260,6 @@ impl UpstreamRequest<'_> {
                 reason: "the stored credential is not a valid header value".to_owned(),
             })?;
             headers.append(name, value);
-        }
-        // reqwest's client sent this by default; upstreams may log or route on it.
-        if !headers.contains_key(http::header::ACCEPT) {
-            headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
         }
         let uri = uri.map_err(|e| SendError::Transport(TransportError::invalid_url(e)))?;
         let mut req = Request::new(Full::new(body));
@@ -414,6 +408,11 @@ fn build_profile(
         let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
         let v = HeaderValue::from_str(value).map_err(|_| bad())?;
         headers.insert(n, v);
+    }
+    // reqwest's client sent this by default; upstreams may log or route on it. Only the profile's
+    // headers can name it (the dialect's and the credential's never do), so it is decided here once.
+    if !headers.contains_key(http::header::ACCEPT) {
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
     }
     let query = match &p.api_version {
         Some(v) => format!("?api-version={v}"),
