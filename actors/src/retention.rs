@@ -88,25 +88,16 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::UsageRecord;
-
-    fn rec(ts: u64) -> UsageRecord {
-        serde_json::from_value(serde_json::json!({
-            "ts_ms": ts, "request_id": "r", "profile": "p", "model": "m", "account": null,
-            "key_id": null, "outcome": "ok", "status": 200, "prompt_tokens": 1,
-            "completion_tokens": 2, "latency_ms": 3, "attempt": 1, "stream": false,
-        }))
-        .unwrap()
-    }
+    use crate::store::tests::rec;
 
     #[test]
     fn a_sweep_goes_through_every_chunk_and_counts_what_it_removed() {
         let s = Store::temporary().unwrap();
         let old = CHUNK as u64 * 2 + 3;
         for i in 0..old {
-            s.append_usage(&rec(1_000 + i)).unwrap();
+            s.append_usage(&rec(1_000 + i, "ok")).unwrap();
         }
-        s.append_usage(&rec(100_000)).unwrap();
+        s.append_usage(&rec(100_000, "ok")).unwrap();
         let counter = IntCounter::new("t", "t").unwrap();
         let retention = Retention {
             keep: Duration::from_secs(10),
@@ -114,14 +105,14 @@ mod tests {
         };
         assert_eq!(sweep(&s, &retention, 100_500, &counter).unwrap(), old);
         assert_eq!(counter.get(), old);
-        assert_eq!(s.all_usage().unwrap(), vec![rec(100_000)]);
+        assert_eq!(s.all_usage().unwrap(), vec![rec(100_000, "ok")]);
     }
 
     #[test]
     fn with_the_fleet_a_sweep_keeps_what_was_not_shipped() {
         let s = Store::temporary().unwrap();
         for ts in [1_000, 2_000, 3_000] {
-            s.append_usage(&rec(ts)).unwrap();
+            s.append_usage(&rec(ts, "ok")).unwrap();
         }
         let counter = IntCounter::new("t", "t").unwrap();
         let retention = Retention {
@@ -136,7 +127,7 @@ mod tests {
         let third = s.usage_batches_since(0, 0).unwrap()[2].1;
         s.set_usage_shipped(2_000, third).unwrap();
         assert_eq!(sweep(&s, &retention, 60_000, &counter).unwrap(), 2);
-        assert_eq!(s.all_usage().unwrap(), vec![rec(3_000)]);
+        assert_eq!(s.all_usage().unwrap(), vec![rec(3_000, "ok")]);
     }
 
     #[test]

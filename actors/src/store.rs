@@ -728,10 +728,11 @@ fn decode(key: &[u8], value: &[u8]) -> Result<UsageRecord, StoreError> {
 pub use crate::clock::now_ms;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rec(ts: u64, outcome: &str) -> UsageRecord {
+    /// A usage record at `ts` with `outcome`, for this crate's tests.
+    pub(crate) fn rec(ts: u64, outcome: &str) -> UsageRecord {
         UsageRecord {
             ts_ms: ts,
             request_id: "r".into(),
