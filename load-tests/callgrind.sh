@@ -27,15 +27,8 @@ if [ "${1:-}" = --no-build ]; then BUILD=0; shift; fi
 VARIANT="${1:-default}"
 N="${2:-2000}"
 ROUTE="${3:-chat}"
-case "$VARIANT" in
-  default) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=true ;;
-  fsync) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE="true, fsync: true" ;;
-  bare) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=false ;;
-  full) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00"; DURABLE=true ;;
-  fullnd) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00"; DURABLE=false ;;
-  fullnc) TMPL=full.yaml.tmpl; CREDITS="# no monthly_credits: not metered"; DURABLE=true ;;
-  *) echo "unknown variant $VARIANT (default, fsync, bare, full, fullnd or fullnc)" >&2; exit 2 ;;
-esac
+source "$HERE/common.sh"
+variant "$VARIANT"
 
 for tool in valgrind callgrind_control callgrind_annotate python3; do
   command -v "$tool" >/dev/null || {
@@ -50,15 +43,9 @@ fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 WORK="$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)"
-PIDS=()
 cleanup() {
   set +e
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-  done
-  wait 2>/dev/null
+  stop_started
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$WORK"/callgrind.out* "$KEEP"/ 2>/dev/null; fi
   rm -rf "$WORK"
 }
@@ -66,15 +53,11 @@ trap cleanup EXIT
 KEEP="${CALLGRIND_KEEP:-}"   # a directory to copy the callgrind dump into (for kcachegrind / callgrind_annotate)
 trap 'exit 130' INT TERM
 
-"$BIN/mock-upstream" --listen 127.0.0.1:0 >"$WORK/mock.out" 2>/dev/null &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q '^listening on ' "$WORK/mock.out" 2>/dev/null && break; sleep 0.05; done
-UPSTREAM="$(sed -n 's/^listening on //p' "$WORK/mock.out" | head -1)"
+start_mock "$BIN"
 
 PORT="$($TOOLS freeport)"
 ADMIN="cg-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-sed -e "s|@PORT@|$PORT|g" -e "s|@DATA@|$WORK/data|g" -e "s|@UPSTREAM@|$UPSTREAM|g" -e "s|@CREDITS@|$CREDITS|g" -e "s|@DURABLE@|$DURABLE|g" -e "s|@STATE@|# state: local|g" \
-  "$HERE/configs/$TMPL" >"$WORK/config.yaml"
+render_config "$PORT"
 SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
   "$BIN/switchyard" serve --config "$WORK/config.yaml" --workers 1 --shutdown-timeout 2s --log-format json \

@@ -25,12 +25,8 @@ WORKERS="${2:-2}"
 CONNS="${3:-50}"
 SECONDS_EACH="${4:-10}"
 RUNS="${5:-3}"
-case "$VARIANT" in
-  default) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=true ;;
-  bare) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=false ;;
-  full) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00"; DURABLE=true ;;
-  *) echo "unknown variant $VARIANT (default, bare or full)" >&2; exit 2 ;;
-esac
+source "$HERE/common.sh"
+variant "$VARIANT"
 for tool in perf wrk python3; do
   command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
 done
@@ -40,29 +36,14 @@ fi
 BIN="${KERNEL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}"   # KERNEL_BIN: another folder with both binaries
 
 WORK="$(mktemp -d /tmp/switchyard-kernel.XXXXXX)"
-PIDS=()
-cleanup() {
-  set +e
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-  done
-  wait 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap 'set +e; stop_started; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
 
-"$BIN/mock-upstream" --listen 127.0.0.1:0 >"$WORK/mock.out" 2>/dev/null &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q '^listening on ' "$WORK/mock.out" 2>/dev/null && break; sleep 0.05; done
-UPSTREAM="$(sed -n 's/^listening on //p' "$WORK/mock.out" | head -1)"
+start_mock "$BIN"
 
 PORT="$($TOOLS freeport)"
 ADMIN="k-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-sed -e "s|@PORT@|$PORT|g" -e "s|@DATA@|$WORK/data|g" -e "s|@UPSTREAM@|$UPSTREAM|g" -e "s|@CREDITS@|$CREDITS|g" -e "s|@DURABLE@|$DURABLE|g" -e "s|@STATE@|# state: local|g" \
-  "$HERE/configs/$TMPL" >"$WORK/config.yaml"
+render_config "$PORT"
 SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
   "$BIN/switchyard" serve --config "$WORK/config.yaml" --workers "$WORKERS" --shutdown-timeout 2s --log-format json \
   >"$WORK/stdout" 2>"$WORK/log" &

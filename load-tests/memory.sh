@@ -42,12 +42,9 @@ while [ $# -gt 0 ]; do
 done
 VARIANT="${1:-default}"
 N="${2:-500000}"
-case "$VARIANT" in
-  default) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=true; SESSIONS=0 ;;
-  bare) TMPL=bare.yaml.tmpl; CREDITS=""; DURABLE=false; SESSIONS=0 ;;
-  full) TMPL=full.yaml.tmpl; CREDITS="monthly_credits: 1000000.00"; DURABLE=true; SESSIONS=1000 ;;
-  *) echo "unknown variant $VARIANT (default, bare or full)" >&2; exit 2 ;;
-esac
+source "$HERE/common.sh"
+variant "$VARIANT"
+SESSIONS=0; [ "$TMPL" = full.yaml.tmpl ] && SESSIONS=1000
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release -q -p switchyard -p switchyard-load-tests)
@@ -55,18 +52,7 @@ fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 WORK="$(mktemp -d /tmp/switchyard-memory.XXXXXX)"
-PIDS=()
-stop_all() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-}
-trap 'set +e; stop_all; rm -rf "$WORK"' EXIT
+trap 'set +e; stop_started; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
 
 mb() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
@@ -85,15 +71,10 @@ ROWS="$WORK/rows.tsv"
 : >"$ROWS"
 for run in $(seq "$RUNS"); do
   rm -rf "$WORK/data"
-  "$BIN/mock-upstream" --listen 127.0.0.1:0 >"$WORK/mock.out" 2>/dev/null &
-  PIDS+=($!)
-  for _ in $(seq 100); do grep -q '^listening on ' "$WORK/mock.out" 2>/dev/null && break; sleep 0.05; done
-  UPSTREAM="$(sed -n 's/^listening on //p' "$WORK/mock.out" | head -1)"
-  [ -n "$UPSTREAM" ] || { echo "the mock upstream did not start ($BIN/mock-upstream)" >&2; exit 1; }
+  start_mock "$BIN"
   PORT="$($TOOLS freeport)"
   ADMIN="mem-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-  sed -e "s|@PORT@|$PORT|g" -e "s|@DATA@|$WORK/data|g" -e "s|@UPSTREAM@|$UPSTREAM|g" -e "s|@CREDITS@|$CREDITS|g" \
-    -e "s|@DURABLE@|$DURABLE|g" -e "s|@STATE@|# state: local|g" "$HERE/configs/$TMPL" >"$WORK/config.yaml"
+  render_config "$PORT"
   for line in "${SERVER_LINES[@]}"; do
     sed -i "/^server:/a\\  $line" "$WORK/config.yaml"
   done
@@ -139,7 +120,7 @@ for run in $(seq "$RUNS"); do
     sleep 0.5
     printf 'run %s\t' "$run" >>"$ROWS"; snapshot "$SY_PID" purged "$served" >>"$ROWS"
   fi
-  stop_all
+  stop_started
 done
 
 echo "## Switchyard $VARIANT, $WORKERS workers, $N requests at $CONNS connections, $RUNS fresh processes" \
