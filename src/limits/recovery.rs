@@ -207,7 +207,15 @@ mod tests {
             store.flush_blocking().unwrap();
             last
         };
-        let store = Store::open(dir.path()).unwrap();
+        // Dropping a store does not wait for sled's threads to let go of the directory's lock.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("cannot reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
         assert_eq!(
             recover(&store, dir.path(), LEASE).unwrap().usage_records,
             1,
