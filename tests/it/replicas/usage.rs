@@ -143,19 +143,41 @@ async fn a_replica_killed_mid_traffic_ships_every_acknowledged_record_when_it_is
     }
     replicas[1].restart();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    // Every acknowledged answer counts; an answer cut by the kill may count as well.
-    let v = until_usage(&replicas[0], |n| n >= ok).await;
-    let counted = v["total"]["requests"].as_u64().unwrap();
+    // Every acknowledged answer counts; an answer cut by the kill may count as well. The restarted
+    // replica reports the same total as the others once it has shipped what its journal held.
+    let counted = settled_usage(&[&replicas[0], &replicas[1], &replicas[2]], ok).await;
     assert!(
         counted <= ok + failed,
-        "{counted} counted, {ok} answered, {failed} cut: {v}"
+        "{counted} counted, {ok} answered, {failed} cut"
     );
     eprintln!("after kill -9: {ok} answered with 200, {failed} failed or cut, {counted} counted");
-    // The restarted replica reports the same.
-    let again = until_usage(&replicas[1], |n| n >= counted).await;
-    assert_eq!(
-        again["total"]["requests"].as_u64().unwrap(),
-        counted,
-        "{again}"
-    );
+}
+
+/// Polls `/admin/usage` on every replica until they all report one total, at least `min`, that has
+/// not moved for a second (five of the replicas' ship intervals); that total. Reaching `min` is not
+/// enough: the record of an answer the kill cut may still be on its way from the restarted replica.
+async fn settled_usage(servers: &[&Server], min: u64) -> u64 {
+    let started = Instant::now();
+    let mut last: Option<(u64, Instant)> = None;
+    loop {
+        let mut totals = Vec::with_capacity(servers.len());
+        for s in servers {
+            totals.push(fleet_usage(s).await["total"]["requests"].as_u64().unwrap());
+        }
+        let agreed = totals.iter().all(|t| *t == totals[0] && *t >= min);
+        match last {
+            Some((t, since)) if agreed && t == totals[0] => {
+                if since.elapsed() >= Duration::from_secs(1) {
+                    return t;
+                }
+            }
+            _ if agreed => last = Some((totals[0], Instant::now())),
+            _ => last = None,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no settled total of at least {min}: {totals:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
