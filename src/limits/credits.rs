@@ -145,9 +145,16 @@ pub struct Ledger {
     unwritten: Mutex<Vec<Queued>>,
     /// Held while a batch is written, so batches reach the store in the order they were decided.
     write_order: Mutex<()>,
-    /// The store: its id generator orders transactions written within the same millisecond and stays
-    /// unique across restarts (a per-process counter would reuse keys after a quick restart), and its
-    /// high-water mark counts the transactions written.
+    /// The next transaction's sequence: it orders transactions decided within the same millisecond,
+    /// makes their ids unique, and is what replay compares (`newest_seq`) and what `written_through`
+    /// counts. An atomic, not sled's `generate_id`: that takes sled's global concurrency-control lock,
+    /// which the recorder's and this ledger's `apply_batch` hold for writing, and it was drawn under
+    /// `accounts`, so a metered request waited behind a sled batch and the others behind it. Drawn
+    /// under `accounts` still, so sequence order is decision order (the order of `unwritten` and of
+    /// the journal's staged lines). It starts above everything an earlier run can have left (see
+    /// `first_seq`), so sequences keep growing across restarts and kill -9.
+    next_seq: AtomicU64,
+    /// The store, whose high-water mark counts the transactions written.
     store: Store,
     /// This process's id on its leases.
     boot: String,
@@ -332,11 +339,14 @@ fn parse_month(s: &[u8]) -> Option<u32> {
 impl Ledger {
     /// Opens the ledger in the store's `billing` tree.
     pub fn open(store: &Store) -> Result<Ledger, StoreError> {
+        let tree = store.open_tree(TREE)?;
+        let next_seq = AtomicU64::new(first_seq(store, &tree)?);
         Ok(Ledger {
-            tree: store.open_tree(TREE)?,
+            tree,
             accounts: Mutex::new(HashMap::new()),
             unwritten: Mutex::new(Vec::new()),
             write_order: Mutex::new(()),
+            next_seq,
             store: store.clone(),
             boot: uuid::Uuid::new_v4().simple().to_string(),
             marks: Mutex::new(HashMap::new()),
@@ -357,16 +367,8 @@ impl Ledger {
     }
 
     /// The sequence of the account's newest stored transaction (0 when none).
-    fn newest_seq(&self, account: &str) -> Result<u64, LedgerError> {
-        let Some(item) = self.tree.scan_prefix(tx_prefix(account)).next_back() else {
-            return Ok(0);
-        };
-        let (k, v) = item?;
-        Ok(decode_batch(&k, &v)?
-            .last()
-            .and_then(|t| t.id.rsplit('_').next())
-            .and_then(|seq| seq.parse().ok())
-            .unwrap_or(0))
+    fn newest_seq(&self, account: &str) -> Result<u64, StoreError> {
+        newest_seq_under(&self.tree, tx_prefix(account).as_bytes())
     }
 
     /// Writes the journal's transactions that the store lacks: per account, those after its newest
@@ -616,7 +618,7 @@ impl Ledger {
             needed: amount.unsigned_abs(),
         })?;
         let ts_ms = now_ms();
-        let seq = self.store.db().generate_id()?;
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let id = tx_id(ts_ms, seq);
         let line = encode(&TxFields {
             id: &id,
@@ -1040,17 +1042,70 @@ impl Ledger {
     }
 }
 
+/// Where a run's transaction sequences start: above sled's id counter (what stores written before
+/// this counter drew their sequences from) and above every sequence the store holds. The store holds
+/// every sequence an earlier run can have left: `recover` has written what only the journal held (a
+/// kill -9 leaves journal lines above anything sled wrote) before the server opens its ledger, and
+/// what neither holds was never written anywhere, so its id is referenced nowhere.
+fn first_seq(store: &Store, tree: &sled::Tree) -> Result<u64, StoreError> {
+    Ok(store
+        .next_id()?
+        .max(newest_stored_seq(tree)?.saturating_add(1)))
+}
+
+/// The highest sequence of a stored transaction (0 when none): the largest of each account's newest
+/// (replay's assumption too: an account's batches are keyed in decision order, and a batch holds its
+/// transactions in that order). Two lookups per account, not a scan of the ledger.
+fn newest_stored_seq(tree: &sled::Tree) -> Result<u64, StoreError> {
+    let mut newest = 0;
+    let mut from = TX_PREFIX.as_bytes().to_vec();
+    while let Some(item) = tree.range(from.as_slice()..).next() {
+        let (key, _) = item?;
+        let Some(rest) = key.strip_prefix(TX_PREFIX.as_bytes()) else {
+            break;
+        };
+        let Some(end) = rest.iter().position(|b| *b == b'/') else {
+            // Not a batch key; step over it.
+            from = key.to_vec();
+            from.push(0);
+            continue;
+        };
+        let account = &key[..TX_PREFIX.len() + end + 1];
+        newest = newest.max(newest_seq_under(tree, account)?);
+        // Past every key of this account: its prefix ends in `/`, and `0` follows `/`. Hex digits
+        // follow the prefix of an account whose hex this one's is the start of, so none is skipped.
+        from = account.to_vec();
+        if let Some(last) = from.last_mut() {
+            *last = b'/' + 1;
+        }
+    }
+    Ok(newest)
+}
+
+/// The sequence of the newest transaction under `prefix` (one account's batches; 0 when none).
+fn newest_seq_under(tree: &sled::Tree, prefix: &[u8]) -> Result<u64, StoreError> {
+    let Some(item) = tree.scan_prefix(prefix).next_back() else {
+        return Ok(0);
+    };
+    let (k, v) = item?;
+    let txs = decode_batch(&k, &v)?;
+    Ok(txs.iter().filter_map(|t| seq_of(&t.id)).max().unwrap_or(0))
+}
+
+/// The sequence in a transaction id (`tx_<ts>_<seq>`).
+fn seq_of(id: &str) -> Option<u64> {
+    id.rsplit('_').next()?.parse().ok()
+}
+
 /// The transactions of one stored value: JSON Lines (one line for values written before batching).
-fn decode_batch(key: &[u8], value: &[u8]) -> Result<Vec<Transaction>, LedgerError> {
+fn decode_batch(key: &[u8], value: &[u8]) -> Result<Vec<Transaction>, StoreError> {
     value
         .split(|b| *b == b'\n')
         .filter(|line| !line.is_empty())
         .map(|line| {
-            serde_json::from_slice(line).map_err(|source| {
-                LedgerError::Store(StoreError::Corrupt {
-                    key: String::from_utf8_lossy(key).into_owned(),
-                    source,
-                })
+            serde_json::from_slice(line).map_err(|source| StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                source,
             })
         })
         .collect()
@@ -1442,6 +1497,65 @@ mod tests {
         assert_eq!(l.epoch(), 9);
         assert_eq!(l.mark("a").unwrap(), (Mark { epoch: 9, seq: 0 }, Some(700)));
         assert_eq!(Ledger::open(&store).unwrap().epoch(), 9);
+    }
+
+    /// The sequence of the transaction a fresh movement on `account` gets.
+    fn next_seq_of(l: &Ledger, account: &str) -> u64 {
+        seq_of(&l.adjust(account, 1, None).unwrap().id).unwrap()
+    }
+
+    #[test]
+    fn a_reopened_ledger_draws_sequences_above_every_stored_one() {
+        let store = Store::temporary().unwrap();
+        let highest = {
+            let l = Ledger::open(&store).unwrap();
+            // "a" (hex 61) is a prefix of "ab" (6162), and "b" (62) sorts after both: the newest
+            // transaction is in the account between the two, the one a careless walk would skip.
+            for account in ["b", "a", "ab"] {
+                l.adjust(account, 1_000, None).unwrap();
+            }
+            let mut highest = 0;
+            for i in 0..200 {
+                let r = l
+                    .reserve("ab", None, 1, (&format!("r{i}"), "m"), LEASE)
+                    .unwrap();
+                l.settle(&r, 1).unwrap();
+                highest = seq_of(&r.tx).unwrap();
+            }
+            l.write_pending().unwrap();
+            highest + 1
+        };
+        // sled's own counter is far behind: the ledger no longer draws from it.
+        assert!(store.next_id().unwrap() < highest);
+        let l = Ledger::open(&store).unwrap();
+        let next = next_seq_of(&l, "a");
+        assert!(next > highest, "{next} after {highest}");
+        assert_eq!(next_seq_of(&l, "b"), next + 1);
+        assert_eq!(newest_stored_seq(&l.tree).unwrap(), next + 1);
+    }
+
+    #[test]
+    fn sequences_start_above_sleds_counter_for_a_store_written_by_it() {
+        let store = Store::temporary().unwrap();
+        let drawn = (0..50).map(|_| store.next_id().unwrap()).max().unwrap();
+        assert!(next_seq_of(&Ledger::open(&store).unwrap(), "a") > drawn);
+    }
+
+    #[test]
+    fn the_newest_stored_sequence_walks_every_account() {
+        let l = ledger();
+        // Each account sorts somewhere else among the others (`""` first, `a/b` between `a` and `ab`):
+        // the newest is found wherever it is.
+        assert_eq!(newest_stored_seq(&l.tree).unwrap(), 0);
+        let mut seqs = Vec::new();
+        for account in ["a", "ab", "a/b", "b", "", "zz"] {
+            seqs.push(next_seq_of(&l, account));
+            assert_eq!(
+                newest_stored_seq(&l.tree).unwrap(),
+                *seqs.iter().max().unwrap(),
+                "after {account:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! store lacks are replayed into it before anything reads it (`limits::recover`).
 //!
 //! One line per entry: a tag (`U` usage record, `T` ledger transaction), the entry's sequence number
-//! (unique and increasing across restarts within its kind: sled's id counter for transactions,
-//! `recovery::usage_sequence` for usage records) and the entry's JSON. Replay skips lines
+//! (unique and increasing across restarts within its kind: the ledger's in-memory counter for
+//! transactions, `recovery::usage_sequence` for usage records) and the entry's JSON. Replay skips lines
 //! that do not parse (a torn tail after a power loss), so the format needs no framing beyond `\n`.
 
 use std::fs::{File, OpenOptions};

@@ -129,10 +129,16 @@ mod tests {
     /// A ledger and journal over one store in `dir`, wired as the server wires them.
     fn open(dir: &Path) -> (Store, Ledger, Arc<Journal>) {
         let store = Store::open(dir).unwrap();
-        let ledger = Ledger::open(&store).unwrap();
-        let journal = Arc::new(Journal::create(dir, usage_sequence(&store).unwrap()).unwrap());
-        ledger.attach_journal(journal.clone());
+        let (ledger, journal) = wire(&store, dir);
         (store, ledger, journal)
+    }
+
+    /// `open` for a store already open (a run after `recover`).
+    fn wire(store: &Store, dir: &Path) -> (Ledger, Arc<Journal>) {
+        let ledger = Ledger::open(store).unwrap();
+        let journal = Arc::new(Journal::create(dir, usage_sequence(store).unwrap()).unwrap());
+        ledger.attach_journal(journal.clone());
+        (ledger, journal)
     }
 
     /// What a crash leaves: the journal's lines, and a store that never got the movements queued
@@ -225,6 +231,52 @@ mod tests {
         let first = next().unwrap();
         assert!(first > last, "{first} after {last}");
         assert_eq!(next().unwrap(), first + 1);
+    }
+
+    /// A kill -9 leaves movements that only the journal holds, with sequences above anything the
+    /// store has; the next run's movements must get higher ones, or the run after a second crash
+    /// would take them for transactions the store already holds and skip them.
+    #[test]
+    fn the_next_runs_transactions_are_numbered_above_those_only_the_journal_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ledger, journal) = open(dir.path());
+        ledger.adjust("a", 1_000, None).unwrap();
+        ledger.adjust("b", 1_000, None).unwrap();
+        let mut last = 0;
+        for i in 0..100 {
+            let r = ledger
+                .reserve("b", None, 1, (&format!("r{i}"), "m"), LEASE)
+                .unwrap();
+            ledger.settle(&r, 1).unwrap();
+            last = r.tx.rsplit('_').next().unwrap().parse::<u64>().unwrap();
+        }
+        let body = serde_json::to_vec(&rec("r99")).unwrap();
+        journal.append(&body, |_| ()).unwrap();
+        // The crash: the queued movements never reach the store.
+        drop((ledger, journal));
+        assert!(
+            store.next_id().unwrap() < last,
+            "sled's counter alone would reuse them"
+        );
+
+        let got = recover(&store, dir.path(), LEASE).unwrap();
+        assert_eq!(
+            got.transactions, 200,
+            "every settled reservation, from the journal"
+        );
+        let (ledger, journal) = wire(&store, dir.path());
+        let r = ledger.reserve("a", None, 1, ("next", "m"), LEASE).unwrap();
+        let next: u64 = r.tx.rsplit('_').next().unwrap().parse().unwrap();
+        assert!(next > last + 1, "{next} after {last}");
+
+        // And so a second crash loses none of this run's movements either.
+        ledger.settle(&r, 1).unwrap();
+        journal.append(&body, |_| ()).unwrap();
+        drop((ledger, journal));
+        assert_eq!(recover(&store, dir.path(), LEASE).unwrap().transactions, 2);
+        let ledger = Ledger::open(&store).unwrap();
+        assert_eq!(ledger.balance("a").unwrap(), 999);
+        assert_eq!(ledger.balance("b").unwrap(), 900);
     }
 
     #[tokio::test]
