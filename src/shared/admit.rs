@@ -1,10 +1,11 @@
 //! A model call's request windows and its daily token hold in one script (`state.backend: redis`):
-//! the two scripts of `rate` and `budget` fused, so a call that the windows refuse holds no tokens
-//! and a call that the budget refuses counts in no window, with no compensation in between.
+//! `rate`'s windows script and the daily budget's hold fused, so a call that the windows refuse
+//! holds no tokens and a call that the budget refuses counts in no window, with no compensation in
+//! between.
 //!
 //! Both resources key by the subject's hash tag (`rl:{<subject>}:…`, `tpd:{<subject>}:…`), so this
-//! one script touches one Redis Cluster slot. The keys and their meaning are those of the two
-//! scripts it fuses: a call admitted here is settled by `budget`'s SETTLE, and counted in the same
+//! one script touches one Redis Cluster slot. The keys and their meaning are those of `rate` and
+//! `budget`: a call admitted here is settled by `budget`'s SETTLE, and counted in the same
 //! windows `rate`'s script counts for the other `/v1` calls.
 
 use std::sync::LazyLock;

@@ -6,8 +6,8 @@
 //! The day's start is part of the key and every script sets its expiry (the day's end plus a day, so
 //! a hold made before midnight can still be given back after it), so no counter outlives its day.
 //! Each hold is also kept by id with a lease (`:h` amount, `:z` expiry): a hold that a killed replica
-//! never settles is given back, once, by the first hold after its lease (`admit`); a settle of a hold already
-//! given back (or settled) gives nothing back twice.
+//! never settles is given back, once, by the first hold after its lease (`admit`); a settle of a
+//! hold already given back (or settled) gives nothing back twice.
 
 use std::sync::LazyLock;
 

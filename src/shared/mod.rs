@@ -1,11 +1,12 @@
 //! State several replicas must agree on, in Redis (`state.backend: redis`): the client, with one
 //! connection manager per worker thread, a deadline on every command and a breaker
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
-//! request-rate windows (`rate`; with a model call's token hold in one script, `admit`), the tables every replica mirrors (`records`: API keys, accounts,
-//! sign-in sessions, audit), the fleet's usage records (`usage`), sticky-session pins (`pins`),
-//! profile health lanes (`health`, pushed to every replica through pub/sub), fleet-wide leases
-//! (`locks`: one half-open probe, one OAuth refresh), the sealed OAuth tokens (`oauth`), credits
-//! (`credits`), the daily token budget (`budget`) and ids the fleet acts on once (`claims`).
+//! request-rate windows (`rate`; a model call's windows with its daily token hold: `admit`), the
+//! tables every replica mirrors (`records`: API keys, accounts, sign-in sessions, audit), the
+//! fleet's usage records (`usage`), sticky-session pins (`pins`), profile health lanes (`health`,
+//! pushed to every replica through pub/sub), fleet-wide leases (`locks`: one half-open probe, one
+//! OAuth refresh), the sealed OAuth tokens (`oauth`), credits (`credits`), the daily token budget
+//! (`budget`) and ids the fleet acts on once (`claims`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.

@@ -3,8 +3,10 @@
 //! three); the precedence of today's sequence decides what the client sees, and whatever one part
 //! took for a call another refuses is given back, once.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,7 +42,7 @@ impl AnswerGate {
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     while let Ok(n @ 1..) = from_client.read(&mut buf).await {
-                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                        log.lock().extend_from_slice(&buf[..n]);
                         if to_server.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
@@ -72,12 +74,12 @@ impl AnswerGate {
 
     /// Whether `needle` was sent since the log was last cleared.
     fn was_sent(&self, needle: &str) -> bool {
-        let sent = self.sent.lock().unwrap();
+        let sent = self.sent.lock();
         sent.windows(needle.len()).any(|w| w == needle.as_bytes())
     }
 
     fn clear(&self) {
-        self.sent.lock().unwrap().clear();
+        self.sent.lock().clear();
     }
 }
 
