@@ -13,7 +13,7 @@ use crate::auth::Principal;
 use crate::config::{BodyKey, Config, Provider, StickySource};
 use crate::error::ApiError;
 use crate::forward::{Endpoint, NativeRequest, Proxy, ProxyRequest, StoredCall};
-use crate::limits::{CallKind, RateStatus, Subject};
+use crate::limits::{CallKind, PendingAdmission, RateStatus};
 use crate::state::AppState;
 use crate::upstream::WorkerUpstreams;
 use crate::wire::anthropic::messages_request_to_chat;
@@ -171,8 +171,9 @@ impl Call {
     }
 }
 
-/// Every model route: authenticate, count the call, read the body (translating an Anthropic one to
-/// OpenAI's), forward; the answer or the error in the client's dialect, with `X-RateLimit-*`.
+/// Every model route: authenticate, read the body (translating an Anthropic one to OpenAI's), count
+/// the call with its hold, forward; the answer or the error in the client's dialect, with
+/// `X-RateLimit-*`.
 async fn model_call(
     call: Call,
     req: HttpRequest,
@@ -180,16 +181,18 @@ async fn model_call(
     state: &AppState,
     workers: &WorkerUpstreams,
 ) -> HttpResponse {
-    let mut rate = RateStatus::default();
     let dialect = call.dialect;
+    let (config, generation) = state.snapshot();
+    let principal = match extract::client(state, &config, &req).await {
+        Ok(p) => p,
+        Err(e) => return reply(&RateStatus::default(), dialect, Err(e)),
+    };
+    // Counted with the call's hold (one Redis round trip for both), or alone should the call end
+    // before it: a spent request limit still answers first.
+    let mut admission = state
+        .limits
+        .admission(&config, principal.as_ref(), CallKind::Llm);
     let result = async {
-        let (config, generation) = state.snapshot();
-        let principal = extract::client(state, &config, &req).await?;
-        let admission = state
-            .limits
-            .admit_principal(&config, principal.as_ref(), CallKind::Llm)
-            .await?;
-        rate = admission.rate;
         let body = read_body(&req, payload, config.server.max_body_bytes, &config.server).await?;
         check_depth(&body, MAX_JSON_DEPTH)?;
         let (body, native, fields) = match dialect {
@@ -224,11 +227,12 @@ async fn model_call(
             config: &config,
             upstreams: &upstreams,
         };
-        let who = (principal, admission.subject);
+        let who = (principal, &mut admission);
         forward(&proxy, call, &req, (body, native, fields), who).await
     }
     .await;
-    reply(&rate, dialect, result)
+    let result = admission.finish(&state.limits, result).await;
+    reply(&admission.rate(), dialect, result)
 }
 
 /// Routes an OpenAI-shaped body (the client's, or the translation of an Anthropic one).
@@ -237,7 +241,7 @@ async fn forward(
     call: Call,
     req: &HttpRequest,
     (body, native, fields): (Bytes, Option<NativeRequest>, Option<RoutingFields>),
-    (principal, subject): (Option<Principal>, Option<Subject>),
+    (principal, admission): (Option<Principal>, &mut PendingAdmission),
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = match fields {
         Some(fields) => fields,
@@ -251,14 +255,19 @@ async fn forward(
     check_scope(principal.as_ref(), &fields.model)?;
     let request_id = extract::request_id(req);
     let counting = call.endpoint == Endpoint::CountTokens;
+    let limits = &proxy.shared.limits;
     if counting && !has_anthropic_profile(proxy.config, &fields.model) {
+        admission.admit(limits).await?;
         let native_body = native.as_ref().map(|n| &n.body);
         return estimated_count(proxy.config, &fields.model, native_body);
     }
     let accounting = match counting {
         // Counting generates nothing: no credits are reserved or charged.
-        true => None,
-        false => hold(proxy, &call, subject.as_ref(), &fields, &body, &request_id).await?,
+        true => {
+            admission.admit(limits).await?;
+            None
+        }
+        false => hold(proxy, &call, admission, &fields, &body, &request_id).await?,
     };
     let span = request_span(&request_id, &fields);
     let pins = &proxy.shared.response_pins;
@@ -325,11 +334,12 @@ fn request_span(request_id: &str, fields: &RoutingFields) -> tracing::Span {
     tracing::debug_span!("request", request_id = %request_id, model = %fields.model, stream = fields.stream)
 }
 
-/// Checks `max_tokens` against the caller's tier and reserves the request's largest possible cost.
+/// Counts the call, checks `max_tokens` against the caller's tier and reserves the request's largest
+/// possible cost.
 async fn hold(
     proxy: &Proxy<'_>,
     call: &Call,
-    subject: Option<&Subject>,
+    admission: &mut PendingAdmission,
     fields: &RoutingFields,
     body: &Bytes,
     request_id: &str,
@@ -340,7 +350,7 @@ async fn hold(
         .limits
         .hold(
             proxy.config,
-            subject,
+            admission,
             &fields.model,
             (body, fields.max_tokens),
             embeddings,

@@ -171,6 +171,50 @@ pub struct Admission {
     pub rate: RateStatus,
 }
 
+/// A model call's admission before it is decided, so that it can be decided together with the
+/// call's hold (`Limits::hold`: with Redis, one round trip of waiting for the request windows, the
+/// daily token budget and the credits). A call that ends before its hold (a body that cannot be
+/// read, a 403 scope) or holds nothing is admitted alone (`admit`, `finish`), before its own answer,
+/// so a spent request limit still answers first. Nothing is counted until then.
+#[derive(Debug)]
+pub struct PendingAdmission {
+    subject: Option<Subject>,
+    kind: CallKind,
+    /// The `X-RateLimit-*` of the decision once made (empty for a refusal: it carries its own).
+    decided: Option<RateStatus>,
+}
+
+impl PendingAdmission {
+    /// The `X-RateLimit-*` every answer to the call carries (none before the decision).
+    pub fn rate(&self) -> RateStatus {
+        self.decided.unwrap_or_default()
+    }
+
+    /// Counts the call alone, or refuses it (429); once decided, does nothing.
+    pub async fn admit(&mut self, limits: &Limits) -> Result<(), Box<Refusal>> {
+        if self.decided.is_some() {
+            return Ok(());
+        }
+        let decided = limits.admit_subject(self.subject.as_ref(), self.kind).await;
+        self.decided = Some(decided.as_ref().copied().unwrap_or_default());
+        decided.map(drop)
+    }
+
+    /// The call's result once its admission is decided: a call that ended before deciding it is
+    /// admitted now, and a refusal then takes the place of its error (every successful path has
+    /// decided it before sending anything upstream; one that had not would be counted here).
+    pub async fn finish<T>(
+        &mut self,
+        limits: &Limits,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match self.admit(limits).await {
+            Err(refusal) if result.is_err() => Err(ApiError::from(refusal)),
+            _ => result,
+        }
+    }
+}
+
 /// Tiers, counters, credits. One per process, shared by every worker.
 pub struct Limits {
     /// (subject, limit name) -> window. A plain mutex: the critical section is a hash lookup and an
@@ -263,12 +307,21 @@ impl Limits {
         kind: CallKind,
     ) -> Result<Admission, Box<Refusal>> {
         let subject = self.subject(config, principal);
-        let rate = match (&subject, &self.shared) {
-            (Some(s), Some(shared)) => self.admit_shared(shared, s, kind).await?,
-            (Some(s), None) => self.admit(s, kind)?,
-            (None, _) => RateStatus::default(),
-        };
+        let rate = self.admit_subject(subject.as_ref(), kind).await?;
         Ok(Admission { subject, rate })
+    }
+
+    /// Counts the call of `subject` (none: nothing to count), in Redis when the state is shared.
+    async fn admit_subject(
+        &self,
+        subject: Option<&Subject>,
+        kind: CallKind,
+    ) -> Result<RateStatus, Box<Refusal>> {
+        match (subject, &self.shared) {
+            (Some(s), Some(shared)) => self.admit_shared(shared, s, kind).await,
+            (Some(s), None) => self.admit(s, kind),
+            (None, _) => Ok(RateStatus::default()),
+        }
     }
 
     /// Counts one call against the subject's request limits, or refuses it (429) when any limit — the
@@ -541,14 +594,34 @@ fn send_notice(
 }
 
 impl Limits {
-    /// Checks `max_tokens` against the tier and reserves the request's largest possible cost. The hold
-    /// settles to the real cost when an attempt answers (see `Hold::attempt_finished`) and gives the
-    /// reservation back if none does.
+    /// A model call's admission, undecided: nothing is counted yet (see `PendingAdmission`).
+    pub fn admission(
+        &self,
+        config: &Config,
+        principal: Option<&Principal>,
+        kind: CallKind,
+    ) -> PendingAdmission {
+        PendingAdmission {
+            subject: self.subject(config, principal),
+            kind,
+            decided: None,
+        }
+    }
+
+    /// Counts the call (or refuses it) and, unless it is refused, checks `max_tokens` against the
+    /// tier and holds the request's largest possible cost and its daily token estimate. The hold
+    /// settles to the real cost when an attempt answers (see `Hold::attempt_finished`) and gives
+    /// the reservation back if none does.
+    ///
+    /// Refusals keep one precedence: a request limit, then `max_tokens`, then the daily budget,
+    /// then an unpriced model, then credits. With Redis, the windows and the token hold are one
+    /// script and the credit reservation another, sent together on the worker's connection (one
+    /// round trip of waiting); a reservation made for a call the first refuses is given back.
     #[allow(clippy::too_many_arguments)]
     pub async fn hold(
         self: &Arc<Self>,
         config: &Config,
-        subject: Option<&Subject>,
+        admission: &mut PendingAdmission,
         model: &str,
         (body, asked): (&[u8], Option<u64>),
         embeddings: bool,
@@ -560,13 +633,18 @@ impl Limits {
             .iter()
             .filter_map(|p| p.pricing.get(model).map(|price| (p.id.clone(), *price)))
             .collect();
+        let subject = admission.subject.clone();
+        let subject = subject.as_ref();
         if subject.is_none() && price.is_none() {
+            admission.admit(self).await?;
             return Ok(None);
         }
         // `asked` was read strictly by `RoutingFields::parse`: an integer, given once, or a 400 there.
         let cap = subject.and_then(|s| s.tier.max_tokens_per_request);
         if let (Some(asked), Some(cap), Some(s)) = (asked, cap, subject) {
             if asked > cap {
+                // A spent request limit answers first, and an admitted call counts.
+                admission.admit(self).await?;
                 return Err(Box::new(Refusal::MaxTokens(format!(
                     "max_tokens is {asked}, above the `{}` tier's max_tokens_per_request of {cap}.",
                     s.tier_name
@@ -580,46 +658,10 @@ impl Limits {
         } else {
             asked.or(cap).unwrap_or(DEFAULT_MAX_OUTPUT)
         };
-        // The daily budget is held before credits, and given back below if credits refuse.
-        let mut tokens_at = TokensAt::Local;
-        let tokens_held = match subject.and_then(|s| s.tier.tokens_per_day.map(|l| (s, l))) {
-            Some((s, limit)) => {
-                // About four bytes a token, like the estimate charged when usage is missing.
-                let estimate = input.div_ceil(4).saturating_add(output);
-                match &self.shared {
-                    Some(shared) => {
-                        let lease = config.usage.reservation_lease;
-                        let (held, at) = self
-                            .hold_tokens_shared(shared, s, (limit, estimate), lease)
-                            .await?;
-                        tokens_at = at;
-                        Some(held)
-                    }
-                    None => Some(self.hold_tokens(s, limit, estimate)?),
-                }
-            }
-            None => None,
-        };
-        // Gives the budget back when credits refuse (after the refusal is decided, so the shared
-        // budget's round trip is spawned rather than awaited in a closure).
-        let give_back = |e| {
-            if let (Some(s), Some(held)) = (subject, tokens_held) {
-                let (limits, id) = (self.clone(), s.id.clone());
-                match tokens_at {
-                    TokensAt::Local => {
-                        let _windows = self.windows.lock();
-                        self.unhold_locked(&id, held);
-                    }
-                    TokensAt::Shared { .. } => {
-                        actix_web::rt::spawn(async move {
-                            limits.settle_tokens(&id, tokens_at, 0, held).await;
-                        });
-                    }
-                }
-            }
-            e
-        };
-        let mut reservation = None;
+        // About four bytes a token, like the estimate charged when usage is missing.
+        let tokens = subject
+            .and_then(|s| s.tier.tokens_per_day)
+            .map(|limit| (limit, input.div_ceil(4).saturating_add(output)));
         let metered = subject.and_then(|s| {
             s.tier
                 .monthly_credits_micros
@@ -627,6 +669,7 @@ impl Limits {
         });
         // A metered caller never gets a model for free: without a price (nor `pricing_default`)
         // it is refused. Only configured models get here with a label (others are 404s later).
+        let mut unpriced = None;
         if let (Some((s, _, _)), true) = (metered, config.models.iter().any(|m| m.name == model)) {
             let listed = config.lists_price(model);
             if !listed {
@@ -638,64 +681,53 @@ impl Limits {
                 self.metrics.unpriced.with_label_values(&[model, how]).inc();
             }
             if price.is_none() {
-                return Err(give_back(Box::new(Refusal::Unpriced(format!(
+                unpriced = Some(Box::new(Refusal::Unpriced(format!(
                     "The model `{model}` has no price, so the `{}` tier cannot use it. Ask the \
                      operator to price it.",
                     s.tier_name
-                )))));
+                ))));
             }
         }
-        if let (Some((s, account, monthly)), Some(price), Some(shared)) =
-            (metered, price, &self.shared)
-        {
-            let micros = max_cost_micros(price, input, output);
-            let allowance = match &config.state {
-                crate::config::StateBackend::Redis(r) => r.credit_allowance_micros,
-                crate::config::StateBackend::Local => 0,
-            };
-            let lease = config.usage.reservation_lease;
-            match self
-                .reserve_shared(
-                    shared,
-                    (account, monthly, &s.tier_name),
-                    micros,
-                    (request_id, model),
-                    (lease, allowance),
-                )
-                .await
-            {
-                Ok(r) => reservation = Some(r),
-                Err(refusal) => {
-                    if matches!(*refusal, Refusal::Insufficient(_)) {
-                        self.metrics.credit_refusals.inc();
-                    }
-                    return Err(give_back(refusal));
-                }
-            }
-        } else if let (Some((s, account, monthly)), Some(price)) = (metered, price) {
-            let micros = max_cost_micros(price, input, output);
-            match self.ledger.reserve(
+        let credits = metered
+            .zip(price)
+            .map(|((s, account, monthly), price)| Credits {
                 account,
-                Some(monthly),
-                micros,
-                (request_id, model),
-                config.usage.reservation_lease,
-            ) {
-                Ok(r) => reservation = Some(r),
-                Err(LedgerError::Insufficient { balance, needed }) => {
-                    self.metrics.credit_refusals.inc();
-                    return Err(give_back(insufficient(balance, needed, &s.tier_name)));
-                }
-                Err(LedgerError::Store(e)) => {
-                    tracing::error!(error = %e, "credit reservation failed");
-                    return Err(give_back(Box::new(Refusal::Store(e.to_string()))));
-                }
+                monthly,
+                tier: &s.tier_name,
+                micros: max_cost_micros(price, input, output),
+                request_id,
+                model,
+            });
+        let decided = match (&self.shared, subject) {
+            (Some(shared), Some(s)) => {
+                let (rate, decided) = self
+                    .admit_and_reserve(config, shared, s, (admission.kind, tokens), credits)
+                    .await;
+                admission.decided = Some(rate);
+                decided?
             }
+            // Local mode (or a caller without a tier, whose admission counts nothing): one by one.
+            _ => {
+                admission.admit(self).await?;
+                self.hold_local(config, subject, tokens, credits)?
+            }
+        };
+        // Priced models only reserve credits, so an unpriced refusal has only tokens to give back.
+        if let Some(refusal) = unpriced {
+            return Err(decided.give_back(self, subject, refusal));
         }
+        let Decided {
+            tokens: held,
+            reservation,
+        } = decided;
+        let (tokens_held, tokens_at) = match held {
+            Some((n, at)) => (Some(n), at),
+            None => (None, TokensAt::Local),
+        };
         Ok(Some(Arc::new(Hold {
             limits: self.clone(),
             subject: subject
-                .filter(|s| s.tier.tokens_per_day.is_some())
+                .filter(|_| tokens_held.is_some())
                 .map(|s| s.id.clone()),
             tokens_held: tokens_held.unwrap_or(0),
             tokens_at,
@@ -708,6 +740,195 @@ impl Limits {
             reservation: Mutex::new(reservation),
             settled: AtomicBool::new(false),
         })))
+    }
+}
+
+/// A credit reservation a call asks for.
+#[derive(Debug, Clone, Copy)]
+struct Credits<'a> {
+    account: &'a str,
+    monthly: u64,
+    tier: &'a str,
+    micros: u64,
+    request_id: &'a str,
+    model: &'a str,
+}
+
+/// What a call holds once admitted: its daily-budget tokens (and where), its credit reservation.
+struct Decided {
+    tokens: Option<(u64, TokensAt)>,
+    reservation: Option<Reservation>,
+}
+
+impl Decided {
+    /// Gives back everything held, for a call refused after it was admitted; returns `refusal`.
+    fn give_back(
+        self,
+        limits: &Arc<Limits>,
+        subject: Option<&Subject>,
+        refusal: Box<Refusal>,
+    ) -> Box<Refusal> {
+        if let (Some((held, at)), Some(s)) = (self.tokens, subject) {
+            limits.unhold_later(&s.id, at, held);
+        }
+        if let Some(res) = self.reservation {
+            limits.release_later(res);
+        }
+        refusal
+    }
+}
+
+impl Limits {
+    /// With Redis: the call's windows and token hold (one script) and its credit reservation
+    /// (another: credits are under the account's hash tag, not the subject's) sent together, so the
+    /// call waits for one round trip. Today's sequence decides what the client sees: a refusal of
+    /// the first wins, and gives back the reservation the second made; a credit refusal gives
+    /// back the tokens (the call stays counted in its windows, as in local mode). After a failure
+    /// (the breaker not closed) they go one by one, so the first is the breaker's one probe. Returns
+    /// the admission's `X-RateLimit-*` (empty when it refused: the refusal carries its own).
+    async fn admit_and_reserve(
+        self: &Arc<Self>,
+        config: &Config,
+        shared: &Shared,
+        s: &Subject,
+        (kind, tokens): (CallKind, Option<(u64, u64)>),
+        credits: Option<Credits<'_>>,
+    ) -> (RateStatus, Result<Decided, Box<Refusal>>) {
+        let lease = config.usage.reservation_lease;
+        let allowance = match &config.state {
+            crate::config::StateBackend::Redis(r) => r.credit_allowance_micros,
+            crate::config::StateBackend::Local => 0,
+        };
+        let admit = self.admit_holding_shared(shared, s, kind, (tokens, lease));
+        let (admitted, reserved) = match credits {
+            Some(c) => {
+                // Futures do nothing until polled: this one is sent with `admit`, or after it.
+                let reserve = self.reserve_shared(
+                    shared,
+                    (c.account, c.monthly, c.tier),
+                    c.micros,
+                    (c.request_id, c.model),
+                    (lease, allowance),
+                );
+                if shared.is_closed() {
+                    let (a, r) = tokio::join!(admit, reserve);
+                    (a, Some(r))
+                } else {
+                    match admit.await {
+                        Ok(a) => (Ok(a), Some(reserve.await)),
+                        Err(refusal) => (Err(refusal), None),
+                    }
+                }
+            }
+            None => (admit.await, None),
+        };
+        let (rate, tokens) = match admitted {
+            Ok(a) => a,
+            Err(refusal) => {
+                if let Some(Ok(res)) = reserved {
+                    self.release_later(res);
+                }
+                return (RateStatus::default(), Err(refusal));
+            }
+        };
+        let reservation = match reserved {
+            Some(Ok(res)) => Some(res),
+            Some(Err(refusal)) => {
+                if matches!(*refusal, Refusal::Insufficient(_)) {
+                    self.metrics.credit_refusals.inc();
+                }
+                let held = Decided {
+                    tokens,
+                    reservation: None,
+                };
+                return (rate, Err(held.give_back(self, Some(s), refusal)));
+            }
+            None => None,
+        };
+        (
+            rate,
+            Ok(Decided {
+                tokens,
+                reservation,
+            }),
+        )
+    }
+
+    /// Local mode, after the admission: the daily budget's hold, then the ledger's reservation
+    /// (the hold given back if it refuses).
+    fn hold_local(
+        self: &Arc<Self>,
+        config: &Config,
+        subject: Option<&Subject>,
+        tokens: Option<(u64, u64)>,
+        credits: Option<Credits<'_>>,
+    ) -> Result<Decided, Box<Refusal>> {
+        let tokens = match subject.zip(tokens) {
+            Some((s, (limit, estimate))) => {
+                Some((self.hold_tokens(s, limit, estimate)?, TokensAt::Local))
+            }
+            None => None,
+        };
+        let held = Decided {
+            tokens,
+            reservation: None,
+        };
+        let Some(c) = credits else {
+            return Ok(held);
+        };
+        let reserved = self.ledger.reserve(
+            c.account,
+            Some(c.monthly),
+            c.micros,
+            (c.request_id, c.model),
+            config.usage.reservation_lease,
+        );
+        match reserved {
+            Ok(r) => Ok(Decided {
+                reservation: Some(r),
+                ..held
+            }),
+            Err(LedgerError::Insufficient { balance, needed }) => {
+                self.metrics.credit_refusals.inc();
+                let refusal = insufficient(balance, needed, c.tier);
+                Err(held.give_back(self, subject, refusal))
+            }
+            Err(LedgerError::Store(e)) => {
+                tracing::error!(error = %e, "credit reservation failed");
+                let refusal = Box::new(Refusal::Store(e.to_string()));
+                Err(held.give_back(self, subject, refusal))
+            }
+        }
+    }
+
+    /// Gives back `held` tokens of `subject`'s daily budget where they were held (a round trip to
+    /// Redis is spawned, not awaited).
+    fn unhold_later(self: &Arc<Self>, subject: &str, at: TokensAt, held: u64) {
+        match at {
+            TokensAt::Local => {
+                let _windows = self.windows.lock();
+                self.unhold_locked(subject, held);
+            }
+            TokensAt::Shared { .. } => {
+                let (limits, subject) = (self.clone(), subject.to_owned());
+                actix_web::rt::spawn(async move {
+                    limits.settle_tokens(&subject, at, 0, held).await;
+                });
+            }
+        }
+    }
+
+    /// Releases a reservation in full where it was made (a round trip to Redis is spawned, not
+    /// awaited).
+    fn release_later(self: &Arc<Self>, res: Reservation) {
+        if res.source != credits::Source::Local {
+            let limits = self.clone();
+            actix_web::rt::spawn(async move {
+                limits.close_shared(&res, None).await;
+            });
+        } else if let Err(e) = self.ledger.release(&res) {
+            tracing::error!(error = %e, "credit release failed");
+        }
     }
 }
 
@@ -826,29 +1047,11 @@ impl Limits {
 impl Drop for Hold {
     fn drop(&mut self) {
         if let (Some(subject), false) = (&self.subject, *self.settled.get_mut()) {
-            match self.tokens_at {
-                TokensAt::Local => {
-                    let _windows = self.limits.windows.lock();
-                    self.limits.unhold_locked(subject, self.tokens_held);
-                }
-                at => {
-                    let (limits, subject, held) =
-                        (self.limits.clone(), subject.clone(), self.tokens_held);
-                    actix_web::rt::spawn(async move {
-                        limits.settle_tokens(&subject, at, 0, held).await;
-                    });
-                }
-            }
+            self.limits
+                .unhold_later(subject, self.tokens_at, self.tokens_held);
         }
         if let Some(res) = self.reservation.get_mut().take() {
-            if res.source != credits::Source::Local {
-                let limits = self.limits.clone();
-                actix_web::rt::spawn(async move {
-                    limits.close_shared(&res, None).await;
-                });
-            } else if let Err(e) = self.limits.ledger.release(&res) {
-                tracing::error!(error = %e, "credit release failed");
-            }
+            self.limits.release_later(res);
         }
     }
 }

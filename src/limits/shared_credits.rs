@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use switchyard_actors::store::now_ms;
 
 use super::credits::{month_of, Source};
-use super::{insufficient, Limits, RateStatus, Refusal, Reservation, Subject, Transaction, DAY};
+use super::{insufficient, Limits, Refusal, Reservation, Transaction};
 use crate::error::ApiError;
 use crate::shared::credits::{CreditAnswer, Movement, Outcome};
 use crate::shared::{Resource, Shared, SharedError};
@@ -390,55 +390,6 @@ impl Limits {
             }
         }
         Ok(epoch)
-    }
-
-    /// Holds a call's estimate against the daily token budget in Redis, or this replica's share of
-    /// it while Redis cannot be asked. Returns what it holds and where.
-    pub(super) async fn hold_tokens_shared(
-        &self,
-        shared: &Shared,
-        s: &Subject,
-        (limit, estimate): (u64, u64),
-        lease: Duration,
-    ) -> Result<(u64, TokensAt), Box<Refusal>> {
-        let day_ms = u64::try_from(DAY.as_millis()).unwrap_or(u64::MAX);
-        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let id = uuid::Uuid::new_v4().as_u64_pair().0;
-        match shared
-            .hold_budget(&s.id, (limit, estimate), (day_ms, lease_ms), id)
-            .await
-        {
-            Ok(a) => {
-                shared.set_degraded(Resource::TokensPerDay, false);
-                if a.held {
-                    let at = TokensAt::Shared {
-                        day: a.day_start_ms,
-                        id,
-                    };
-                    return Ok((a.taken, at));
-                }
-                let reset = (a.day_start_ms + day_ms)
-                    .saturating_sub(a.now_ms)
-                    .div_ceil(1000)
-                    .max(1);
-                // Spent by today's tokens: the day's end; else held by calls in flight: soon.
-                let retry = if a.used >= limit || a.holding == 0 {
-                    reset
-                } else {
-                    1
-                };
-                let rate = RateStatus {
-                    requests: None,
-                    tokens: Some((limit, 0, reset)),
-                };
-                Err(self.rate_refusal(s, "tokens", limit, retry, rate))
-            }
-            Err(_) => {
-                shared.set_degraded(Resource::TokensPerDay, true);
-                let share = shared.local_share(limit);
-                Ok((self.hold_tokens(s, share, estimate)?, TokensAt::Local))
-            }
-        }
     }
 
     /// Counts `used` tokens (and gives back what the call held) where they were held.

@@ -222,7 +222,7 @@ pub fn account_tag(account: &str) -> String {
 }
 
 impl Shared {
-    /// Loads the credit and token budget scripts (at a worker's start), so that no request pays
+    /// Loads the credit scripts and the token budget's settle (at a worker's start), so that no request pays
     /// for `SCRIPT LOAD` after a `NOSCRIPT`.
     pub(super) async fn load_credit_scripts(&self) -> Result<(), SharedError> {
         self.call(Resource::Credits, |mut c| async move {
@@ -233,7 +233,6 @@ impl Shared {
                 &*SET_SCRIPT,
                 &*READ_SCRIPT,
                 &*EPOCH_SCRIPT,
-                &*super::budget::HOLD_SCRIPT,
                 &*super::budget::SETTLE_SCRIPT,
             ] {
                 s.prepare_invoke().load_async(&mut c).await?;

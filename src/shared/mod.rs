@@ -1,15 +1,17 @@
 //! State several replicas must agree on, in Redis (`state.backend: redis`): the client, with one
 //! connection manager per worker thread, a deadline on every command and a breaker
 //! (`breaker`) so that a dead or stalled Redis costs a request nothing; and what is kept there:
-//! request-rate windows (`rate`), the tables every replica mirrors (`records`: API keys, accounts,
-//! sign-in sessions, audit), the fleet's usage records (`usage`), sticky-session pins (`pins`),
-//! profile health lanes (`health`, pushed to every replica through pub/sub), fleet-wide leases
-//! (`locks`: one half-open probe, one OAuth refresh), the sealed OAuth tokens (`oauth`), credits
-//! (`credits`), the daily token budget (`budget`) and ids the fleet acts on once (`claims`).
+//! request-rate windows (`rate`; a model call's windows with its daily token hold: `admit`), the
+//! tables every replica mirrors (`records`: API keys, accounts, sign-in sessions, audit), the
+//! fleet's usage records (`usage`), sticky-session pins (`pins`), profile health lanes (`health`,
+//! pushed to every replica through pub/sub), fleet-wide leases (`locks`: one half-open probe, one
+//! OAuth refresh), the sealed OAuth tokens (`oauth`), credits (`credits`), the daily token budget
+//! (`budget`) and ids the fleet acts on once (`claims`).
 //!
 //! Nothing here retries a command: a write that timed out may or may not have happened, and a
 //! retry could count it twice. The caller takes its resource's fallback instead.
 
+pub mod admit;
 pub mod breaker;
 pub mod budget;
 pub mod claims;
@@ -161,6 +163,13 @@ impl Shared {
     /// `key` under the configured prefix.
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    /// Whether calls go to Redis without a probe (the breaker is closed): then independent calls may
+    /// be sent together; after a failure they go one by one, so the first is the breaker's one probe
+    /// and the others follow its verdict.
+    pub fn is_closed(&self) -> bool {
+        !self.breaker.is_open()
     }
 
     /// Records that `resource` was decided by its fallback (or, with `false`, by Redis again).

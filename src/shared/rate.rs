@@ -54,12 +54,25 @@ pub struct WindowAnswer {
 }
 
 impl Shared {
-    /// Loads the script (one round trip), so that no request pays for `SCRIPT LOAD`.
+    /// Loads the window scripts (one round trip each), so that no request pays for `SCRIPT LOAD`.
     pub(super) async fn load_scripts(&self) -> Result<(), SharedError> {
         self.call(Resource::RateLimits, |mut c| async move {
-            WINDOWS.prepare_invoke().load_async(&mut c).await.map(drop)
+            WINDOWS.prepare_invoke().load_async(&mut c).await?;
+            super::admit::ADMIT_SCRIPT
+                .prepare_invoke()
+                .load_async(&mut c)
+                .await
+                .map(drop)
         })
         .await
+    }
+
+    /// The base key of `subject`'s window `name` of `window_ms`. The hash tag keeps one subject's
+    /// windows (and its daily budget, `budget`) in one cluster slot, so a script may touch them all
+    /// on a cluster too; the window length is in the key, so a changed `rate_window` starts fresh
+    /// counters instead of reading the old ones.
+    pub(super) fn window_key(&self, subject: &str, name: &str, window_ms: u64) -> String {
+        self.key(&format!("rl:{{{subject}}}:{name}:{window_ms}"))
     }
 
     /// Looks at `limits` (name, limit) of `subject` in the current window of `window_ms`, and when
@@ -71,12 +84,9 @@ impl Shared {
         limits: &[(&str, u64)],
         count: bool,
     ) -> Result<WindowAnswer, SharedError> {
-        // The hash tag keeps one subject's windows in one cluster slot, so the script may touch them
-        // all on a cluster too; the window length is in the key, so a changed `rate_window` starts
-        // fresh counters instead of reading the old ones.
         let keys: Vec<String> = limits
             .iter()
-            .map(|(name, _)| self.key(&format!("rl:{{{subject}}}:{name}:{window_ms}")))
+            .map(|(name, _)| self.window_key(subject, name, window_ms))
             .collect();
         let raw: Vec<u64> = self
             .call(Resource::RateLimits, |mut c| async move {

@@ -20,7 +20,7 @@ const PRICING: [&str; 4] = [
 ];
 
 /// The fleet's config with `tier` as every caller's tier, and `state` lines under `state.redis`.
-fn credit_config(
+pub(super) fn credit_config(
     mock: &MockUpstream,
     redis: &RedisServer,
     tier: &[&str],
@@ -50,7 +50,7 @@ fn credit_config(
     config
 }
 
-fn start(config: &ConfigBuilder, n: usize) -> Vec<Server> {
+pub(super) fn start(config: &ConfigBuilder, n: usize) -> Vec<Server> {
     (0..n)
         .map(|_| Server::start_with_env(config, &[("FLEET_JWT_SECRET", SECRET)]))
         .collect()
@@ -60,7 +60,7 @@ const METERED: [&str; 2] = ["monthly_credits: 0", "max_tokens_per_request: 20"];
 
 /// The account's credits; retried while the replica answers 503 (each worker's connection to a
 /// restarted Redis comes back on its own first command).
-async fn credits(server: &Server, account: &str) -> Value {
+pub(super) async fn credits(server: &Server, account: &str) -> Value {
     let path = format!("/admin/accounts/{account}/credits");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -74,7 +74,7 @@ async fn credits(server: &Server, account: &str) -> Value {
     }
 }
 
-async fn add_credits(server: &Server, account: &str, usd: f64) {
+pub(super) async fn add_credits(server: &Server, account: &str, usd: f64) {
     let path = format!("/admin/accounts/{account}/credits");
     admin(
         server,
@@ -86,7 +86,7 @@ async fn add_credits(server: &Server, account: &str, usd: f64) {
 }
 
 /// The balance, after checking that the fleet's log sums to it and closes every reservation.
-async fn settled_balance(server: &Server, account: &str) -> i64 {
+pub(super) async fn settled_balance(server: &Server, account: &str) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let c = credits(server, account).await;
@@ -127,7 +127,7 @@ where
 }
 
 /// One chat as `token` on `server`: (status, headers, body).
-async fn spend(
+pub(super) async fn spend(
     server: &Server,
     token: &str,
     max_tokens: u64,

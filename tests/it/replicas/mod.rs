@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::support::redis::RedisServer;
 use crate::support::*;
 
+mod admission;
 mod credits;
 mod health;
 mod keys;
