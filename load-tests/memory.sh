@@ -2,7 +2,8 @@
 # Resident memory of Switchyard after a fixed number of requests (issue 14, target 5), by kind.
 #
 #   bash load-tests/memory.sh [--no-build] [--runs R] [--workers W] [--conns C]
-#                             [--server 'KEY: VALUE'] [--purge] [VARIANT] [REQUESTS]
+#                             [--server 'KEY: VALUE'] [--purge] [--stats] [--heap-profile]
+#                             [VARIANT] [REQUESTS]
 #                             (defaults: 3 runs, 2 workers, 50 connections, default 500000)
 #
 # VARIANT: default (usage.durable: true), bare (usage.durable: false) or full (a key, a tier, credits and
@@ -18,13 +19,20 @@
 # file-backed pages by file (the binary's code and read-only data). The last table is the median of the
 # runs. --purge: then, with gdb attached, tell jemalloc to purge every arena's unused pages
 # (mallctl arena.4096.purge) and read it once more ("purged"): what is left is memory in use, and the
-# difference to "settled" is what the allocator held for reuse. Everything started is stopped by PID on exit.
+# difference to "settled" is what the allocator held for reuse. --stats and --heap-profile measure a
+# second build with jemalloc's statistics (target/jemalloc-stats; the feature tikv-jemallocator/stats)
+# and, for --heap-profile, its profiler (target/heap-profile; /profiling as well). --stats: print
+# jemalloc's statistics of the last run once settled (merged arenas: allocated, active, metadata,
+# resident, retained, and the size classes that hold it). --heap-profile: who holds the memory in use,
+# from jemalloc's sampling profiler (prof:true): the profile is dumped once settled and jeprof prints the
+# allocation sites by bytes allocated (not resident: memory obtained zeroed and never written counts).
+# Everything started is stopped by PID on exit.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 TOOLS="python3 $HERE/tools.py"
-BUILD=1 RUNS=3 WORKERS=2 CONNS=50 PURGE=0
+BUILD=1 RUNS=3 WORKERS=2 CONNS=50 PURGE=0 STATS=0 HEAP_PROFILE=0
 SERVER_LINES=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -34,7 +42,9 @@ while [ $# -gt 0 ]; do
     --conns) CONNS="$2"; shift ;;
     --server) SERVER_LINES+=("$2"); shift ;;
     --purge) PURGE=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --stats) STATS=1 ;;
+    --heap-profile) HEAP_PROFILE=1 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -50,10 +60,31 @@ if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release -q -p switchyard -p switchyard-load-tests)
 fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+SWITCHYARD="$BIN/switchyard"
+if [ "$STATS" = 1 ] || [ "$HEAP_PROFILE" = 1 ]; then
+  # jemalloc's statistics and profiler are compiled out of the measured binary: a second build (its own
+  # target folder, so the measured one stays as it is) has them; the mock still comes from $BIN. The
+  # profiler's own bookkeeping is memory too, so --stats alone builds without it.
+  FEATURES=tikv-jemallocator/stats
+  PROF_TARGET="$ROOT/target/jemalloc-stats"
+  if [ "$HEAP_PROFILE" = 1 ]; then
+    FEATURES="$FEATURES,tikv-jemallocator/profiling"
+    PROF_TARGET="$ROOT/target/heap-profile"
+  fi
+  (cd "$ROOT" && CARGO_TARGET_DIR="$PROF_TARGET" cargo build --release -q -p switchyard --features "$FEATURES")
+  SWITCHYARD="$PROF_TARGET/release/switchyard"
+  # The newest: a change of features leaves the former build's folder beside it.
+  JEPROF="$(ls -t "$PROF_TARGET"/release/build/tikv-jemalloc-sys-*/out/build/bin/jeprof 2>/dev/null | head -1)"
+  [ "$HEAP_PROFILE" = 0 ] || [ -n "$JEPROF" ] || { echo "jeprof was not built" >&2; exit 1; }
+fi
 
 WORK="$(mktemp -d /tmp/switchyard-memory.XXXXXX)"
 trap 'set +e; stop_started; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
+if [ "$HEAP_PROFILE" = 1 ]; then
+  # Sample one allocation per 2^12 bytes on average: exact enough for sites above ~100 kB.
+  export _RJEM_MALLOC_CONF="${_RJEM_MALLOC_CONF:+$_RJEM_MALLOC_CONF,}prof:true,lg_prof_sample:12,prof_prefix:$WORK/jeprof"
+fi
 
 mb() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
 # snapshot PID LABEL SERVED: one TSV row of the memory figures (MB) of PID.
@@ -65,6 +96,21 @@ snapshot() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$served" "$(mb "$(val VmRSS)")" "$(mb "$(val RssAnon)")" \
     "$(mb "$(val anon_thread_stacks)")" "$(mb "$(val anon_other)")" "$(mb "$(val RssFile)")" \
     "$(mb "${binary:-0}")" "$(val Threads)"
+}
+
+# jemalloc_call PID 'NAME(ARGS)' SYMBOL CAST: call one of jemalloc's functions inside PID with gdb. The
+# binary's symbols carry no C types for gdb, so it is called by its address (PIE: load base + offset);
+# an int result must be 0 (a void one prints as void).
+jemalloc_call() {
+  local pid="$1" call="$2" symbol="$3" cast="$4" off base
+  off="$(nm "$SWITCHYARD" | awk -v s="$symbol" '$3 == s {print $1}')"
+  base="$(awk '$6 ~ /\/switchyard$/ {split($1, a, "-"); print a[1]; exit}' "/proc/$pid/maps")"
+  [ -n "$off" ] && [ -n "$base" ] || { echo "no $symbol in $SWITCHYARD" >&2; exit 1; }
+  gdb -batch -p "$pid" -ex "print ($cast (0x$base + 0x$off))(${call#*(}" >"$WORK/gdb.out" 2>&1
+  local want=0; [[ "$cast" == "(void "* ]] && want=void
+  if ! grep -qx "\\\$1 = $want" "$WORK/gdb.out"; then
+    echo "$call failed:" >&2; tail -5 "$WORK/gdb.out" >&2; exit 1
+  fi
 }
 
 ROWS="$WORK/rows.tsv"
@@ -79,7 +125,7 @@ for run in $(seq "$RUNS"); do
     sed -i "/^server:/a\\  $line" "$WORK/config.yaml"
   done
   SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
-    "$BIN/switchyard" serve --config "$WORK/config.yaml" --workers "$WORKERS" --shutdown-timeout 2s \
+    "$SWITCHYARD" serve --config "$WORK/config.yaml" --workers "$WORKERS" --shutdown-timeout 2s \
     --log-format json >"$WORK/stdout" 2>"$WORK/log" &
   SY_PID=$!
   PIDS+=("$SY_PID")
@@ -108,17 +154,23 @@ for run in $(seq "$RUNS"); do
   cp "$WORK/smaps.after" "$WORK/smaps.after.$run"
   sleep 14
   printf 'run %s\t' "$run" >>"$ROWS"; snapshot "$SY_PID" settled "$served" >>"$ROWS"
+  if [ "$HEAP_PROFILE" = 1 ] && [ "$run" = "$RUNS" ]; then
+    # Before --purge: the profile is of memory in use, the same with or without the purge.
+    jemalloc_call "$SY_PID" "mallctl(\"prof.dump\", 0, 0, 0, 0)" '_rjem_mallctl' \
+      '(int (*)(const char *, void *, void *, void *, unsigned long))'
+  fi
   if [ "$PURGE" = 1 ]; then
-    # The binary's symbols carry no C types for gdb: call mallctl by its address (PIE: load base + offset).
-    off="$(nm "$BIN/switchyard" | awk '$3 == "_rjem_mallctl" {print $1}')"
-    base="$(awk '$6 ~ /\/switchyard$/ {split($1, a, "-"); print a[1]; exit}' "/proc/$SY_PID/maps")"
-    [ -n "$off" ] && [ -n "$base" ] || { echo "--purge: no _rjem_mallctl in $BIN/switchyard" >&2; exit 1; }
-    gdb -batch -p "$SY_PID" \
-      -ex "print ((int (*)(const char *, void *, void *, void *, unsigned long)) (0x$base + 0x$off))(\"arena.4096.purge\", 0, 0, 0, 0)" \
-      >"$WORK/gdb.out" 2>&1
-    grep -q '^\$1 = 0$' "$WORK/gdb.out" || { echo "--purge: mallctl failed:" >&2; tail -5 "$WORK/gdb.out" >&2; exit 1; }
+    jemalloc_call "$SY_PID" "mallctl(\"arena.4096.purge\", 0, 0, 0, 0)" '_rjem_mallctl' \
+      '(int (*)(const char *, void *, void *, void *, unsigned long))'
     sleep 0.5
     printf 'run %s\t' "$run" >>"$ROWS"; snapshot "$SY_PID" purged "$served" >>"$ROWS"
+  fi
+  if [ "$STATS" = 1 ] && [ "$run" = "$RUNS" ]; then
+    # Merged arenas only ("a" leaves out each arena's own table); it goes to the process's stderr.
+    jemalloc_call "$SY_PID" "malloc_stats_print(0, 0, \"a\")" '_rjem_malloc_stats_print' \
+      '(void (*)(void *, void *, const char *))'
+    sleep 0.5
+    cp "$WORK/log" "$WORK/stats.log"
   fi
   stop_started
 done
@@ -146,3 +198,28 @@ EOF
 echo
 echo "File-backed pages after the load, last run (kB):"
 grep '^file:' "$WORK/smaps.after.$RUNS" | head -8 | sed 's/^file:/  /'
+if [ "$STATS" = 1 ]; then
+  echo
+  echo "jemalloc's statistics, last run, settled (merged arenas):"
+  # The process's log is JSON lines; jemalloc's lines are the rest.
+  grep -v '^{' "$WORK/stats.log" | sed -n '/___ Begin jemalloc statistics ___/,/--- End jemalloc statistics ---/p' \
+    | grep -v '^ *\(opt\|config\)\.' | sed 's/^/  /'
+fi
+if [ "$HEAP_PROFILE" = 1 ]; then
+  dump="$(ls -t "$WORK"/jeprof.*.heap 2>/dev/null | head -1)"
+  [ -n "$dump" ] || { echo "--heap-profile: no profile was dumped" >&2; exit 1; }
+  # Kept for a closer look: perl JEPROF --text --focus=FUNCTION BINARY DUMP.
+  cp "$dump" "$PROF_TARGET/last.heap"
+  echo
+  echo "Live heap, last run, settled: the top sites by bytes held (jeprof --inuse_space)."
+  echo
+  echo "By the function that allocated (flat), then by what each function's callees hold (cum); MB:"
+  perl "$JEPROF" --text --inuse_space "$SWITCHYARD" "$dump" 2>/dev/null | sed -n '1,30p' | sed 's/^/  /'
+  echo
+  # By cumulative bytes, without the frames every allocation passes through (the runtime, the
+  # allocator's own, and the profiler's bookkeeping of its samples).
+  perl "$JEPROF" --text --cum --inuse_space "$SWITCHYARD" "$dump" 2>/dev/null \
+    | grep -Ev '(std::|core::|tokio::runtime|tokio::task|actix_rt::|alloc::|__libc|_start|main$|::call_once|::poll|prof_backtrace|::alloc|::allocate|::default \(inline)' \
+    | sed -n '1,45p' | sed 's/^/  /'
+  echo "  (profile kept in $PROF_TARGET/last.heap; jeprof is $JEPROF)"
+fi
