@@ -7,6 +7,11 @@
 //! one batch lie within `USAGE_BATCH_SPAN_MS` of the batch's key, so a time range is read from that much
 //! before its start. Stores written before batching keep their one-record values under `v1/usage/`.
 //!
+//! A batch's JSON Lines of 2 kB or more are stored lz4-compressed behind a small header
+//! (`encode_batch`): sled keeps thousands of recently written values resident whatever its cache
+//! size, so under load their size is the proxy's memory. Shorter batches, and all those of stores from
+//! before 2026-12-03, are plain: JSON starts with `{`, the header with `BATCH_LZ4`.
+//!
 //! Every store carries the live side of its high-water mark (`highwater.rs`): writers of records that
 //! only grow count them there, and the usage recorder writes the mark after its flushes.
 //!
@@ -36,6 +41,8 @@ pub enum StoreError {
         key: String,
         source: serde_json::Error,
     },
+    #[error("corrupt usage batch under {key}: {reason}")]
+    CorruptBatch { key: String, reason: &'static str },
     #[error("encode: {0}")]
     Encode(#[from] serde_json::Error),
     #[error(transparent)]
@@ -165,6 +172,20 @@ pub const USAGE_BATCH_SPAN_MS: u64 = 60_000;
 /// requests, 181 MB after 400,000; with this cap 57 MB after either, as before the gathering).
 pub const MAX_RECORDS_PER_VALUE: usize = 16;
 
+/// The first byte of a compressed usage batch; a plain one (JSON Lines) starts with `{`.
+const BATCH_LZ4: u8 = 0x01;
+/// A compressed batch's header: `BATCH_LZ4`, the record count (u16) and the newest `ts_ms` (u64), little
+/// endian, so that start-up counting and retention read no record. Then the JSON Lines' length (u32)
+/// and their lz4 block.
+const BATCH_HEADER: usize = 1 + 2 + 8 + 4;
+/// Batches shorter than this are stored plain: they come when the proxy is not busy (the recorder
+/// gathers a few records, not dozens), when the memory they hold is small, and compressing a few
+/// hundred bytes costs more per record (lz4's table is set up per call) and saves less.
+const COMPRESS_FROM: usize = 2048;
+/// The longest JSON Lines a compressed batch may claim, so that a corrupt length cannot make a read
+/// allocate gigabytes (16 records are a few kB).
+const MAX_BATCH_LINES: usize = 16 * 1024 * 1024;
+
 /// sled's page cache when the config sets none. sled's own default (1 GiB) lets a busy proxy's resident
 /// memory grow with every record written; usage is written far more than it is read.
 pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
@@ -253,15 +274,22 @@ impl Store {
         let mut start = 0;
         while start < records.len() {
             let (min, n) = span_prefix(&records[start..]);
-            let mut value = Vec::with_capacity(n * 320);
+            let mut lines = Vec::with_capacity(n * 320);
+            let mut newest = 0;
             for (i, r) in records[start..start + n].iter().enumerate() {
                 match encoded.get(start + i).and_then(Option::as_deref) {
-                    Some(line) => value.extend_from_slice(line),
-                    None => serde_json::to_writer(&mut value, r)?,
+                    Some(line) => lines.extend_from_slice(line),
+                    None => serde_json::to_writer(&mut lines, r)?,
                 }
-                value.push(b'\n');
+                lines.push(b'\n');
+                newest = newest.max(r.ts_ms);
             }
             let seq = self.db.generate_id()?;
+            let value = if lines.len() >= COMPRESS_FROM {
+                encode_batch(&lines, n, newest).unwrap_or(lines)
+            } else {
+                lines
+            };
             batch.insert(batch_key(min, seq), value);
             start += n;
         }
@@ -327,7 +355,7 @@ impl Store {
         for item in self.usage.iter() {
             let (k, v) = item?;
             n += if k.starts_with(USAGE_PREFIX.as_bytes()) {
-                count_lines(&v)
+                batch_count(&k, &v)?
             } else if k.starts_with(USAGE_PREFIX_V1.as_bytes()) {
                 1
             } else {
@@ -384,10 +412,10 @@ impl Store {
                 } else {
                     let unshipped = keep_from_seq
                         .is_some_and(|keep| batch_seq(&k).is_none_or(|seq| seq >= keep));
-                    if unshipped || newest_ts(&k, &v)? >= cutoff_ms {
+                    if unshipped || batch_newest_ts(&k, &v)? >= cutoff_ms {
                         continue;
                     }
-                    count_lines(&v)
+                    batch_count(&k, &v)?
                 };
                 batch.remove(k);
                 out.batches += 1;
@@ -453,7 +481,10 @@ impl Store {
         let end = format!("{USAGE_PREFIX}{to_ms:016x}/");
         for item in self.usage.range(start.as_bytes()..end.as_bytes()) {
             let (k, v) = item?;
-            for line in v.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            for line in batch_lines(&k, &v)?
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
                 let r = decode(&k, line)?;
                 if wanted(&r) {
                     out.push(r);
@@ -490,7 +521,10 @@ impl Store {
             let Some((ts, seq)) = parsed else { continue };
             let mut records = Vec::new();
             if seq >= from_seq {
-                for line in v.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                for line in batch_lines(&k, &v)?
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                {
                     records.push(decode(&k, line)?);
                 }
             }
@@ -675,6 +709,79 @@ fn newest_ts(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
     Ok(newest)
 }
 
+/// The stored value of a usage batch: `lines` (its `count` records as JSON Lines, the newest at
+/// `newest_ts`) compressed behind `BATCH_HEADER`; `None` when they cannot be (the caller stores them
+/// plain, which is always readable).
+fn encode_batch(lines: &[u8], count: usize, newest_ts: u64) -> Option<Vec<u8>> {
+    let count = u16::try_from(count).ok()?;
+    if lines.len() > MAX_BATCH_LINES {
+        return None;
+    }
+    let len = u32::try_from(lines.len()).ok()?;
+    let bound = lz4_flex::block::get_maximum_output_size(lines.len());
+    let mut value = Vec::with_capacity(BATCH_HEADER + bound);
+    value.push(BATCH_LZ4);
+    value.extend_from_slice(&count.to_le_bytes());
+    value.extend_from_slice(&newest_ts.to_le_bytes());
+    value.extend_from_slice(&len.to_le_bytes());
+    value.resize(BATCH_HEADER + bound, 0);
+    let written = lz4_flex::block::compress_into(lines, &mut value[BATCH_HEADER..]).ok()?;
+    value.truncate(BATCH_HEADER + written);
+    Some(value)
+}
+
+/// A compressed batch's header fields: (record count, newest `ts_ms`, length of its JSON Lines).
+fn batch_header(key: &[u8], value: &[u8]) -> Result<(u64, u64, usize), StoreError> {
+    let corrupt = |reason| StoreError::CorruptBatch {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    let Some(&[_, c0, c1, t0, t1, t2, t3, t4, t5, t6, t7, l0, l1, l2, l3]) =
+        value.get(..BATCH_HEADER)
+    else {
+        return Err(corrupt("shorter than its header"));
+    };
+    let count = u16::from_le_bytes([c0, c1]);
+    let newest = u64::from_le_bytes([t0, t1, t2, t3, t4, t5, t6, t7]);
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    if len > MAX_BATCH_LINES {
+        return Err(corrupt("claims more lines than a batch can hold"));
+    }
+    Ok((u64::from(count), newest, len))
+}
+
+/// A usage batch's JSON Lines, decompressed when it is stored compressed.
+fn batch_lines<'v>(key: &[u8], value: &'v [u8]) -> Result<std::borrow::Cow<'v, [u8]>, StoreError> {
+    if value.first() != Some(&BATCH_LZ4) {
+        return Ok(std::borrow::Cow::Borrowed(value));
+    }
+    let (_, _, len) = batch_header(key, value)?;
+    let mut lines = vec![0; len];
+    match lz4_flex::block::decompress_into(&value[BATCH_HEADER..], &mut lines) {
+        Ok(n) if n == len => Ok(std::borrow::Cow::Owned(lines)),
+        _ => Err(StoreError::CorruptBatch {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "its lines do not decompress to their stored length",
+        }),
+    }
+}
+
+/// How many records a usage batch holds (a compressed one says so in its header).
+fn batch_count(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    if value.first() == Some(&BATCH_LZ4) {
+        return Ok(batch_header(key, value)?.0);
+    }
+    Ok(count_lines(value))
+}
+
+/// The newest `ts_ms` of a usage batch's records (a compressed one says so in its header).
+fn batch_newest_ts(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    if value.first() == Some(&BATCH_LZ4) {
+        return Ok(batch_header(key, value)?.1);
+    }
+    newest_ts(key, value)
+}
+
 /// The highest journal mark in `usage`: its own key (stores before 2026-12-02, and batches without
 /// counters) or any profile's counters (one value per profile: read once, at open).
 fn stored_usage_through(usage: &sled::Tree) -> Result<u64, StoreError> {
@@ -831,11 +938,126 @@ pub(crate) mod tests {
         s.append_usage_batch(&batch).unwrap();
         assert_eq!(s.usage.len(), 3, "values of 16, 16 and 3 records");
         for item in s.usage.iter() {
-            let (_, v) = item.unwrap();
-            assert!(count_lines(&v) <= MAX_RECORDS_PER_VALUE as u64);
+            let (k, v) = item.unwrap();
+            assert!(batch_count(&k, &v).unwrap() <= MAX_RECORDS_PER_VALUE as u64);
         }
         assert_eq!(s.usage_between(0, u64::MAX).unwrap(), batch);
         assert_eq!(s.count_usage_records().unwrap(), n as u64);
+    }
+
+    #[test]
+    fn a_batch_is_stored_compressed_with_its_count_and_newest_time_in_the_header() {
+        let s = Store::temporary().unwrap();
+        let mut batch: Vec<_> = (0..MAX_RECORDS_PER_VALUE as u64)
+            .map(|i| rec(1_000 + i, "ok"))
+            .collect();
+        batch.swap(1, 15);
+        s.append_usage_batch(&batch).unwrap();
+        let (k, v) = s.usage.scan_prefix(USAGE_PREFIX).next().unwrap().unwrap();
+        let plain: Vec<u8> = batch
+            .iter()
+            .flat_map(|r| [serde_json::to_vec(r).unwrap(), b"\n".to_vec()].concat())
+            .collect();
+        assert!(plain.len() >= COMPRESS_FROM);
+        assert_eq!(v[0], BATCH_LZ4);
+        assert!(
+            v.len() < plain.len() / 2,
+            "{} bytes for {} of JSON",
+            v.len(),
+            plain.len()
+        );
+        let sixteen = MAX_RECORDS_PER_VALUE as u64;
+        assert_eq!(batch_header(&k, &v).unwrap(), (sixteen, 1_015, plain.len()));
+        assert_eq!(&*batch_lines(&k, &v).unwrap(), &plain[..]);
+        batch.sort_by_key(|r| r.ts_ms);
+        assert_eq!(s.all_usage().unwrap(), batch);
+    }
+
+    #[test]
+    fn compressed_and_plain_batches_are_read_and_counted_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let full: Vec<_> = (0..MAX_RECORDS_PER_VALUE as u64)
+            .map(|i| rec(1_000 + i, "ok"))
+            .collect();
+        let short = vec![rec(2_000, "server")];
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.append_usage_batch(&full).unwrap();
+            s.append_usage_batch(&short).unwrap();
+            let firsts: Vec<u8> = s
+                .usage
+                .scan_prefix(USAGE_PREFIX)
+                .map(|kv| kv.unwrap().1[0])
+                .collect();
+            assert_eq!(firsts, vec![BATCH_LZ4, b'{']);
+            s.flush_blocking().unwrap();
+        }
+        let s = reopen(dir.path());
+        assert_eq!(s.all_usage().unwrap(), [full, short].concat());
+        assert_eq!(
+            s.count_usage_records().unwrap(),
+            MAX_RECORDS_PER_VALUE as u64 + 1
+        );
+    }
+
+    #[test]
+    fn a_short_batch_is_stored_plain() {
+        let s = Store::temporary().unwrap();
+        let batch = vec![rec(1_000, "ok"), rec(1_001, "ok")];
+        s.append_usage_batch(&batch).unwrap();
+        let (_, v) = s.usage.scan_prefix(USAGE_PREFIX).next().unwrap().unwrap();
+        assert!(v.len() < COMPRESS_FROM);
+        assert_eq!(v[0], b'{');
+        assert_eq!(s.all_usage().unwrap(), batch);
+    }
+
+    #[test]
+    fn plain_json_lines_batches_of_earlier_versions_are_read_counted_and_expired() {
+        let s = Store::temporary().unwrap();
+        let old: Vec<_> = [1_000, 1_002].map(|ts| rec(ts, "ok")).to_vec();
+        let lines: Vec<u8> = old
+            .iter()
+            .flat_map(|r| [serde_json::to_vec(r).unwrap(), b"\n".to_vec()].concat())
+            .collect();
+        s.usage.insert(batch_key(1_000, 3), lines).unwrap();
+        s.append_usage(&rec(90_000, "ok")).unwrap();
+        assert_eq!(s.usage_between(0, 2_000).unwrap(), old);
+        assert_eq!(s.usage_batches_since(0, 0).unwrap()[0].2, old);
+        assert_eq!(s.count_usage_records().unwrap(), 3);
+        let expired = s.expire_usage(80_000, None, None, 10).unwrap();
+        assert_eq!((expired.batches, expired.records), (1, 2));
+        assert_eq!(s.all_usage().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_compressed_batch_is_an_error_naming_its_key_not_a_panic() {
+        let s = Store::temporary().unwrap();
+        let batch: Vec<_> = (0..MAX_RECORDS_PER_VALUE as u64)
+            .map(|i| rec(1_000 + i, "ok"))
+            .collect();
+        s.append_usage_batch(&batch).unwrap();
+        let (k, good) = s.usage.scan_prefix(USAGE_PREFIX).next().unwrap().unwrap();
+        assert_eq!(good[0], BATCH_LZ4);
+        let mut huge = good.to_vec();
+        huge[11..15].copy_from_slice(&u32::MAX.to_le_bytes());
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("truncated header", good[..6].to_vec()),
+            ("truncated block", good[..good.len() - 3].to_vec()),
+            ("a length no batch has", huge),
+            ("a wrong length", {
+                let mut v = good.to_vec();
+                v[11] ^= 1;
+                v
+            }),
+        ];
+        for (what, value) in cases {
+            s.usage.insert(&k, value).unwrap();
+            let err = s.all_usage().expect_err(what);
+            assert!(
+                matches!(&err, StoreError::CorruptBatch { key, .. } if key.starts_with(USAGE_PREFIX)),
+                "{what}: {err}"
+            );
+        }
     }
 
     #[test]
