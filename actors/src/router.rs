@@ -88,9 +88,16 @@ impl ProfileEntry {
         self.shared.budget.add_tokens(tokens, SystemTime::now());
     }
 
-    /// Clears the profile's cooldown, billing, auth and breaker state.
+    /// Clears the profile's cooldown, billing, auth and breaker state, in the actor's own time.
     pub fn reset(&self) {
         self.addr.do_send(ResetProfile);
+    }
+
+    /// Clears the profile's state as `reset` does, and returns once the actor has applied it and
+    /// published the view requests are routed by: a request sent after this sees the reset. `false`
+    /// when the actor is gone (it is restarting).
+    pub async fn reset_applied(&self) -> bool {
+        self.addr.send(ResetProfile).await.is_ok()
     }
 
     /// Merges another replica's cooldown and billing ends (the later kept) and auth failure into

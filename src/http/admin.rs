@@ -124,7 +124,13 @@ async fn reset_profile(
     let Some(p) = state.router.profile(&id) else {
         return Err(ApiError::NotFound(format!("No profile `{id}`.")));
     };
-    p.reset();
+    // Answered once the reset is in force, so that an operator's next request (or a script's)
+    // is routed by it rather than racing the actor's mailbox.
+    if !p.reset_applied().await {
+        return Err(ApiError::Internal(format!(
+            "Profile `{id}` is restarting; reset it again."
+        )));
+    }
     if let Some(redis) = &state.redis {
         // The other replicas reset theirs when they next exchange health (within a second).
         if let Err(e) = redis.reset_lanes(&id).await {

@@ -356,3 +356,30 @@ async fn a_profile_at_its_provider_tpm_is_skipped() {
     p.entry.note_tokens(100);
     assert_eq!(&**r.pick("m", None, &[]).unwrap().entry.id(), "p0");
 }
+
+#[actix_rt::test]
+async fn a_reset_that_has_been_applied_is_in_the_view_requests_are_routed_by() {
+    let r = Router::start(
+        &spec(Strategy::RoundRobin, &[1], false),
+        &Store::temporary().unwrap(),
+        &m(),
+    )
+    .unwrap();
+    let p = r.profile("p0").unwrap();
+    p.report(
+        AttemptOutcome::Failed {
+            class: FailureClass::Server,
+            retry_after: None,
+            detail: "500".into(),
+        },
+        false,
+    );
+    wait_state(&r, "p0", StateName::Cooldown).await;
+    // No yield between the reset's answer and the pick: the actor must already have applied it.
+    assert!(p.reset_applied().await);
+    assert!(
+        r.pick("m", None, &[]).is_ok(),
+        "picked right after the reset"
+    );
+    assert_eq!(p.shared.view().cooldown_until, None);
+}
