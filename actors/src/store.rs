@@ -945,19 +945,29 @@ pub(crate) mod tests {
         assert_eq!(s.count_usage_records().unwrap(), n as u64);
     }
 
+    /// `records` as the JSON Lines a plain batch holds.
+    fn json_lines(records: &[UsageRecord]) -> Vec<u8> {
+        records
+            .iter()
+            .flat_map(|r| [serde_json::to_vec(r).unwrap(), b"\n".to_vec()].concat())
+            .collect()
+    }
+
+    /// A batch of as many records as a value holds, a millisecond apart from 1,000: compressed.
+    fn full_batch() -> Vec<UsageRecord> {
+        (0..MAX_RECORDS_PER_VALUE as u64)
+            .map(|i| rec(1_000 + i, "ok"))
+            .collect()
+    }
+
     #[test]
     fn a_batch_is_stored_compressed_with_its_count_and_newest_time_in_the_header() {
         let s = Store::temporary().unwrap();
-        let mut batch: Vec<_> = (0..MAX_RECORDS_PER_VALUE as u64)
-            .map(|i| rec(1_000 + i, "ok"))
-            .collect();
+        let mut batch = full_batch();
         batch.swap(1, 15);
         s.append_usage_batch(&batch).unwrap();
         let (k, v) = s.usage.scan_prefix(USAGE_PREFIX).next().unwrap().unwrap();
-        let plain: Vec<u8> = batch
-            .iter()
-            .flat_map(|r| [serde_json::to_vec(r).unwrap(), b"\n".to_vec()].concat())
-            .collect();
+        let plain = json_lines(&batch);
         assert!(plain.len() >= COMPRESS_FROM);
         assert_eq!(v[0], BATCH_LZ4);
         assert!(
@@ -976,9 +986,7 @@ pub(crate) mod tests {
     #[test]
     fn compressed_and_plain_batches_are_read_and_counted_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let full: Vec<_> = (0..MAX_RECORDS_PER_VALUE as u64)
-            .map(|i| rec(1_000 + i, "ok"))
-            .collect();
+        let full = full_batch();
         let short = vec![rec(2_000, "server")];
         {
             let s = Store::open(dir.path()).unwrap();
@@ -1015,10 +1023,7 @@ pub(crate) mod tests {
     fn plain_json_lines_batches_of_earlier_versions_are_read_counted_and_expired() {
         let s = Store::temporary().unwrap();
         let old: Vec<_> = [1_000, 1_002].map(|ts| rec(ts, "ok")).to_vec();
-        let lines: Vec<u8> = old
-            .iter()
-            .flat_map(|r| [serde_json::to_vec(r).unwrap(), b"\n".to_vec()].concat())
-            .collect();
+        let lines = json_lines(&old);
         s.usage.insert(batch_key(1_000, 3), lines).unwrap();
         s.append_usage(&rec(90_000, "ok")).unwrap();
         assert_eq!(s.usage_between(0, 2_000).unwrap(), old);
@@ -1032,9 +1037,7 @@ pub(crate) mod tests {
     #[test]
     fn a_corrupt_compressed_batch_is_an_error_naming_its_key_not_a_panic() {
         let s = Store::temporary().unwrap();
-        let batch: Vec<_> = (0..MAX_RECORDS_PER_VALUE as u64)
-            .map(|i| rec(1_000 + i, "ok"))
-            .collect();
+        let batch = full_batch();
         s.append_usage_batch(&batch).unwrap();
         let (k, good) = s.usage.scan_prefix(USAGE_PREFIX).next().unwrap().unwrap();
         assert_eq!(good[0], BATCH_LZ4);

@@ -51,6 +51,25 @@ fn spec(strategy: Strategy, weights: &[u32], sticky: bool) -> RouterSpec {
     }
 }
 
+/// An attempt that failed with `class`, no `Retry-After`.
+fn failed(class: FailureClass, detail: &str) -> AttemptOutcome {
+    AttemptOutcome::Failed {
+        class,
+        retry_after: None,
+        detail: detail.into(),
+    }
+}
+
+/// A router of one round-robin profile, `p0`, on a temporary store.
+fn one_profile() -> Arc<Router> {
+    Router::start(
+        &spec(Strategy::RoundRobin, &[1], false),
+        &Store::temporary().unwrap(),
+        &m(),
+    )
+    .unwrap()
+}
+
 fn counts(r: &Router, n: usize) -> HashMap<String, usize> {
     let mut c = HashMap::new();
     for _ in 0..n {
@@ -155,14 +174,7 @@ async fn sticky_sessions_stay_and_move_only_when_unusable() {
         assert_eq!(r.pick("m", Some("s1"), &[]).unwrap().entry.id(), &first);
     }
     let p = r.profile(&first).unwrap();
-    p.report(
-        AttemptOutcome::Failed {
-            class: FailureClass::Server,
-            retry_after: None,
-            detail: "500".into(),
-        },
-        false,
-    );
+    p.report(failed(FailureClass::Server, "500"), false);
     wait_state(&r, &first, StateName::Cooldown).await;
     let moved = r.pick("m", Some("s1"), &[]).unwrap().entry.id().clone();
     assert_ne!(moved, first);
@@ -183,14 +195,7 @@ async fn half_open_admits_exactly_one_probe() {
     s.profiles[0].health.cooldown.max = Duration::from_millis(1);
     let r = Router::start(&s, &Store::temporary().unwrap(), &m()).unwrap();
     let p = r.pick("m", None, &[]).unwrap();
-    p.entry.report(
-        AttemptOutcome::Failed {
-            class: FailureClass::Server,
-            retry_after: None,
-            detail: "500".into(),
-        },
-        false,
-    );
+    p.entry.report(failed(FailureClass::Server, "500"), false);
     wait_state(&r, "p0", StateName::Open).await;
     assert!(r.pick("m", None, &[]).is_err());
     actix_rt::time::sleep(Duration::from_millis(150)).await;
@@ -216,14 +221,9 @@ async fn state_survives_a_router_restart_on_the_same_store() {
     let store = Store::temporary().unwrap();
     {
         let r = Router::start(&spec(Strategy::RoundRobin, &[1], false), &store, &m()).unwrap();
-        r.profile("p0").unwrap().report(
-            AttemptOutcome::Failed {
-                class: FailureClass::Billing,
-                retry_after: None,
-                detail: "402".into(),
-            },
-            false,
-        );
+        r.profile("p0")
+            .unwrap()
+            .report(failed(FailureClass::Billing, "402"), false);
         wait_state(&r, "p0", StateName::BillingDisabled).await;
     }
     let r = Router::start(&spec(Strategy::RoundRobin, &[1], false), &store, &m()).unwrap();
@@ -233,21 +233,9 @@ async fn state_survives_a_router_restart_on_the_same_store() {
 
 #[actix_rt::test]
 async fn a_restarted_profile_actor_keeps_its_state() {
-    let r = Router::start(
-        &spec(Strategy::RoundRobin, &[1], false),
-        &Store::temporary().unwrap(),
-        &m(),
-    )
-    .unwrap();
+    let r = one_profile();
     let p = r.profile("p0").unwrap();
-    p.report(
-        AttemptOutcome::Failed {
-            class: FailureClass::Auth,
-            retry_after: None,
-            detail: "401".into(),
-        },
-        false,
-    );
+    p.report(failed(FailureClass::Auth, "401"), false);
     wait_state(&r, "p0", StateName::AuthFailed).await;
     p.addr.do_send(crate::profile::Restart);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -268,14 +256,9 @@ async fn a_restarted_profile_actor_keeps_its_state() {
 async fn reload_keeps_state_of_kept_profiles_adds_and_removes() {
     let store = Store::temporary().unwrap();
     let r = Router::start(&spec(Strategy::RoundRobin, &[1, 1], false), &store, &m()).unwrap();
-    r.profile("p0").unwrap().report(
-        AttemptOutcome::Failed {
-            class: FailureClass::Server,
-            retry_after: None,
-            detail: "500".into(),
-        },
-        false,
-    );
+    r.profile("p0")
+        .unwrap()
+        .report(failed(FailureClass::Server, "500"), false);
     wait_state(&r, "p0", StateName::Cooldown).await;
     let before = r.profile("p0").unwrap().shared.clone();
     // p0 kept (weight changed), p1 removed, p2 added.
@@ -304,14 +287,9 @@ async fn reload_keeps_state_of_kept_profiles_adds_and_removes() {
 async fn reload_with_a_new_credential_clears_auth_failure() {
     let store = Store::temporary().unwrap();
     let r = Router::start(&spec(Strategy::RoundRobin, &[1], false), &store, &m()).unwrap();
-    r.profile("p0").unwrap().report(
-        AttemptOutcome::Failed {
-            class: FailureClass::Auth,
-            retry_after: None,
-            detail: "401".into(),
-        },
-        false,
-    );
+    r.profile("p0")
+        .unwrap()
+        .report(failed(FailureClass::Auth, "401"), false);
     wait_state(&r, "p0", StateName::AuthFailed).await;
     let mut next = spec(Strategy::RoundRobin, &[1], false);
     next.profiles[0].credential_fingerprint = 42;
@@ -359,21 +337,9 @@ async fn a_profile_at_its_provider_tpm_is_skipped() {
 
 #[actix_rt::test]
 async fn a_reset_that_has_been_applied_is_in_the_view_requests_are_routed_by() {
-    let r = Router::start(
-        &spec(Strategy::RoundRobin, &[1], false),
-        &Store::temporary().unwrap(),
-        &m(),
-    )
-    .unwrap();
+    let r = one_profile();
     let p = r.profile("p0").unwrap();
-    p.report(
-        AttemptOutcome::Failed {
-            class: FailureClass::Server,
-            retry_after: None,
-            detail: "500".into(),
-        },
-        false,
-    );
+    p.report(failed(FailureClass::Server, "500"), false);
     wait_state(&r, "p0", StateName::Cooldown).await;
     // No yield between the reset's answer and the pick: the actor must already have applied it.
     assert!(p.reset_applied().await);

@@ -94,6 +94,14 @@ const FULL: [&str; 4] = [
 /// The overlapping call's `x-request-id`, which its credit reserve carries to Redis.
 const CALL_ID: &str = "overlap-call-0123";
 
+/// A metered tier with one request an hour and no monthly grant: the second call is refused by its
+/// request limit, and credits are only what a test adds.
+const ONE_AN_HOUR: [&str; 3] = [
+    "requests_per_hour: 1",
+    "monthly_credits: 0",
+    "max_tokens_per_request: 20",
+];
+
 #[tokio::test]
 async fn a_metered_call_sends_its_credit_reserve_before_its_windows_and_budget_answer() {
     let Some(redis) = RedisServer::start("admission_one_round_trip") else {
@@ -160,12 +168,7 @@ async fn a_call_its_request_limit_refuses_gives_back_the_credits_reserved_beside
         return;
     };
     let mock = MockUpstream::start().await;
-    let tier = [
-        "requests_per_hour: 1",
-        "monthly_credits: 0",
-        "max_tokens_per_request: 20",
-    ];
-    let replicas = start(&credit_config(&mock, &redis, &tier, &[]), 2);
+    let replicas = start(&credit_config(&mock, &redis, &ONE_AN_HOUR, &[]), 2);
     away_from_the_hour_edge().await;
     add_credits(&replicas[0], "limited", 1.0).await;
     let token = token("limited");
@@ -196,12 +199,7 @@ async fn a_spent_request_limit_answers_before_refused_credits_and_a_credit_refus
         return;
     };
     let mock = MockUpstream::start().await;
-    let tier = [
-        "requests_per_hour: 1",
-        "monthly_credits: 0",
-        "max_tokens_per_request: 20",
-    ];
-    let replicas = start(&credit_config(&mock, &redis, &tier, &[]), 1);
+    let replicas = start(&credit_config(&mock, &redis, &ONE_AN_HOUR, &[]), 1);
     away_from_the_hour_edge().await;
     let token = token("broke");
     // No credits: refused by them, and counted in the hour's window, as in local mode.
