@@ -17,6 +17,8 @@
   tools.py cgtop N < ANNOTATE_OUTPUT     the N costliest functions of callgrind_annotate's output, runtime
                                          plumbing (tokio, actix-service, futures, std) left out, one line each
   tools.py table RESULTS.tsv             the Markdown tables (medians over runs) from run.sh's raw results
+  tools.py latency RAW.tsv SYSTEM...     latency.sh's table: medians over rounds, added latency and the
+                                         ratios to the first system taken within each round
 """
 import os
 import re
@@ -583,6 +585,51 @@ def redis_mode(raw, runs, systems, per_run, m):
               f"socket errors {fmt(m('fleet', 'thr_errors'), '.0f')}.")
 
 
+def latency(raw, *systems):
+    """latency.sh's rows (round, name, route, p50 µs, p99 µs) -> one Markdown table."""
+    points = {}
+    for line in open(raw):
+        rnd, name, route, p50, p99 = line.rstrip("\n").split("\t")
+        points[(int(rnd), name, route)] = (float(p50), float(p99))
+    rounds = sorted({k[0] for k in points})
+
+    def route_of(sys_name):
+        return sys_name.split(":", 1)[1] if ":" in sys_name else "chat"
+
+    def added(rnd, sys_name, i):
+        own = points.get((rnd, sys_name, route_of(sys_name)))
+        direct = points.get((rnd, "direct", route_of(sys_name)))
+        return None if own is None or direct is None else own[i] - direct[i]
+
+    base = systems[0]
+    print("| system | p50 | p99 | added p50 | added p99 | added p50 / first's: median (min-max) | "
+          "added p99 / first's: median | rounds where p50's ratio <= 1.1 / 1.15 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    names = [f"direct:{r}" if r != "chat" else "direct" for r in
+             dict.fromkeys(route_of(s) for s in systems)] + list(systems)
+    for name in names:
+        is_direct = name.startswith("direct")
+        key_name, route = ("direct", route_of(name)) if is_direct else (name, route_of(name))
+        p50 = med(points.get((r, key_name, route), (None, None))[0] for r in rounds)
+        p99 = med(points.get((r, key_name, route), (None, None))[1] for r in rounds)
+        if is_direct:
+            print(f"| {name} | {fmt_ms(p50)} | {fmt_ms(p99)} | - | - | - | - | - |")
+            continue
+        a50 = [added(r, name, 0) for r in rounds]
+        a99 = [added(r, name, 1) for r in rounds]
+        ratios = [a / b for a, b in zip(a50, [added(r, base, 0) for r in rounds])
+                  if a is not None and b]
+        ratios99 = [a / b for a, b in zip(a99, [added(r, base, 1) for r in rounds])
+                    if a is not None and b]
+        spread = f"{med(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-"
+        within = (f"{sum(x <= 1.1 for x in ratios)} / {sum(x <= 1.15 for x in ratios)} of {len(ratios)}"
+                  if ratios else "-")
+        r99 = f"{med(ratios99):.2f}x" if ratios99 else "-"
+        print(f"| {name} | {fmt_ms(p50)} | {fmt_ms(p99)} | {fmt_ms(med(a50))} | {fmt_ms(med(a99))} | "
+              f"{spread} | {r99} | {within} |")
+    return 0
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__)
@@ -615,6 +662,8 @@ def main(argv):
         return 0
     if cmd == "table":
         return table(*args)
+    if cmd == "latency":
+        return latency(*args)
     print(__doc__)
     return 2
 

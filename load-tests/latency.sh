@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Latency at one connection of several Switchyard configurations, interleaved: issue 14's targets 1 and
+# 6 compare two added latencies of ~0.13 ms that differ by a few µs, and one run of run.sh (each system
+# measured once, minutes apart) moves such a ratio by 0.2x. Here every round measures the direct path
+# and every system back to back, in an order that rotates each round, and the ratios are taken within
+# each round; the table gives their median and spread.
+#
+#   bash load-tests/latency.sh [--no-build] [--rounds R] [--duration S] [--workers W] [--stream]
+#                              [--raw FILE] [SYSTEM...]
+#                              (defaults: 7 rounds, 5 s a point, 2 workers; systems: bare default)
+#
+# SYSTEM: VARIANT or VARIANT:ROUTE, with VARIANT as in callgrind.sh (default, fsync, bare, full, fullnd,
+# fullnc) and ROUTE chat (the default), messages or responses; e.g. `bare default` (target 1: the
+# default config's added latency over the not-durable one's) or
+# `default default:messages default:responses` (target 6). The first system is the baseline of the
+# ratios. --stream asks for streamed answers (wrk then times the whole stream). --raw FILE keeps every
+# point (round, system, route, p50 and p99 in µs).
+#
+# One mock upstream, and one Switchyard per variant (an empty data directory each), all started before
+# the first round. A point is wrk with 1 thread and 1 keep-alive connection for S seconds (the same
+# request as run.sh); "added" is the point's p50 (or p99) minus the direct path's p50 (p99) on the
+# same route in the same round. Everything started is stopped by PID on exit.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+TOOLS="python3 $HERE/tools.py"
+BUILD=1 ROUNDS=7 DURATION=5 WORKERS=2 STREAM=0 RAW_COPY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-build) BUILD=0 ;;
+    --rounds) ROUNDS="$2"; shift ;;
+    --duration) DURATION="$2"; shift ;;
+    --workers) WORKERS="$2"; shift ;;
+    --stream) STREAM=1 ;;
+    --raw) RAW_COPY="$2"; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -*) echo "unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+  shift
+done
+SYSTEMS=("$@")
+[ ${#SYSTEMS[@]} -gt 0 ] || SYSTEMS=(bare default)
+source "$HERE/common.sh"
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
+declare -A ROUTE_PATH=([chat]=/v1/chat/completions [messages]=/v1/messages [responses]=/v1/responses)
+for sys in "${SYSTEMS[@]}"; do
+  variant "${sys%%:*}"
+  route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
+  [ -n "${ROUTE_PATH[$route]:-}" ] || { echo "unknown route $route (chat, messages or responses)" >&2; exit 2; }
+done
+if [ "$BUILD" = 1 ]; then
+  (cd "$ROOT" && cargo build --release -q -p switchyard -p switchyard-load-tests)
+fi
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+TOP="$(mktemp -d /tmp/switchyard-latency.XXXXXX)"
+trap 'set +e; stop_started; rm -rf "$TOP"' EXIT
+trap 'exit 130' INT TERM
+WORK="$TOP"
+start_mock "$BIN"
+
+# One Switchyard per variant, each in its own folder (render_config writes WORK/config.yaml).
+declare -A ADDR KEY
+for sys in "${SYSTEMS[@]}"; do
+  v="${sys%%:*}"
+  [ -n "${ADDR[$v]:-}" ] && continue
+  variant "$v"
+  WORK="$TOP/$v"; mkdir -p "$WORK"
+  port="$($TOOLS freeport)"
+  admin="lat-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  render_config "$port"
+  SWITCHYARD_ADMIN_TOKEN="$admin" SWITCHYARD_NO_WATCH=true "$BIN/switchyard" serve --config "$WORK/config.yaml" \
+    --workers "$WORKERS" --shutdown-timeout 2s --log-format json >"$WORK/stdout" 2>"$WORK/log" &
+  PIDS+=($!)
+  $TOOLS wait "127.0.0.1:$port" /health/ready 60 || { tail -20 "$WORK/log" >&2; exit 1; }
+  ADDR[$v]="127.0.0.1:$port"
+  KEY[$v]=""
+  if grep -q '^  required: true' "$WORK/config.yaml"; then
+    KEY[$v]="$($TOOLS mkkey "127.0.0.1:$port" "$admin" '{"name":"load","account":"load-test","tier":"load"}')"
+  fi
+done
+WORK="$TOP"
+
+RAW="$TOP/raw.tsv"
+: >"$RAW"
+# point ROUND NAME ADDR ROUTE KEY SESSIONS: one wrk run, one row in RAW (round, name, route, p50, p99 in µs).
+point() {
+  local round="$1" name="$2" addr="$3" route="$4" key="$5" sessions="$6" out="$TOP/wrk.out"
+  SY_ROUTE="$route" SY_STREAM="$STREAM" SY_SESSIONS="$sessions" SY_AUTH="$key" \
+    timeout $((DURATION + 30)) wrk -t1 -c1 -d"${DURATION}s" --timeout 5s --latency -s "$HERE/lua/chat.lua" \
+    "http://$addr${ROUTE_PATH[$route]}" >"$out" 2>&1 || true
+  local line; line="$(grep '^RESULT ' "$out" | tail -1 || true)"
+  [ -n "$line" ] || { echo "wrk failed for $name: $(tail -3 "$out")" >&2; exit 1; }
+  [[ "$line" == *"non2xx=0 errors=0"* ]] || { echo "$name answered with errors: $line" >&2; exit 1; }
+  local p50="${line#*p50=}" p99="${line#*p99=}"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$route" "${p50%% *}" "${p99%% *}" >>"$RAW"
+}
+
+ROUTES=()
+for sys in "${SYSTEMS[@]}"; do
+  route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
+  [[ " ${ROUTES[*]:-} " == *" $route "* ]] || ROUTES+=("$route")
+done
+# Warm-up: one short point each, not recorded.
+for sys in "${SYSTEMS[@]}"; do
+  v="${sys%%:*}"; route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
+  SY_ROUTE="$route" SY_STREAM="$STREAM" SY_AUTH="${KEY[$v]}" wrk -t1 -c1 -d1s -s "$HERE/lua/chat.lua" \
+    "http://${ADDR[$v]}${ROUTE_PATH[$route]}" >/dev/null 2>&1 || true
+done
+n=${#SYSTEMS[@]}
+for round in $(seq "$ROUNDS"); do
+  echo "[$(date +%T)] round $round of $ROUNDS" >&2
+  for route in "${ROUTES[@]}"; do point "$round" direct "$UPSTREAM" "$route" "" 0; done
+  for i in $(seq 0 $((n - 1))); do
+    sys="${SYSTEMS[$(((i + round) % n))]}"   # rotated: no system is always first after the direct path
+    v="${sys%%:*}"; route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
+    sessions=0; [ -n "${KEY[$v]}" ] && sessions=1000   # the full variants, as run.sh's full*
+    point "$round" "$sys" "${ADDR[$v]}" "$route" "${KEY[$v]}" "$sessions"
+  done
+done
+
+echo "## Latency at 1 connection, interleaved: $ROUNDS rounds of ${DURATION} s a point, $WORKERS workers$([ "$STREAM" = 1 ] && echo ', streamed answers')"
+echo
+echo "Checkout at commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), binary built $(date -u -r "$BIN/switchyard" +%Y-%m-%dT%H:%MZ). ms; added = the system's minus the direct path's, same route, same round; ratios are the added p50 (p99) over the first system's, per round."
+echo
+$TOOLS latency "$RAW" "${SYSTEMS[@]}"
+[ -z "$RAW_COPY" ] || cp "$RAW" "$RAW_COPY"
