@@ -290,6 +290,12 @@ fn grant_key(account: &str) -> String {
 /// Transactions, in batches: `v1/tx/<hex account>/<ts>/<seq>`.
 const TX_PREFIX: &str = "v1/tx/";
 
+/// At most this many transactions in one stored value, as for usage records (the store's
+/// `MAX_RECORDS_PER_VALUE`): sled keeps recently written values resident, and values of a whole
+/// batch (~50 transactions of ~250 bytes at 5,000 metered requests/s) made its resident memory grow
+/// with the ledger (`load-tests/memory.sh full`, RESULTS.md round 7).
+const MAX_TRANSACTIONS_PER_VALUE: usize = 16;
+
 fn tx_prefix(account: &str) -> String {
     format!("{TX_PREFIX}{}/", hex(account))
 }
@@ -727,8 +733,9 @@ impl Ledger {
         }
     }
 
-    /// One sled value: one account's transactions of a batch, keyed by the first, with the leases of
-    /// its reserves stored and those its settlements close removed in the same atomic batch: a lease
+    /// One account's transactions of a batch, in sled values of at most `MAX_TRANSACTIONS_PER_VALUE`
+    /// each keyed by its first, with the leases of its reserves stored and those its settlements close
+    /// removed in the same atomic batch: a lease
     /// comes only with its reserve and goes only with the transaction that closes it, so a crash never
     /// leaves one without the other. A reserve closed within the batch needs no lease at all (the
     /// usual case: the request was answered before the batch was written), so such a batch is a single
@@ -737,12 +744,9 @@ impl Ledger {
         let Some(first) = group.first() else {
             return Ok(());
         };
-        let mut value = Vec::with_capacity(group.iter().map(|q| q.line.len() + 1).sum());
         let mut opened: Vec<&Queued> = Vec::new();
         let mut closed: Vec<&str> = Vec::new();
         for q in group {
-            value.extend_from_slice(&q.line);
-            value.push(b'\n');
             match &q.lease {
                 LeaseChange::None => {}
                 LeaseChange::Open { .. } => opened.push(q),
@@ -785,11 +789,24 @@ impl Ledger {
             batch.insert(lease_key(&o.id), serde_json::to_vec(&stored)?);
             lease_changes += 1;
         }
-        let key = batch_key(&first.account, first.ts_ms, first.seq);
-        if lease_changes == 0 {
-            self.tree.insert(key, value)?;
+        // Every value keyed by the group's first time: its values then sort by sequence, whatever the
+        // clock did between its transactions.
+        let values = group.chunks(MAX_TRANSACTIONS_PER_VALUE).map(|chunk| {
+            let mut value = Vec::with_capacity(chunk.iter().map(|q| q.line.len() + 1).sum());
+            for q in chunk {
+                value.extend_from_slice(&q.line);
+                value.push(b'\n');
+            }
+            (batch_key(&first.account, first.ts_ms, chunk[0].seq), value)
+        });
+        if lease_changes == 0 && group.len() <= MAX_TRANSACTIONS_PER_VALUE {
+            for (key, value) in values {
+                self.tree.insert(key, value)?;
+            }
         } else {
-            batch.insert(key, value);
+            for (key, value) in values {
+                batch.insert(key, value);
+            }
             self.tree.apply_batch(batch)?;
         }
         self.store
@@ -1235,6 +1252,51 @@ mod tests {
         assert_eq!(l.transactions("a").unwrap().len(), 11);
         assert_eq!(sum(&l, "a"), 975);
         assert_eq!(sum(&l, "b"), 1_000);
+    }
+
+    #[test]
+    fn a_large_batch_is_stored_in_values_of_at_most_the_cap_and_read_back_in_order() {
+        let store = Store::temporary().unwrap();
+        let l = Ledger::open(&store).unwrap();
+        l.adjust("a", 10_000, None).unwrap();
+        // 20 answered requests (40 movements, no lease left) and 3 open reservations (3 leases).
+        for i in 0..20 {
+            let r = l
+                .reserve("a", None, 10, (&format!("a{i}"), "m"), LEASE)
+                .unwrap();
+            l.settle(&r, 7).unwrap();
+        }
+        for i in 0..3 {
+            l.reserve("a", None, 100, (&format!("open{i}"), "m"), LEASE)
+                .unwrap();
+        }
+        l.write_pending().unwrap();
+        let values: Vec<_> = l
+            .tree
+            .scan_prefix("v1/tx/")
+            .map(|item| item.unwrap().1)
+            .collect();
+        // The adjustment's own value, then 43 movements in values of 16, 16 and 11.
+        let lines: Vec<u64> = values
+            .iter()
+            .map(|v| switchyard_actors::store::count_lines(v))
+            .collect();
+        assert_eq!(lines, vec![1, 16, 16, 11]);
+        assert_eq!(l.tree.scan_prefix(LEASE_PREFIX).count(), 3);
+        let txs = l.transactions("a").unwrap();
+        assert_eq!(txs.len(), 44);
+        let seqs: Vec<u64> = txs.iter().filter_map(|t| seq_of(&t.id)).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "in decision order: {seqs:?}"
+        );
+        assert_eq!(newest_stored_seq(&l.tree).unwrap(), *seqs.last().unwrap());
+        let balance = 10_000 - 20 * 7 - 3 * 100;
+        assert_eq!(sum(&l, "a"), balance);
+        drop(l);
+        // A reopened ledger reads the newest value's last transaction as the balance.
+        let l = Ledger::open(&store).unwrap();
+        assert_eq!(l.balance("a").unwrap(), balance as u64);
     }
 
     #[test]
