@@ -523,3 +523,20 @@ fn keys_command(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// `.cargo/config.toml` compiles `tcache_max:8192` into jemalloc (what the idle memory after load
+    /// depends on); a build without it caches up to jemalloc's default, 32 KiB.
+    #[test]
+    fn the_allocator_caches_objects_of_at_most_8_kib_per_thread() {
+        let max = tikv_jemalloc_ctl::opt::tcache_max::read().unwrap();
+        assert_eq!(
+            max,
+            8192,
+            "jemalloc's tcache_max (from .cargo/config.toml's JEMALLOC_SYS_WITH_MALLOC_CONF, or \
+             _RJEM_MALLOC_CONF in the environment: {:?})",
+            std::env::var("_RJEM_MALLOC_CONF").ok()
+        );
+    }
+}
