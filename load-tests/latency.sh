@@ -16,8 +16,7 @@
 # ratios. --stream asks for streamed answers (wrk then times the whole stream). --raw FILE keeps every
 # point (round, system, route, p50 and p99 in µs).
 #
-# One mock upstream, and one Switchyard per variant (an empty data directory each), all started before
-# the first round. A point is wrk with 1 thread and 1 keep-alive connection for S seconds (the same
+# One mock upstream, and in each round one fresh Switchyard per variant (an empty data directory each). A point is wrk with 1 thread and 1 keep-alive connection for S seconds (the same
 # request as run.sh); "added" is the point's p50 (or p99) minus the direct path's p50 (p99) on the
 # same route in the same round. Everything started is stopped by PID on exit.
 set -euo pipefail
@@ -56,32 +55,59 @@ fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 TOP="$(mktemp -d /tmp/switchyard-latency.XXXXXX)"
-trap 'set +e; stop_started; rm -rf "$TOP"' EXIT
+SY_PIDS=()
+trap 'set +e; stop_variants none; stop_started; rm -rf "$TOP"' EXIT
 trap 'exit 130' INT TERM
 WORK="$TOP"
 start_mock "$BIN"
 
-# One Switchyard per variant, each in its own folder (render_config writes WORK/config.yaml).
+# start_variants ROUND: one fresh Switchyard per variant (an empty data directory in its own folder;
+# render_config writes WORK/config.yaml), warmed up. Fresh each round: at one connection on two cores,
+# where the scheduler puts a process's worker against wrk and the mock (the same core, or waking the
+# other) is a large part of its latency, and a long-lived process keeps one draw of it for the whole
+# run; fresh processes make it vary between rounds, where the median handles it.
 declare -A ADDR KEY
-for sys in "${SYSTEMS[@]}"; do
-  v="${sys%%:*}"
-  [ -n "${ADDR[$v]:-}" ] && continue
-  variant "$v"
-  WORK="$TOP/$v"; mkdir -p "$WORK"
-  port="$($TOOLS freeport)"
-  admin="lat-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-  render_config "$port"
-  SWITCHYARD_ADMIN_TOKEN="$admin" SWITCHYARD_NO_WATCH=true "$BIN/switchyard" serve --config "$WORK/config.yaml" \
-    --workers "$WORKERS" --shutdown-timeout 2s --log-format json >"$WORK/stdout" 2>"$WORK/log" &
-  PIDS+=($!)
-  $TOOLS wait "127.0.0.1:$port" /health/ready 60 || { tail -20 "$WORK/log" >&2; exit 1; }
-  ADDR[$v]="127.0.0.1:$port"
-  KEY[$v]=""
-  if grep -q '^  required: true' "$WORK/config.yaml"; then
-    KEY[$v]="$($TOOLS mkkey "127.0.0.1:$port" "$admin" '{"name":"load","account":"load-test","tier":"load"}')"
-  fi
-done
-WORK="$TOP"
+start_variants() {
+  local sys v port admin route
+  ADDR=(); KEY=()
+  for sys in "${SYSTEMS[@]}"; do
+    v="${sys%%:*}"
+    [ -n "${ADDR[$v]:-}" ] && continue
+    variant "$v"
+    WORK="$TOP/$1/$v"; mkdir -p "$WORK"
+    port="$($TOOLS freeport)"
+    admin="lat-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    render_config "$port"
+    SWITCHYARD_ADMIN_TOKEN="$admin" SWITCHYARD_NO_WATCH=true "$BIN/switchyard" serve --config "$WORK/config.yaml" \
+      --workers "$WORKERS" --shutdown-timeout 2s --log-format json >"$WORK/stdout" 2>"$WORK/log" &
+    SY_PIDS+=($!)
+    $TOOLS wait "127.0.0.1:$port" /health/ready 60 || { tail -20 "$WORK/log" >&2; exit 1; }
+    ADDR[$v]="127.0.0.1:$port"
+    KEY[$v]=""
+    if grep -q '^  required: true' "$WORK/config.yaml"; then
+      KEY[$v]="$($TOOLS mkkey "127.0.0.1:$port" "$admin" '{"name":"load","account":"load-test","tier":"load"}')"
+    fi
+  done
+  WORK="$TOP"
+  # Warm-up: one short point each, not recorded.
+  for sys in "${SYSTEMS[@]}"; do
+    v="${sys%%:*}"; route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
+    SY_ROUTE="$route" SY_STREAM="$STREAM" SY_AUTH="${KEY[$v]}" wrk -t1 -c1 -d1s -s "$HERE/lua/chat.lua" \
+      "http://${ADDR[$v]}${ROUTE_PATH[$route]}" >/dev/null 2>&1 || true
+  done
+}
+# stop_variants: the round's Switchyards (TERM, then KILL after 10 s), and their folders.
+stop_variants() {
+  local pid
+  for pid in "${SY_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${SY_PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  SY_PIDS=()
+  rm -rf "${TOP:?}/$1"
+}
 
 RAW="$TOP/raw.tsv"
 : >"$RAW"
@@ -103,15 +129,10 @@ for sys in "${SYSTEMS[@]}"; do
   route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
   [[ " ${ROUTES[*]:-} " == *" $route "* ]] || ROUTES+=("$route")
 done
-# Warm-up: one short point each, not recorded.
-for sys in "${SYSTEMS[@]}"; do
-  v="${sys%%:*}"; route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
-  SY_ROUTE="$route" SY_STREAM="$STREAM" SY_AUTH="${KEY[$v]}" wrk -t1 -c1 -d1s -s "$HERE/lua/chat.lua" \
-    "http://${ADDR[$v]}${ROUTE_PATH[$route]}" >/dev/null 2>&1 || true
-done
 n=${#SYSTEMS[@]}
 for round in $(seq "$ROUNDS"); do
   echo "[$(date +%T)] round $round of $ROUNDS" >&2
+  start_variants "$round"
   for route in "${ROUTES[@]}"; do point "$round" direct "$UPSTREAM" "$route" "" 0; done
   for i in $(seq 0 $((n - 1))); do
     sys="${SYSTEMS[$(((i + round) % n))]}"   # rotated: no system is always first after the direct path
@@ -119,6 +140,7 @@ for round in $(seq "$ROUNDS"); do
     sessions=0; [ -n "${KEY[$v]}" ] && sessions=1000   # the full variants, as run.sh's full*
     point "$round" "$sys" "${ADDR[$v]}" "$route" "${KEY[$v]}" "$sessions"
   done
+  stop_variants "$round"
 done
 
 echo "## Latency at 1 connection, interleaved: $ROUNDS rounds of ${DURATION} s a point, $WORKERS workers$([ "$STREAM" = 1 ] && echo ', streamed answers')"
