@@ -735,11 +735,10 @@ impl Ledger {
 
     /// One account's transactions of a batch, in sled values of at most `MAX_TRANSACTIONS_PER_VALUE`
     /// each keyed by its first, with the leases of its reserves stored and those its settlements close
-    /// removed in the same atomic batch: a lease
-    /// comes only with its reserve and goes only with the transaction that closes it, so a crash never
-    /// leaves one without the other. A reserve closed within the batch needs no lease at all (the
-    /// usual case: the request was answered before the batch was written), so such a batch is a single
-    /// sled insert.
+    /// removed in the same atomic batch: a lease comes only with its reserve and goes only with the
+    /// transaction that closes it, so a crash never leaves one without the other. A reserve closed
+    /// within the batch needs no lease at all (the usual case: the request was answered before the
+    /// batch was written), so such a batch of one value is a single sled insert.
     fn write_group(&self, group: &[Queued]) -> Result<(), LedgerError> {
         let Some(first) = group.first() else {
             return Ok(());
