@@ -56,19 +56,8 @@ trap 'exit 130' INT TERM
 start_mock "$BIN"
 
 PORT="$($TOOLS freeport)"
-ADMIN="cg-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 render_config "$PORT"
-SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
-  "$BIN/switchyard" serve --config "$WORK/config.yaml" --workers 1 --shutdown-timeout 2s --log-format json \
-  >"$WORK/stdout" 2>"$WORK/log" &
-SY_PID=$!
-PIDS+=("$SY_PID")
-$TOOLS wait "127.0.0.1:$PORT" /health/ready 120 || { tail -20 "$WORK/log" >&2; exit 1; }
-KEY=""
-if grep -q '^  required: true' "$WORK/config.yaml"; then
-  KEY="$($TOOLS mkkey "127.0.0.1:$PORT" "$ADMIN" '{"name":"load","account":"load-test","tier":"load"}')"
-fi
+start_switchyard "$BIN/switchyard" "$PORT" 1 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out"
 case "$ROUTE" in
   chat) export SEND_PATH=/v1/chat/completions
     printf '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello in five words."}],"max_tokens":16}' >"$WORK/body.json" ;;

@@ -1,4 +1,4 @@
-# Sourced by callgrind.sh, kernel.sh and memory.sh: the variants, and starting and stopping the mock
+# Sourced by callgrind.sh, kernel.sh, memory.sh and latency.sh: the variants, and starting and stopping the mock
 # upstream and Switchyard the same way in each. Expects HERE (this folder), TOOLS and WORK.
 
 # variant NAME: sets TMPL, CREDITS and DURABLE for one of the configurations the scripts measure.
@@ -28,6 +28,24 @@ stop_started() {
     wait "$pid" 2>/dev/null || true
   done
   PIDS=()
+}
+
+# start_switchyard SWITCHYARD PORT WORKERS [WRAPPER...]: serves WORK/config.yaml (see render_config) with
+# the binary SWITCHYARD on PORT, run through WRAPPER if given (valgrind, say: then it may take 120 s to be
+# ready instead of 60); creates a client key when the config requires one. Sets SY_PID, ADMIN and KEY
+# ("" without keys); SY_PID joins PIDS.
+start_switchyard() {
+  local bin="$1" port="$2" workers="$3"; shift 3
+  ADMIN="load-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true "$@" "$bin" serve --config "$WORK/config.yaml" \
+    --workers "$workers" --shutdown-timeout 2s --log-format json >"$WORK/stdout" 2>"$WORK/log" &
+  SY_PID=$!
+  PIDS+=("$SY_PID")
+  $TOOLS wait "127.0.0.1:$port" /health/ready "$([ $# -gt 0 ] && echo 120 || echo 60)" || { tail -20 "$WORK/log" >&2; exit 1; }
+  KEY=""
+  if grep -q '^  required: true' "$WORK/config.yaml"; then
+    KEY="$($TOOLS mkkey "127.0.0.1:$port" "$ADMIN" '{"name":"load","account":"load-test","tier":"load"}')"
+  fi
 }
 
 # start_mock BIN: starts BIN/mock-upstream on a free port; sets UPSTREAM to its address.

@@ -42,18 +42,8 @@ trap 'exit 130' INT TERM
 start_mock "$BIN"
 
 PORT="$($TOOLS freeport)"
-ADMIN="k-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 render_config "$PORT"
-SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
-  "$BIN/switchyard" serve --config "$WORK/config.yaml" --workers "$WORKERS" --shutdown-timeout 2s --log-format json \
-  >"$WORK/stdout" 2>"$WORK/log" &
-SY_PID=$!
-PIDS+=("$SY_PID")
-$TOOLS wait "127.0.0.1:$PORT" /health/ready 60 || { tail -20 "$WORK/log" >&2; exit 1; }
-KEY=""
-if grep -q '^  required: true' "$WORK/config.yaml"; then
-  KEY="$($TOOLS mkkey "127.0.0.1:$PORT" "$ADMIN" '{"name":"load","account":"load-test","tier":"load"}')"
-fi
+start_switchyard "$BIN/switchyard" "$PORT" "$WORKERS"
 SESSIONS=1000
 # wrk at CONNS connections for SECONDS against ADDR; prints its RESULT line.
 load() { # addr seconds

@@ -16,8 +16,9 @@
 # ratios. --stream asks for streamed answers (wrk then times the whole stream). --raw FILE keeps every
 # point (round, system, route, p50 and p99 in µs).
 #
-# One mock upstream, and in each round one fresh Switchyard per variant (an empty data directory each). A point is wrk with 1 thread and 1 keep-alive connection for S seconds (the same
-# request as run.sh); "added" is the point's p50 (or p99) minus the direct path's p50 (p99) on the
+# In each round a fresh mock upstream and one fresh Switchyard per variant (an empty data directory
+# each). A point is wrk with 1 thread and 1 keep-alive connection for S seconds (the same request as
+# run.sh); "added" is the point's p50 (or p99) minus the direct path's p50 (p99) on the
 # same route in the same round. Everything started is stopped by PID on exit.
 set -euo pipefail
 
@@ -42,11 +43,14 @@ done
 SYSTEMS=("$@")
 [ ${#SYSTEMS[@]} -gt 0 ] || SYSTEMS=(bare default)
 source "$HERE/common.sh"
+# route_of SYSTEM: the route a system name asks for (chat unless it says VARIANT:ROUTE).
+route_of() { if [[ "$1" == *:* ]]; then echo "${1#*:}"; else echo chat; fi; }
+
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 declare -A ROUTE_PATH=([chat]=/v1/chat/completions [messages]=/v1/messages [responses]=/v1/responses)
 for sys in "${SYSTEMS[@]}"; do
   variant "${sys%%:*}"
-  route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
+  route="$(route_of "$sys")"
   [ -n "${ROUTE_PATH[$route]:-}" ] || { echo "unknown route $route (chat, messages or responses)" >&2; exit 2; }
 done
 if [ "$BUILD" = 1 ]; then
@@ -55,58 +59,38 @@ fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 TOP="$(mktemp -d /tmp/switchyard-latency.XXXXXX)"
-SY_PIDS=()
-trap 'set +e; stop_variants none; stop_started; rm -rf "$TOP"' EXIT
+trap 'set +e; stop_started; rm -rf "$TOP"' EXIT
 trap 'exit 130' INT TERM
-WORK="$TOP"
-start_mock "$BIN"
 
-# start_variants ROUND: one fresh Switchyard per variant (an empty data directory in its own folder;
-# render_config writes WORK/config.yaml), warmed up. Fresh each round: at one connection on two cores,
-# where the scheduler puts a process's worker against wrk and the mock (the same core, or waking the
-# other) is a large part of its latency, and a long-lived process keeps one draw of it for the whole
-# run; fresh processes make it vary between rounds, where the median handles it.
-declare -A ADDR KEY
-start_variants() {
-  local sys v port admin route
-  ADDR=(); KEY=()
+# start_round ROUND: a fresh mock and one fresh Switchyard per variant (an empty data directory each, in
+# the round's folder), warmed up; stop_started ends them. Fresh each round: at one connection on two
+# cores, where the scheduler puts a process's worker against wrk and the mock (the same core, or
+# waking the other) is a large part of its latency, and a long-lived process keeps one draw of it for
+# the whole run; fresh processes make it vary between rounds, where the median handles it.
+declare -A ADDR KEY_OF
+start_round() {
+  local sys v port
+  ADDR=(); KEY_OF=()
+  WORK="$TOP/$1"; mkdir -p "$WORK"
+  start_mock "$BIN"
   for sys in "${SYSTEMS[@]}"; do
     v="${sys%%:*}"
     [ -n "${ADDR[$v]:-}" ] && continue
     variant "$v"
     WORK="$TOP/$1/$v"; mkdir -p "$WORK"
     port="$($TOOLS freeport)"
-    admin="lat-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
     render_config "$port"
-    SWITCHYARD_ADMIN_TOKEN="$admin" SWITCHYARD_NO_WATCH=true "$BIN/switchyard" serve --config "$WORK/config.yaml" \
-      --workers "$WORKERS" --shutdown-timeout 2s --log-format json >"$WORK/stdout" 2>"$WORK/log" &
-    SY_PIDS+=($!)
-    $TOOLS wait "127.0.0.1:$port" /health/ready 60 || { tail -20 "$WORK/log" >&2; exit 1; }
+    start_switchyard "$BIN/switchyard" "$port" "$WORKERS"
     ADDR[$v]="127.0.0.1:$port"
-    KEY[$v]=""
-    if grep -q '^  required: true' "$WORK/config.yaml"; then
-      KEY[$v]="$($TOOLS mkkey "127.0.0.1:$port" "$admin" '{"name":"load","account":"load-test","tier":"load"}')"
-    fi
+    KEY_OF[$v]="$KEY"
   done
   WORK="$TOP"
   # Warm-up: one short point each, not recorded.
   for sys in "${SYSTEMS[@]}"; do
-    v="${sys%%:*}"; route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
-    SY_ROUTE="$route" SY_STREAM="$STREAM" SY_AUTH="${KEY[$v]}" wrk -t1 -c1 -d1s -s "$HERE/lua/chat.lua" \
-      "http://${ADDR[$v]}${ROUTE_PATH[$route]}" >/dev/null 2>&1 || true
+    v="${sys%%:*}"
+    SY_ROUTE="$(route_of "$sys")" SY_STREAM="$STREAM" SY_AUTH="${KEY_OF[$v]}" wrk -t1 -c1 -d1s -s "$HERE/lua/chat.lua" \
+      "http://${ADDR[$v]}${ROUTE_PATH[$(route_of "$sys")]}" >/dev/null 2>&1 || true
   done
-}
-# stop_variants: the round's Switchyards (TERM, then KILL after 10 s), and their folders.
-stop_variants() {
-  local pid
-  for pid in "${SY_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${SY_PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  SY_PIDS=()
-  rm -rf "${TOP:?}/$1"
 }
 
 RAW="$TOP/raw.tsv"
@@ -126,21 +110,22 @@ point() {
 
 ROUTES=()
 for sys in "${SYSTEMS[@]}"; do
-  route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
+  route="$(route_of "$sys")"
   [[ " ${ROUTES[*]:-} " == *" $route "* ]] || ROUTES+=("$route")
 done
 n=${#SYSTEMS[@]}
 for round in $(seq "$ROUNDS"); do
   echo "[$(date +%T)] round $round of $ROUNDS" >&2
-  start_variants "$round"
+  start_round "$round"
   for route in "${ROUTES[@]}"; do point "$round" direct "$UPSTREAM" "$route" "" 0; done
   for i in $(seq 0 $((n - 1))); do
     sys="${SYSTEMS[$(((i + round) % n))]}"   # rotated: no system is always first after the direct path
-    v="${sys%%:*}"; route="chat"; [[ "$sys" == *:* ]] && route="${sys#*:}"
-    sessions=0; [ -n "${KEY[$v]}" ] && sessions=1000   # the full variants, as run.sh's full*
-    point "$round" "$sys" "${ADDR[$v]}" "$route" "${KEY[$v]}" "$sessions"
+    v="${sys%%:*}"
+    sessions=0; [ -n "${KEY_OF[$v]}" ] && sessions=1000   # the full variants, as run.sh's full*
+    point "$round" "$sys" "${ADDR[$v]}" "$(route_of "$sys")" "${KEY_OF[$v]}" "$sessions"
   done
-  stop_variants "$round"
+  stop_started
+  rm -rf "${TOP:?}/$round"
 done
 
 echo "## Latency at 1 connection, interleaved: $ROUNDS rounds of ${DURATION} s a point, $WORKERS workers$([ "$STREAM" = 1 ] && echo ', streamed answers')"

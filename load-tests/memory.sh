@@ -119,21 +119,11 @@ for run in $(seq "$RUNS"); do
   rm -rf "$WORK/data"
   start_mock "$BIN"
   PORT="$($TOOLS freeport)"
-  ADMIN="mem-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
   render_config "$PORT"
   for line in "${SERVER_LINES[@]}"; do
     sed -i "/^server:/a\\  $line" "$WORK/config.yaml"
   done
-  SWITCHYARD_ADMIN_TOKEN="$ADMIN" SWITCHYARD_NO_WATCH=true \
-    "$SWITCHYARD" serve --config "$WORK/config.yaml" --workers "$WORKERS" --shutdown-timeout 2s \
-    --log-format json >"$WORK/stdout" 2>"$WORK/log" &
-  SY_PID=$!
-  PIDS+=("$SY_PID")
-  $TOOLS wait "127.0.0.1:$PORT" /health/ready 60 || { tail -20 "$WORK/log" >&2; exit 1; }
-  KEY=""
-  if [ "$VARIANT" = full ]; then
-    KEY="$($TOOLS mkkey "127.0.0.1:$PORT" "$ADMIN" '{"name":"load","account":"load-test","tier":"load"}')"
-  fi
+  start_switchyard "$SWITCHYARD" "$PORT" "$WORKERS"
   sleep 0.5
   printf 'run %s\t' "$run" >>"$ROWS"; snapshot "$SY_PID" idle 0 >>"$ROWS"
   echo "run $run: $N requests at $CONNS connections (pid $SY_PID)" >&2
