@@ -290,11 +290,11 @@ fn grant_key(account: &str) -> String {
 /// Transactions, in batches: `v1/tx/<hex account>/<ts>/<seq>`.
 const TX_PREFIX: &str = "v1/tx/";
 
-/// At most this many transactions in one stored value, as for usage records (the store's
-/// `MAX_RECORDS_PER_VALUE`): sled keeps recently written values resident, and values of a whole
-/// batch (~50 transactions of ~250 bytes at 5,000 metered requests/s) made its resident memory grow
-/// with the ledger (`load-tests/memory.sh full`, RESULTS.md round 7).
-const MAX_TRANSACTIONS_PER_VALUE: usize = 16;
+/// At most this many transactions in one stored value, the store's cap on usage records, for the same
+/// reason: sled keeps recently written values resident, and values of a whole batch (~50 transactions
+/// of ~250 bytes at 5,000 metered requests/s) held ~33 MB (`load-tests/memory.sh full`, RESULTS.md
+/// round 7).
+const MAX_TRANSACTIONS_PER_VALUE: usize = switchyard_actors::store::MAX_RECORDS_PER_VALUE;
 
 fn tx_prefix(account: &str) -> String {
     format!("{TX_PREFIX}{}/", hex(account))
