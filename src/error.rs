@@ -96,22 +96,26 @@ pub struct RateHeaders {
 }
 
 impl RateHeaders {
-    /// Writes the headers that have a value.
+    /// Writes the headers that have a value. The names are built at compile time and the numbers
+    /// written straight into the value: `to_string` and `from_str`'s checks cost ~700 instructions
+    /// a header, on every metered answer.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let mut set = |name: &'static str, v: u64| {
-            if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
-                headers.insert(HeaderName::from_static(name), v);
+        const REQUESTS: [HeaderName; 3] = [
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static("x-ratelimit-reset"),
+        ];
+        const TOKENS: [HeaderName; 3] = [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ];
+        for (names, values) in [(REQUESTS, self.requests), (TOKENS, self.tokens)] {
+            if let Some((limit, remaining, reset)) = values {
+                for (name, v) in names.into_iter().zip([limit, remaining, reset]) {
+                    headers.insert(name, HeaderValue::from(v));
+                }
             }
-        };
-        if let Some((limit, remaining, reset)) = self.requests {
-            set("x-ratelimit-limit", limit);
-            set("x-ratelimit-remaining", remaining);
-            set("x-ratelimit-reset", reset);
-        }
-        if let Some((limit, remaining, reset)) = self.tokens {
-            set("x-ratelimit-limit-tokens", limit);
-            set("x-ratelimit-remaining-tokens", remaining);
-            set("x-ratelimit-reset-tokens", reset);
         }
     }
 }
@@ -379,6 +383,33 @@ mod tests {
             assert_eq!(h.get("x-ratelimit-remaining").unwrap(), "0");
             assert_eq!(h.get("x-ratelimit-limit").unwrap(), "10");
         }
+    }
+
+    #[test]
+    fn rate_headers_carry_each_number_under_its_own_name() {
+        let mut h = HeaderMap::new();
+        RateHeaders {
+            requests: Some((100, 0, 59)),
+            tokens: Some((u64::MAX, 123_456_789, 86_400)),
+        }
+        .apply(&mut h);
+        for (name, value) in [
+            ("x-ratelimit-limit", "100"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "59"),
+            ("x-ratelimit-limit-tokens", "18446744073709551615"),
+            ("x-ratelimit-remaining-tokens", "123456789"),
+            ("x-ratelimit-reset-tokens", "86400"),
+        ] {
+            assert_eq!(h.get(name).unwrap(), value, "{name}");
+        }
+        let mut only_requests = HeaderMap::new();
+        RateHeaders {
+            requests: Some((1, 1, 1)),
+            tokens: None,
+        }
+        .apply(&mut only_requests);
+        assert_eq!(only_requests.len(), 3);
     }
 
     #[test]
