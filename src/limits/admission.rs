@@ -173,8 +173,7 @@ impl Limits {
     pub(super) fn unhold_later(self: &Arc<Self>, subject: &str, at: TokensAt, held: u64) {
         match at {
             TokensAt::Local => {
-                let _windows = self.windows.lock();
-                self.unhold_locked(subject, held);
+                self.unhold(subject, held);
             }
             TokensAt::Shared { .. } => {
                 let (limits, subject) = (self.clone(), subject.to_owned());

@@ -405,8 +405,7 @@ impl Limits {
                 if used > 0 {
                     self.add_tokens(subject, used, held);
                 } else {
-                    let _windows = self.windows.lock();
-                    self.unhold_locked(subject, held);
+                    self.unhold(subject, held);
                 }
             }
         }

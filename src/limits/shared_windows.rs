@@ -9,7 +9,9 @@ use std::time::Duration;
 use switchyard_actors::store::now_ms;
 
 use super::shared_credits::TokensAt;
-use super::{request_checks, window_ms, CallKind, Limits, RateStatus, Refusal, Subject, DAY};
+use super::{
+    request_checks, token_look, window_ms, CallKind, Limits, RateStatus, Refusal, Subject, DAY,
+};
 use crate::shared::admit::{BudgetAsk, BudgetOutcome};
 use crate::shared::{Resource, Shared};
 
@@ -28,7 +30,7 @@ impl Limits {
         }
         let tokens = {
             let windows = self.windows.lock();
-            self.token_look(&windows, s, now_ms())
+            token_look(windows.get(s.id.as_str()), s, now_ms())
         };
         let spent = tokens.and_then(|(_, spent)| spent);
         let count = kind != CallKind::Uncounted && spent.is_none();
@@ -92,8 +94,7 @@ impl Limits {
         // already spend the budget refuse the call without counting it.
         let spent_here = {
             let windows = self.windows.lock();
-            self.token_look(&windows, s, now_ms())
-                .and_then(|(_, spent)| spent)
+            token_look(windows.get(s.id.as_str()), s, now_ms()).and_then(|(_, spent)| spent)
         };
         let count = kind != CallKind::Uncounted && spent_here.is_none();
         let window = window_ms(s);
