@@ -26,7 +26,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchyard_actors::store::{now_ms, Store, StoreError};
 
-use self::encoding::{batch_key, encode, hex, push_decimal, tx_id, Meta, TxFields};
+use self::encoding::{
+    batch_key, encode, encode_lease, hex, ledger_made, push_decimal, tx_id, LeaseFields, Meta,
+    TxFields,
+};
 use self::sequence::{first_seq, newest_seq_under};
 #[cfg(test)]
 use self::sequence::{newest_stored_seq, seq_of};
@@ -68,6 +71,22 @@ pub struct Lease {
     pub expires_ms: u64,
     /// The process that made it: a running process only releases leases of processes before it.
     pub boot: String,
+}
+
+impl LeaseFields<'_> {
+    /// The owned `Lease`, for serde_json (a lease whose id the hand encoder does not take).
+    fn to_lease(&self) -> Lease {
+        Lease {
+            tx: self.tx.to_owned(),
+            account: self.account.to_owned(),
+            micros: self.micros,
+            request_id: self.request_id.to_owned(),
+            model: self.model.to_owned(),
+            created_ms: self.created_ms,
+            expires_ms: self.expires_ms,
+            boot: self.boot.to_owned(),
+        }
+    }
 }
 
 /// The sled tree holding balances, transactions, monthly grants and tier overrides.
@@ -142,8 +161,9 @@ pub struct Ledger {
     tree: sled::Tree,
     /// The cached state of every account touched since start, under one lock for every movement: a
     /// movement is a hash lookup and one sled insert, and a single lock is the simplest way to make
-    /// read-decide-write exact across accounts and across the grant check.
-    accounts: Mutex<HashMap<String, AccountState>>,
+    /// read-decide-write exact across accounts and across the grant check. foldhash (hashbrown's),
+    /// not SipHash: looked up twice a movement, by ids the operator made.
+    accounts: Mutex<hashbrown::HashMap<String, AccountState>>,
     /// Transactions decided but not yet written, in the order they were decided. Lock order:
     /// `accounts`, then `write_order`, then `unwritten`.
     unwritten: Mutex<Vec<Queued>>,
@@ -205,8 +225,23 @@ enum LeaseChange {
 }
 
 impl Queued {
-    /// Encodes `tx` (its journal line and its stored line).
+    /// Encodes `tx` (its journal line and its stored line). A transaction read back whose ids are not
+    /// of the ledger's making goes through serde_json, which escapes what the hand encoder would not.
     fn new(seq: u64, tx: &Transaction, lease: LeaseChange) -> Result<Queued, serde_json::Error> {
+        let own = [Some(&tx.id), Some(&tx.kind), tx.reservation.as_ref()]
+            .into_iter()
+            .flatten()
+            .all(|s| ledger_made(s));
+        if !own {
+            return Ok(Queued {
+                seq,
+                id: tx.id.clone(),
+                account: tx.account.clone(),
+                ts_ms: tx.ts_ms,
+                line: serde_json::to_vec(tx)?,
+                lease,
+            });
+        }
         let line = encode(&TxFields {
             id: &tx.id,
             ts_ms: tx.ts_ms,
@@ -353,7 +388,7 @@ impl Ledger {
         let next_seq = AtomicU64::new(first_seq(store, &tree)?);
         Ok(Ledger {
             tree,
-            accounts: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(hashbrown::HashMap::new()),
             unwritten: Mutex::new(Vec::new()),
             write_order: Mutex::new(()),
             next_seq,
@@ -775,17 +810,22 @@ impl Ledger {
             else {
                 continue;
             };
-            let stored = Lease {
-                tx: o.id.clone(),
-                account: o.account.clone(),
+            let stored = LeaseFields {
+                tx: &o.id,
+                account: &o.account,
                 micros: *micros,
-                request_id: request_id.clone(),
-                model: model.clone(),
+                request_id,
+                model,
                 created_ms: o.ts_ms,
                 expires_ms: *expires_ms,
-                boot: self.boot.clone(),
+                boot: &self.boot,
             };
-            batch.insert(lease_key(&o.id), serde_json::to_vec(&stored)?);
+            let value = if ledger_made(&o.id) {
+                encode_lease(&stored)?
+            } else {
+                serde_json::to_vec(&stored.to_lease())?
+            };
+            batch.insert(lease_key(&o.id), value);
             lease_changes += 1;
         }
         // Every value keyed by the group's first time: its values then sort by sequence, whatever the
@@ -1430,6 +1470,8 @@ mod tests {
             tx("tx_2", None, None, i64::MIN),
             tx("", Some("line\nbreak \u{7f} \u{1f}"), None, 0),
             tx("tx_3", Some(""), Some("r"), i64::MAX),
+            // Read back from a journal someone edited: not of the ledger's making, still escaped.
+            tx("tx\"4\\", None, Some("tx_\u{1}"), 7),
         ] {
             let mine = Queued::new(1, &t, LeaseChange::None).unwrap().line;
             assert_eq!(
@@ -1446,6 +1488,30 @@ mod tests {
         push_decimal(&mut out, u64::MAX, 1);
         push_decimal(&mut out, 0, 3);
         assert_eq!(out, format!("{}000", u64::MAX).into_bytes());
+    }
+
+    #[test]
+    fn leases_are_encoded_as_serde_json_encodes_them() {
+        for (tx, account, request_id, model) in [
+            ("tx_1795000000123_000042", "acme", "req-1", "gpt-4o-mini"),
+            ("tx_0", "a\"b\\c", "line\nbreak \u{7f}", ""),
+            ("", "", "", "\u{1f}mod\u{e9}l"),
+        ] {
+            let fields = LeaseFields {
+                tx,
+                account,
+                micros: u64::MAX,
+                request_id,
+                model,
+                created_ms: 1_795_000_000_123,
+                expires_ms: 0,
+                boot: "0a1b2c",
+            };
+            assert_eq!(
+                String::from_utf8(encode_lease(&fields).unwrap()).unwrap(),
+                serde_json::to_string(&fields.to_lease()).unwrap()
+            );
+        }
     }
 
     #[test]
