@@ -552,7 +552,7 @@ impl AuthService {
                 let rec = self
                     .store
                     .refresh(id)?
-                    .filter(|r| digest_eq(&r.hash, &sha256_hex(secret)))
+                    .filter(|r| digest_eq(&r.hash, sha256_hex(secret)))
                     .ok_or_else(invalid)?;
                 (rec.family, rec.account)
             }

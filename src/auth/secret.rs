@@ -122,8 +122,8 @@ mod tests {
             h,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert!(digest_eq(&h, &sha256_hex("abc")));
-        assert!(!digest_eq(&h, &sha256_hex("abd")));
+        assert!(digest_eq(&h, sha256_hex("abc")));
+        assert!(!digest_eq(&h, sha256_hex("abd")));
         assert!(!digest_eq(&h, "ba"));
         assert_eq!(&sha256_hex_bytes("abc")[..], h.as_bytes());
     }

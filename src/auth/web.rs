@@ -84,7 +84,7 @@ pub fn csrf_token(secret: &str) -> String {
 
 /// Whether `presented` is the session's CSRF token, compared in constant time.
 pub fn csrf_matches(secret: &str, presented: &str) -> bool {
-    digest_eq(&csrf_token(secret), presented)
+    digest_eq(csrf_token(secret), presented)
 }
 
 /// The value of cookie `name` in a `Cookie` header, if it is there and non-empty.
