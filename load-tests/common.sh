@@ -1,4 +1,4 @@
-# Sourced by callgrind.sh, kernel.sh, memory.sh and latency.sh: the variants, and starting and stopping the mock
+# Sourced by callgrind.sh, cpu.sh, kernel.sh, memory.sh and latency.sh: the variants, and starting and stopping the mock
 # upstream and Switchyard the same way in each. Expects HERE (this folder), TOOLS and WORK.
 
 # variant NAME: sets TMPL, CREDITS and DURABLE for one of the configurations the scripts measure.

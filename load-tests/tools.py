@@ -7,6 +7,10 @@
   tools.py smaps PID                     one process's resident memory by kind (kB): anonymous (thread
                                          stacks, the rest), file-backed by file, from /proc/PID/smaps
   tools.py cpu PID                       utime+stime in seconds of PID plus its direct children
+  tools.py cputhreads PID                utime+stime in seconds of PID's threads by group, one
+                                         "group seconds" line each: workers (actix-rt*), system (the
+                                         main thread: the actix system, the usage recorder), sled
+                                         (sled-io-*, log flusher), other
   tools.py hold HOST:PORT N BODYFILE [KEY]  open N keep-alive connections, send one POST on each, read the
                                          answer, print "held N", keep them open until stdin closes
   tools.py metric HOST:PORT NAME [SKIP]  sum of a Prometheus metric's samples from /metrics, leaving out
@@ -17,6 +21,8 @@
   tools.py cgtop N < ANNOTATE_OUTPUT     the N costliest functions of callgrind_annotate's output, runtime
                                          plumbing (tokio, actix-service, futures, std) left out, one line each
   tools.py table RESULTS.tsv             the Markdown tables (medians over runs) from run.sh's raw results
+  tools.py cputable RAW.tsv SYSTEM...    cpu.sh's table: medians over rounds of the CPU a request, by
+                                         thread group, and the ratio to the first system within each round
   tools.py latency RAW.tsv SYSTEM...     latency.sh's table: medians over rounds, added latency and the
                                          ratios to the first system taken within each round
 """
@@ -289,6 +295,55 @@ def rss(pid):
 def cpu(pid):
     pid = int(pid)
     print(f"{sum(cpu_ticks(p) for p in [pid] + children(pid)) / CLK_TCK:.2f}")
+
+
+def thread_group(comm):
+    if comm.startswith("actix-rt"):
+        return "workers"
+    if comm == "switchyard":
+        return "system"
+    if comm.startswith("sled") or comm == "log flusher":
+        return "sled"
+    return "other"
+
+
+def cputhreads(pid):
+    groups = defaultdict(int)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue   # the thread ended between the listing and the read
+        groups[thread_group(comm)] += int(fields[11]) + int(fields[12])
+    for g in ("workers", "system", "sled", "other"):
+        print(f"{g} {groups[g] / CLK_TCK:.2f}")
+
+
+def cpu_table(raw, systems):
+    """cpu.sh's table from its raw rows: round, system, requests, seconds, then seconds by group."""
+    rows = defaultdict(dict)
+    for line in open(raw):
+        f = line.rstrip("\n").split("\t")
+        rows[int(f[0])][f[1]] = (int(f[2]), float(f[3]), [float(x) for x in f[4:8]], float(f[8]))
+    def us(r, i=None):
+        n, _, groups, cpu = r
+        return (cpu if i is None else groups[i]) / n * 1e6
+    med = statistics.median
+    print("| system | requests/s | CPU µs a request | workers | system thread | sled's threads | other | CPU a request / the first system's, per round: median (min-max) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    base = systems[0]
+    for s in systems:
+        mine = [rows[r][s] for r in sorted(rows) if s in rows[r]]
+        if not mine:
+            continue
+        ratios = [us(rows[r][s]) / us(rows[r][base]) for r in sorted(rows) if s in rows[r] and base in rows[r]]
+        rps = med(n / secs for n, secs, _, _ in mine)
+        cells = [f"{med(us(r, i) for r in mine):.1f}" for i in range(4)]
+        ratio = "1.00x" if s == base else f"{med(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        print(f"| {s} | {rps:,.0f} | {med(us(r) for r in mine):.1f} | {' | '.join(cells)} | {ratio} |")
 
 
 def hold(addr, n, bodyfile, key=""):
@@ -649,6 +704,10 @@ def main(argv):
     if cmd == "cpu":
         cpu(*args)
         return 0
+    if cmd == "cputhreads":
+        return cputhreads(int(argv[2]))
+    if cmd == "cputable":
+        return cpu_table(argv[2], argv[3:])
     if cmd == "hold":
         return hold(*args)
     if cmd == "cgtop":
