@@ -27,8 +27,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_actors::store::{now_ms, Store, StoreError};
 
 use self::encoding::{
-    batch_key, encode, encode_lease, hex, ledger_made, push_decimal, tx_id, LeaseFields, Meta,
-    TxFields,
+    batch_key, encode, encode_lease, hex, push_decimal, tx_id, LeaseFields, Meta, TxFields,
 };
 use self::sequence::{first_seq, newest_seq_under};
 #[cfg(test)]
@@ -71,22 +70,6 @@ pub struct Lease {
     pub expires_ms: u64,
     /// The process that made it: a running process only releases leases of processes before it.
     pub boot: String,
-}
-
-impl LeaseFields<'_> {
-    /// The owned `Lease`, for serde_json (a lease whose id the hand encoder does not take).
-    fn to_lease(&self) -> Lease {
-        Lease {
-            tx: self.tx.to_owned(),
-            account: self.account.to_owned(),
-            micros: self.micros,
-            request_id: self.request_id.to_owned(),
-            model: self.model.to_owned(),
-            created_ms: self.created_ms,
-            expires_ms: self.expires_ms,
-            boot: self.boot.to_owned(),
-        }
-    }
 }
 
 /// The sled tree holding balances, transactions, monthly grants and tier overrides.
@@ -225,43 +208,16 @@ enum LeaseChange {
 }
 
 impl Queued {
-    /// Encodes `tx` (its journal line and its stored line). A transaction read back whose ids are not
-    /// of the ledger's making goes through serde_json, which escapes what the hand encoder would not.
+    /// A transaction read back (replayed from the journal), with serde_json: this path runs at start
+    /// only, and serde_json escapes whatever a hand-edited journal holds (the hand encoder takes the
+    /// ids and kinds the request path makes; its bytes are serde_json's, tested).
     fn new(seq: u64, tx: &Transaction, lease: LeaseChange) -> Result<Queued, serde_json::Error> {
-        let own = [Some(&tx.id), Some(&tx.kind), tx.reservation.as_ref()]
-            .into_iter()
-            .flatten()
-            .all(|s| ledger_made(s));
-        if !own {
-            return Ok(Queued {
-                seq,
-                id: tx.id.clone(),
-                account: tx.account.clone(),
-                ts_ms: tx.ts_ms,
-                line: serde_json::to_vec(tx)?,
-                lease,
-            });
-        }
-        let line = encode(&TxFields {
-            id: &tx.id,
-            ts_ms: tx.ts_ms,
-            account: &tx.account,
-            kind: &tx.kind,
-            amount_micros: tx.amount_micros,
-            balance_micros: tx.balance_micros,
-            meta: (
-                tx.request_id.as_deref(),
-                tx.model.as_deref(),
-                tx.note.as_deref(),
-            ),
-            reservation: tx.reservation.as_deref(),
-        })?;
         Ok(Queued {
             seq,
             id: tx.id.clone(),
             account: tx.account.clone(),
             ts_ms: tx.ts_ms,
-            line,
+            line: serde_json::to_vec(tx)?,
             lease,
         })
     }
@@ -820,12 +776,7 @@ impl Ledger {
                 expires_ms: *expires_ms,
                 boot: &self.boot,
             };
-            let value = if ledger_made(&o.id) {
-                encode_lease(&stored)?
-            } else {
-                serde_json::to_vec(&stored.to_lease())?
-            };
-            batch.insert(lease_key(&o.id), value);
+            batch.insert(lease_key(&o.id), encode_lease(&stored)?);
             lease_changes += 1;
         }
         // Every value keyed by the group's first time: its values then sort by sequence, whatever the
@@ -1470,15 +1421,32 @@ mod tests {
             tx("tx_2", None, None, i64::MIN),
             tx("", Some("line\nbreak \u{7f} \u{1f}"), None, 0),
             tx("tx_3", Some(""), Some("r"), i64::MAX),
-            // Read back from a journal someone edited: not of the ledger's making, still escaped.
-            tx("tx\"4\\", None, Some("tx_\u{1}"), 7),
         ] {
-            let mine = Queued::new(1, &t, LeaseChange::None).unwrap().line;
+            let mine = encode(&TxFields {
+                id: &t.id,
+                ts_ms: t.ts_ms,
+                account: &t.account,
+                kind: &t.kind,
+                amount_micros: t.amount_micros,
+                balance_micros: t.balance_micros,
+                meta: (
+                    t.request_id.as_deref(),
+                    t.model.as_deref(),
+                    t.note.as_deref(),
+                ),
+                reservation: t.reservation.as_deref(),
+            })
+            .unwrap();
             assert_eq!(
                 String::from_utf8(mine).unwrap(),
                 serde_json::to_string(&t).unwrap()
             );
         }
+        // Replayed from a journal someone edited: ids not of the ledger's making are still escaped.
+        let edited = tx("tx\"4\\", None, Some("tx_\u{1}"), 7);
+        let line = Queued::new(1, &edited, LeaseChange::None).unwrap().line;
+        let back: Transaction = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, edited);
         assert_eq!(tx_id(1_795_000_000_123, 42), "tx_1795000000123_000042");
         assert_eq!(
             tx_id(5, 1_234_567),
@@ -1496,6 +1464,8 @@ mod tests {
             ("tx_1795000000123_000042", "acme", "req-1", "gpt-4o-mini"),
             ("tx_0", "a\"b\\c", "line\nbreak \u{7f}", ""),
             ("", "", "", "\u{1f}mod\u{e9}l"),
+            // A replayed reserve whose id a hand-edited journal gave a quote.
+            ("tx\"5", "acme", "req-2", "m"),
         ] {
             let fields = LeaseFields {
                 tx,
@@ -1507,9 +1477,19 @@ mod tests {
                 expires_ms: 0,
                 boot: "0a1b2c",
             };
+            let lease = Lease {
+                tx: tx.to_owned(),
+                account: account.to_owned(),
+                micros: fields.micros,
+                request_id: request_id.to_owned(),
+                model: model.to_owned(),
+                created_ms: fields.created_ms,
+                expires_ms: fields.expires_ms,
+                boot: fields.boot.to_owned(),
+            };
             assert_eq!(
                 String::from_utf8(encode_lease(&fields).unwrap()).unwrap(),
-                serde_json::to_string(&fields.to_lease()).unwrap()
+                serde_json::to_string(&lease).unwrap()
             );
         }
     }

@@ -21,7 +21,8 @@ pub(super) struct TxFields<'a> {
 
 /// A transaction's JSON line, byte for byte what serde_json makes of `Transaction` (same fields, same
 /// order, same escapes), written by hand: serde_json's derive cost ~3,900 instructions a transaction.
-/// The id, the kind and the reservation must be `ledger_made`.
+/// The id, the kind and the reservation are the request path's own (`json_ascii`); what is read back
+/// goes through serde_json (`Queued::new`).
 pub(super) fn encode(t: &TxFields<'_>) -> Result<Vec<u8>, serde_json::Error> {
     let (request_id, model, note) = t.meta;
     let text = [t.id, t.account, t.kind, request_id.unwrap_or_default()];
@@ -89,12 +90,13 @@ pub(super) struct LeaseFields<'a> {
 
 /// A lease's JSON, byte for byte what serde_json makes of `Lease`, by hand: serde_json's derive cost
 /// ~3,400 instructions a lease, and under load about every other call's reserve is still open when
-/// its batch is written. The `tx` must be `ledger_made`.
+/// its batch is written. Every string is escape-checked: a replayed reserve's id comes from the
+/// journal, and this runs on the recorder's thread, not the request's.
 pub(super) fn encode_lease(l: &LeaseFields<'_>) -> Result<Vec<u8>, serde_json::Error> {
     let text = [l.tx, l.account, l.request_id, l.model, l.boot];
     let mut out = Vec::with_capacity(140 + text.iter().map(|s| s.len()).sum::<usize>());
     out.extend_from_slice(b"{\"tx\":");
-    json_ascii(&mut out, l.tx);
+    json_str(&mut out, l.tx)?;
     out.extend_from_slice(b",\"account\":");
     json_str(&mut out, l.account)?;
     out.extend_from_slice(b",\"micros\":");
@@ -113,15 +115,10 @@ pub(super) fn encode_lease(l: &LeaseFields<'_>) -> Result<Vec<u8>, serde_json::E
     Ok(out)
 }
 
-/// Whether `s` is text of the shape the ledger makes (transaction ids, kinds): letters, digits, `_`.
-pub(super) fn ledger_made(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// A JSON string of text the ledger made itself (`ledger_made`), which needs no escape, so the request
-/// path does not scan it. Checked in debug builds; what is read back is checked before it comes here.
+/// A JSON string of text the request path made itself (a transaction id from `tx_id`, a kind), which
+/// is letters, digits and `_` and needs no escape, so it is not scanned. Checked in debug builds.
 fn json_ascii(out: &mut Vec<u8>, s: &str) {
-    debug_assert!(ledger_made(s));
+    debug_assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
