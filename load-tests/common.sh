@@ -48,6 +48,19 @@ start_switchyard() {
   fi
 }
 
+# sessions_for KEY: how many distinct X-Session-Id values a variant's load carries: 1,000 for the full
+# variants (those with a key: sticky sessions are on in their config, as run.sh's full*), else none.
+sessions_for() { if [ -n "$1" ]; then echo 1000; else echo 0; fi; }
+
+# wrk_result OUT NAME: the RESULT line of the wrk output in OUT (chat.lua's done()); exits when wrk gave
+# none or the system answered with anything but 2xx.
+wrk_result() {
+  local line; line="$(grep '^RESULT ' "$1" | tail -1 || true)"
+  [ -n "$line" ] || { echo "wrk failed for $2: $(tail -3 "$1")" >&2; exit 1; }
+  [[ "$line" == *"non2xx=0 errors=0"* ]] || { echo "$2 answered with errors: $line" >&2; exit 1; }
+  echo "$line"
+}
+
 # start_mock BIN: starts BIN/mock-upstream on a free port; sets UPSTREAM to its address.
 start_mock() {
   "$1/mock-upstream" --listen 127.0.0.1:0 >"$WORK/mock.out" 2>/dev/null &

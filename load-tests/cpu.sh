@@ -58,9 +58,7 @@ RAW="$TOP/raw.tsv"
 
 # wrk_for ADDR KEY SECONDS OUT: the load (the full variants carry their key and 1,000 session ids).
 wrk_for() {
-  local sessions=0
-  [ -n "$2" ] && sessions=1000
-  SY_SESSIONS="$sessions" SY_AUTH="$2" timeout $(($3 + 30)) wrk -t2 -c"$CONNS" -d"$3s" --timeout 5s \
+  SY_SESSIONS="$(sessions_for "$2")" SY_AUTH="$2" timeout $(($3 + 30)) wrk -t2 -c"$CONNS" -d"$3s" --timeout 5s \
     -s "$HERE/lua/chat.lua" "http://$1/v1/chat/completions" >"$4" 2>&1 || true
 }
 
@@ -79,9 +77,7 @@ for round in $(seq "$ROUNDS"); do
     before="$($TOOLS cputhreads "$SY_PID" | awk '{print $2}' | paste -sd' ')"
     wrk_for "127.0.0.1:$port" "$KEY" "$DURATION" "$TOP/wrk.out"
     after="$($TOOLS cputhreads "$SY_PID" | awk '{print $2}' | paste -sd' ')"
-    line="$(grep '^RESULT ' "$TOP/wrk.out" | tail -1 || true)"
-    [ -n "$line" ] || { echo "wrk failed for $sys: $(tail -3 "$TOP/wrk.out")" >&2; exit 1; }
-    [[ "$line" == *"non2xx=0 errors=0"* ]] || { echo "$sys answered with errors: $line" >&2; exit 1; }
+    line="$(wrk_result "$TOP/wrk.out" "$sys")"
     requests="${line#*requests=}"; requests="${requests%% *}"
     us="${line#*duration_us=}"; us="${us%% *}"
     python3 - "$round" "$sys" "$requests" "$us" "$before" "$after" >>"$RAW" <<'PY'

@@ -101,9 +101,7 @@ point() {
   SY_ROUTE="$route" SY_STREAM="$STREAM" SY_SESSIONS="$sessions" SY_AUTH="$key" \
     timeout $((DURATION + 30)) wrk -t1 -c1 -d"${DURATION}s" --timeout 5s --latency -s "$HERE/lua/chat.lua" \
     "http://$addr${ROUTE_PATH[$route]}" >"$out" 2>&1 || true
-  local line; line="$(grep '^RESULT ' "$out" | tail -1 || true)"
-  [ -n "$line" ] || { echo "wrk failed for $name: $(tail -3 "$out")" >&2; exit 1; }
-  [[ "$line" == *"non2xx=0 errors=0"* ]] || { echo "$name answered with errors: $line" >&2; exit 1; }
+  local line; line="$(wrk_result "$out" "$name")"
   local p50="${line#*p50=}" p99="${line#*p99=}"
   printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$route" "${p50%% *}" "${p99%% *}" >>"$RAW"
 }
@@ -121,8 +119,7 @@ for round in $(seq "$ROUNDS"); do
   for i in $(seq 0 $((n - 1))); do
     sys="${SYSTEMS[$(((i + round) % n))]}"   # rotated: no system is always first after the direct path
     v="${sys%%:*}"
-    sessions=0; [ -n "${KEY_OF[$v]}" ] && sessions=1000   # the full variants, as run.sh's full*
-    point "$round" "$sys" "${ADDR[$v]}" "$(route_of "$sys")" "${KEY_OF[$v]}" "$sessions"
+    point "$round" "$sys" "${ADDR[$v]}" "$(route_of "$sys")" "${KEY_OF[$v]}" "$(sessions_for "${KEY_OF[$v]}")"
   done
   stop_started
   rm -rf "${TOP:?}/$round"

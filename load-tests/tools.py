@@ -280,8 +280,9 @@ def smaps(pid):
             print(f"file:{name} {rss}")
 
 
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
+def cpu_ticks(pid, tid=None):
+    """utime+stime in clock ticks of a process, or of one of its threads."""
+    with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # after the command: state(0) ppid(1) ... utime(11) stime(12)
     return int(fields[11]) + int(fields[12])
@@ -313,13 +314,12 @@ def cputhreads(pid):
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 comm = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            groups[thread_group(comm)] += cpu_ticks(pid, tid)
         except FileNotFoundError:
             continue   # the thread ended between the listing and the read
-        groups[thread_group(comm)] += int(fields[11]) + int(fields[12])
     for g in ("workers", "system", "sled", "other"):
         print(f"{g} {groups[g] / CLK_TCK:.2f}")
+    return 0
 
 
 def cpu_table(raw, systems):
@@ -344,6 +344,7 @@ def cpu_table(raw, systems):
         cells = [f"{med(us(r, i) for r in mine):.1f}" for i in range(4)]
         ratio = "1.00x" if s == base else f"{med(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
         print(f"| {s} | {rps:,.0f} | {med(us(r) for r in mine):.1f} | {' | '.join(cells)} | {ratio} |")
+    return 0
 
 
 def hold(addr, n, bodyfile, key=""):
