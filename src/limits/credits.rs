@@ -8,10 +8,11 @@
 //! The balance on disk *is* the newest transaction's `balance_micros`. Balances and granted months are
 //! cached in memory after an account's first movement, so the request path does no sled reads.
 //! Transactions decided on the request path are queued and written in batches (`write_pending`), one
-//! sled value per account per batch holding its transactions as JSON Lines: the usage recorder writes
-//! them just before the usage records that follow them, so the flush that makes a request's usage
-//! durable covers its settlement too. Batches are written in the order they were decided, and sled
-//! recovers a prefix of its log, so a crash never keeps a transaction without the ones before it; a
+//! sled value per account per batch holding its transactions as JSON Lines, in one atomic sled batch
+//! with the leases they open and close: the usage recorder writes them just before the usage records
+//! that follow them, so the flush that makes a request's usage durable covers its settlement too.
+//! Batches are written in the order they were decided, and sled recovers a prefix of its log, so a
+//! crash never keeps a transaction without the ones before it, nor a reserve without its lease; a
 //! reservation lost in a crash is simply never taken. Grants and adjustments are written at once.
 //! (Stores written before this layout also have a `v1/balance/` key per account; it is read only for
 //! an account that has no transaction.)
@@ -42,10 +43,16 @@ use crate::shared::credits::Mark;
 const TIER_PREFIX: &str = "v1/tier/";
 /// Seen billing event ids, kept so a replay is refused.
 const EVENT_PREFIX: &str = "v1/webhook/";
-/// Open reservations: `v1/lease/<reserve transaction id>` -> `Lease`, stored in the batch that writes
-/// the reserve and removed in the one that writes its settle or release (neither, when both are in one
-/// batch); what a crash leaves here is released once its lease has run out.
+/// Open reservations: `v1/lease/<reserve transaction id>` -> `Lease`, stored by the batch after the
+/// one that wrote the reserve (which keeps it in `FRESH_LEASES_PREFIX`) and removed by the one that
+/// writes its settle or release (no key at all for a reservation closed by then); what a crash leaves
+/// here is released once its lease has run out.
 const LEASE_PREFIX: &str = "v1/lease/";
+/// The leases of reserves still open when their batch was written, one value a process:
+/// `v1/fresh-leases/<process id>` -> the leases as `v1/lease/` holds them, as JSON Lines. Every batch
+/// rewrites (or removes) its process's value and gives a lease still open since the batch before its
+/// own `v1/lease/` key; at start, what earlier processes left here moves to `v1/lease/`.
+const FRESH_LEASES_PREFIX: &str = "v1/fresh-leases/";
 
 /// Threshold notices sent: `v1/notice/<hex account>/<month>/<threshold in permille>`.
 const NOTICE_PREFIX: &str = "v1/notice/";
@@ -150,8 +157,11 @@ pub struct Ledger {
     /// Transactions decided but not yet written, in the order they were decided. Lock order:
     /// `accounts`, then `write_order`, then `unwritten`.
     unwritten: Mutex<Vec<Queued>>,
-    /// Held while a batch is written, so batches reach the store in the order they were decided.
-    write_order: Mutex<()>,
+    /// Held while a batch is written, so batches reach the store in the order they were decided;
+    /// it guards the fresh leases the last batch stored (see `write_batch`).
+    write_order: Mutex<FreshLeases>,
+    /// This process's fresh-lease key: `FRESH_LEASES_PREFIX` + `boot`.
+    fresh_key: Vec<u8>,
     /// The next transaction's sequence: it orders transactions decided within the same millisecond,
     /// makes their ids unique, and is what replay compares (`newest_seq`) and what `written_through`
     /// counts. An atomic, not sled's `generate_id`: that takes sled's global concurrency-control lock,
@@ -255,6 +265,80 @@ impl Decided {
     }
 }
 
+/// The leases of the reserves the last batch wrote that were still open then: stored together in
+/// this process's fresh-lease value, and each given its own key by the next batch if still open.
+#[derive(Debug, Default)]
+struct FreshLeases {
+    entries: Vec<FreshLease>,
+    /// Whether the store holds this process's fresh-lease value (so an empty batch removes it).
+    stored: bool,
+}
+
+/// One reserve's lease, encoded as its own key would hold it.
+#[derive(Debug)]
+struct FreshLease {
+    id: String,
+    line: Vec<u8>,
+}
+
+/// The queued transactions grouped by account: accounts in order of first appearance, each account's
+/// transactions in decision order.
+fn by_account(queued: &[Queued]) -> Vec<Vec<&Queued>> {
+    let mut groups: Vec<Vec<&Queued>> = Vec::new();
+    let mut slot_of: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::new();
+    for q in queued {
+        // One account (what a quiet batch holds): no map.
+        if slot_of.is_empty() {
+            match groups.first_mut() {
+                None => {
+                    groups.push(vec![q]);
+                    continue;
+                }
+                Some(g) if g[0].account == q.account => {
+                    g.push(q);
+                    continue;
+                }
+                Some(g) => {
+                    slot_of.insert(g[0].account.as_str(), 0);
+                }
+            }
+        }
+        let next = groups.len();
+        let slot = *slot_of.entry(q.account.as_str()).or_insert(next);
+        if slot == next {
+            groups.push(Vec::new());
+        }
+        groups[slot].push(q);
+    }
+    groups
+}
+
+/// Gives every fresh lease an earlier process left its own `v1/lease/` key, in one atomic batch, so
+/// that what happens to leases from here on (a replayed settle removing one, `release_expired`) finds
+/// them there. The values are sled's newest: whatever batch they came with, the reserves they name
+/// were still open at the last batch that reached disk.
+fn adopt_fresh_leases(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut found = false;
+    for item in tree.scan_prefix(FRESH_LEASES_PREFIX) {
+        let (key, value) = item?;
+        for line in value.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let lease: Lease =
+                serde_json::from_slice(line).map_err(|source| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source,
+                })?;
+            batch.insert(lease_key(&lease.tx), line);
+        }
+        batch.remove(key);
+        found = true;
+    }
+    if found {
+        tree.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
 fn lease_key(reserve_tx: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(LEASE_PREFIX.len() + reserve_tx.len());
     key.extend_from_slice(LEASE_PREFIX.as_bytes());
@@ -341,15 +425,18 @@ impl Ledger {
     /// Opens the ledger in the store's `billing` tree.
     pub fn open(store: &Store) -> Result<Ledger, StoreError> {
         let tree = store.open_tree(TREE)?;
+        adopt_fresh_leases(&tree)?;
         let next_seq = AtomicU64::new(first_seq(store, &tree)?);
+        let boot = uuid::Uuid::new_v4().simple().to_string();
         Ok(Ledger {
             tree,
             accounts: Mutex::new(hashbrown::HashMap::new()),
             unwritten: Mutex::new(Vec::new()),
-            write_order: Mutex::new(()),
+            write_order: Mutex::new(FreshLeases::default()),
+            fresh_key: format!("{FRESH_LEASES_PREFIX}{boot}").into_bytes(),
             next_seq,
             store: store.clone(),
-            boot: uuid::Uuid::new_v4().simple().to_string(),
+            boot,
             marks: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(read_u64(&store.open_tree(TREE)?, EPOCH_KEY)?),
             journal: OnceLock::new(),
@@ -664,145 +751,153 @@ impl Ledger {
         })
     }
 
-    /// Writes the queued transactions (not yet durable: the store's flush does that). A batch that
-    /// cannot be written stays queued, ahead of later ones, for the next call.
+    /// Writes the queued transactions (not yet durable: the store's flush does that), with what they
+    /// do to the leases, in one atomic sled batch. A batch that cannot be written stays queued, ahead
+    /// of later ones, for the next call.
     pub fn write_pending(&self) -> Result<(), LedgerError> {
-        let _order = self.write_order.lock();
+        let mut fresh = self.write_order.lock();
         let queued = std::mem::take(&mut *self.unwritten.lock());
         if queued.is_empty() {
+            // Fresh leases wait for the next batch: they are on disk already, and a quiet ledger
+            // writes nothing.
             return Ok(());
         }
-        // Group by account, keeping each account's order; a few accounts per batch is the usual case.
-        let mut groups: Vec<Vec<Queued>> = Vec::new();
-        let mut slot_of: HashMap<String, usize> = HashMap::new();
-        for item in queued {
-            let slot = match groups.first() {
-                // One account (what a quiet batch holds): no map.
-                Some(g) if slot_of.is_empty() && g[0].account == item.account => 0,
-                None => {
-                    groups.push(Vec::new());
-                    0
-                }
-                Some(_) => {
-                    if slot_of.is_empty() {
-                        slot_of.insert(groups[0][0].account.clone(), 0);
-                    }
-                    match slot_of.get(item.account.as_str()) {
-                        Some(&slot) => slot,
-                        None => {
-                            slot_of.insert(item.account.clone(), groups.len());
-                            groups.push(Vec::new());
-                            groups.len() - 1
-                        }
-                    }
-                }
-            };
-            groups[slot].push(item);
-        }
-        let mut failed: Option<(usize, LedgerError)> = None;
-        for (g, group) in groups.iter().enumerate() {
-            if let Err(e) = self.write_group(group) {
-                failed = Some((g, e));
-                break;
-            }
-        }
-        match failed {
-            None => {
-                let max = groups.iter().flatten().map(|q| q.seq).max();
-                if let Some(max) = max {
+        match self.write_batch(&queued, &fresh) {
+            Ok((written, next)) => {
+                *fresh = next;
+                self.store
+                    .high_water()
+                    .add_ledger_transactions(queued.len() as u64);
+                if let Some(max) = written {
                     self.written_through.fetch_max(max, Ordering::AcqRel);
                 }
                 Ok(())
             }
-            Some((g, e)) => {
+            Err(e) => {
                 let mut unwritten = self.unwritten.lock();
-                let later = std::mem::take(&mut *unwritten);
-                *unwritten = groups.into_iter().skip(g).flatten().collect();
+                let later = std::mem::replace(&mut *unwritten, queued);
                 unwritten.extend(later);
                 Err(e)
             }
         }
     }
 
-    /// One account's transactions of a batch, in sled values of at most `MAX_TRANSACTIONS_PER_VALUE`
-    /// each keyed by its first, with the leases of its reserves stored and those its settlements close
-    /// removed in the same atomic batch: a lease comes only with its reserve and goes only with the
-    /// transaction that closes it, so a crash never leaves one without the other. A reserve closed
-    /// within the batch needs no lease at all (the usual case: the request was answered before the
-    /// batch was written), so such a batch of one value is a single sled insert.
-    fn write_group(&self, group: &[Queued]) -> Result<(), LedgerError> {
-        let Some(first) = group.first() else {
-            return Ok(());
-        };
-        let mut opened: Vec<&Queued> = Vec::new();
+    /// Writes one batch: each account's transactions in sled values of at most
+    /// `MAX_TRANSACTIONS_PER_VALUE`, each keyed by its first, and the leases, all in one atomic sled
+    /// batch, so a crash keeps a reserve and its lease both or neither. A reserve closed within its
+    /// batch (the usual case: answered before the batch was cut) needs no lease at all. One still
+    /// open goes in this process's fresh-lease value, rewritten by every batch; one still open at the
+    /// batch after is given its own `v1/lease/` key. So a request that ends within one batch interval
+    /// of its reserve (most, under load: a batch gathers for 5 ms) costs no sled operation for its
+    /// lease, where a lease of its own costs two (insert, then remove). Returns the highest sequence
+    /// written and the fresh leases now stored.
+    fn write_batch(
+        &self,
+        queued: &[Queued],
+        fresh: &FreshLeases,
+    ) -> Result<(Option<u64>, FreshLeases), LedgerError> {
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut opened: hashbrown::HashMap<&str, &Queued> = hashbrown::HashMap::new();
         let mut closed: Vec<&str> = Vec::new();
-        for q in group {
+        for q in queued {
             match &q.lease {
                 LeaseChange::None => {}
-                LeaseChange::Open { .. } => opened.push(q),
+                LeaseChange::Open { .. } => {
+                    opened.insert(q.id.as_str(), q);
+                }
                 LeaseChange::Close(r) => closed.push(r),
             }
         }
-        let mut batch = sled::Batch::default();
-        let mut lease_changes = 0;
+        let mut waiting: hashbrown::HashMap<&str, &[u8]> = fresh
+            .entries
+            .iter()
+            .map(|f| (f.id.as_str(), f.line.as_slice()))
+            .collect();
         for r in closed {
-            match opened.iter().position(|o| o.id == r) {
-                Some(i) => {
-                    opened.swap_remove(i);
-                }
-                None => {
-                    batch.remove(lease_key(r));
-                    lease_changes += 1;
-                }
+            if opened.remove(r).is_none() && waiting.remove(r).is_none() {
+                writes.push((lease_key(r), None));
             }
         }
-        for o in opened {
+        // Still open one batch later: a key of its own, until what closes it.
+        for f in &fresh.entries {
+            if let Some(line) = waiting.get(f.id.as_str()) {
+                writes.push((lease_key(&f.id), Some(line.to_vec())));
+            }
+        }
+        let mut next = FreshLeases {
+            entries: Vec::with_capacity(opened.len()),
+            stored: false,
+        };
+        // In decision order, so the stored value reads like the log.
+        for q in queued {
             let LeaseChange::Open {
                 micros,
                 request_id,
                 model,
                 expires_ms,
-            } = &o.lease
+            } = &q.lease
             else {
                 continue;
             };
-            let stored = LeaseFields {
-                tx: &o.id,
-                account: &o.account,
+            if !opened.contains_key(q.id.as_str()) {
+                continue;
+            }
+            let line = encode_lease(&LeaseFields {
+                tx: &q.id,
+                account: &q.account,
                 micros: *micros,
                 request_id,
                 model,
-                created_ms: o.ts_ms,
+                created_ms: q.ts_ms,
                 expires_ms: *expires_ms,
                 boot: &self.boot,
-            };
-            batch.insert(lease_key(&o.id), encode_lease(&stored)?);
-            lease_changes += 1;
+            })?;
+            next.entries.push(FreshLease {
+                id: q.id.clone(),
+                line,
+            });
         }
-        // Every value keyed by the group's first time: its values then sort by sequence, whatever the
-        // clock did between its transactions.
-        let values = group.chunks(MAX_TRANSACTIONS_PER_VALUE).map(|chunk| {
-            let mut value = Vec::with_capacity(chunk.iter().map(|q| q.line.len() + 1).sum());
-            for q in chunk {
-                value.extend_from_slice(&q.line);
+        if !next.entries.is_empty() {
+            let len = next.entries.iter().map(|f| f.line.len() + 1).sum();
+            let mut value = Vec::with_capacity(len);
+            for f in &next.entries {
+                value.extend_from_slice(&f.line);
                 value.push(b'\n');
             }
-            (batch_key(&first.account, first.ts_ms, chunk[0].seq), value)
-        });
-        if lease_changes == 0 && group.len() <= MAX_TRANSACTIONS_PER_VALUE {
-            for (key, value) in values {
-                self.tree.insert(key, value)?;
+            writes.push((self.fresh_key.clone(), Some(value)));
+            next.stored = true;
+        } else if fresh.stored {
+            writes.push((self.fresh_key.clone(), None));
+        }
+        for group in by_account(queued) {
+            let first = group[0];
+            // Every value keyed by the group's first time: its values then sort by sequence,
+            // whatever the clock did between its transactions.
+            for chunk in group.chunks(MAX_TRANSACTIONS_PER_VALUE) {
+                let mut value = Vec::with_capacity(chunk.iter().map(|q| q.line.len() + 1).sum());
+                for q in chunk {
+                    value.extend_from_slice(&q.line);
+                    value.push(b'\n');
+                }
+                let key = batch_key(&first.account, first.ts_ms, chunk[0].seq);
+                writes.push((key, Some(value)));
             }
+        }
+        // A single value (a quiet batch of one account, no lease to change) is a plain insert.
+        if let [(key, Some(value))] = writes.as_mut_slice() {
+            self.tree
+                .insert(std::mem::take(key), std::mem::take(value))?;
         } else {
-            for (key, value) in values {
-                batch.insert(key, value);
+            let mut batch = sled::Batch::default();
+            for (key, value) in writes {
+                match value {
+                    Some(v) => batch.insert(key, v),
+                    None => batch.remove(key),
+                }
             }
             self.tree.apply_batch(batch)?;
         }
-        self.store
-            .high_water()
-            .add_ledger_transactions(group.len() as u64);
-        Ok(())
+        Ok((queued.iter().map(|q| q.seq).max(), next))
     }
 
     /// Tops the balance up to `monthly` once per UTC month (credits bought above it are kept).
@@ -1272,7 +1367,7 @@ mod tests {
             .map(|v| switchyard_actors::store::count_lines(v))
             .collect();
         assert_eq!(lines, vec![1, 16, 16, 11]);
-        assert_eq!(l.tree.scan_prefix(LEASE_PREFIX).count(), 3);
+        assert_eq!(ids(&stored_leases(&l).1), ["open0", "open1", "open2"]);
         let txs = l.transactions("a").unwrap();
         assert_eq!(txs.len(), 44);
         let seqs: Vec<u64> = txs.iter().filter_map(|t| seq_of(&t.id)).collect();
@@ -1317,6 +1412,12 @@ mod tests {
             let done = l.reserve("a", None, 200, ("done", "m"), LEASE).unwrap();
             l.settle(&done, 50).unwrap();
             l.write_pending().unwrap();
+            // Open for a batch more (its lease gets a key of its own), and a reserve whose lease
+            // is still fresh when the process stops.
+            l.reserve("a", None, 70, ("fresh", "m"), LEASE).unwrap();
+            l.write_pending().unwrap();
+            let (keyed, fresh) = stored_leases(&l);
+            assert_eq!((ids(&keyed), ids(&fresh)), (vec!["open"], vec!["fresh"]));
             // Its own leases are never released by the process that holds them.
             let later = now + 3_600_000;
             assert!(l.release_expired(LEASE, later).unwrap().is_empty());
@@ -1326,80 +1427,202 @@ mod tests {
             assert_eq!(open.micros, 300);
         }
         let l = Ledger::open(&store).unwrap();
-        assert_eq!(l.balance("a").unwrap(), 1_000 - 300 - 50);
+        assert_eq!(l.balance("a").unwrap(), 1_000 - 300 - 50 - 70);
         // Not yet expired under the configured lease.
         assert!(l.release_expired(LEASE, now).unwrap().is_empty());
         // After the reservations were made (they are later than `now` on a busy machine).
         let released = l
             .release_expired(std::time::Duration::ZERO, now_ms() + 1)
             .unwrap();
-        assert_eq!(released.len(), 1, "{released:?}");
+        let mut given: Vec<(&str, &str, i64)> = released
+            .iter()
+            .map(|t| {
+                (
+                    t.kind.as_str(),
+                    t.request_id.as_deref().unwrap(),
+                    t.amount_micros,
+                )
+            })
+            .collect();
+        given.sort_unstable();
         assert_eq!(
-            (released[0].kind.as_str(), released[0].amount_micros),
-            ("lease_expired", 300)
+            given,
+            [
+                ("lease_expired", "fresh", 70),
+                ("lease_expired", "open", 300)
+            ]
         );
         assert_eq!(l.balance("a").unwrap(), 950);
         assert_eq!(sum(&l, "a"), 950);
-        assert_eq!(
-            l.tree.scan_prefix(LEASE_PREFIX).count(),
-            0,
-            "every lease handled"
-        );
+        assert_eq!(stored_leases(&l), (vec![], vec![]), "every lease handled");
         assert!(l
             .release_expired(std::time::Duration::ZERO, now + 2)
             .unwrap()
             .is_empty());
     }
 
+    /// The leases under their own keys, and those in fresh-lease values, as stored.
+    fn stored_leases(l: &Ledger) -> (Vec<Lease>, Vec<Lease>) {
+        let keyed = l
+            .tree
+            .scan_prefix(LEASE_PREFIX)
+            .filter_map(Result::ok)
+            .map(|(_, v)| serde_json::from_slice::<Lease>(&v).unwrap())
+            .collect();
+        let fresh = l
+            .tree
+            .scan_prefix(FRESH_LEASES_PREFIX)
+            .filter_map(Result::ok)
+            .flat_map(|(_, v)| {
+                v.split(|b| *b == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .map(|line| serde_json::from_slice::<Lease>(line).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (keyed, fresh)
+    }
+
+    fn ids(leases: &[Lease]) -> Vec<&str> {
+        leases.iter().map(|l| l.request_id.as_str()).collect()
+    }
+
     #[test]
-    fn a_lease_is_stored_with_its_reserve_and_goes_with_its_settle() {
+    fn a_lease_is_fresh_for_one_batch_then_keyed_until_what_closes_it() {
         let l = ledger();
         l.adjust("a", 1_000, None).unwrap();
-        let leases = || {
-            l.tree
-                .scan_prefix(LEASE_PREFIX)
-                .filter_map(Result::ok)
-                .map(|(_, v)| serde_json::from_slice::<Lease>(&v).unwrap())
-                .collect::<Vec<_>>()
-        };
         // Reserved and settled before the batch: no lease is ever written.
         let r = l.reserve("a", None, 100, ("quick", "m"), LEASE).unwrap();
         l.settle(&r, 40).unwrap();
         l.write_pending().unwrap();
-        assert!(leases().is_empty());
-        // Open at its batch: the lease is written with the reserve, not before.
-        let open = l.reserve("a", None, 200, ("slow", "m"), LEASE).unwrap();
-        assert!(leases().is_empty(), "the reserve is not written yet");
+        let (keyed, fresh) = stored_leases(&l);
+        assert!(keyed.is_empty() && fresh.is_empty());
+        // Open at its batch: the lease is written with the reserve, in the fresh-lease value.
+        let slow = l.reserve("a", None, 200, ("slow", "m"), LEASE).unwrap();
+        let (keyed, fresh) = stored_leases(&l);
+        assert!(keyed.is_empty() && fresh.is_empty(), "not written yet");
         l.write_pending().unwrap();
-        let stored = leases();
-        assert_eq!(stored.len(), 1);
+        let (keyed, fresh) = stored_leases(&l);
+        assert!(keyed.is_empty());
+        assert_eq!(fresh.len(), 1);
+        let stored = &fresh[0];
         assert_eq!(
             (
-                stored[0].tx.as_str(),
-                stored[0].micros,
-                stored[0].request_id.as_str()
+                stored.tx.as_str(),
+                stored.micros,
+                stored.request_id.as_str()
             ),
-            (open.tx.as_str(), 200, "slow")
+            (slow.tx.as_str(), 200, "slow")
         );
-        assert_eq!(stored[0].boot, l.boot);
+        assert_eq!(stored.boot, l.boot);
         assert_eq!(
-            stored[0].expires_ms,
-            stored[0].created_ms + u64::try_from(LEASE.as_millis()).unwrap()
+            stored.expires_ms,
+            stored.created_ms + u64::try_from(LEASE.as_millis()).unwrap()
         );
-        // Closed in a later batch: the lease goes with it.
-        l.release(&open).unwrap();
-        assert_eq!(leases().len(), 1, "the release is not written yet");
+        // Reserved in the fresh value and closed by the next batch: never a key of its own.
+        let brief = l.reserve("a", None, 10, ("brief", "m"), LEASE).unwrap();
+        let held = l.reserve("a", None, 20, ("held", "m"), LEASE).unwrap();
         l.write_pending().unwrap();
-        assert!(leases().is_empty());
-        assert_eq!(l.balance("a").unwrap(), 960);
-        assert_eq!(sum(&l, "a"), 960);
+        let (keyed, fresh) = stored_leases(&l);
+        // `slow` is still open a batch later: its own key, the same lease; the new ones are fresh.
+        assert_eq!(keyed, std::slice::from_ref(stored));
+        assert_eq!(ids(&fresh), ["brief", "held"]);
+        l.settle(&brief, 10).unwrap();
+        l.release(&slow).unwrap();
+        l.write_pending().unwrap();
+        let (keyed, fresh) = stored_leases(&l);
+        assert_eq!(ids(&keyed), ["held"]);
+        assert!(
+            fresh.is_empty(),
+            "an empty batch of fresh leases removes the value"
+        );
+        assert!(l.tree.scan_prefix(FRESH_LEASES_PREFIX).next().is_none());
+        l.settle(&held, 20).unwrap();
+        l.write_pending().unwrap();
+        let (keyed, fresh) = stored_leases(&l);
+        assert!(keyed.is_empty() && fresh.is_empty());
+        assert_eq!(l.balance("a").unwrap(), 1_000 - 40 - 10 - 20);
+        assert_eq!(sum(&l, "a"), 930);
         let kinds: Vec<String> = l
             .transactions("a")
             .unwrap()
             .into_iter()
             .map(|t| t.kind)
             .collect();
-        assert_eq!(kinds, ["adjust", "reserve", "settle", "reserve", "release"]);
+        assert_eq!(
+            kinds,
+            [
+                "adjust", "reserve", "settle", "reserve", "reserve", "reserve", "settle",
+                "release", "settle"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quiet_ledger_writes_nothing_and_keeps_its_fresh_leases() {
+        let l = ledger();
+        l.adjust("a", 1_000, None).unwrap();
+        l.reserve("a", None, 200, ("open", "m"), LEASE).unwrap();
+        l.write_pending().unwrap();
+        l.write_pending().unwrap();
+        let (keyed, fresh) = stored_leases(&l);
+        assert!(keyed.is_empty());
+        assert_eq!(ids(&fresh), ["open"]);
+    }
+
+    #[test]
+    fn the_leases_of_several_accounts_move_in_the_batch_of_their_transactions() {
+        let l = ledger();
+        l.adjust("a", 1_000, None).unwrap();
+        l.adjust("b", 500, None).unwrap();
+        let a = l.reserve("a", None, 200, ("a1", "m"), LEASE).unwrap();
+        let b = l.reserve("b", None, 100, ("b1", "m"), LEASE).unwrap();
+        l.write_pending().unwrap();
+        let (keyed, fresh) = stored_leases(&l);
+        assert!(keyed.is_empty());
+        assert_eq!(ids(&fresh), ["a1", "b1"]);
+        // Only `b` has a transaction in the next batch; `a`'s lease is promoted all the same.
+        l.settle(&b, 100).unwrap();
+        l.write_pending().unwrap();
+        let (keyed, fresh) = stored_leases(&l);
+        assert_eq!(ids(&keyed), ["a1"]);
+        assert!(fresh.is_empty());
+        l.release(&a).unwrap();
+        l.write_pending().unwrap();
+        assert_eq!(stored_leases(&l), (vec![], vec![]));
+        assert_eq!((sum(&l, "a"), sum(&l, "b")), (1_000, 400));
+    }
+
+    #[test]
+    fn a_settle_replayed_from_the_journal_closes_a_fresh_lease() {
+        let store = Store::temporary().unwrap();
+        let (seq, settle) = {
+            let l = Ledger::open(&store).unwrap();
+            l.adjust("a", 1_000, None).unwrap();
+            let r = l.reserve("a", None, 300, ("r1", "m"), LEASE).unwrap();
+            l.write_pending().unwrap();
+            l.settle(&r, 120).unwrap();
+            // A crash before the settle's batch: only the journal has it.
+            let q = l.unwritten.lock().pop().unwrap();
+            let tx: Transaction = serde_json::from_slice(&q.line).unwrap();
+            (q.seq, tx)
+        };
+        let l = Ledger::open(&store).unwrap();
+        let (keyed, fresh) = stored_leases(&l);
+        assert_eq!(
+            (ids(&keyed), fresh.len()),
+            (vec!["r1"], 0),
+            "adopted at open"
+        );
+        assert_eq!(l.replay(&[(seq, settle)], LEASE).unwrap(), 1);
+        let (keyed, _) = stored_leases(&l);
+        assert!(keyed.is_empty(), "the replayed settle removed its lease");
+        assert!(l
+            .release_expired(std::time::Duration::ZERO, now_ms() + 1)
+            .unwrap()
+            .is_empty());
+        assert_eq!(l.balance("a").unwrap(), 880);
+        assert_eq!(sum(&l, "a"), 880);
     }
 
     #[test]

@@ -300,16 +300,37 @@ async fn kill_9_under_concurrent_load_loses_no_answered_record_or_credit_movemen
     }
     assert!(acknowledged.len() >= KILL_AFTER);
 
-    // The next start replays the journal; a clean stop then flushes everything to sled.
+    // The next start replays the journal, with a short lease: the reservations the kill cut (their
+    // leases under keys of their own or still in the process's fresh-lease value) are given back
+    // once it runs out. A clean stop then flushes everything to sled.
+    let mut yaml = std::fs::read_to_string(&server.config_path).unwrap();
+    yaml.push_str("credits:\n  reservation_lease: 1s\n");
+    std::fs::write(&server.config_path, yaml).unwrap();
     server.restart();
-    let c = admin(
-        &server,
-        reqwest::Method::GET,
-        "/admin/accounts/k9/credits",
-        None,
-    )
-    .await;
-    assert!(c["balance_micros"].as_i64().is_some(), "{c}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = admin(
+            &server,
+            reqwest::Method::GET,
+            "/admin/accounts/k9/credits",
+            None,
+        )
+        .await;
+        let txs = c["transactions"].as_array().unwrap();
+        let open: Vec<&Value> = txs
+            .iter()
+            .filter(|r| r["kind"] == "reserve" && !txs.iter().any(|t| t["reservation"] == r["id"]))
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} reservations never came back: {open:?}",
+            open.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.terminate();
     assert!(
         !journal_holds_anything(&server),
@@ -358,6 +379,23 @@ async fn kill_9_under_concurrent_load_loses_no_answered_record_or_credit_movemen
     for t in txs.iter().filter(|t| t.kind == "settle") {
         assert_eq!(t.note.as_deref(), Some("cost 7000 micro-USD"), "{t:?}");
     }
+    // Every reservation closed exactly once, so the balance is the credits less the settles' charges:
+    // nothing the kill cut stays spent, nothing comes back twice.
+    for r in txs.iter().filter(|t| t.kind == "reserve") {
+        let closes: Vec<&str> = txs
+            .iter()
+            .filter(|t| t.reservation.as_deref() == Some(r.id.as_str()))
+            .map(|t| t.kind.as_str())
+            .collect();
+        assert_eq!(closes.len(), 1, "{} closed by {closes:?}", r.id);
+    }
+    let settles = txs.iter().filter(|t| t.kind == "settle").count();
+    let settles = i64::try_from(settles).unwrap();
+    assert_eq!(
+        i64::try_from(last).unwrap(),
+        1_000_000_000 - 7_000 * settles,
+        "{txs:#?}"
+    );
 }
 
 /// Whether the server's data directory holds journal lines.
