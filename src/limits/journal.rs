@@ -76,20 +76,30 @@ struct Inner {
     /// The highest sequence numbers written to this segment, per kind.
     max_usage: u64,
     max_ledger: u64,
-    /// Ledger lines staged by movements, written ahead of the next usage line (or by `commit`).
-    staged: Vec<u8>,
-    staged_max_ledger: u64,
     closed: Vec<Closed>,
+    /// What the next write(2) sends, kept for its capacity.
+    out: Vec<u8>,
 }
 
-/// The append side. One mutex: an append is one write(2) of a few hundred bytes, and holding the lock
-/// across it is what keeps the file's order equal to the sequence numbers' (and to the order in which
-/// callers hand records on, see `append`).
+/// Ledger lines staged by movements, written ahead of the next usage line (or by `commit`).
+#[derive(Debug, Default)]
+struct Staged {
+    lines: Vec<u8>,
+    max_ledger: u64,
+}
+
+/// The append side. An append is one write(2) of a few hundred bytes, and holding `inner` across it
+/// is what keeps the file's order equal to the sequence numbers' (and to the order in which callers
+/// hand records on, see `append`). Staging takes only `staged`, never held across a system call:
+/// the ledger stages under its accounts lock, and when staging waited for `inner`, every metered call
+/// waited behind whichever write(2) was under way (and the others behind it, for the accounts lock).
+/// Lock order: `inner`, then `staged`.
 pub struct Journal {
     dir: PathBuf,
     /// Usage sequence numbers: `recovery::usage_sequence` in the server, so they grow across restarts.
     ids: Box<dyn Fn() -> Option<u64> + Send + Sync>,
     inner: Mutex<Inner>,
+    staged: Mutex<Staged>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -146,7 +156,7 @@ fn parse_line(line: &[u8]) -> Option<Entry> {
 fn push_line(out: &mut Vec<u8>, kind: Kind, seq: u64, body: &[u8]) {
     out.push(kind.tag());
     out.push(b' ');
-    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     out.push(b' ');
     out.extend_from_slice(body);
     out.push(b'\n');
@@ -221,19 +231,41 @@ impl Journal {
                 bytes: 0,
                 max_usage: 0,
                 max_ledger: 0,
-                staged: Vec::new(),
-                staged_max_ledger: 0,
                 closed,
+                out: Vec::new(),
             }),
+            staged: Mutex::new(Staged::default()),
         })
     }
 
     /// Queues a ledger line for the next write (no system call): a movement is made safe by the write
     /// of the usage record that follows it, or by the next `commit`.
     pub fn stage(&self, seq: u64, body: &[u8]) {
-        let mut inner = self.inner.lock();
-        push_line(&mut inner.staged, Kind::Ledger, seq, body);
-        inner.staged_max_ledger = inner.staged_max_ledger.max(seq);
+        let mut staged = self.staged.lock();
+        push_line(&mut staged.lines, Kind::Ledger, seq, body);
+        staged.max_ledger = staged.max_ledger.max(seq);
+    }
+
+    /// Moves what is staged into `inner.out`, to be written by the holder of `inner`, and returns
+    /// its highest sequence: a movement staged before an `append` started is in that append's write
+    /// or in one that ended before the append took `inner`, so when the append returns it is in the
+    /// kernel.
+    fn take_staged(&self, inner: &mut Inner) -> u64 {
+        let mut staged = self.staged.lock();
+        inner.out.extend_from_slice(&staged.lines);
+        staged.lines.clear();
+        std::mem::take(&mut staged.max_ledger)
+    }
+
+    /// Puts back the first `len` bytes of `inner.out` (staged lines a failed write took), ahead of
+    /// what was staged since.
+    fn unstage(&self, inner: &mut Inner, len: usize, max_ledger: u64) {
+        let mut staged = self.staged.lock();
+        inner.out.truncate(len);
+        inner.out.extend_from_slice(&staged.lines);
+        std::mem::swap(&mut staged.lines, &mut inner.out);
+        inner.out.clear();
+        staged.max_ledger = staged.max_ledger.max(max_ledger);
     }
 
     /// Writes the staged lines and one usage line with the next sequence number, in one write(2),
@@ -247,39 +279,33 @@ impl Journal {
                 source: std::io::Error::other("no sequence number"),
             });
         };
-        let mut out = std::mem::take(&mut inner.staged);
-        let staged_len = out.len();
-        push_line(&mut out, Kind::Usage, seq, body);
-        if let Err(e) = inner.write(&out) {
+        let inner = &mut *inner;
+        let max_ledger = self.take_staged(inner);
+        let staged_len = inner.out.len();
+        push_line(&mut inner.out, Kind::Usage, seq, body);
+        if let Err(e) = inner.write(max_ledger) {
             // The staged lines stay queued; replay skips a partial line and repeats of a sequence.
-            out.truncate(staged_len);
-            inner.staged = out;
+            self.unstage(inner, staged_len, max_ledger);
             return Err(e);
         }
         inner.max_usage = inner.max_usage.max(seq);
-        out.clear();
-        inner.staged = out;
         Ok(then(seq))
     }
 
     /// Writes what is staged, if anything.
     pub fn commit(&self) -> Result<(), JournalError> {
         let mut inner = self.inner.lock();
-        if inner.staged.is_empty() {
+        let inner = &mut *inner;
+        let max_ledger = self.take_staged(inner);
+        if inner.out.is_empty() {
             return Ok(());
         }
-        let out = std::mem::take(&mut inner.staged);
-        match inner.write(&out) {
-            Ok(()) => {
-                inner.staged = out;
-                inner.staged.clear();
-                Ok(())
-            }
-            Err(e) => {
-                inner.staged = out;
-                Err(e)
-            }
+        let len = inner.out.len();
+        let written = inner.write(max_ledger);
+        if written.is_err() {
+            self.unstage(inner, len, max_ledger);
         }
+        written
     }
 
     /// Closes the current segment when it holds anything and starts the next: what is closed can be
@@ -334,11 +360,14 @@ impl Journal {
 }
 
 impl Inner {
-    fn write(&mut self, out: &[u8]) -> Result<(), JournalError> {
-        self.file.write_all(out).map_err(io_error(&self.path))?;
-        self.bytes += out.len() as u64;
-        self.max_ledger = self.max_ledger.max(self.staged_max_ledger);
-        self.staged_max_ledger = 0;
+    /// Writes `out` (emptied when written), which holds ledger lines up to `max_ledger`.
+    fn write(&mut self, max_ledger: u64) -> Result<(), JournalError> {
+        self.file
+            .write_all(&self.out)
+            .map_err(io_error(&self.path))?;
+        self.bytes += self.out.len() as u64;
+        self.out.clear();
+        self.max_ledger = self.max_ledger.max(max_ledger);
         Ok(())
     }
 }
@@ -444,5 +473,70 @@ mod tests {
         let (entries, _) = read(dir.path()).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].kind, Kind::Ledger);
+    }
+
+    #[test]
+    fn staging_does_not_wait_for_a_write_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(Journal::create(dir.path(), counter()).unwrap());
+        // What an append holds across its write(2).
+        let writing = j.inner.lock();
+        let (done, staged) = std::sync::mpsc::channel();
+        let stager = {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                j.stage(5, br#"{"id":"tx_5"}"#);
+                done.send(()).unwrap();
+            })
+        };
+        assert!(
+            staged
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "a movement waited for the journal's write"
+        );
+        drop(writing);
+        stager.join().unwrap();
+        j.append(br#"{"r":1}"#, |_| ()).unwrap();
+        let got: Vec<(Kind, u64)> = read(dir.path())
+            .unwrap()
+            .0
+            .iter()
+            .map(|e| (e.kind, e.seq))
+            .collect();
+        assert_eq!(got, [(Kind::Ledger, 5), (Kind::Usage, 100)]);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_its_staged_lines_ahead_of_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), counter()).unwrap();
+        j.stage(1, br#"{"id":"tx_1"}"#);
+        j.stage(2, br#"{"id":"tx_2"}"#);
+        // A segment that refuses writes (opened read-only): the append fails.
+        let path = j.inner.lock().path.clone();
+        let writable = std::mem::replace(&mut j.inner.lock().file, File::open(&path).unwrap());
+        assert!(j.append(br#"{"r":1}"#, |_| ()).is_err());
+        assert!(j.commit().is_err());
+        j.stage(3, br#"{"id":"tx_3"}"#);
+        j.inner.lock().file = writable;
+        j.append(br#"{"r":2}"#, |_| ()).unwrap();
+        let got: Vec<(Kind, u64)> = read(dir.path())
+            .unwrap()
+            .0
+            .iter()
+            .map(|e| (e.kind, e.seq))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Kind::Ledger, 1),
+                (Kind::Ledger, 2),
+                (Kind::Ledger, 3),
+                (Kind::Usage, 101)
+            ]
+        );
+        // The segment's highest transaction counts what was written (for `forget`).
+        assert_eq!(j.inner.lock().max_ledger, 3);
     }
 }
