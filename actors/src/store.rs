@@ -285,11 +285,7 @@ impl Store {
                 newest = newest.max(r.ts_ms);
             }
             let seq = self.db.generate_id()?;
-            let value = if lines.len() >= COMPRESS_FROM {
-                encode_batch(&lines, n, newest).unwrap_or(lines)
-            } else {
-                lines
-            };
+            let value = batch_value(lines, n, newest);
             batch.insert(batch_key(min, seq), value);
             start += n;
         }
@@ -709,6 +705,16 @@ fn newest_ts(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
     Ok(newest)
 }
 
+/// The value that stores a batch of `count` JSON Lines (usage records, or the credit ledger's
+/// transactions), the newest at `newest_ts`: compressed from `COMPRESS_FROM` bytes, else plain.
+pub fn batch_value(lines: Vec<u8>, count: usize, newest_ts: u64) -> Vec<u8> {
+    if lines.len() >= COMPRESS_FROM {
+        encode_batch(&lines, count, newest_ts).unwrap_or(lines)
+    } else {
+        lines
+    }
+}
+
 /// The stored value of a usage batch: `lines` (its `count` records as JSON Lines, the newest at
 /// `newest_ts`) compressed behind `BATCH_HEADER`; `None` when they cannot be (the caller stores them
 /// plain, which is always readable).
@@ -750,8 +756,11 @@ fn batch_header(key: &[u8], value: &[u8]) -> Result<(u64, u64, usize), StoreErro
     Ok((u64::from(count), newest, len))
 }
 
-/// A usage batch's JSON Lines, decompressed when it is stored compressed.
-fn batch_lines<'v>(key: &[u8], value: &'v [u8]) -> Result<std::borrow::Cow<'v, [u8]>, StoreError> {
+/// A batch's JSON Lines (see `batch_value`), decompressed when it is stored compressed.
+pub fn batch_lines<'v>(
+    key: &[u8],
+    value: &'v [u8],
+) -> Result<std::borrow::Cow<'v, [u8]>, StoreError> {
     if value.first() != Some(&BATCH_LZ4) {
         return Ok(std::borrow::Cow::Borrowed(value));
     }
@@ -766,8 +775,8 @@ fn batch_lines<'v>(key: &[u8], value: &'v [u8]) -> Result<std::borrow::Cow<'v, [
     }
 }
 
-/// How many records a usage batch holds (a compressed one says so in its header).
-fn batch_count(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+/// How many records a batch holds (a compressed one says so in its header).
+pub fn batch_count(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
     if value.first() == Some(&BATCH_LZ4) {
         return Ok(batch_header(key, value)?.0);
     }

@@ -380,8 +380,8 @@ fn tx_prefix(account: &str) -> String {
 pub fn count_transactions(store: &Store) -> Result<u64, StoreError> {
     let mut n = 0;
     for item in store.open_tree(TREE)?.scan_prefix(TX_PREFIX) {
-        let (_, v) = item?;
-        n += switchyard_actors::store::count_lines(&v);
+        let (k, v) = item?;
+        n += switchyard_actors::store::batch_count(&k, &v)?;
     }
     Ok(n)
 }
@@ -879,6 +879,8 @@ impl Ledger {
                     value.extend_from_slice(&q.line);
                     value.push(b'\n');
                 }
+                let newest = chunk.iter().map(|q| q.ts_ms).max().unwrap_or(0);
+                let value = switchyard_actors::store::batch_value(value, chunk.len(), newest);
                 let key = batch_key(&first.account, first.ts_ms, chunk[0].seq);
                 writes.push((key, Some(value)));
             }
@@ -1148,9 +1150,10 @@ impl Ledger {
     }
 }
 
-/// The transactions of one stored value: JSON Lines (one line for values written before batching).
+/// The transactions of one stored value: JSON Lines (one line for values written before batching),
+/// lz4-compressed from 2 kB (values written before 2026-12-04 are all plain).
 fn decode_batch(key: &[u8], value: &[u8]) -> Result<Vec<Transaction>, StoreError> {
-    value
+    switchyard_actors::store::batch_lines(key, value)?
         .split(|b| *b == b'\n')
         .filter(|line| !line.is_empty())
         .map(|line| {
@@ -1359,14 +1362,28 @@ mod tests {
         let values: Vec<_> = l
             .tree
             .scan_prefix("v1/tx/")
-            .map(|item| item.unwrap().1)
+            .map(|item| item.unwrap())
             .collect();
         // The adjustment's own value, then 43 movements in values of 16, 16 and 11.
         let lines: Vec<u64> = values
             .iter()
-            .map(|v| switchyard_actors::store::count_lines(v))
+            .map(|(k, v)| switchyard_actors::store::batch_count(k, v).unwrap())
             .collect();
         assert_eq!(lines, vec![1, 16, 16, 11]);
+        // Values of 2 kB of lines or more are stored compressed, the rest plain JSON Lines.
+        let plain: Vec<bool> = values.iter().map(|(_, v)| v[0] == b'{').collect();
+        assert_eq!(plain, [true, false, false, false]);
+        let stored: usize = values[1..].iter().map(|(_, v)| v.len()).sum();
+        let read: usize = values[1..]
+            .iter()
+            .map(|(k, v)| switchyard_actors::store::batch_lines(k, v).unwrap().len())
+            .sum();
+        assert!(stored * 2 < read, "{stored} bytes for {read}");
+        assert_eq!(
+            count_transactions(&store).unwrap(),
+            44,
+            "counted from the headers"
+        );
         assert_eq!(ids(&stored_leases(&l).1), ["open0", "open1", "open2"]);
         let txs = l.transactions("a").unwrap();
         assert_eq!(txs.len(), 44);
