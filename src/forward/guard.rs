@@ -227,7 +227,7 @@ impl AttemptGuard {
             return Err(Box::new(record));
         };
         let mut slot = Some(record);
-        let written = journal.append(&body, |seq| {
+        let written = journal.append(body, |seq, body| {
             if let Some(record) = slot.take() {
                 // The journal's JSON is the store's too: serialised once. Queued under the
                 // journal's lock, so in sequence order.
@@ -237,7 +237,7 @@ impl AttemptGuard {
                         record,
                         ack: None,
                         seq: Some(seq),
-                        encoded: Some(body.clone()),
+                        encoded: Some(body),
                     },
                 );
             }

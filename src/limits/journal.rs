@@ -268,10 +268,15 @@ impl Journal {
         staged.max_ledger = staged.max_ledger.max(max_ledger);
     }
 
-    /// Writes the staged lines and one usage line with the next sequence number, in one write(2),
-    /// then runs `then(seq)` still under the lock: a caller that hands the record on there hands
-    /// records on in sequence order. When this returns `Ok`, a kill -9 loses none of them.
-    pub fn append<T>(&self, body: &[u8], then: impl FnOnce(u64) -> T) -> Result<T, JournalError> {
+    /// Writes the staged lines and one usage line (`body`) with the next sequence number, in one
+    /// write(2), then runs `then(seq, body)` still under the lock: a caller that hands the record on
+    /// there hands records on in sequence order (and its JSON with it, not a copy). When this returns
+    /// `Ok`, a kill -9 loses none of them.
+    pub fn append<T>(
+        &self,
+        body: Vec<u8>,
+        then: impl FnOnce(u64, Vec<u8>) -> T,
+    ) -> Result<T, JournalError> {
         let mut inner = self.inner.lock();
         let Some(seq) = (self.ids)() else {
             return Err(JournalError::Io {
@@ -282,14 +287,14 @@ impl Journal {
         let inner = &mut *inner;
         let max_ledger = self.take_staged(inner);
         let staged_len = inner.out.len();
-        push_line(&mut inner.out, Kind::Usage, seq, body);
+        push_line(&mut inner.out, Kind::Usage, seq, &body);
         if let Err(e) = inner.write(max_ledger) {
             // The staged lines stay queued; replay skips a partial line and repeats of a sequence.
             self.unstage(inner, staged_len, max_ledger);
             return Err(e);
         }
         inner.max_usage = inner.max_usage.max(seq);
-        Ok(then(seq))
+        Ok(then(seq, body))
     }
 
     /// Writes what is staged, if anything.
@@ -391,9 +396,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(dir.path(), counter()).unwrap();
         j.stage(7, br#"{"id":"tx_7"}"#);
-        let handed = j.append(br#"{"r":1}"#, |seq| seq).unwrap();
+        let handed = j.append(br#"{"r":1}"#.to_vec(), |seq, _| seq).unwrap();
         assert_eq!(handed, 100);
-        j.append(br#"{"r":2}"#, |_| ()).unwrap();
+        j.append(br#"{"r":2}"#.to_vec(), |_, _| ()).unwrap();
         j.stage(9, br#"{"id":"tx_9"}"#);
         let (entries, skipped) = read(dir.path()).unwrap();
         assert_eq!(skipped, 0);
@@ -416,7 +421,7 @@ mod tests {
     fn a_torn_or_foreign_line_is_skipped_and_the_rest_read() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(dir.path(), counter()).unwrap();
-        j.append(br#"{"r":1}"#, |_| ()).unwrap();
+        j.append(br#"{"r":1}"#.to_vec(), |_, _| ()).unwrap();
         drop(j);
         let seg = segments(&dir.path().join(DIR)).unwrap()[0].1.clone();
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
@@ -432,9 +437,9 @@ mod tests {
         j.rotate().unwrap();
         assert_eq!(j.segment_count(), 1, "an empty segment is not rotated");
         j.stage(50, b"{}");
-        j.append(b"{}", |_| ()).unwrap(); // usage 100, ledger 50
+        j.append(b"{}".to_vec(), |_, _| ()).unwrap(); // usage 100, ledger 50
         j.rotate().unwrap();
-        j.append(b"{}", |_| ()).unwrap(); // usage 101, in the new segment
+        j.append(b"{}".to_vec(), |_, _| ()).unwrap(); // usage 101, in the new segment
         assert_eq!(j.segment_count(), 2);
         assert_eq!(j.forget(99, 50).unwrap(), 0, "usage not covered");
         assert_eq!(j.forget(100, 49).unwrap(), 0, "ledger not covered");
@@ -448,10 +453,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let j = Journal::create(dir.path(), counter()).unwrap();
-            j.append(b"{}", |_| ()).unwrap();
+            j.append(b"{}".to_vec(), |_, _| ()).unwrap();
         }
         let j = Journal::create(dir.path(), counter_from(101)).unwrap();
-        j.append(b"{}", |_| ()).unwrap();
+        j.append(b"{}".to_vec(), |_, _| ()).unwrap();
         assert_eq!(read(dir.path()).unwrap().0.len(), 2);
         assert_eq!(
             j.forget(0, 0).unwrap(),
@@ -468,7 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(dir.path(), || None).unwrap();
         j.stage(3, b"{}");
-        assert!(j.append(b"{}", |_| ()).is_err());
+        assert!(j.append(b"{}".to_vec(), |_, _| ()).is_err());
         j.commit().unwrap();
         let (entries, _) = read(dir.path()).unwrap();
         assert_eq!(entries.len(), 1);
@@ -497,7 +502,7 @@ mod tests {
         );
         drop(writing);
         stager.join().unwrap();
-        j.append(br#"{"r":1}"#, |_| ()).unwrap();
+        j.append(br#"{"r":1}"#.to_vec(), |_, _| ()).unwrap();
         let got: Vec<(Kind, u64)> = read(dir.path())
             .unwrap()
             .0
@@ -516,11 +521,11 @@ mod tests {
         // A segment that refuses writes (opened read-only): the append fails.
         let path = j.inner.lock().path.clone();
         let writable = std::mem::replace(&mut j.inner.lock().file, File::open(&path).unwrap());
-        assert!(j.append(br#"{"r":1}"#, |_| ()).is_err());
+        assert!(j.append(br#"{"r":1}"#.to_vec(), |_, _| ()).is_err());
         assert!(j.commit().is_err());
         j.stage(3, br#"{"id":"tx_3"}"#);
         j.inner.lock().file = writable;
-        j.append(br#"{"r":2}"#, |_| ()).unwrap();
+        j.append(br#"{"r":2}"#.to_vec(), |_, _| ()).unwrap();
         let got: Vec<(Kind, u64)> = read(dir.path())
             .unwrap()
             .0

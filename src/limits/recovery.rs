@@ -151,9 +151,11 @@ mod tests {
         let r = ledger.reserve("a", None, 300, ("r1", "m"), LEASE).unwrap();
         ledger.settle(&r, 100).unwrap();
         ledger.reserve("a", None, 200, ("r2", "m"), LEASE).unwrap();
-        journal.append(br#"{"not":"a record"}"#, |_| ()).unwrap();
+        journal
+            .append(br#"{"not":"a record"}"#.to_vec(), |_, _| ())
+            .unwrap();
         let body = serde_json::to_vec(&rec("r1")).unwrap();
-        journal.append(&body, |_| ()).unwrap();
+        journal.append(body.clone(), |_, _| ()).unwrap();
         drop((ledger, journal));
 
         let got = recover(&store, dir.path(), LEASE).unwrap();
@@ -204,7 +206,7 @@ mod tests {
             let body = serde_json::to_vec(&rec("r")).unwrap();
             let mut last = 0;
             for _ in 0..5_000 {
-                last = journal.append(&body, |seq| seq).unwrap();
+                last = journal.append(body.clone(), |seq, _| seq).unwrap();
             }
             // The store got all but the last (as a kill -9 leaves it), the journal has all.
             store
@@ -251,7 +253,7 @@ mod tests {
             last = r.tx.rsplit('_').next().unwrap().parse::<u64>().unwrap();
         }
         let body = serde_json::to_vec(&rec("r99")).unwrap();
-        journal.append(&body, |_| ()).unwrap();
+        journal.append(body.clone(), |_, _| ()).unwrap();
         // The crash: the queued movements never reach the store.
         drop((ledger, journal));
         assert!(
@@ -271,7 +273,7 @@ mod tests {
 
         // And so a second crash loses none of this run's movements either.
         ledger.settle(&r, 1).unwrap();
-        journal.append(&body, |_| ()).unwrap();
+        journal.append(body.clone(), |_, _| ()).unwrap();
         drop((ledger, journal));
         assert_eq!(recover(&store, dir.path(), LEASE).unwrap().transactions, 2);
         let ledger = Ledger::open(&store).unwrap();
@@ -286,7 +288,7 @@ mod tests {
         let through = AtomicU64::new(0);
         ledger.adjust("a", 10, None).unwrap();
         let body = serde_json::to_vec(&rec("r")).unwrap();
-        let seq = journal.append(&body, |seq| seq).unwrap();
+        let seq = journal.append(body.clone(), |seq, _| seq).unwrap();
         assert_eq!(
             checkpoint(&journal, &store, &ledger, &through)
                 .await
